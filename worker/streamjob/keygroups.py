@@ -1,0 +1,90 @@
+"""Key groups: how keyed state is split so that it can move between subtasks.
+
+A key belongs to key group ``murmur3_32(stable_bytes(key)) % max_parallelism``; subtask i of p
+owns a contiguous range of key groups (Flink's ``KeyGroupRangeAssignment``). The hash must be
+stable across processes and machines, so Python's salted ``hash()`` is never used.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import mmh3
+
+DEFAULT_MAX_PARALLELISM = 128
+
+
+def stable_bytes(key: object) -> bytes:
+    """Bytes of a key that are the same in every process (no salted hash, no repr of objects)."""
+    if isinstance(key, str):
+        return key.encode("utf-8")
+    if isinstance(key, bool):
+        return b"\x01" if key else b"\x00"
+    if isinstance(key, int):
+        if -(2**63) <= key < 2**63:
+            return struct.pack("<q", key)
+        return str(key).encode("ascii")
+    if isinstance(key, bytes):
+        return key
+    if isinstance(key, float):
+        return struct.pack("<d", key)
+    if isinstance(key, tuple):
+        return b"\x1f".join(stable_bytes(k) for k in key)
+    if key is None:
+        return b""
+    raise TypeError(f"key of type {type(key).__name__} has no stable bytes; use str, int, "
+                    "bytes, float or a tuple of them")
+
+
+def key_group(key: object, max_parallelism: int) -> int:
+    """The key group of ``key``: murmur3_32 (seed 0, unsigned) of its stable bytes mod m."""
+    return mmh3.hash(stable_bytes(key), 0, signed=False) % max_parallelism
+
+
+def key_group_range(index: int, parallelism: int, max_parallelism: int) -> range:
+    """Key groups owned by subtask ``index`` of ``parallelism``:
+    ``[ceil(i*m/p), floor(((i+1)*m - 1)/p)]``, as Flink's computeKeyGroupRangeForOperatorIndex."""
+    check_parallelism(parallelism, max_parallelism)
+    if not 0 <= index < parallelism:
+        raise ValueError(f"subtask index {index} is outside 0..{parallelism - 1}")
+    start = (index * max_parallelism + parallelism - 1) // parallelism
+    end = ((index + 1) * max_parallelism - 1) // parallelism
+    return range(start, end + 1)
+
+
+def operator_index(key_group_id: int, parallelism: int, max_parallelism: int) -> int:
+    """The subtask that owns a key group (the inverse of ``key_group_range``)."""
+    return key_group_id * parallelism // max_parallelism
+
+
+def check_parallelism(parallelism: int, max_parallelism: int) -> None:
+    if parallelism < 1:
+        raise ValueError(f"parallelism must be at least 1, got {parallelism}")
+    if max_parallelism < parallelism:
+        raise ValueError(
+            f"parallelism {parallelism} is above maxParallelism {max_parallelism}")
+
+
+class KeyRouter:
+    """Maps keys to subtask indexes, memoising because stream keys repeat.
+
+    The cache is bounded so that a stream of unique keys cannot grow it without limit.
+    """
+
+    __slots__ = ("parallelism", "max_parallelism", "_cache", "_limit")
+
+    def __init__(self, parallelism: int, max_parallelism: int, cache_limit: int = 1 << 18):
+        check_parallelism(parallelism, max_parallelism)
+        self.parallelism = parallelism
+        self.max_parallelism = max_parallelism
+        self._cache: dict[object, int] = {}
+        self._limit = cache_limit
+
+    def target(self, key: object) -> int:
+        t = self._cache.get(key)
+        if t is None:
+            t = key_group(key, self.max_parallelism) * self.parallelism // self.max_parallelism
+            if len(self._cache) >= self._limit:
+                self._cache.clear()
+            self._cache[key] = t
+        return t

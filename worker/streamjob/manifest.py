@@ -1,0 +1,221 @@
+"""The StreamJob manifest, parsed into typed models at the edge.
+
+The same YAML runs locally (``streamjob run job.yaml``) and in Kubernetes (``kubectl apply``).
+A bad manifest raises :class:`ManifestError` with one sentence that names the field.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+
+from streamjob.durations import parse_duration
+from streamjob.keygroups import DEFAULT_MAX_PARALLELISM
+
+API_VERSION = "streamjob.dev/v1alpha1"
+KIND = "StreamJob"
+
+
+class ManifestError(ValueError):
+    """A manifest the user must fix; the message is one sentence naming the field."""
+
+
+def _duration(value: object) -> float:
+    return parse_duration(value)
+
+
+Duration = Annotated[float, BeforeValidator(_duration)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+class CheckpointSpec(_Strict):
+    interval: Duration = 10.0
+    timeout: Duration = 60.0
+    min_pause: Duration = Field(0.0, alias="minPause")
+    max_concurrent: int = Field(1, alias="maxConcurrent", ge=1)
+    mode: Literal["exactly-once", "unaligned", "at-least-once"] = "exactly-once"
+    # 0 means "never switch to unaligned" for exactly-once mode.
+    aligned_timeout: Duration = Field(0.0, alias="alignedTimeout")
+    tolerable_failures: int = Field(0, alias="tolerableFailures", ge=0)
+    retained: int = Field(1, ge=1)
+    enabled: bool = True
+
+    @model_validator(mode="after")
+    def _positive_interval(self) -> CheckpointSpec:
+        if self.enabled and self.interval <= 0:
+            raise ValueError("interval must be above 0 (set enabled: false to turn checkpoints off)")
+        if self.timeout <= 0:
+            raise ValueError("timeout must be above 0")
+        return self
+
+
+class RestartStrategySpec(_Strict):
+    type: Literal["fixed-delay", "exponential-delay", "none"] = "fixed-delay"
+    delay: Duration = 1.0
+    initial_delay: Duration = Field(0.1, alias="initialDelay")
+    max_delay: Duration = Field(30.0, alias="maxDelay")
+    multiplier: float = Field(2.0, gt=1.0)
+    max_attempts: int = Field(10, alias="maxAttempts", ge=0)
+
+    def delay_for(self, attempt: int) -> float:
+        """Seconds to wait before restart attempt number ``attempt`` (1-based)."""
+        if self.type == "exponential-delay":
+            return min(self.max_delay, self.initial_delay * self.multiplier ** max(0, attempt - 1))
+        return self.delay
+
+
+class ResourcesSpec(_Strict):
+    cpu: str | None = None
+    memory: str | None = None
+
+
+class StreamJobSpec(_Strict):
+    pipeline: str
+    args: dict[str, Any] = Field(default_factory=dict)
+    parallelism: int = Field(1, ge=1)
+    max_parallelism: int = Field(DEFAULT_MAX_PARALLELISM, alias="maxParallelism", ge=1,
+                                 le=32768)
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
+    storage: str = "file://.streamjob/checkpoints"
+    restart_strategy: RestartStrategySpec = Field(default_factory=RestartStrategySpec,
+                                                  alias="restartStrategy")
+    # Kubernetes-only settings; ignored by local mode.
+    image: str | None = None
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
+        None, alias="imagePullPolicy")
+    storage_secret: str | None = Field(None, alias="storageSecret")
+    resources: ResourcesSpec | None = None
+    state: Literal["running", "suspended"] = "running"
+    upgrade_mode: Literal["savepoint", "last-state", "stateless"] = Field(
+        "savepoint", alias="upgradeMode")
+    initial_savepoint_path: str | None = Field(None, alias="initialSavepointPath")
+    savepoint_nonce: int | None = Field(None, alias="savepointNonce")
+    restart_nonce: int | None = Field(None, alias="restartNonce")
+
+    @model_validator(mode="after")
+    def _parallelism_fits(self) -> StreamJobSpec:
+        if self.parallelism > self.max_parallelism:
+            raise ValueError(f"parallelism {self.parallelism} is above maxParallelism "
+                             f"{self.max_parallelism}")
+        if ":" not in self.pipeline:
+            raise ValueError(f"pipeline {self.pipeline!r} must be 'module:function'")
+        if not self.storage.startswith(("file://", "s3://")):
+            raise ValueError(f"storage {self.storage!r} must start with file:// or s3://")
+        return self
+
+
+class Metadata(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)
+    namespace: str | None = None
+    uid: str | None = None
+
+
+class StreamJob(_Strict):
+    api_version: Literal["streamjob.dev/v1alpha1"] = Field(alias="apiVersion")
+    kind: Literal["StreamJob"]
+    metadata: Metadata
+    spec: StreamJobSpec
+    status: dict[str, Any] | None = None
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    to_alias = {name: f.alias or name for model in _MODELS for name, f in model.model_fields.items()}
+    parts = []
+    for item in loc:
+        if isinstance(item, int):
+            parts[-1] = f"{parts[-1]}[{item}]" if parts else f"[{item}]"
+        else:
+            parts.append(to_alias.get(item, item))
+    return ".".join(parts)
+
+
+_MODELS = (CheckpointSpec, RestartStrategySpec, ResourcesSpec, StreamJobSpec, Metadata, StreamJob)
+
+
+def parse_manifest(data: object) -> StreamJob:
+    """A typed StreamJob from a decoded manifest, or ManifestError naming the field."""
+    if not isinstance(data, dict):
+        raise ManifestError("the manifest must be a YAML mapping with apiVersion, kind, "
+                            "metadata and spec")
+    try:
+        return StreamJob.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        path = _field_path(tuple(first["loc"])) or "manifest"
+        kind = first["type"]
+        if kind == "extra_forbidden":
+            raise ManifestError(f"{path}: unknown field; check its spelling against the "
+                                "StreamJob reference") from None
+        if kind == "missing":
+            raise ManifestError(f"{path}: required field is missing") from None
+        msg = first["msg"].removeprefix("Value error, ")
+        raise ManifestError(f"{path}: {msg}") from None
+
+
+def load_manifest(path: str | Path, overrides: dict[str, Any] | None = None,
+                  parallelism: int | None = None) -> StreamJob:
+    """Read, override (``--arg``, ``-p``) and validate a manifest file."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise ManifestError(f"cannot read manifest {path}: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        raise ManifestError(f"{path} is not valid YAML: {err}") from None
+    if isinstance(data, dict) and isinstance(data.get("spec"), dict):
+        spec = data["spec"]
+        if overrides:
+            spec["args"] = {**(spec.get("args") or {}), **overrides}
+        if parallelism is not None:
+            spec["parallelism"] = parallelism
+    return parse_manifest(data)
+
+
+def parse_arg(text: str) -> tuple[str, Any]:
+    """``key=value`` from the command line; the value is read as a YAML scalar."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ManifestError(f"--arg {text!r} must look like key=value")
+    return key, yaml.safe_load(value) if value else ""
+
+
+def import_pipeline(spec: StreamJobSpec, search_path: str | Path | None = None):
+    """Build the pipeline that ``spec.pipeline`` names, or ManifestError saying why not."""
+    from streamjob.pipeline import Pipeline
+
+    module_name, _, func_name = spec.pipeline.partition(":")
+    if search_path is not None and str(search_path) not in sys.path:
+        sys.path.insert(0, str(search_path))
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ManifestError(f"spec.pipeline: cannot import module {module_name!r} ({err})") from None
+    func = getattr(module, func_name, None)
+    if not callable(func):
+        raise ManifestError(f"spec.pipeline: module {module_name!r} has no function {func_name!r}")
+    try:
+        pipeline = func(dict(spec.args))
+    except (KeyError, TypeError, ValueError) as err:
+        raise ManifestError(f"spec.args: the pipeline {spec.pipeline!r} rejected its args "
+                            f"({type(err).__name__}: {err})") from None
+    if not isinstance(pipeline, Pipeline):
+        raise ManifestError(f"spec.pipeline: {spec.pipeline!r} returned "
+                            f"{type(pipeline).__name__}, not a streamjob.Pipeline")
+    pipeline.validate()
+    return pipeline

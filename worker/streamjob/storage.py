@@ -1,0 +1,140 @@
+"""Checkpoint storage: a small backend interface and the local-folder backend.
+
+Keys are ``/``-separated paths relative to the storage root that a URI names
+(``file:///var/ckpt`` or ``s3://bucket/prefix``). Writes of one key are atomic: a reader
+sees the whole object or nothing, which is what makes ``_metadata``-written-last a valid
+completion marker.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Protocol
+
+
+class StorageError(OSError):
+    """Storage could not do what was asked (unreachable, denied, full)."""
+
+
+class NotFoundError(StorageError):
+    """The key does not exist."""
+
+
+class Storage(Protocol):
+    uri: str
+
+    def put(self, key: str, data: bytes) -> None: ...
+
+    def get(self, key: str) -> bytes: ...
+
+    def get_range(self, key: str, offset: int, length: int) -> bytes: ...
+
+    def size(self, key: str) -> int | None: ...
+
+    def list(self, prefix: str) -> list[str]:
+        """Every key under ``prefix`` (recursive), sorted."""
+        ...
+
+    def delete(self, key: str) -> None: ...
+
+    def delete_prefix(self, prefix: str) -> None: ...
+
+
+class LocalStorage:
+    """A folder on the local disk."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root).absolute()
+        self.uri = f"file://{self.root}"
+
+    def _path(self, key: str) -> Path:
+        parts = [p for p in key.split("/") if p]
+        if any(p in (".", "..") for p in parts):
+            raise StorageError(f"invalid storage key {key!r}")
+        return self.root.joinpath(*parts)
+
+    def put(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as err:
+            raise StorageError(f"cannot write {self.uri}/{key}: {err.strerror}") from None
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            raise NotFoundError(f"{self.uri}/{key} does not exist") from None
+        except OSError as err:
+            raise StorageError(f"cannot read {self.uri}/{key}: {err.strerror}") from None
+
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        try:
+            with open(self._path(key), "rb") as f:
+                f.seek(offset)
+                return f.read(length)
+        except FileNotFoundError:
+            raise NotFoundError(f"{self.uri}/{key} does not exist") from None
+
+    def size(self, key: str) -> int | None:
+        try:
+            return self._path(key).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def list(self, prefix: str) -> list[str]:
+        base = self._path(prefix)
+        if not base.exists():
+            return []
+        if base.is_file():
+            return [prefix]
+        out = []
+        for dirpath, _dirs, files in os.walk(base):
+            for name in files:
+                if name.startswith(".tmp-"):
+                    continue
+                full = Path(dirpath, name)
+                out.append(full.relative_to(self.root).as_posix())
+        return sorted(out)
+
+    def delete(self, key: str) -> None:
+        try:
+            self._path(key).unlink()
+        except FileNotFoundError:
+            pass
+
+    def delete_prefix(self, prefix: str) -> None:
+        path = self._path(prefix)
+        if path.is_dir():
+            # Rename first so that a crash mid-delete never leaves a half-deleted folder
+            # that still looks like a checkpoint.
+            trash = path.with_name(f".tmp-del-{uuid.uuid4().hex}")
+            os.replace(path, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+        elif path.exists():
+            path.unlink()
+
+
+def open_storage(uri: str) -> Storage:
+    """The backend for a storage URI: ``file://PATH`` or ``s3://bucket/prefix``."""
+    if uri.startswith("file://"):
+        return LocalStorage(uri.removeprefix("file://") or ".")
+    if uri.startswith("s3://"):
+        try:
+            from streamjob.s3storage import S3Storage
+        except ImportError:
+            raise StorageError("s3:// storage is not available in this build") from None
+        return S3Storage.from_uri(uri)
+    if "://" not in uri:
+        return LocalStorage(uri)
+    raise StorageError(f"storage URI {uri!r} must start with file:// or s3://")
