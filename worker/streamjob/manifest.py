@@ -58,7 +58,8 @@ class CheckpointSpec(_Strict):
     @model_validator(mode="after")
     def _positive_interval(self) -> CheckpointSpec:
         if self.enabled and self.interval <= 0:
-            raise ValueError("interval must be above 0 (set enabled: false to turn checkpoints off)")
+            raise ValueError("interval must be above 0 "
+                             "(set enabled: false to turn checkpoints off)")
         if self.timeout <= 0:
             raise ValueError("timeout must be above 0")
         return self
@@ -135,7 +136,8 @@ class StreamJob(_Strict):
 
 
 def _field_path(loc: tuple[Any, ...]) -> str:
-    to_alias = {name: f.alias or name for model in _MODELS for name, f in model.model_fields.items()}
+    to_alias = {name: f.alias or name
+                for model in _MODELS for name, f in model.model_fields.items()}
     parts = []
     for item in loc:
         if isinstance(item, int):
@@ -205,7 +207,8 @@ def import_pipeline(spec: StreamJobSpec, search_path: str | Path | None = None):
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
-        raise ManifestError(f"spec.pipeline: cannot import module {module_name!r} ({err})") from None
+        raise ManifestError(
+            f"spec.pipeline: cannot import module {module_name!r} ({err})") from None
     func = getattr(module, func_name, None)
     if not callable(func):
         raise ManifestError(f"spec.pipeline: module {module_name!r} has no function {func_name!r}")

@@ -42,7 +42,6 @@ _SHA256_HEADER = "x-amz-meta-sha256"
 _CREDENTIAL_CODES = {
     "InvalidAccessKeyId",
     "SignatureDoesNotMatch",
-    "AccessDenied",
     "InvalidToken",
     "ExpiredToken",
     "InvalidClientTokenId",
@@ -219,6 +218,11 @@ class S3Storage:
 
     def _s3_error(self, op: str, key: str | None, err: S3Error) -> StorageError:
         code = err.code or "unknown"
+        if code == "AccessDenied":
+            return StorageError(
+                f"S3 endpoint {self.endpoint} denied {op} of {self._where(key)} (AccessDenied):"
+                " wrong credentials in AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY,"
+                " or they lack the permission")
         if code in _CREDENTIAL_CODES:
             return StorageError(
                 f"S3 endpoint {self.endpoint} rejected the credentials from AWS_ACCESS_KEY_ID"

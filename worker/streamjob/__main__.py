@@ -1,0 +1,3 @@
+from streamjob.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,208 @@
+"""Input gates and output channels of one subtask.
+
+An input gate holds one bounded queue per input channel. A full queue stops its reader, so
+TCP flow control pushes back on the producer: a slow consumer backpressures its upstream.
+Barriers travel in order as markers; when the handler says barriers may overtake
+(unaligned), the reader also puts a notice in a priority queue that the task serves first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Any
+
+from streamjob import wire
+from streamjob.keygroups import KeyRouter
+
+
+class Marker:
+    """Barrier n at its place in a channel's queue."""
+
+    __slots__ = ("checkpoint_id", "savepoint", "handled")
+
+    def __init__(self, checkpoint_id: int, savepoint: bool):
+        self.checkpoint_id, self.savepoint, self.handled = checkpoint_id, savepoint, False
+
+
+class InputGate:
+    def __init__(self, num_channels: int, capacity: int = 8):
+        self.n = num_channels
+        self.capacity = capacity
+        self.queues: list[deque[Any]] = [deque() for _ in range(num_channels)]
+        self.priority: deque[tuple[int, Marker]] = deque()
+        self.blocked: set[int] = set()
+        self.available = asyncio.Event()
+        self.space = asyncio.Event()
+        self._next = 0
+        # Unaligned in-flight capture: checkpoint id -> channel -> batches; active channels.
+        self.capture: dict[int, dict[int, list[Any]]] = {}
+        self.capturing: dict[int, set[int]] = {}
+        self.wants_priority = lambda marker: False
+
+    def _read_ahead(self, channel: int) -> bool:
+        return any(channel in active for active in self.capturing.values())
+
+    async def put_batch(self, channel: int, batch: Any) -> None:
+        q = self.queues[channel]
+        while len(q) >= self.capacity and not self._read_ahead(channel):
+            self.space.clear()
+            await self.space.wait()
+        q.append(batch)
+        for cid, active in self.capturing.items():
+            if channel in active:
+                self.capture[cid][channel].append(batch)
+        self.available.set()
+
+    def put_barrier(self, channel: int, marker: Marker) -> None:
+        self.queues[channel].append(marker)
+        active = self.capturing.get(marker.checkpoint_id)
+        if active is not None:
+            active.discard(channel)
+        if self.wants_priority(marker):
+            self.priority.append((channel, marker))
+        self.available.set()
+
+    def start_capture(self, checkpoint_id: int, channels: tuple[int, ...]) -> None:
+        """Records ahead of barrier n on ``channels`` become in-flight state of checkpoint n."""
+        captured: dict[int, list[Any]] = {}
+        active = set()
+        for c in channels:
+            items = []
+            done = False
+            for item in self.queues[c]:
+                if type(item) is Marker:
+                    if item.checkpoint_id >= checkpoint_id:
+                        done = True
+                        break
+                    continue
+                items.append(item)
+            captured[c] = items
+            if not done:
+                active.add(c)
+        self.capture[checkpoint_id] = captured
+        self.capturing[checkpoint_id] = active
+        self.space.set()  # readers may now read ahead to find their barriers
+
+    def take_capture(self, checkpoint_id: int) -> dict[int, list[Any]]:
+        self.capturing.pop(checkpoint_id, None)
+        return self.capture.pop(checkpoint_id, {})
+
+    def drop_capture(self, checkpoint_id: int) -> None:
+        self.take_capture(checkpoint_id)
+
+    def buffered_records(self, channels: set[int]) -> int:
+        return sum(len(item) for c in channels for item in self.queues[c]
+                   if type(item) is not Marker)
+
+    def poll(self) -> tuple[int, Any] | None:
+        """The next item: priority notices first, then round robin over unblocked channels."""
+        if self.priority:
+            return self.priority.popleft()
+        n = self.n
+        for i in range(n):
+            c = (self._next + i) % n
+            if c in self.blocked:
+                continue
+            q = self.queues[c]
+            if q:
+                item = q.popleft()
+                self._next = (c + 1) % n
+                if len(q) < self.capacity:
+                    self.space.set()
+                if type(item) is Marker and item.handled:
+                    continue
+                return c, item
+        return None
+
+    async def next(self, timeout: float | None = None) -> tuple[int, Any] | None:
+        while True:
+            got = self.poll()
+            if got is not None:
+                return got
+            self.available.clear()
+            if timeout is None:
+                await self.available.wait()
+            else:
+                try:
+                    await asyncio.wait_for(self.available.wait(), timeout)
+                except TimeoutError:
+                    return None
+
+
+class LocalChannel:
+    """A channel to a subtask in the same worker: no serialization."""
+
+    def __init__(self, gate: InputGate, channel: int):
+        self.gate, self.channel = gate, channel
+
+    async def send(self, batch: Any) -> None:
+        await self.gate.put_batch(self.channel, batch)
+
+    async def send_barrier(self, checkpoint_id: int, savepoint: bool) -> None:
+        self.gate.put_barrier(self.channel, Marker(checkpoint_id, savepoint))
+
+    def close(self) -> None:
+        pass
+
+
+class RemoteChannel:
+    """A TCP channel to a subtask in another worker."""
+
+    HIGH_WATER = 512 * 1024
+
+    def __init__(self, writer: asyncio.StreamWriter):
+        self.writer = writer
+        writer.transport.set_write_buffer_limits(high=self.HIGH_WATER)
+
+    async def send(self, batch: Any) -> None:
+        self.writer.write(wire.frame(wire.DATA, wire.pack(batch)))
+        if self.writer.transport.get_write_buffer_size() > self.HIGH_WATER:
+            await self.writer.drain()
+
+    async def send_barrier(self, checkpoint_id: int, savepoint: bool) -> None:
+        self.writer.write(wire.frame(wire.BARRIER, wire.pack([checkpoint_id, savepoint])))
+        await self.writer.drain()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class Output:
+    """Sends a task's output batches to the next task's subtasks."""
+
+    def __init__(self, kind: str, channels: list[Any], key_fn: Any, max_parallelism: int):
+        self.kind = kind
+        self.channels = channels
+        self.key_fn = key_fn
+        self.p = len(channels)
+        self.router = KeyRouter(self.p, max_parallelism) if kind == "keyed" else None
+        self._rr = 0
+
+    async def emit(self, batch: Any) -> None:
+        p = self.p
+        if p == 1:
+            await self.channels[0].send(batch)
+            return
+        if self.kind == "keyed":
+            buckets: list[list[Any]] = [[] for _ in range(p)]
+            target, key_fn = self.router.target, self.key_fn
+            appends = [b.append for b in buckets]
+            for record in batch:
+                appends[target(key_fn(record))](record)
+        else:
+            size = (len(batch) + p - 1) // p
+            buckets = [batch[i * size:(i + 1) * size] for i in range(p)]
+            self._rr = (self._rr + 1) % p
+            buckets = buckets[self._rr:] + buckets[:self._rr]
+        for channel, bucket in zip(self.channels, buckets, strict=True):
+            if bucket:
+                await channel.send(bucket)
+
+    async def broadcast_barrier(self, checkpoint_id: int, savepoint: bool) -> None:
+        for channel in self.channels:
+            await channel.send_barrier(checkpoint_id, savepoint)
+
+    def close(self) -> None:
+        for channel in self.channels:
+            channel.close()

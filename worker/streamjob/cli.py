@@ -1,0 +1,171 @@
+"""The ``streamjob`` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from streamjob.manifest import ManifestError, parse_arg, parse_manifest
+from streamjob.pipeline import PipelineError
+from streamjob.storage import StorageError, open_storage
+
+
+def _fail(msg: str, code: int = 2) -> int:
+    print(f"streamjob: error: {msg}", file=sys.stderr)
+    return code
+
+
+def _manifest_from(args: argparse.Namespace):
+    if args.manifest:
+        text = Path(args.manifest).read_text()
+    elif os.environ.get("STREAMJOB_MANIFEST"):
+        text = os.environ["STREAMJOB_MANIFEST"]
+    else:
+        raise ManifestError("no manifest: pass --manifest FILE or set STREAMJOB_MANIFEST")
+    return parse_manifest(yaml.safe_load(text))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from streamjob.local import run_local
+
+    overrides = dict(parse_arg(a) for a in args.arg)
+    return run_local(args.manifest, overrides, args.parallelism, args.checkpoint_dir,
+                     args.from_savepoint, progress=not args.quiet)
+
+
+def cmd_coordinator(args: argparse.Namespace) -> int:
+    from streamjob.coordinator import Coordinator
+
+    logging.basicConfig(level=os.environ.get("STREAMJOB_LOG", "INFO"),
+                        format="%(asctime)s coordinator %(levelname)s %(message)s")
+    job = _manifest_from(args)
+    token = os.environ.get("STREAMJOB_API_TOKEN")
+    if args.api_token_file:
+        token = Path(args.api_token_file).read_text().strip()
+    storage = open_storage(job.spec.storage)
+    coordinator = Coordinator(job, args.job_id, storage, args.bind, args.port, args.status_file,
+                              args.from_savepoint, args.api_port if token else None, token)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    return asyncio.run(coordinator.run())
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from streamjob.worker import run_worker
+
+    job = _manifest_from(args)
+    return run_worker(job, args.index, args.coordinator, args.bind, args.advertise)
+
+
+def _local_api(name: str) -> tuple[str, str]:
+    run_dir = Path(".streamjob/runs") / name
+    try:
+        status = json.loads((run_dir / "status.json").read_text())
+        token = (run_dir / "api-token").read_text().strip()
+    except OSError:
+        raise ManifestError(f"no local job named {name!r} is running here "
+                            f"({run_dir} not found)") from None
+    port = status.get("coordinator", {}).get("api_port")
+    if not port or status.get("state") in ("FINISHED", "FAILED", "STOPPED"):
+        raise ManifestError(f"job {name!r} is {status.get('state')}, not running")
+    return f"http://127.0.0.1:{port}", token
+
+
+def api_call(base: str, token: str, method: str, path: str, body: Any = None,
+             timeout: float = 120) -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(base + path, data=data, method=method,
+                                 headers={"Authorization": f"Bearer {token}",
+                                          "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        detail = json.loads(err.read() or b"{}").get("error", err.reason)
+        raise ManifestError(f"the coordinator refused: {detail}") from None
+
+
+def cmd_savepoint(args: argparse.Namespace) -> int:
+    base, token = _local_api(args.name)
+    result = api_call(base, token, "POST", "/api/v1/savepoints", {"stop": args.stop})
+    print(f"savepoint {result['id']} ({result['size_bytes']} bytes)", file=sys.stderr)
+    print(result["uri"])
+    return 0
+
+
+def cmd_checkpoints(args: argparse.Namespace) -> int:
+    base, token = _local_api(args.name)
+    if args.id is not None:
+        entry = api_call(base, token, "GET", f"/api/v1/checkpoints/{args.id}")
+        print(json.dumps(entry, indent=1))
+        return 0
+    history = api_call(base, token, "GET", "/api/v1/checkpoints")["checkpoints"]
+    print(f"{'ID':>5} {'KIND':<10} {'STATUS':<10} {'DURATION':>10} {'SIZE':>12}")
+    for h in history:
+        print(f"{h['id']:>5} {h['kind']:<10} {h['status']:<10} "
+              f"{h.get('duration_ms', 0):>8.1f}ms {h.get('size_bytes', 0):>12,}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="streamjob", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a StreamJob manifest on this machine")
+    run.add_argument("manifest")
+    run.add_argument("-p", "--parallelism", type=int)
+    run.add_argument("--arg", action="append", default=[], metavar="KEY=VALUE")
+    run.add_argument("--checkpoint-dir", help="storage for checkpoints (folder or URI)")
+    run.add_argument("--from-savepoint", metavar="URI")
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    run.set_defaults(fn=cmd_run)
+
+    co = sub.add_parser("coordinator", help="(internal) the coordinator process")
+    co.add_argument("--manifest")
+    co.add_argument("--job-id", required=True)
+    co.add_argument("--bind", default="127.0.0.1")
+    co.add_argument("--port", type=int, default=0)
+    co.add_argument("--api-port", type=int, default=8081)
+    co.add_argument("--api-token-file")
+    co.add_argument("--status-file")
+    co.add_argument("--from-savepoint")
+    co.set_defaults(fn=cmd_coordinator)
+
+    wk = sub.add_parser("worker", help="(internal) a worker process")
+    wk.add_argument("--manifest")
+    wk.add_argument("--coordinator", required=True, metavar="HOST:PORT")
+    wk.add_argument("--index", type=int, required=True)
+    wk.add_argument("--bind", default="127.0.0.1")
+    wk.add_argument("--advertise")
+    wk.set_defaults(fn=cmd_worker)
+
+    sp = sub.add_parser("savepoint", help="take a savepoint of a running local job")
+    sp.add_argument("name")
+    sp.add_argument("--stop", action="store_true", help="stop the job after the savepoint")
+    sp.set_defaults(fn=cmd_savepoint)
+
+    ck = sub.add_parser("checkpoints", help="checkpoint history of a running local job")
+    ck.add_argument("name")
+    ck.add_argument("--id", type=int)
+    ck.set_defaults(fn=cmd_checkpoints)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (ManifestError, PipelineError) as err:
+        return _fail(str(err))
+    except StorageError as err:
+        return _fail(str(err))

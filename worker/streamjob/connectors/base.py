@@ -1,0 +1,62 @@
+"""What the runtime expects of sources and sinks.
+
+A source is split into *splits* with stable ids (generator ranges, files); a split's
+position is its state. Split k of S belongs to subtask ``k % p``, so positions move between
+subtasks on rescale without touching the records.
+
+A transactional sink stages what it receives between checkpoint barriers and makes it
+visible only when that checkpoint completes (two-phase commit).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+
+class SourceReader(Protocol):
+    def poll(self, max_records: int) -> list[Any] | None:
+        """Up to ``max_records`` records; [] when none right now; None when finished."""
+        ...
+
+    def positions(self) -> dict[str, Any]:
+        """Position of every split this reader owns (its checkpointed state)."""
+        ...
+
+
+class Source(Protocol):
+    rate: float  # records/s for the whole job; 0 = as fast as possible
+
+    def split_ids(self) -> list[str]: ...
+
+    def initial_position(self, split_id: str) -> Any: ...
+
+    def create_reader(self, positions: dict[str, Any]) -> SourceReader: ...
+
+
+class SinkWriter(Protocol):
+    def write(self, batch: list[Any]) -> None: ...
+
+    def pre_commit(self, checkpoint_id: int) -> Callable[[], None]:
+        """Synchronous part at barrier n: close what was staged since the last barrier;
+        returns the slow part (flush to durable storage) to run off the processing thread."""
+        ...
+
+    def commit(self, checkpoint_id: int) -> None:
+        """Make everything staged up to checkpoint n visible (idempotent)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Sink(Protocol):
+    def create_writer(self, subtask: int, job_id: str) -> SinkWriter: ...
+
+    def recover(self, job_id: str, checkpoint_id: int | None) -> None:
+        """Before a restore from checkpoint n: commit what was staged up to n and drop what
+        was staged (or committed) after it, so replayed records are written once."""
+        ...
+
+
+def assign_splits(split_ids: list[str], subtask: int, parallelism: int) -> list[str]:
+    return [s for k, s in enumerate(split_ids) if k % parallelism == subtask]

@@ -1,0 +1,199 @@
+"""Keyed operators and the keyed state they keep.
+
+State lives in named tables (``dict`` key -> value) owned by one subtask. A snapshot freezes
+the tables with a shallow copy (the synchronous part, milliseconds for typical state) and the
+copy is grouped by key group and written while processing continues.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+_MISSING = object()
+
+
+class KeyedStateBackend:
+    """The keyed state of one subtask: tables of ``key -> value`` (value state) or
+    ``key -> dict`` (map state)."""
+
+    def __init__(self) -> None:
+        self.tables: dict[str, dict[Any, Any]] = {}
+        self.kinds: dict[str, str] = {}
+
+    def table(self, name: str, kind: str) -> dict[Any, Any]:
+        if name in self.tables:
+            if self.kinds[name] != kind:
+                raise ValueError(f"state {name!r} is a {self.kinds[name]} state, not {kind}")
+            return self.tables[name]
+        self.kinds[name] = kind
+        self.tables[name] = {}
+        return self.tables[name]
+
+    def freeze(self) -> dict[str, tuple[str, dict[Any, Any]]]:
+        """A copy that later updates do not change (map state copies its inner dicts)."""
+        frozen = {}
+        for name, table in self.tables.items():
+            kind = self.kinds[name]
+            if kind == "map":
+                frozen[name] = (kind, {k: dict(v) for k, v in table.items()})
+            else:
+                frozen[name] = (kind, table.copy())
+        return frozen
+
+    def load(self, name: str, kind: str, entries: dict[Any, Any]) -> None:
+        self.table(name, kind).update(entries)
+
+    def num_keys(self) -> int:
+        return sum(len(t) for t in self.tables.values())
+
+
+class ValueState:
+    """The value of one state for the current key."""
+
+    __slots__ = ("_ctx", "_table", "_default")
+
+    def __init__(self, ctx: KeyedContext, table: dict[Any, Any], default: Any):
+        self._ctx, self._table, self._default = ctx, table, default
+
+    def value(self) -> Any:
+        return self._table.get(self._ctx.key, self._default)
+
+    def update(self, value: Any) -> None:
+        self._table[self._ctx.key] = value
+
+    def clear(self) -> None:
+        self._table.pop(self._ctx.key, None)
+
+
+class MapState:
+    """A mapping kept per key (for the current key)."""
+
+    __slots__ = ("_ctx", "_table")
+
+    def __init__(self, ctx: KeyedContext, table: dict[Any, Any]):
+        self._ctx, self._table = ctx, table
+
+    def _map(self, create: bool) -> dict[Any, Any] | None:
+        m = self._table.get(self._ctx.key)
+        if m is None and create:
+            m = self._table[self._ctx.key] = {}
+        return m
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        m = self._map(False)
+        return default if m is None else m.get(key, default)
+
+    def put(self, key: Any, value: Any) -> None:
+        self._map(True)[key] = value
+
+    def remove(self, key: Any) -> None:
+        m = self._map(False)
+        if m is not None:
+            m.pop(key, None)
+            if not m:
+                del self._table[self._ctx.key]
+
+    def items(self) -> list[tuple[Any, Any]]:
+        m = self._map(False)
+        return list(m.items()) if m else []
+
+    def __contains__(self, key: Any) -> bool:
+        m = self._map(False)
+        return m is not None and key in m
+
+
+class KeyedContext:
+    """What a KeyedProcessFunction sees: the current key and its declared states."""
+
+    def __init__(self, backend: KeyedStateBackend):
+        self.backend = backend
+        self.key: Any = None
+
+    def value_state(self, name: str, default: Any = None) -> ValueState:
+        return ValueState(self, self.backend.table(name, "value"), default)
+
+    def map_state(self, name: str) -> MapState:
+        return MapState(self, self.backend.table(name, "map"))
+
+
+class KeyedProcessFunction:
+    """Subclass and override ``process``; declare states in ``open``."""
+
+    def open(self, ctx: KeyedContext) -> None:
+        """Declare states here: ``self.total = ctx.value_state("total", 0)``."""
+
+    def process(self, key: Any, value: Any, out: list[Any]) -> None:
+        raise NotImplementedError
+
+
+class CountOperator:
+    def __init__(self, backend: KeyedStateBackend, key_fn: Callable[[Any], Any]):
+        self.table = backend.table("count", "value")
+        self.key_fn = key_fn
+
+    def process_batch(self, batch: list[Any]) -> list[Any]:
+        table, key_fn, out = self.table, self.key_fn, []
+        append, get = out.append, table.get
+        for record in batch:
+            key = key_fn(record)
+            n = get(key, 0) + 1
+            table[key] = n
+            append((key, n))
+        return out
+
+
+class ReduceOperator:
+    def __init__(self, backend: KeyedStateBackend, key_fn: Callable[[Any], Any],
+                 fn: Callable[[Any, Any], Any]):
+        self.table = backend.table("reduce", "value")
+        self.key_fn, self.fn = key_fn, fn
+
+    def process_batch(self, batch: list[Any]) -> list[Any]:
+        table, key_fn, fn, out = self.table, self.key_fn, self.fn, []
+        for record in batch:
+            key = key_fn(record)
+            acc = table.get(key, _MISSING)
+            acc = record if acc is _MISSING else fn(acc, record)
+            table[key] = acc
+            out.append((key, acc))
+        return out
+
+
+class ProcessOperator:
+    def __init__(self, backend: KeyedStateBackend, key_fn: Callable[[Any], Any],
+                 fn: KeyedProcessFunction):
+        self.ctx = KeyedContext(backend)
+        self.key_fn, self.fn = key_fn, fn
+        fn.open(self.ctx)
+
+    def process_batch(self, batch: list[Any]) -> list[Any]:
+        ctx, key_fn, process, out = self.ctx, self.key_fn, self.fn.process, []
+        for record in batch:
+            key = ctx.key = key_fn(record)
+            process(key, record, out)
+        return out
+
+
+class CountOperatorFactory:
+    def create(self, backend: KeyedStateBackend, key_fn: Callable[[Any], Any]) -> CountOperator:
+        return CountOperator(backend, key_fn)
+
+
+class ReduceOperatorFactory:
+    def __init__(self, fn: Callable[[Any, Any], Any]):
+        self.fn = fn
+
+    def create(self, backend: KeyedStateBackend, key_fn: Callable[[Any], Any]) -> ReduceOperator:
+        return ReduceOperator(backend, key_fn, self.fn)
+
+
+class ProcessOperatorFactory:
+    def __init__(self, fn: KeyedProcessFunction):
+        self.fn = fn
+
+    def create(self, backend: KeyedStateBackend, key_fn: Callable[[Any], Any]) -> ProcessOperator:
+        import copy
+
+        # Each subtask gets its own instance: user functions may keep fields.
+        return ProcessOperator(backend, key_fn, copy.copy(self.fn))

@@ -1,0 +1,164 @@
+"""The pipeline API: what a user's ``module:function`` builds.
+
+    def build(args):
+        p = Pipeline()
+        (p.source(GeneratorSource(records=args["records"], fn=word))
+          .key_by(lambda w: w)
+          .count()
+          .map(lambda kv: f"{kv[0]} {kv[1]}")
+          .sink(FileSink(args["output"])))
+        return p
+
+Operators between exchanges are chained into one *task* (no serialization between them);
+``key_by`` (hash partitioned by key group) and ``rebalance`` (round robin) start a new task.
+Worker i runs subtask i of every task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class PipelineError(ValueError):
+    """A pipeline that cannot run (for example a key_by not followed by keyed processing)."""
+
+
+@dataclass(frozen=True)
+class Step:
+    kind: str  # map | filter | flat_map | keyed | sink
+    name: str
+    fn: Any = None
+
+
+@dataclass
+class Exchange:
+    kind: str  # keyed | rebalance
+    key_fn: Callable[[Any], Any] | None = None
+
+
+@dataclass
+class TaskSpec:
+    """One chain of operators: a task. ``exchange`` says how records reach it (None: source)."""
+
+    index: int
+    exchange: Exchange | None
+    steps: list[Step] = field(default_factory=list)
+
+    @property
+    def task_id(self) -> str:
+        return f"t{self.index}"
+
+    @property
+    def name(self) -> str:
+        return " -> ".join(s.name for s in self.steps)
+
+
+class Stream:
+    def __init__(self, pipeline: Pipeline):
+        self._p = pipeline
+
+    def map(self, fn: Callable[[Any], Any], name: str = "Map") -> Stream:
+        return self._p._add(Step("map", name, fn))
+
+    def filter(self, fn: Callable[[Any], bool], name: str = "Filter") -> Stream:
+        return self._p._add(Step("filter", name, fn))
+
+    def flat_map(self, fn: Callable[[Any], Iterable[Any]], name: str = "FlatMap") -> Stream:
+        return self._p._add(Step("flat_map", name, fn))
+
+    def key_by(self, key_fn: Callable[[Any], Any]) -> KeyedStream:
+        self._p._exchange(Exchange("keyed", key_fn))
+        return KeyedStream(self._p)
+
+    def rebalance(self) -> Stream:
+        self._p._exchange(Exchange("rebalance"))
+        return self
+
+    def sink(self, sink: Any, name: str | None = None) -> None:
+        self._p._add(Step("sink", name or f"Sink: {type(sink).__name__}", sink))
+
+    def print(self) -> None:
+        from streamjob.connectors.printsink import PrintSink
+
+        self.sink(PrintSink(), "Sink: print")
+
+
+class KeyedStream:
+    def __init__(self, pipeline: Pipeline):
+        self._p = pipeline
+
+    def process(self, fn: Any, name: str | None = None) -> Stream:
+        """Keyed processing with state: ``fn`` is a :class:`KeyedProcessFunction`."""
+        from streamjob.operators import ProcessOperatorFactory
+
+        return self._p._add(Step("keyed", name or f"Keyed {type(fn).__name__}",
+                                 ProcessOperatorFactory(fn)))
+
+    def reduce(self, fn: Callable[[Any, Any], Any], name: str = "Keyed reduce") -> Stream:
+        """Emit ``(key, acc)`` after each record, ``acc = fn(acc, record)``."""
+        from streamjob.operators import ReduceOperatorFactory
+
+        return self._p._add(Step("keyed", name, ReduceOperatorFactory(fn)))
+
+    def count(self, name: str = "Keyed count") -> Stream:
+        """Emit ``(key, n)`` after each record: the running count of its key."""
+        from streamjob.operators import CountOperatorFactory
+
+        return self._p._add(Step("keyed", name, CountOperatorFactory()))
+
+
+class Pipeline:
+    def __init__(self) -> None:
+        self.source_connector: Any = None
+        self.tasks: list[TaskSpec] = []
+
+    def source(self, source: Any, name: str | None = None) -> Stream:
+        if self.source_connector is not None:
+            raise PipelineError("a pipeline has exactly one source")
+        self.source_connector = source
+        self.tasks.append(TaskSpec(0, None, [Step("source", name or
+                                                  f"Source: {type(source).__name__}", source)]))
+        return Stream(self)
+
+    def _add(self, step: Step) -> Stream:
+        if not self.tasks:
+            raise PipelineError("call Pipeline.source(...) before adding operators")
+        last = self.tasks[-1]
+        if last.steps and last.steps[-1].kind == "sink":
+            raise PipelineError("nothing can follow a sink")
+        if step.kind == "keyed":
+            if last.exchange is None or last.exchange.kind != "keyed" or last.steps:
+                raise PipelineError(f"{step.name} must directly follow key_by(...)")
+        elif last.exchange is not None and last.exchange.kind == "keyed" and not last.steps:
+            raise PipelineError("key_by(...) must be followed by process, reduce or count")
+        last.steps.append(step)
+        return Stream(self)
+
+    def _exchange(self, exchange: Exchange) -> None:
+        last = self.tasks[-1]
+        if last.steps and last.steps[-1].kind == "sink":
+            raise PipelineError("nothing can follow a sink")
+        if not last.steps:
+            raise PipelineError("an exchange must follow an operator")
+        self.tasks.append(TaskSpec(len(self.tasks), exchange))
+
+    @property
+    def sink_connector(self) -> Any:
+        last = self.tasks[-1].steps[-1] if self.tasks and self.tasks[-1].steps else None
+        return last.fn if last is not None and last.kind == "sink" else None
+
+    def validate(self) -> None:
+        if self.source_connector is None:
+            raise PipelineError("the pipeline has no source")
+        for task in self.tasks:
+            if not task.steps:
+                raise PipelineError("key_by(...) or rebalance() at the end needs an operator "
+                                    "after it")
+        if self.sink_connector is None:
+            raise PipelineError("the pipeline must end with a sink")
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [{"id": t.task_id, "name": t.name,
+                 "input": t.exchange.kind if t.exchange else "source"} for t in self.tasks]

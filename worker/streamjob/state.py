@@ -1,0 +1,141 @@
+"""State files: how one subtask's snapshot is laid out in storage.
+
+Format (version 1), never pickled::
+
+    b"SJSNAP" + u16 version          8 bytes header
+    section*                         msgpack blobs, one per key group (ascending), then one
+                                     for operator state (source positions, in-flight records)
+
+The *handle* that the subtask acks (and ``_metadata`` keeps) says where each section is:
+``key_groups: [[kg, offset, length, crc32], ...]`` and ``operator: [offset, length, crc32]``,
+plus the file's size and sha256. A restoring subtask reads only the byte ranges of the key
+groups it owns and checks each crc32. Small operator-only state is kept inline in the handle
+(base64 msgpack) instead of a file.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import struct
+import zlib
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import msgpack
+
+from streamjob.storage import Storage
+
+MAGIC = b"SJSNAP"
+VERSION = 1
+HEADER = MAGIC + struct.pack("<H", VERSION)
+INLINE_LIMIT = 16 * 1024
+
+
+class CorruptStateError(ValueError):
+    """A state file failed its checksum or format check."""
+
+
+def _hashable(key: Any) -> Any:
+    if type(key) is list:
+        return tuple(_hashable(k) for k in key)
+    return key
+
+
+def encode_snapshot(frozen: dict[str, tuple[str, dict[Any, Any]]],
+                    operator_state: dict[str, Any] | None,
+                    kg_of: Callable[[Any], int]) -> tuple[bytes, dict[str, Any]]:
+    """Bytes of a state file and the (location-less) handle describing it."""
+    groups: dict[int, list[list[Any]]] = defaultdict(list)
+    for name, (kind, table) in frozen.items():
+        per_kg: dict[int, list[Any]] = defaultdict(list)
+        for key, value in table.items():
+            per_kg[kg_of(key)].append((key, value))
+        for kg, entries in per_kg.items():
+            groups[kg].append((name, kind, entries))
+    parts = [HEADER]
+    offset = len(HEADER)
+    kg_index = []
+    packer = msgpack.Packer(use_bin_type=True)
+    for kg in sorted(groups):
+        blob = packer.pack(groups[kg])
+        kg_index.append([kg, offset, len(blob), zlib.crc32(blob)])
+        parts.append(blob)
+        offset += len(blob)
+    op = None
+    if operator_state:
+        blob = packer.pack(operator_state)
+        op = [offset, len(blob), zlib.crc32(blob)]
+        parts.append(blob)
+        offset += len(blob)
+    data = b"".join(parts)
+    handle = {"format": VERSION, "size": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+              "key_groups": kg_index, "operator": op,
+              "keys": sum(len(t) for _, t in frozen.values())}
+    return data, handle
+
+
+def write_snapshot(storage: Storage, key: str,
+                   frozen: dict[str, tuple[str, dict[Any, Any]]],
+                   operator_state: dict[str, Any] | None,
+                   kg_of: Callable[[Any], int]) -> dict[str, Any]:
+    """Write a subtask's snapshot and return its handle (inline when tiny and unkeyed)."""
+    if not any(t for _, t in frozen.values()):
+        blob = msgpack.packb(operator_state or {}, use_bin_type=True)
+        if len(blob) <= INLINE_LIMIT:
+            return {"format": VERSION, "inline": base64.b64encode(blob).decode("ascii"),
+                    "crc32": zlib.crc32(blob), "size": 0, "key_groups": [], "keys": 0}
+    data, handle = encode_snapshot(frozen, operator_state, kg_of)
+    storage.put(key, data)
+    handle["key"] = key
+    return handle
+
+
+def _unpack(blob: bytes, crc: int, where: str) -> Any:
+    if zlib.crc32(blob) != crc:
+        raise CorruptStateError(f"checksum mismatch in {where}")
+    try:
+        return msgpack.unpackb(blob, raw=False, use_list=True, strict_map_key=False)
+    except (ValueError, msgpack.UnpackException) as err:
+        raise CorruptStateError(f"cannot decode {where}: {err}") from None
+
+
+def read_operator_state(storage: Storage, handle: dict[str, Any]) -> dict[str, Any]:
+    if handle.get("format") != VERSION:
+        raise CorruptStateError(f"state format {handle.get('format')!r} is not {VERSION}")
+    if "inline" in handle:
+        return _unpack(base64.b64decode(handle["inline"]), handle["crc32"], "inline state")
+    if not handle.get("operator"):
+        return {}
+    offset, length, crc = handle["operator"]
+    return _unpack(storage.get_range(handle["key"], offset, length), crc, handle["key"])
+
+
+def _spans(index: Iterable[list[int]]) -> list[list[list[int]]]:
+    """Group adjacent sections so that one ranged read fetches each run of key groups."""
+    spans: list[list[list[int]]] = []
+    for entry in index:
+        if spans and spans[-1][-1][1] + spans[-1][-1][2] == entry[1]:
+            spans[-1].append(entry)
+        else:
+            spans.append([entry])
+    return spans
+
+
+def read_keyed_state(storage: Storage, handle: dict[str, Any], key_groups: range,
+                     ) -> Iterable[tuple[str, str, dict[Any, Any]]]:
+    """(table, kind, entries) for the key groups in ``key_groups`` only, by ranged reads."""
+    if handle.get("format") != VERSION:
+        raise CorruptStateError(f"state format {handle.get('format')!r} is not {VERSION}")
+    wanted = [e for e in handle.get("key_groups", []) if e[0] in key_groups]
+    for span in _spans(wanted):
+        start = span[0][1]
+        end = span[-1][1] + span[-1][2]
+        blob = storage.get_range(handle["key"], start, end - start)
+        if len(blob) != end - start:
+            raise CorruptStateError(f"{handle['key']} is shorter than its handle says")
+        for kg, offset, length, crc in span:
+            part = blob[offset - start: offset - start + length]
+            for name, kind, entries in _unpack(part, crc, f"{handle['key']} key group {kg}"):
+                yield name, kind, {_hashable(k): v for k, v in entries}

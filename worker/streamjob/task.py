@@ -1,0 +1,352 @@
+"""One subtask of one task (a chain of operators) inside a worker.
+
+The task loop takes batches from its input gate (or polls its source), pushes them through
+the chained operators and emits the result downstream or into the sink. Barriers reach it
+between batches; snapshots are taken there, so state and emitted records always agree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any
+
+from streamjob import barriers, state
+from streamjob.barriers import BarrierHandler
+from streamjob.channels import InputGate, Marker, Output
+from streamjob.checkpoints import checkpoint_dir, savepoint_path
+from streamjob.connectors.base import assign_splits
+from streamjob.keygroups import key_group, key_group_range
+from streamjob.operators import KeyedStateBackend
+from streamjob.pipeline import TaskSpec
+from streamjob.storage import Storage
+
+log = logging.getLogger("streamjob.task")
+
+BATCH = 2048
+
+
+@dataclass
+class Snapshot:
+    """A snapshot after its synchronous part, waiting for in-flight capture and upload."""
+
+    checkpoint_id: int
+    directory: str
+    first_barrier: float
+    alignment_ms: float
+    sync_ms: float
+    buffered_records: int
+    frozen: dict[str, Any]
+    operator_state: dict[str, Any]
+    sink_finish: Callable[[], None] | None
+    unaligned: bool = False
+    sync_done: float = field(default_factory=time.time)
+
+
+class SubtaskRunner:
+    def __init__(self, spec: TaskSpec, subtask: int, parallelism: int, max_parallelism: int,
+                 job_id: str, storage: Storage, executor: Executor, checkpoint_mode: str,
+                 aligned_timeout: float, send: Callable[..., None], source: Any = None):
+        self.spec = spec
+        self.subtask, self.p, self.m = subtask, parallelism, max_parallelism
+        self.job_id, self.storage, self.executor = job_id, storage, executor
+        self.send = send  # control message to the coordinator
+        self.gate: InputGate | None = None
+        self.handler: BarrierHandler | None = None
+        if spec.exchange is not None:
+            self.gate = InputGate(parallelism)
+            self.handler = BarrierHandler(parallelism, checkpoint_mode, aligned_timeout)
+            self.gate.blocked = self.handler.blocked
+            self.gate.wants_priority = self._wants_priority
+        self.output: Output | None = None
+        self.backend: KeyedStateBackend | None = None
+        self.source = source
+        self.reader = None
+        self.sink_writer = None
+        self.transforms: list[Callable[[Any], Any]] = []
+        self.records_in = 0
+        self.records_out = 0
+        self.triggers: list[dict[str, Any]] = []
+        self.trigger_event = asyncio.Event()
+        self.source_finished = False
+        self.stopped = False  # after a stop-with-savepoint barrier: emit nothing more
+        self.pending: dict[int, Snapshot] = {}
+        self.uploads: set[asyncio.Task[Any]] = set()
+        self.replay: list[Any] = []
+        self._kg_cache: dict[Any, int] = {}
+        self._build()
+
+    # -- construction -------------------------------------------------------------------
+
+    def _build(self) -> None:
+        for step in self.spec.steps:
+            fn = step.fn
+            if step.kind == "map":
+                self.transforms.append(lambda b, f=fn: [f(x) for x in b])
+            elif step.kind == "filter":
+                self.transforms.append(lambda b, f=fn: [x for x in b if f(x)])
+            elif step.kind == "flat_map":
+                self.transforms.append(lambda b, f=fn: [y for x in b for y in f(x)])
+            elif step.kind == "keyed":
+                self.backend = KeyedStateBackend()
+                op = fn.create(self.backend, self.spec.exchange.key_fn)
+                self.transforms.append(op.process_batch)
+            elif step.kind == "sink":
+                self.sink_writer = fn.create_writer(self.subtask, self.job_id)
+
+    def _kg_of(self, key: Any) -> int:
+        kg = self._kg_cache.get(key)
+        if kg is None:
+            kg = key_group(key, self.m)
+            if len(self._kg_cache) < 1 << 20:
+                self._kg_cache[key] = kg
+        return kg
+
+    @property
+    def name(self) -> str:
+        return f"{self.spec.task_id}[{self.subtask}]"
+
+    def restore(self, task_state: dict[str, Any] | None) -> None:
+        """Load this subtask's share of a checkpoint (any parallelism it was taken at)."""
+        positions: dict[str, Any] = {}
+        if task_state is not None:
+            same_parallelism = len(task_state["subtasks"]) == self.p
+            own_range = key_group_range(self.subtask, self.p, self.m)
+            for old_index, handle in enumerate(task_state["subtasks"]):
+                op_state = state.read_operator_state(self.storage, handle)
+                positions.update(op_state.get("splits", {}))
+                if same_parallelism and old_index == self.subtask:
+                    for _channel, batches in op_state.get("inflight", []):
+                        self.replay.extend(batches)
+                if self.backend is not None and handle.get("key_groups"):
+                    for name, kind, entries in state.read_keyed_state(self.storage, handle,
+                                                                      own_range):
+                        self.backend.load(name, kind, entries)
+        if self.source is not None:
+            split_ids = self.source.split_ids()
+            mine = assign_splits(split_ids, self.subtask, self.p)
+            self.reader = self.source.create_reader(
+                {s: positions.get(s, self.source.initial_position(s)) for s in mine})
+
+    # -- processing ---------------------------------------------------------------------
+
+    async def push(self, batch: Any) -> None:
+        for transform in self.transforms:
+            batch = transform(batch)
+            if not batch:
+                return
+        self.records_out += len(batch)
+        if self.sink_writer is not None:
+            self.sink_writer.write(batch)
+        elif self.output is not None:
+            await self.output.emit(batch)
+
+    async def run(self) -> None:
+        if self.replay:
+            batches, self.replay = self.replay, []
+            for batch in batches:
+                self.records_in += len(batch)
+                await self.push(batch)
+        if self.gate is None:
+            await self._run_source()
+        else:
+            await self._run_gate()
+
+    async def _run_source(self) -> None:
+        rate = self.source.rate
+        share = len(self.reader.positions()) / max(1, len(self.source.split_ids()))
+        my_rate = rate * share
+        started = time.monotonic()
+        emitted = 0
+        while True:
+            while self.triggers:
+                await self._source_barrier(self.triggers.pop(0))
+            if self.source_finished or self.stopped:
+                self.trigger_event.clear()
+                await self.trigger_event.wait()
+                continue
+            budget = BATCH
+            if my_rate > 0:
+                allowed = int((time.monotonic() - started) * my_rate) - emitted
+                if allowed <= 0:
+                    self.trigger_event.clear()
+                    try:
+                        await asyncio.wait_for(self.trigger_event.wait(),
+                                               min(0.05, (1 - allowed) / my_rate))
+                    except TimeoutError:
+                        pass
+                    continue
+                budget = min(BATCH, allowed)
+            batch = self.reader.poll(budget)
+            if batch is None:
+                self.source_finished = True
+                self.send("SOURCE_FINISHED", subtask=self.subtask)
+                continue
+            emitted += len(batch)
+            self.records_in += len(batch)
+            await self.push(batch)
+            await asyncio.sleep(0)  # let control messages and readers run
+
+    async def _source_barrier(self, trig: dict[str, Any]) -> None:
+        now = time.time()
+        savepoint = bool(trig.get("savepoint"))
+        snap = await self._sync_snapshot(trig["id"], self.directory(trig["id"], savepoint),
+                                         savepoint, now, 0.0, 0, unaligned=False)
+        if trig.get("stop"):
+            self.stopped = True
+        self._finish(snap)
+
+    async def _run_gate(self) -> None:
+        gate, handler = self.gate, self.handler
+        while True:
+            deadline = handler.deadline()
+            timeout = None if deadline is None else max(0.0, deadline - time.time())
+            got = await gate.next(timeout)
+            if got is None:
+                await self._apply(handler.on_tick(time.time()), None)
+                continue
+            channel, item = got
+            if type(item) is Marker:
+                item.handled = True
+                await self._apply(handler.on_barrier(channel, item.checkpoint_id, time.time(),
+                                                     item.savepoint), item)
+                continue
+            self.records_in += len(item)
+            await self.push(item)
+
+    def _wants_priority(self, marker: Marker) -> bool:
+        return not marker.savepoint and self.handler.priority_barriers
+
+    async def _apply(self, actions: list[barriers.Action], marker: Marker | None) -> None:
+        for action in actions:
+            cid = action.checkpoint_id
+            if action.kind == barriers.SNAPSHOT:
+                first = action.started_at or time.time()
+                savepoint = marker.savepoint if marker else False
+                blocked = set(self.handler.blocked)
+                await self._sync_snapshot(
+                    cid, self.directory(cid, savepoint), savepoint, first,
+                    (time.time() - first) * 1000, self.gate.buffered_records(blocked),
+                    unaligned=action.unaligned)
+                if action.unaligned:
+                    channels = action.channels
+                    self.gate.start_capture(cid, channels + self._arrived_unhandled(cid))
+            elif action.kind == barriers.COMPLETE:
+                snap = self.pending.get(cid)
+                if snap is not None:
+                    if snap.unaligned:
+                        captured = self.gate.take_capture(cid)
+                        snap.operator_state["inflight"] = [
+                            [c, [list(b) for b in batches]] for c, batches in captured.items()
+                            if batches]
+                    self._finish(snap)
+            elif action.kind == barriers.ABORTED:
+                self._drop(cid, "a newer barrier overtook it")
+
+    def _arrived_unhandled(self, cid: int) -> tuple[int, ...]:
+        """Channels whose barrier n sits in their queue but was not handled yet."""
+        return tuple(c for c, q in enumerate(self.gate.queues)
+                     if any(type(i) is Marker and i.checkpoint_id == cid for i in q))
+
+    # -- checkpoints --------------------------------------------------------------------
+
+    def directory(self, cid: int, savepoint: bool) -> str:
+        return (savepoint_path(self.job_id, str(cid)) if savepoint
+                else checkpoint_dir(self.job_id, cid))
+
+    async def _sync_snapshot(self, cid: int, directory: str, savepoint: bool, first: float,
+                             alignment_ms: float, buffered: int, unaligned: bool) -> Snapshot:
+        t0 = time.perf_counter()
+        frozen = self.backend.freeze() if self.backend is not None else {}
+        op_state: dict[str, Any] = {}
+        if self.reader is not None:
+            op_state["splits"] = self.reader.positions()
+        finish = self.sink_writer.pre_commit(cid) if self.sink_writer is not None else None
+        sync_ms = (time.perf_counter() - t0) * 1000
+        snap = Snapshot(cid, directory, first, alignment_ms, sync_ms, buffered, frozen,
+                        op_state, finish, unaligned)
+        self.pending[cid] = snap
+        if self.output is not None:
+            await self.output.broadcast_barrier(cid, savepoint)
+        return snap
+
+    def _finish(self, snap: Snapshot) -> None:
+        """Upload off the processing thread, then ack."""
+        self.pending.pop(snap.checkpoint_id, None)
+        loop = asyncio.get_running_loop()
+        key = (f"{snap.directory}/{self.spec.task_id}/"
+               f"{self.subtask}-{uuid.uuid4().hex[:12]}")
+
+        def upload() -> tuple[dict[str, Any], float]:
+            t0 = time.perf_counter()
+            if snap.sink_finish is not None:
+                snap.sink_finish()
+            handle = state.write_snapshot(self.storage, key, snap.frozen, snap.operator_state,
+                                          self._kg_of)
+            return handle, (time.perf_counter() - t0) * 1000
+
+        async def run() -> None:
+            try:
+                handle, async_ms = await loop.run_in_executor(self.executor, upload)
+            except Exception as err:  # noqa: BLE001 - any storage failure declines
+                log.warning("%s: checkpoint %d declined: %s", self.name, snap.checkpoint_id, err)
+                self.send("DECLINE", id=snap.checkpoint_id, task=self.spec.task_id,
+                          subtask=self.subtask, reason=str(err))
+                return
+            inflight = sum(len(b) for _, bs in snap.operator_state.get("inflight", [])
+                           for b in bs)
+            self.send("ACK", id=snap.checkpoint_id, task=self.spec.task_id, subtask=self.subtask,
+                      handle=handle, timings={
+                          "first_barrier": snap.first_barrier,
+                          "alignment_ms": round(snap.alignment_ms, 3),
+                          "sync_ms": round(snap.sync_ms, 3),
+                          "async_ms": round(async_ms, 3),
+                          "sync_done": snap.sync_done,
+                          "ack": time.time(),
+                          "bytes": handle.get("size", 0),
+                          "buffered_records": snap.buffered_records,
+                          "inflight_records": inflight,
+                          "unaligned": snap.unaligned,
+                      })
+
+        task = asyncio.ensure_future(run())
+        self.uploads.add(task)
+        task.add_done_callback(self.uploads.discard)
+
+    def _drop(self, cid: int, why: str) -> None:
+        snap = self.pending.pop(cid, None)
+        if self.gate is not None:
+            self.gate.drop_capture(cid)
+        if snap is not None:
+            log.info("%s: checkpoint %d dropped: %s", self.name, cid, why)
+
+    def on_trigger(self, trig: dict[str, Any]) -> None:
+        if self.gate is None:
+            self.triggers.append(trig)
+            self.trigger_event.set()
+
+    def on_abort(self, cid: int) -> None:
+        if self.handler is not None:
+            self.handler.abort(cid)
+        self._drop(cid, "aborted by the coordinator")
+
+    async def on_complete(self, cid: int) -> None:
+        if self.sink_writer is not None:
+            await asyncio.get_running_loop().run_in_executor(
+                self.executor, self.sink_writer.commit, cid)
+
+    async def close(self) -> None:
+        if self.uploads:
+            await asyncio.gather(*self.uploads, return_exceptions=True)
+        if self.output is not None:
+            self.output.close()
+        if self.sink_writer is not None:
+            self.sink_writer.close()
+
+
+Sender = Callable[..., Awaitable[None]]

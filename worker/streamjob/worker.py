@@ -1,0 +1,269 @@
+"""The worker process: runs subtask i of every task of the job.
+
+Lifecycle: connect to the coordinator and say HELLO (index, data address). The coordinator
+answers DEPLOY (attempt, parallelism, peers, checkpoint to restore); the worker builds its
+subtasks, restores their state, connects its output channels and reports RUNNING. On CANCEL
+it tears the attempt down (waiting for uploads in progress, so nothing stale lands in
+storage later) and waits for the next DEPLOY. If the coordinator goes away the worker exits:
+whoever runs it (``streamjob run`` or the operator) starts a new one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from streamjob import wire
+from streamjob.channels import InputGate, LocalChannel, Marker, Output, RemoteChannel
+from streamjob.manifest import StreamJob, import_pipeline
+from streamjob.storage import open_storage
+from streamjob.task import SubtaskRunner
+
+log = logging.getLogger("streamjob.worker")
+
+EXIT_COORDINATOR_LOST = 3
+
+
+class Deployment:
+    def __init__(self, attempt: int, runners: list[SubtaskRunner]):
+        self.attempt = attempt
+        self.runners = runners
+        self.tasks: list[asyncio.Task[Any]] = []
+        self.readers: list[asyncio.Task[Any]] = []
+        self.connections: list[asyncio.StreamWriter] = []
+
+    def gate(self, task_index: int) -> InputGate | None:
+        return self.runners[task_index].gate if task_index < len(self.runners) else None
+
+
+class Worker:
+    def __init__(self, job: StreamJob, index: int, coordinator: str, bind: str,
+                 advertise: str | None, search_path: str | None = None):
+        self.job = job
+        self.index = index
+        self.coordinator = coordinator
+        self.bind = bind
+        self.advertise = advertise
+        self.pipeline = import_pipeline(job.spec, search_path)
+        self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="upload")
+        self.deployment: Deployment | None = None
+        self.parked: list[tuple[int, int, int, asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self.ctrl_writer: asyncio.StreamWriter | None = None
+        self.storage = None
+        self.port = 0
+        self.deploy_task: asyncio.Task[None] | None = None
+
+    # -- control ------------------------------------------------------------------------
+
+    def send(self, msg_type: str, **fields: Any) -> None:
+        if self.ctrl_writer is not None and not self.ctrl_writer.is_closing():
+            attempt = self.deployment.attempt if self.deployment else -1
+            self.ctrl_writer.write(wire.control(msg_type, attempt=attempt, worker=self.index,
+                                                **fields))
+
+    async def main(self) -> int:
+        server = await asyncio.start_server(self._on_data_connection, self.bind, 0)
+        self.port = server.sockets[0].getsockname()[1]
+        host, _, port = self.coordinator.rpartition(":")
+        reader, self.ctrl_writer = await _connect_with_retry(host, int(port), 30.0)
+        self.send("HELLO", host=self.advertise, port=self.port, pid=os.getpid())
+        stats = asyncio.ensure_future(self._report_stats())
+        try:
+            while True:
+                try:
+                    kind, payload = await wire.read_frame(reader)
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    log.error("worker %d: lost the coordinator; exiting", self.index)
+                    return EXIT_COORDINATOR_LOST
+                msg = wire.unpack_control(payload)
+                if await self._handle(msg):
+                    return 0
+        finally:
+            stats.cancel()
+            server.close()
+
+    async def _handle(self, msg: dict[str, Any]) -> bool:
+        t = msg["type"]
+        d = self.deployment
+        if t == "DEPLOY":
+            await self._cancel()
+            # Deploy in the background so that a CANCEL can interrupt a deploy that waits
+            # for a peer which died meanwhile.
+            self.deploy_task = asyncio.ensure_future(self._deploy(msg))
+        elif t == "CANCEL":
+            await self._cancel()
+            self.send("CANCELLED", cancelled=msg["attempt"])
+        elif t == "TRIGGER" and d and msg["attempt"] == d.attempt:
+            for r in d.runners:
+                r.on_trigger(msg)
+        elif t == "ABORT" and d:
+            for r in d.runners:
+                r.on_abort(msg["id"])
+        elif t == "NOTIFY" and d and msg["attempt"] == d.attempt:
+            asyncio.ensure_future(self._complete(d, msg))
+        elif t == "SHUTDOWN":
+            await self._cancel()
+            return True
+        return False
+
+    async def _complete(self, d: Deployment, msg: dict[str, Any]) -> None:
+        try:
+            for r in d.runners:
+                await r.on_complete(msg["id"])
+        except Exception as err:  # noqa: BLE001
+            self.send("FAILED", reason=f"commit of checkpoint {msg['id']} failed: {err}")
+            return
+        if msg.get("final"):
+            self.send("COMMITTED", id=msg["id"])
+
+    async def _report_stats(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            d = self.deployment
+            if d is not None:
+                self.send("STATS", tasks={r.spec.task_id: [r.records_in, r.records_out]
+                                          for r in d.runners})
+
+    # -- deploy and cancel ---------------------------------------------------------------
+
+    async def _deploy(self, msg: dict[str, Any]) -> None:
+        attempt, p = msg["attempt"], msg["parallelism"]
+        spec = self.job.spec
+        if self.storage is None:
+            self.storage = open_storage(msg["storage"])
+        runners = [
+            SubtaskRunner(t, self.index, p, spec.max_parallelism, msg["job_id"], self.storage,
+                          self.executor, spec.checkpoint.mode, spec.checkpoint.aligned_timeout,
+                          self.send, self.pipeline.source_connector if t.exchange is None
+                          else None)
+            for t in self.pipeline.tasks]
+        d = self.deployment = Deployment(attempt, runners)
+        restore = msg.get("restore")
+        try:
+            loop = asyncio.get_running_loop()
+            for r in runners:
+                task_state = restore["tasks"].get(r.spec.task_id) if restore else None
+                await loop.run_in_executor(self.executor, r.restore, task_state)
+            # Channels parked before this DEPLOY arrived belong to it now.
+            parked, self.parked = self.parked, []
+            for a, task_index, sender, reader, writer in parked:
+                self._attach(a, task_index, sender, reader, writer)
+            for r, nxt in zip(runners, runners[1:], strict=False):
+                channels = []
+                for j, peer in enumerate(msg["peers"]):
+                    if j == self.index:
+                        channels.append(LocalChannel(nxt.gate, self.index))
+                        continue
+                    _, w = await _connect_with_retry(peer[0], peer[1], 10.0)
+                    w.write(wire.frame(wire.HELLO, wire.pack([attempt, nxt.spec.index,
+                                                              self.index])))
+                    d.connections.append(w)
+                    channels.append(RemoteChannel(w))
+                r.output = Output(nxt.spec.exchange.kind, channels, nxt.spec.exchange.key_fn,
+                                  spec.max_parallelism)
+        except asyncio.CancelledError:
+            for w in d.connections:
+                w.close()
+            raise
+        except Exception as err:  # noqa: BLE001 - reported, the coordinator restarts
+            log.exception("worker %d: deploy of attempt %d failed", self.index, attempt)
+            self.send("FAILED", reason=f"worker {self.index} could not start: {err}")
+            return
+        if self.deployment is not d:
+            return
+        for r in runners:
+            d.tasks.append(asyncio.ensure_future(self._run(d, r)))
+        self.send("RUNNING")
+
+    async def _run(self, d: Deployment, runner: SubtaskRunner) -> None:
+        try:
+            await runner.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:  # noqa: BLE001 - user code failed: the job restarts
+            log.exception("%s failed", runner.name)
+            if self.deployment is d:
+                self.send("FAILED", reason=f"{runner.name} failed: {type(err).__name__}: {err}")
+
+    async def _cancel(self) -> None:
+        if self.deploy_task is not None:
+            self.deploy_task.cancel()
+            await asyncio.gather(self.deploy_task, return_exceptions=True)
+            self.deploy_task = None
+        d, self.deployment = self.deployment, None
+        if d is None:
+            return
+        for t in d.tasks + d.readers:
+            t.cancel()
+        await asyncio.gather(*d.tasks, *d.readers, return_exceptions=True)
+        for r in d.runners:
+            await r.close()
+        for w in d.connections:
+            w.close()
+
+    # -- data channels -------------------------------------------------------------------
+
+    async def _on_data_connection(self, reader: asyncio.StreamReader,
+                                  writer: asyncio.StreamWriter) -> None:
+        try:
+            kind, payload = await wire.read_frame(reader)
+            if kind != wire.HELLO:
+                raise wire.ProtocolError("data channel did not start with HELLO")
+            attempt, task_index, sender = wire.unpack_batch(payload)
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError):
+            writer.close()
+            return
+        self._attach(attempt, task_index, sender, reader, writer)
+
+    def _attach(self, attempt: int, task_index: int, sender: int,
+                reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        d = self.deployment
+        if d is None or attempt > d.attempt:
+            self.parked.append((attempt, task_index, sender, reader, writer))
+            return
+        gate = d.gate(task_index)
+        if attempt < d.attempt or gate is None:
+            writer.close()
+            return
+        d.connections.append(writer)
+        d.readers.append(asyncio.ensure_future(self._read_channel(d, gate, sender, reader)))
+
+    async def _read_channel(self, d: Deployment, gate: InputGate, channel: int,
+                            reader: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                kind, payload = await wire.read_frame(reader)
+                if kind == wire.DATA:
+                    await gate.put_batch(channel, wire.unpack_batch(payload))
+                elif kind == wire.BARRIER:
+                    cid, savepoint = wire.unpack_batch(payload)
+                    gate.put_barrier(channel, Marker(cid, savepoint))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            # The sender is gone; the coordinator sees the lost worker and restarts the job.
+            return
+
+
+async def _connect_with_retry(host: str, port: int, timeout: float):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await asyncio.open_connection(host, port)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.05)
+
+
+def run_worker(job: StreamJob, index: int, coordinator: str, bind: str = "127.0.0.1",
+               advertise: str | None = None, search_path: str | None = None) -> int:
+    logging.basicConfig(level=os.environ.get("STREAMJOB_LOG", "WARNING"),
+                        format=f"%(asctime)s worker-{index} %(levelname)s %(message)s")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    worker = Worker(job, index, coordinator, bind, advertise, search_path)
+    return asyncio.run(worker.main())
