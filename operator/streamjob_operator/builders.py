@@ -1,0 +1,184 @@
+"""Pure builders of the Kubernetes objects of one StreamJob (``kubernetes.client`` models).
+
+Nothing here talks to a server: each function takes the parsed job and returns an object that
+``kube`` sends. Storage credentials are referenced by Secret key, never copied.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+from kubernetes import client as k8s
+from streamjob.manifest import StreamJob
+
+from streamjob_operator import names
+from streamjob_operator.config import Settings
+from streamjob_operator.model import Deployment, manifest_text
+
+STORAGE_KEYS = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+
+
+def _owned(obj: Any, owner: Mapping[str, Any] | None) -> Any:
+    if owner is not None:
+        kopf.adopt(obj, owner=owner, forced=True)  # type: ignore[arg-type]
+    return obj
+
+
+def _security_context(settings: Settings) -> tuple[k8s.V1PodSecurityContext,
+                                                   k8s.V1SecurityContext]:
+    pod = k8s.V1PodSecurityContext(
+        run_as_non_root=True, run_as_user=settings.run_as_user,
+        run_as_group=settings.run_as_user, fs_group=settings.run_as_user,
+        seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault"))
+    container = k8s.V1SecurityContext(
+        run_as_non_root=True, allow_privilege_escalation=False, privileged=False,
+        capabilities=k8s.V1Capabilities(drop=["ALL"]),
+        seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault"))
+    return pod, container
+
+
+def _resources(job: StreamJob) -> k8s.V1ResourceRequirements | None:
+    res = job.spec.resources
+    if res is None or (res.cpu is None and res.memory is None):
+        return None
+    requests = {k: v for k, v in (("cpu", res.cpu), ("memory", res.memory)) if v}
+    limits = {k: v for k, v in (("cpu", res.cpu), ("memory", res.memory)) if v}
+    return k8s.V1ResourceRequirements(requests=requests, limits=limits)
+
+
+def _storage_env(job: StreamJob) -> list[k8s.V1EnvVar]:
+    secret = job.spec.storage_secret
+    if not secret:
+        return []
+    return [k8s.V1EnvVar(name=key, value_from=k8s.V1EnvVarSource(
+        secret_key_ref=k8s.V1SecretKeySelector(name=secret, key=key,
+                                               optional=key == "AWS_ENDPOINT_URL")))
+            for key in STORAGE_KEYS]
+
+
+def _downward_env() -> list[k8s.V1EnvVar]:
+    def field(name: str, path: str) -> k8s.V1EnvVar:
+        return k8s.V1EnvVar(name=name, value_from=k8s.V1EnvVarSource(
+            field_ref=k8s.V1ObjectFieldSelector(field_path=path)))
+    return [field("POD_IP", "status.podIP"), field("POD_NAME", "metadata.name"),
+            field("POD_NAMESPACE", "metadata.namespace"),
+            k8s.V1EnvVar(name="PYTHONUNBUFFERED", value="1"),
+            k8s.V1EnvVar(name="HOME", value="/tmp")]
+
+
+def _pod(job: StreamJob, settings: Settings, *, role: str, subtask: int | None,
+         dep: Deployment, incarnation: int, command: list[str], env: list[k8s.V1EnvVar],
+         ports: list[k8s.V1ContainerPort], annotations: dict[str, str] | None,
+         readiness: k8s.V1Probe | None, owner: Mapping[str, Any] | None) -> k8s.V1Pod:
+    name = job.metadata.name
+    pod_sc, container_sc = _security_context(settings)
+    container = k8s.V1Container(
+        name=role, image=job.spec.image or settings.default_image,
+        image_pull_policy=job.spec.image_pull_policy or settings.default_pull_policy,
+        command=command[:1], args=command[1:], env=_downward_env() + env, ports=ports,
+        resources=_resources(job), security_context=container_sc,
+        termination_message_policy="FallbackToLogsOnError", readiness_probe=readiness,
+        volume_mounts=[k8s.V1VolumeMount(name="tmp", mount_path="/tmp")])
+    pod = k8s.V1Pod(
+        api_version="v1", kind="Pod",
+        metadata=k8s.V1ObjectMeta(
+            name=names.pod_name(name, role, subtask, incarnation),
+            namespace=job.metadata.namespace,
+            labels=names.pod_labels(name, role, subtask, dep.revision, incarnation),
+            annotations=annotations or None),
+        spec=k8s.V1PodSpec(
+            containers=[container], restart_policy="Never", security_context=pod_sc,
+            automount_service_account_token=False, enable_service_links=False,
+            termination_grace_period_seconds=10 if role == names.ROLE_COORDINATOR else 5,
+            volumes=[k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource())]))
+    return _owned(pod, owner)
+
+
+def coordinator_pod(job: StreamJob, dep: Deployment, incarnation: int, settings: Settings,
+                    owner: Mapping[str, Any] | None = None) -> k8s.V1Pod:
+    """The coordinator pod of revision ``dep.revision`` (restarting from ``dep.from_savepoint``)."""
+    command = ["streamjob", "coordinator", "--job-id", dep.job_id,
+               "--port", str(names.RPC_PORT), "--api-port", str(names.API_PORT),
+               "--bind", "0.0.0.0"]
+    if dep.from_savepoint:
+        command += ["--from-savepoint", dep.from_savepoint]
+    env = [
+        k8s.V1EnvVar(name="STREAMJOB_MANIFEST", value=manifest_text(job, dep.parallelism)),
+        k8s.V1EnvVar(name="STREAMJOB_API_TOKEN", value_from=k8s.V1EnvVarSource(
+            secret_key_ref=k8s.V1SecretKeySelector(
+                name=names.token_secret_name(job.metadata.name), key=names.TOKEN_KEY))),
+    ] + _storage_env(job)
+    ports = [k8s.V1ContainerPort(name="rpc", container_port=names.RPC_PORT),
+             k8s.V1ContainerPort(name="api", container_port=names.API_PORT)]
+    readiness = k8s.V1Probe(tcp_socket=k8s.V1TCPSocketAction(port=names.RPC_PORT),
+                            period_seconds=1, failure_threshold=3)
+    return _pod(job, settings, role=names.ROLE_COORDINATOR, subtask=None, dep=dep,
+                incarnation=incarnation, command=command, env=env, ports=ports,
+                annotations=None, readiness=readiness, owner=owner)
+
+
+def worker_pod(job: StreamJob, dep: Deployment, subtask: int, incarnation: int,
+               coordinator_address: str, settings: Settings,
+               owner: Mapping[str, Any] | None = None) -> k8s.V1Pod:
+    """Worker pod ``subtask`` (runs subtask ``subtask`` of every operator of the pipeline)."""
+    command = ["streamjob", "worker", "--coordinator", f"{coordinator_address}:{names.RPC_PORT}",
+               "--index", str(subtask), "--bind", "0.0.0.0", "--advertise", "$(POD_IP)"]
+    return _pod(job, settings, role=names.ROLE_WORKER, subtask=subtask, dep=dep,
+                incarnation=incarnation, command=command, env=_storage_env(job), ports=[],
+                annotations={names.ANNOTATION_COORDINATOR: coordinator_address},
+                readiness=None, owner=owner)
+
+
+def coordinator_service(job: StreamJob, owner: Mapping[str, Any] | None = None) -> k8s.V1Service:
+    """ClusterIP Service in front of the coordinator (RPC for workers, API for the operator)."""
+    name = job.metadata.name
+    svc = k8s.V1Service(
+        api_version="v1", kind="Service",
+        metadata=k8s.V1ObjectMeta(name=names.service_name(name), namespace=job.metadata.namespace,
+                                  labels=names.job_labels(name)),
+        spec=k8s.V1ServiceSpec(
+            type="ClusterIP",
+            selector={names.LABEL_JOB: name, names.LABEL_ROLE: names.ROLE_COORDINATOR},
+            ports=[k8s.V1ServicePort(name="rpc", port=names.RPC_PORT, target_port="rpc"),
+                   k8s.V1ServicePort(name="api", port=names.API_PORT, target_port="api")]))
+    return _owned(svc, owner)
+
+
+def token_secret(job: StreamJob, token: str,
+                 owner: Mapping[str, Any] | None = None) -> k8s.V1Secret:
+    """The per-job Secret holding the coordinator API's bearer token."""
+    name = job.metadata.name
+    secret = k8s.V1Secret(
+        api_version="v1", kind="Secret", type="Opaque",
+        metadata=k8s.V1ObjectMeta(name=names.token_secret_name(name),
+                                  namespace=job.metadata.namespace, labels=names.job_labels(name)),
+        string_data={names.TOKEN_KEY: token})
+    return _owned(secret, owner)
+
+
+def network_policy(job: StreamJob, settings: Settings,
+                   owner: Mapping[str, Any] | None = None) -> k8s.V1NetworkPolicy:
+    """Only this job's pods reach its pods; the operator reaches the coordinator API."""
+    name = job.metadata.name
+    same_job = k8s.V1NetworkPolicyPeer(pod_selector=k8s.V1LabelSelector(
+        match_labels={names.LABEL_JOB: name}))
+    operator_peer = k8s.V1NetworkPolicyPeer(
+        pod_selector=k8s.V1LabelSelector(match_labels=settings.operator_pod_labels or None),
+        namespace_selector=k8s.V1LabelSelector(match_labels={
+            "kubernetes.io/metadata.name": settings.operator_namespace})
+        if settings.operator_namespace else None)
+    policy = k8s.V1NetworkPolicy(
+        api_version="networking.k8s.io/v1", kind="NetworkPolicy",
+        metadata=k8s.V1ObjectMeta(name=names.network_policy_name(name),
+                                  namespace=job.metadata.namespace, labels=names.job_labels(name)),
+        spec=k8s.V1NetworkPolicySpec(
+            pod_selector=k8s.V1LabelSelector(match_labels={names.LABEL_JOB: name}),
+            policy_types=["Ingress"],
+            ingress=[
+                k8s.V1NetworkPolicyIngressRule(_from=[same_job]),
+                k8s.V1NetworkPolicyIngressRule(_from=[operator_peer], ports=[
+                    k8s.V1NetworkPolicyPort(port=names.API_PORT, protocol="TCP")]),
+            ]))
+    return _owned(policy, owner)

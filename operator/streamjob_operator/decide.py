@@ -1,0 +1,49 @@
+"""What the operator should do next for a job, from its spec and status alone (pure).
+
+One operation per reconcile, in priority order; each operation is idempotent and records in
+``status`` that it happened, so the next reconcile moves on to the next one.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from streamjob.manifest import StreamJobSpec
+
+from streamjob_operator.model import JobStatus, spec_hash
+from streamjob_operator.phases import Phase
+
+
+class Op(enum.StrEnum):
+    DEPLOY = "deploy"          # first rollout
+    SUSPEND = "suspend"        # savepoint, stop, remove pods
+    RESUME = "resume"          # new rollout from the suspend savepoint
+    RESTART = "restart"        # restartNonce changed: new pods, latest checkpoint
+    UPGRADE = "upgrade"        # pipeline/args/image/... changed: roll out per upgradeMode
+    RESCALE = "rescale"        # parallelism changed: stop with savepoint, new pods
+    SAVEPOINT = "savepoint"    # savepointNonce changed: savepoint, job keeps running
+    HEAL = "heal"              # converge pods, watch the coordinator, settle phases
+
+
+def next_operation(spec: StreamJobSpec, status: JobStatus) -> Op:
+    phase = Phase(status.phase) if status.phase else None
+    dep = status.deployment
+    if dep is None:
+        return Op.SUSPEND if spec.state == "suspended" else Op.DEPLOY
+    if spec.state == "suspended":
+        return Op.HEAL if phase == Phase.SUSPENDED else Op.SUSPEND
+    if phase == Phase.SUSPENDED:
+        return Op.RESUME
+    if spec.restart_nonce != status.observed_restart_nonce:
+        return Op.RESTART
+    if phase == Phase.RESCALING:
+        return Op.HEAL                      # a rollout in flight settles before anything else
+    if spec_hash(spec) != dep.spec_hash:
+        return Op.UPGRADE
+    if phase in (Phase.FINISHED, Phase.FAILED):
+        return Op.HEAL
+    if spec.parallelism != dep.parallelism and spec.parallelism != status.failed_rescale:
+        return Op.RESCALE
+    if spec.savepoint_nonce is not None and spec.savepoint_nonce != status.observed_savepoint_nonce:
+        return Op.SAVEPOINT
+    return Op.HEAL
