@@ -58,6 +58,10 @@ def _storage_env(job: StreamJob) -> list[k8s.V1EnvVar]:
             for key in STORAGE_KEYS]
 
 
+def _manifest_env(job: StreamJob, dep: Deployment) -> k8s.V1EnvVar:
+    return k8s.V1EnvVar(name="STREAMJOB_MANIFEST", value=manifest_text(job, dep.parallelism))
+
+
 def _downward_env() -> list[k8s.V1EnvVar]:
     def field(name: str, path: str) -> k8s.V1EnvVar:
         return k8s.V1EnvVar(name=name, value_from=k8s.V1EnvVarSource(
@@ -105,7 +109,7 @@ def coordinator_pod(job: StreamJob, dep: Deployment, incarnation: int, settings:
     if dep.from_savepoint:
         command += ["--from-savepoint", dep.from_savepoint]
     env = [
-        k8s.V1EnvVar(name="STREAMJOB_MANIFEST", value=manifest_text(job, dep.parallelism)),
+        _manifest_env(job, dep),
         k8s.V1EnvVar(name="STREAMJOB_API_TOKEN", value_from=k8s.V1EnvVarSource(
             secret_key_ref=k8s.V1SecretKeySelector(
                 name=names.token_secret_name(job.metadata.name), key=names.TOKEN_KEY))),
@@ -126,7 +130,8 @@ def worker_pod(job: StreamJob, dep: Deployment, subtask: int, incarnation: int,
     command = ["streamjob", "worker", "--coordinator", f"{coordinator_address}:{names.RPC_PORT}",
                "--index", str(subtask), "--bind", "0.0.0.0", "--advertise", "$(POD_IP)"]
     return _pod(job, settings, role=names.ROLE_WORKER, subtask=subtask, dep=dep,
-                incarnation=incarnation, command=command, env=_storage_env(job), ports=[],
+                incarnation=incarnation, command=command,
+                env=[_manifest_env(job, dep)] + _storage_env(job), ports=[],
                 annotations={names.ANNOTATION_COORDINATOR: coordinator_address},
                 readiness=None, owner=owner)
 

@@ -237,9 +237,9 @@ class Reconciler:
         dep = self.status.deployment
         start = self.raw_status.get("resumeFrom") or (dep.from_savepoint if dep else None)
         self.extra["resumeFrom"] = None
-        self.roll_out(self.spec.parallelism, start, dep.job_id if dep else self.uid,
-                      Event.RESUMED, "resumed" + (f" from savepoint {start}" if start else
-                                                 " from the latest checkpoint"))
+        job_id = self.fresh_job_id() if start and dep else (dep.job_id if dep else self.uid)
+        how = f" from savepoint {start}" if start else " from the latest checkpoint"
+        self.roll_out(self.spec.parallelism, start, job_id, Event.RESUMED, "resumed" + how)
 
     def op_restart(self) -> None:
         dep = self.status.deployment
@@ -256,7 +256,7 @@ class Reconciler:
         mode = self.spec.upgrade_mode
         p = self.spec.parallelism
         if mode == "stateless":
-            self.roll_out(p, None, f"{self.uid}-r{dep.revision + 1}", Event.RESTARTED,
+            self.roll_out(p, None, self.fresh_job_id(), Event.RESTARTED,
                           "upgraded (stateless): started with empty state")
             return
         if mode == "savepoint" and self.phase == Phase.RUNNING:
@@ -266,7 +266,7 @@ class Reconciler:
                 self.status.message = f"upgrade waits: savepoint failed ({err})"
                 raise Retry(self.status.message) from None
             self.record_savepoint(uri, "upgrade")
-            self.roll_out(p, uri, dep.job_id, Event.RESTARTED,
+            self.roll_out(p, uri, self.fresh_job_id(), Event.RESTARTED,
                           f"upgraded from savepoint {uri}")
             return
         self.roll_out(p, dep.from_savepoint, dep.job_id, Event.RESTARTED,
@@ -296,7 +296,7 @@ class Reconciler:
         self.record_savepoint(uri, "rescale")
         self.status.rescale = Rescale(source=source, target=target, savepoint=uri,
                                       since=self.clock())
-        self.roll_out(target, uri, dep.job_id, Event.RESCALE_STARTED,
+        self.roll_out(target, uri, self.fresh_job_id(), Event.RESCALE_STARTED,
                       f"rescaling {source} -> {target} from savepoint {uri}")
 
     def op_savepoint(self) -> None:
@@ -318,6 +318,16 @@ class Reconciler:
         sp = Savepoint(path=uri, at=_now_iso(), reason=reason, nonce=nonce)
         self.status.last_savepoint = sp
         self.status.savepoints = (self.status.savepoints + [sp])[-MAX_SAVEPOINTS_LISTED:]
+
+    def fresh_job_id(self) -> str:
+        """Job id (checkpoint prefix) of the next revision when it starts from a savepoint.
+
+        The coordinator restores from its job id's newest checkpoint before it looks at
+        ``--from-savepoint``; a revision that must start from a savepoint therefore gets a job id
+        with no checkpoints yet (its own later checkpoints then win, as they should).
+        """
+        dep = self.status.deployment
+        return f"{self.uid}-r{(dep.revision + 1) if dep else 1}"
 
     def roll_out(self, parallelism: int, from_savepoint: str | None, job_id: str,
                  event: Event, message: str) -> None:
@@ -533,6 +543,6 @@ class Reconciler:
         self.status.rescale = rescale.model_copy(update={"rollback": True, "since": self.clock()})
         self.emit(self.body, "Warning", "RescaleFailed",
                   f"rescale to {rescale.target} failed ({why}); rolling back")
-        self.roll_out(rescale.source, rescale.savepoint, dep.job_id, Event.ROLLED_BACK,
+        self.roll_out(rescale.source, rescale.savepoint, self.fresh_job_id(), Event.ROLLED_BACK,
                       f"rescale to {rescale.target} failed ({why}); rolling back to "
                       f"{rescale.source} from savepoint {rescale.savepoint}")
