@@ -22,7 +22,7 @@ STORAGE_KEYS = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"
 
 def _owned(obj: Any, owner: Mapping[str, Any] | None) -> Any:
     if owner is not None:
-        kopf.adopt(obj, owner=owner, forced=True)  # type: ignore[arg-type]
+        kopf.adopt(obj, owner=owner)  # type: ignore[arg-type]
     return obj
 
 

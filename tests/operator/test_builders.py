@@ -1,0 +1,158 @@
+"""The pure builders: pods, Service, Secret and NetworkPolicy of one StreamJob."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import streamjob_body
+from kubernetes.client import ApiClient
+from streamjob.manifest import parse_manifest
+from streamjob_operator import builders, names
+from streamjob_operator.config import Settings
+from streamjob_operator.model import Deployment, parse_job
+
+SETTINGS = Settings(default_image="streamjob:default", operator_namespace="streamjob-system",
+                    operator_pod_labels={"app.kubernetes.io/name": "streamjob-operator"})
+DEP = Deployment(revision=3, parallelism=2, job_id="uid-1-r3",
+                 from_savepoint="s3://ckpt/jobs/uid-1/savepoints/sp-7", spec_hash="h")
+
+
+def plain(obj):
+    return ApiClient().sanitize_for_serialization(obj)
+
+
+def env_of(pod: dict) -> dict[str, dict]:
+    return {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
+
+
+def test_coordinator_pod_runs_the_coordinator_command_from_the_savepoint(body):
+    pod = plain(builders.coordinator_pod(parse_job(body), DEP, 4, SETTINGS, owner=body))
+    c = pod["spec"]["containers"][0]
+    assert c["command"] + c["args"] == [
+        "streamjob", "coordinator", "--job-id", "uid-1-r3", "--port", "6123",
+        "--api-port", "8081", "--bind", "0.0.0.0",
+        "--from-savepoint", "s3://ckpt/jobs/uid-1/savepoints/sp-7"]
+    assert pod["metadata"]["name"] == "wc-coordinator-4"
+    assert pod["metadata"]["labels"][names.LABEL_ROLE] == "coordinator"
+    assert pod["metadata"]["labels"][names.LABEL_REVISION] == "3"
+    assert {p["containerPort"] for p in c["ports"]} == {6123, 8081}
+    assert c["readinessProbe"]["tcpSocket"]["port"] == 6123
+
+
+def test_coordinator_manifest_env_is_the_job_at_the_rolled_out_parallelism(body):
+    body["spec"]["parallelism"] = 5                   # spec says 5, the rollout is at 2
+    pod = plain(builders.coordinator_pod(parse_job(body), DEP, 0, SETTINGS))
+    manifest = parse_manifest(json.loads(env_of(pod)["STREAMJOB_MANIFEST"]["value"]))
+    assert manifest.spec.parallelism == 2
+    assert manifest.metadata.name == "wc" and manifest.metadata.uid == "uid-1"
+
+
+def test_api_token_and_storage_credentials_are_secret_references_never_values(body):
+    for pod in (builders.coordinator_pod(parse_job(body), DEP, 0, SETTINGS),
+                builders.worker_pod(parse_job(body), DEP, 1, 0, "wc-coordinator.jobs.svc",
+                                    SETTINGS)):
+        env = env_of(plain(pod))
+        for key in builders.STORAGE_KEYS:
+            assert "value" not in env[key]
+            assert env[key]["valueFrom"]["secretKeyRef"]["name"] == "minio-creds"
+            assert env[key]["valueFrom"]["secretKeyRef"]["key"] == key
+    token = env_of(plain(builders.coordinator_pod(parse_job(body), DEP, 0, SETTINGS)))[
+        "STREAMJOB_API_TOKEN"]
+    assert token["valueFrom"]["secretKeyRef"] == {"name": "wc-api-token", "key": "token"}
+
+
+def test_no_storage_secret_means_no_credential_env():
+    job = parse_job(streamjob_body(storageSecret=None))
+    env = env_of(plain(builders.worker_pod(job, DEP, 0, 0, "x", SETTINGS)))
+    assert not set(builders.STORAGE_KEYS) & set(env)
+
+
+def test_worker_pod_runs_subtask_i_and_advertises_its_pod_ip(body):
+    pod = plain(builders.worker_pod(parse_job(body), DEP, 1, 2, "wc-coordinator.jobs.svc",
+                                    SETTINGS, owner=body))
+    c = pod["spec"]["containers"][0]
+    assert c["command"] + c["args"] == [
+        "streamjob", "worker", "--coordinator", "wc-coordinator.jobs.svc:6123", "--index", "1",
+        "--bind", "0.0.0.0", "--advertise", "$(POD_IP)"]
+    assert env_of(pod)["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    assert pod["metadata"]["name"] == "wc-worker-1-2"
+    labels = pod["metadata"]["labels"]
+    assert (labels[names.LABEL_JOB], labels[names.LABEL_ROLE], labels[names.LABEL_SUBTASK]) == (
+        "wc", "worker", "1")
+
+
+def test_pods_are_non_root_without_capabilities_or_escalation(body):
+    for pod in (builders.coordinator_pod(parse_job(body), DEP, 0, SETTINGS),
+                builders.worker_pod(parse_job(body), DEP, 0, 0, "x", SETTINGS)):
+        spec = plain(pod)["spec"]
+        assert spec["restartPolicy"] == "Never"
+        assert spec["automountServiceAccountToken"] is False
+        assert spec["securityContext"]["runAsNonRoot"] is True
+        assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        sc = spec["containers"][0]["securityContext"]
+        assert sc["allowPrivilegeEscalation"] is False
+        assert sc["capabilities"] == {"drop": ["ALL"]}
+        assert sc["privileged"] is False
+
+
+def test_pods_get_resources_and_image_from_the_spec(body):
+    c = plain(builders.worker_pod(parse_job(body), DEP, 0, 0, "x", SETTINGS))["spec"][
+        "containers"][0]
+    assert c["image"] == "localhost/streamjob:dev"
+    assert c["resources"]["requests"] == {"cpu": "500m", "memory": "512Mi"}
+    assert c["resources"]["limits"]["memory"] == "512Mi"
+    job = parse_job(streamjob_body(image=None, resources=None))
+    c = plain(builders.worker_pod(job, DEP, 0, 0, "x", SETTINGS))["spec"]["containers"][0]
+    assert c["image"] == "streamjob:default" and "resources" not in c
+
+
+def test_everything_is_owned_by_the_streamjob(body):
+    job = parse_job(body)
+    objs = [builders.coordinator_pod(job, DEP, 0, SETTINGS, owner=body),
+            builders.worker_pod(job, DEP, 0, 0, "x", SETTINGS, owner=body),
+            builders.coordinator_service(job, owner=body),
+            builders.token_secret(job, "t0ken", owner=body),
+            builders.network_policy(job, SETTINGS, owner=body)]
+    for obj in objs:
+        refs = plain(obj)["metadata"]["ownerReferences"]
+        assert refs == [{"apiVersion": "streamjob.dev/v1alpha1", "kind": "StreamJob",
+                         "name": "wc", "uid": "uid-1", "controller": True,
+                         "blockOwnerDeletion": True}]
+        assert plain(obj)["metadata"]["namespace"] == "jobs"
+
+
+def test_service_selects_the_coordinator_on_rpc_and_api_ports(body):
+    svc = plain(builders.coordinator_service(parse_job(body)))
+    assert svc["metadata"]["name"] == "wc-coordinator"
+    assert svc["spec"]["selector"] == {names.LABEL_JOB: "wc", names.LABEL_ROLE: "coordinator"}
+    assert {(p["name"], p["port"]) for p in svc["spec"]["ports"]} == {("rpc", 6123),
+                                                                      ("api", 8081)}
+
+
+def test_token_secret_holds_the_token(body):
+    secret = plain(builders.token_secret(parse_job(body), "s3cr3t"))
+    assert secret["stringData"] == {"token": "s3cr3t"}
+    assert secret["metadata"]["name"] == "wc-api-token"
+
+
+def test_network_policy_admits_only_the_jobs_pods_and_the_operator(body):
+    policy = plain(builders.network_policy(parse_job(body), SETTINGS))
+    spec = policy["spec"]
+    assert spec["podSelector"] == {"matchLabels": {names.LABEL_JOB: "wc"}}
+    assert spec["policyTypes"] == ["Ingress"]
+    same_job, operator = spec["ingress"]
+    assert same_job == {"from": [{"podSelector": {"matchLabels": {names.LABEL_JOB: "wc"}}}]}
+    assert operator["ports"] == [{"port": 8081, "protocol": "TCP"}]
+    peer = operator["from"][0]
+    assert peer["namespaceSelector"] == {
+        "matchLabels": {"kubernetes.io/metadata.name": "streamjob-system"}}
+    assert peer["podSelector"] == {"matchLabels": {"app.kubernetes.io/name":
+                                                   "streamjob-operator"}}
+
+
+def test_long_job_names_still_give_valid_dns_labels():
+    name = "a" * 45
+    assert len(names.service_name(name)) <= 63
+    assert len(names.pod_name(name, "worker", 123, 99)) <= 63
+    assert names.fit("x" * 80) == names.fit("x" * 80)          # stable
+    assert names.fit("x" * 80) != names.fit("x" * 79 + "y")
