@@ -17,6 +17,7 @@ Python API (used by pytest fixtures)::
     server.env              # {"AWS_ENDPOINT_URL": ..., "AWS_ACCESS_KEY_ID": ..., ...}
     server.stop()           # graceful stop; start() again reuses the same port and data
     server.kill()           # SIGKILL, for crash tests
+    server.pause()          # SIGSTOP: a hung server; server.resume() continues it
     server.close()          # stop and remove the data folder
 
 For a pytest fixture in any test folder (with ``scripts/`` on ``sys.path``)::
@@ -257,6 +258,8 @@ class MinioServer:
         if proc is None or proc.poll() is not None:
             return
         proc.send_signal(sig)
+        if sig != signal.SIGKILL:
+            proc.send_signal(signal.SIGCONT)  # in case it was paused
         try:
             proc.wait(grace)
         except subprocess.TimeoutExpired:
@@ -272,6 +275,16 @@ class MinioServer:
         """SIGKILL, as in a crash; ``start()`` again reuses port, data and credentials."""
         self._terminate(signal.SIGKILL, 5)
         self._wait_port_free()
+
+    def pause(self) -> None:
+        """SIGSTOP: the server keeps its connections but answers nothing (a hung server)."""
+        if self.running():
+            self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after ``pause()``."""
+        if self.running():
+            self.proc.send_signal(signal.SIGCONT)
 
     def restart(self, timeout: float = 60.0) -> MinioServer:
         self.stop()

@@ -201,6 +201,29 @@ def test_outage_fails_fast_and_recovers(fresh_minio, bucket_uri):
     assert store.list("") == ["chk-1/_metadata", "chk-2/_metadata"]
 
 
+def test_hung_server_fails_within_the_timeout(fresh_minio, bucket_uri):
+    env = dict(fresh_minio.env, STREAMJOB_S3_TIMEOUT="2")
+    store = S3Storage.from_uri(bucket_uri, env=env)
+    store.put("a", b"1")
+    fresh_minio.pause()
+    try:
+        for call in (lambda: store.get("a"), lambda: store.put("b", b"2")):
+            started = time.monotonic()
+            with pytest.raises(StorageError, match="timed out"):
+                call()
+            assert time.monotonic() - started < 5
+    finally:
+        fresh_minio.resume()
+    assert store.get("a") == b"1"
+
+
+def test_invalid_bucket_name(minio_server):
+    with pytest.raises(StorageError, match="invalid S3 bucket name"):
+        S3Storage.from_uri("s3://Bad_Bucket/x", env=minio_server.env)
+    with pytest.raises(StorageError, match="names no bucket"):
+        S3Storage.from_uri("s3:///x", env=minio_server.env)
+
+
 def test_killed_server_keeps_completed_objects(fresh_minio, bucket_uri):
     store = S3Storage.from_uri(bucket_uri, env=fresh_minio.env)
     store.put("a", b"1" * 1000)

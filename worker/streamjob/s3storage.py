@@ -7,7 +7,7 @@ variables the S3 ecosystem already uses:
   default ``https://s3.amazonaws.com``
 - ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, optional ``AWS_SESSION_TOKEN``
 - optional ``AWS_REGION`` / ``AWS_DEFAULT_REGION``
-- optional ``STREAMJOB_S3_TIMEOUT`` (seconds a call may wait for an answer, default 10)
+- optional ``STREAMJOB_S3_TIMEOUT`` (seconds a call may wait for an answer, default 5)
 
 A missing bucket is created. Objects above ``part_size`` (16 MiB) go up as multipart uploads
 with parts sent in parallel. Every object carries the sha256 of its content in its user
@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 from collections.abc import Callable, Mapping
 from typing import TypeVar
 from urllib.parse import urlsplit
@@ -47,6 +48,7 @@ _CREDENTIAL_CODES = {
     "InvalidClientTokenId",
     "AuthorizationHeaderMalformed",
 }
+_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _NOT_FOUND_CODES = {"NoSuchKey", "NoSuchObject", "ResourceNotFound"}
 
 
@@ -83,12 +85,16 @@ class S3Storage:
         secret_key: str | None = None,
         session_token: str | None = None,
         region: str | None = None,
-        timeout: float = 10.0,
+        timeout: float = 5.0,
         connect_timeout: float = 3.0,
         part_size: int = 16 * MiB,
         parallel_uploads: int = 4,
         create_bucket: bool = True,
     ):
+        if not _BUCKET_RE.fullmatch(bucket) or ".." in bucket:
+            raise StorageError(
+                f"invalid S3 bucket name {bucket!r}: 3-63 characters of a-z, 0-9, '.' and '-',"
+                " starting and ending with a letter or digit")
         self.bucket = bucket
         self.prefix = "/".join(p for p in prefix.split("/") if p)
         self.uri = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
