@@ -416,6 +416,9 @@ class Reconciler:
             kube.create(pod)
 
     # ------------------------------------------------------------------ heal
+    def op_heal(self) -> None:
+        self.heal()
+
     def heal(self) -> None:
         dep = self.status.deployment
         if dep is None:
