@@ -9,6 +9,7 @@ Barriers travel in order as markers; when the handler says barriers may overtake
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections import deque
 from typing import Any
 
@@ -26,7 +27,7 @@ class Marker:
 
 
 class InputGate:
-    def __init__(self, num_channels: int, capacity: int = 8):
+    def __init__(self, num_channels: int, capacity: int = 4):
         self.n = num_channels
         self.capacity = capacity
         self.queues: list[deque[Any]] = [deque() for _ in range(num_channels)]
@@ -139,6 +140,15 @@ class LocalChannel:
     async def send(self, batch: Any) -> None:
         await self.gate.put_batch(self.channel, batch)
 
+    def available(self) -> bool:
+        g = self.gate
+        return len(g.queues[self.channel]) < g.capacity or g._read_ahead(self.channel)
+
+    async def wait_available(self) -> None:
+        while not self.available():
+            self.gate.space.clear()
+            await self.gate.space.wait()
+
     async def send_barrier(self, checkpoint_id: int, savepoint: bool) -> None:
         self.gate.put_barrier(self.channel, Marker(checkpoint_id, savepoint))
 
@@ -149,23 +159,45 @@ class LocalChannel:
 class RemoteChannel:
     """A TCP channel to a subtask in another worker."""
 
-    HIGH_WATER = 512 * 1024
+    HIGH_WATER = 128 * 1024
 
     def __init__(self, writer: asyncio.StreamWriter):
         self.writer = writer
         writer.transport.set_write_buffer_limits(high=self.HIGH_WATER)
+        limit_socket_buffers(writer)
+
+    def available(self) -> bool:
+        return self.writer.transport.get_write_buffer_size() <= self.HIGH_WATER
+
+    async def wait_available(self) -> None:
+        if not self.available():
+            await self.writer.drain()
 
     async def send(self, batch: Any) -> None:
         self.writer.write(wire.frame(wire.DATA, wire.pack(batch)))
-        if self.writer.transport.get_write_buffer_size() > self.HIGH_WATER:
+        # Sources wait for ``available()`` before reading more; this hard limit bounds the
+        # buffer for tasks that cannot wait ahead of time.
+        if self.writer.transport.get_write_buffer_size() > 4 * self.HIGH_WATER:
             await self.writer.drain()
 
     async def send_barrier(self, checkpoint_id: int, savepoint: bool) -> None:
+        # Never wait here: a barrier must not be held up by a full buffer to another peer.
         self.writer.write(wire.frame(wire.BARRIER, wire.pack([checkpoint_id, savepoint])))
-        await self.writer.drain()
 
     def close(self) -> None:
         self.writer.close()
+
+
+def limit_socket_buffers(writer: asyncio.StreamWriter, size: int = 128 * 1024) -> None:
+    """Small kernel buffers on data channels: what sits in them is ahead of any barrier, so
+    big (autotuned, megabytes on loopback) buffers would make alignment slow."""
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+        except OSError:
+            pass
 
 
 class Output:
@@ -198,6 +230,13 @@ class Output:
         for channel, bucket in zip(self.channels, buckets, strict=True):
             if bucket:
                 await channel.send(bucket)
+
+    def available(self) -> bool:
+        return all(c.available() for c in self.channels)
+
+    async def wait_available(self) -> None:
+        for channel in self.channels:
+            await channel.wait_available()
 
     async def broadcast_barrier(self, checkpoint_id: int, savepoint: bool) -> None:
         for channel in self.channels:

@@ -180,7 +180,7 @@ class Coordinator:
             while True:
                 kind, payload = await wire.read_frame(reader)
                 self._on_message(conn, wire.unpack_control(payload))
-        except (asyncio.IncompleteReadError, ConnectionError, OSError):
+        except (asyncio.IncompleteReadError, ConnectionError, OSError, asyncio.CancelledError):
             pass
         finally:
             writer.close()
@@ -331,6 +331,7 @@ class Coordinator:
         self.pending[cid] = pc
         if not savepoint:
             self.last_trigger = now
+        log.debug("trigger checkpoint %d (savepoint=%s final=%s)", cid, savepoint, final)
         self.broadcast("TRIGGER", id=cid, ts=now, savepoint=savepoint, stop=stop)
         return pc
 
@@ -339,6 +340,7 @@ class Coordinator:
         if pc is None:
             return
         key = (msg["task"], msg["subtask"])
+        log.debug("checkpoint %d: ack from %s[%d]", pc.checkpoint_id, *key)
         pc.handles[key] = msg["handle"]
         pc.timings[key] = msg["timings"]
         if len(pc.handles) == len(pc.expected):

@@ -170,6 +170,16 @@ class SubtaskRunner:
                 self.trigger_event.clear()
                 await self.trigger_event.wait()
                 continue
+            if self.output is not None and not self.output.available():
+                # Wait for room downstream *before* reading more, so that a checkpoint
+                # trigger is served while backpressured instead of behind a blocked send.
+                waiter = asyncio.ensure_future(self.output.wait_available())
+                self.trigger_event.clear()
+                trig = asyncio.ensure_future(self.trigger_event.wait())
+                await asyncio.wait([waiter, trig], return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+                trig.cancel()
+                continue
             budget = BATCH
             if my_rate > 0:
                 allowed = int((time.monotonic() - started) * my_rate) - emitted

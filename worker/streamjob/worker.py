@@ -20,7 +20,14 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from streamjob import wire
-from streamjob.channels import InputGate, LocalChannel, Marker, Output, RemoteChannel
+from streamjob.channels import (
+    InputGate,
+    LocalChannel,
+    Marker,
+    Output,
+    RemoteChannel,
+    limit_socket_buffers,
+)
 from streamjob.manifest import StreamJob, import_pipeline
 from streamjob.storage import open_storage
 from streamjob.task import SubtaskRunner
@@ -219,6 +226,7 @@ class Worker:
         except (asyncio.IncompleteReadError, ConnectionError, ValueError):
             writer.close()
             return
+        limit_socket_buffers(writer)
         self._attach(attempt, task_index, sender, reader, writer)
 
     def _attach(self, attempt: int, task_index: int, sender: int,

@@ -1,0 +1,54 @@
+"""Pipelines used by the integration tests (importable as tests.integration.jobs)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from streamjob import Pipeline
+from streamjob.connectors import FileSink, FileSource, GeneratorSource
+from streamjob.examples.wordcount import MULTIPLIER
+
+
+def slow_wordcount(args: dict[str, Any]) -> Pipeline:
+    """Wordcount whose keyed task sleeps per batch: the sources outrun it (backpressure)."""
+    records, words = int(args["records"]), int(args["words"])
+    delay = float(args.get("delay", 0.002))
+    vocab = [f"w{i}" for i in range(words)]
+
+    def word(g: int) -> str:
+        return vocab[((g * MULTIPLIER) & 0xFFFFFFFF) % words]
+
+    def slow(kv: tuple[str, int]) -> str:
+        if kv[1] % 50 == 0:
+            time.sleep(delay)
+        return f"{kv[0]} {kv[1]}"
+
+    p = Pipeline()
+    (p.source(GeneratorSource(records=records, fn=word, rate=float(args.get("rate", 0))))
+      .key_by(str)
+      .count()
+      .map(slow)
+      .sink(FileSink(args["output"])))
+    return p
+
+
+def lines_upper(args: dict[str, Any]) -> Pipeline:
+    """File source -> rebalance -> map -> transactional file sink."""
+    p = Pipeline()
+    (p.source(FileSource(args["input"]))
+      .rebalance()
+      .map(str.upper)
+      .filter(lambda s: not s.startswith("#"))
+      .sink(FileSink(args["output"])))
+    return p
+
+
+def failing(args: dict[str, Any]) -> Pipeline:
+    """A map that always fails: the job must give up after its restart attempts."""
+    def boom(x: Any) -> Any:
+        raise RuntimeError("user function failed")
+
+    p = Pipeline()
+    p.source(GeneratorSource(records=100)).map(boom).sink(FileSink(args["output"]))
+    return p

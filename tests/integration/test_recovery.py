@@ -1,0 +1,93 @@
+"""Exactly-once under failure: kill workers and the coordinator of a real local job."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+
+import pytest
+
+from tests.integration.conftest import assert_exactly_once
+
+pytestmark = pytest.mark.integration
+
+RECORDS, WORDS = 240_000, 500
+
+
+def _running_with_checkpoint(s: dict) -> bool:
+    return s.get("state") == "RUNNING" and s.get("last_checkpoint") is not None
+
+
+def test_clean_run_commits_every_update_once(run_job):
+    job = run_job(args={"records": 100_000, "words": WORDS, "rate": 0}, parallelism=3)
+    assert job.wait() == 0, job.output()
+    assert_exactly_once(job.cwd / "output", 100_000, WORDS)
+
+
+def test_killed_worker_three_times_resumes_without_duplicates_or_gaps(run_job):
+    rng = random.Random(os.environ.get("SEED", 7))
+    job = run_job(args={"records": RECORDS, "words": WORDS, "rate": 25_000})
+    job.wait_for(_running_with_checkpoint, what="first checkpoint")
+    for kill in range(3):
+        time.sleep(rng.uniform(0.2, 1.5))
+        victim = rng.choice(job.workers())
+        os.kill(victim, signal.SIGKILL)
+        job.wait_for(lambda s, k=kill: s.get("restarts", 0) >= k + 1 and
+                     s.get("state") == "RUNNING", what=f"restart {kill + 1}")
+    assert job.wait() == 0, job.output()
+    status = job.status()
+    assert status["state"] == "FINISHED"
+    assert status["restarts"] >= 3
+    assert_exactly_once(job.cwd / "output", RECORDS, WORDS)
+
+
+def test_killed_coordinator_recovers_from_storage(run_job):
+    job = run_job(args={"records": RECORDS, "words": WORDS, "rate": 40_000})
+    first = job.wait_for(_running_with_checkpoint, what="first checkpoint")
+    time.sleep(0.7)
+    old = job.coordinator()
+    os.kill(old, signal.SIGKILL)
+    job.wait_for(lambda s: s.get("coordinator", {}).get("pid") not in (None, old)
+                 and s.get("state") == "RUNNING", what="a new coordinator running")
+    restored = job.status()["restored_from"]
+    assert restored is not None and restored >= first["last_checkpoint"]["id"]
+    assert job.wait() == 0, job.output()
+    assert "restarting it" in job.output()
+    assert_exactly_once(job.cwd / "output", RECORDS, WORDS)
+
+
+def test_unaligned_checkpoints_under_backpressure_keep_exactly_once(run_job):
+    from streamjob import checkpoints as ckpt
+    from streamjob.storage import LocalStorage
+
+    records = 120_000
+    job = run_job("tests.integration.jobs:slow_wordcount", name="slow",
+                  args={"records": records, "words": WORDS, "delay": 0.005},
+                  checkpoint={"mode": "unaligned", "interval": "200ms"})
+    s = job.wait_for(lambda s: s.get("state") == "RUNNING" and
+                     s.get("last_checkpoint") is not None, what="a checkpoint")
+    # The in-flight records of an unaligned checkpoint are in its state: look at one.
+    storage = LocalStorage(job.checkpoints())
+    body = ckpt.latest_completed(storage, s["job_id"])
+    inflight = sum(t.get("inflight_records", 0) for ts in body["timings"].values() for t in ts)
+    unaligned = [t["unaligned"] for ts in body["timings"].values() for t in ts]
+    assert any(unaligned)
+    os.kill(job.workers()[0], signal.SIGKILL)
+    assert job.wait(240) == 0, job.output()
+    assert_exactly_once(job.cwd / "output", records, WORDS)
+    assert inflight > 0, body["timings"]
+
+
+def test_at_least_once_loses_nothing(run_job):
+    from streamjob.examples.wordcount import check_output
+
+    job = run_job(args={"records": RECORDS, "words": WORDS, "rate": 40_000},
+                  checkpoint={"mode": "at-least-once"})
+    job.wait_for(_running_with_checkpoint, what="first checkpoint")
+    time.sleep(0.5)
+    os.kill(job.workers()[1], signal.SIGKILL)
+    assert job.wait() == 0, job.output()
+    result = check_output(str(job.cwd / "output"), RECORDS, WORDS)
+    assert result["missing"] == 0, result
