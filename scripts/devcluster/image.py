@@ -58,7 +58,7 @@ def _chroot(root: Path, *cmd: str, env: dict | None = None) -> None:
     e = {"PATH": "/opt/streamjob/bin:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
          "HOME": "/root", "LANG": "C.UTF-8", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
     e.update(env or {})
-    run(["chroot", root, *cmd], env=e)
+    run(["chroot", root, *cmd], env=e, clean_env=True)
 
 
 def _bind_dev(root: Path):

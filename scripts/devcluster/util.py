@@ -11,10 +11,11 @@ def log(*a: object) -> None:
     print("[devcluster]", *a, file=sys.stderr, flush=True)
 
 
-def run(cmd, check=True, capture=False, env=None, input=None, cwd=None, quiet=False):
+def run(cmd, check=True, capture=False, env=None, input=None, cwd=None, quiet=False,
+        clean_env=False):
     if not quiet:
         log("+", " ".join(shlex.quote(str(c)) for c in cmd))
-    e = os.environ.copy()
+    e = {} if clean_env else os.environ.copy()
     if env:
         e.update(env)
     r = subprocess.run([str(c) for c in cmd], check=False, env=e, cwd=cwd, input=input,
