@@ -1,0 +1,104 @@
+import pytest
+from streamjob import checkpoints as ckpt
+from streamjob.keygroups import key_group, key_group_range
+from streamjob.operators import KeyedStateBackend
+from streamjob.state import (
+    CorruptStateError,
+    read_keyed_state,
+    read_operator_state,
+    write_snapshot,
+)
+from streamjob.storage import LocalStorage
+
+
+class CountingStorage(LocalStorage):
+    def __init__(self, root):
+        super().__init__(root)
+        self.ranged = []
+        self.full_reads = 0
+
+    def get_range(self, key, offset, length):
+        self.ranged.append((offset, length))
+        return super().get_range(key, offset, length)
+
+    def get(self, key):
+        self.full_reads += 1
+        return super().get(key)
+
+
+def backend_with(n):
+    b = KeyedStateBackend()
+    t = b.table("count", "value")
+    m = b.table("seen", "map")
+    for i in range(n):
+        t[f"k{i}"] = i
+        m[("t", i)] = {"x": i}
+    return b
+
+
+def test_snapshot_round_trip_by_key_group_ranges(tmp_path):
+    storage = CountingStorage(tmp_path)
+    b = backend_with(2000)
+    handle = write_snapshot(storage, "job/chk-1/t1/0-x", b.freeze(), {"splits": {"0": 5}},
+                            lambda k: key_group(k, 128))
+    assert handle["size"] == storage.size("job/chk-1/t1/0-x")
+    restored = KeyedStateBackend()
+    for i in range(3):  # restore at parallelism 3 from one file
+        for name, kind, entries in read_keyed_state(storage, handle, key_group_range(i, 3, 128)):
+            restored.load(name, kind, entries)
+    assert restored.tables["count"] == b.tables["count"]
+    assert restored.tables["seen"] == b.tables["seen"]  # tuple keys come back as tuples
+    assert read_operator_state(storage, handle) == {"splits": {"0": 5}}
+    assert storage.full_reads == 0  # only ranged reads
+
+
+def test_a_subtask_reads_only_its_key_groups(tmp_path):
+    storage = CountingStorage(tmp_path)
+    handle = write_snapshot(storage, "s", backend_with(5000).freeze(), None,
+                            lambda k: key_group(k, 128))
+    mine = key_group_range(1, 4, 128)
+    entries = [e for _, _, es in read_keyed_state(storage, handle, mine) for e in es]
+    assert entries and all(key_group(k, 128) in mine for k in entries)
+    assert sum(length for _, length in storage.ranged) < handle["size"] / 3
+
+
+def test_frozen_snapshot_does_not_see_later_updates(tmp_path):
+    b = backend_with(10)
+    frozen = b.freeze()
+    b.tables["count"]["k1"] = 999
+    b.tables["seen"][("t", 1)]["x"] = 999
+    assert frozen["count"][1]["k1"] == 1
+    assert frozen["seen"][1][("t", 1)] == {"x": 1}
+
+
+def test_corruption_is_detected(tmp_path):
+    storage = LocalStorage(tmp_path)
+    handle = write_snapshot(storage, "s", backend_with(100).freeze(), None,
+                            lambda k: key_group(k, 128))
+    data = bytearray(storage.get("s"))
+    data[20] ^= 0xFF
+    storage.put("s", bytes(data))
+    with pytest.raises(CorruptStateError):
+        list(read_keyed_state(storage, handle, range(128)))
+
+
+def test_small_operator_state_is_inline(tmp_path):
+    storage = LocalStorage(tmp_path)
+    handle = write_snapshot(storage, "s", {}, {"splits": {"1": 2}}, lambda k: 0)
+    assert "inline" in handle and storage.list("") == []
+    assert read_operator_state(storage, handle) == {"splits": {"1": 2}}
+
+
+def test_metadata_checksum_and_latest_completed_skips_corrupt(tmp_path, caplog):
+    storage = LocalStorage(tmp_path)
+    for n in (1, 2, 3):
+        body = {"format": ckpt.FORMAT, "version": ckpt.VERSION, "checkpoint_id": n,
+                "tasks": {}}
+        storage.put(f"job/chk-{n}/_metadata", ckpt.encode_metadata(body))
+    storage.put("job/chk-4/t0/0-abc", b"incomplete: no _metadata")
+    storage.put("job/chk-3/_metadata", storage.get("job/chk-3/_metadata").replace(b"3", b"7"))
+    assert ckpt.list_checkpoint_ids(storage, "job") == {1: True, 2: True, 3: True, 4: False}
+    assert ckpt.latest_completed(storage, "job")["checkpoint_id"] == 2
+    assert "skipping checkpoint 3" in caplog.text
+    with pytest.raises(ckpt.CorruptMetadataError):
+        ckpt.decode_metadata(b"\x80\x04pickle")
