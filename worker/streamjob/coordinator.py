@@ -95,6 +95,8 @@ class Coordinator:
         self._rate_mark: tuple[float, int] | None = None
         self.done: asyncio.Event | None = None  # created in run(), inside the event loop
         self.exit_code = EXIT_FINISHED
+        self.running_since: float | None = None
+        self.finished_at: float | None = None
         self._restart_task: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
 
@@ -153,6 +155,7 @@ class Coordinator:
         if self.state in ("FINISHED", "FAILED", "STOPPED"):
             return
         self.state, self.message, self.exit_code = state, message, code
+        self.finished_at = time.time()
         log.warning("job %s: %s", state.lower(), message) if code else log.info(message)
         self._write_status()
         self.done.set()
@@ -202,6 +205,7 @@ class Coordinator:
             self.running.add(w.index)
             if len(self.running) == self.p and self.state in ("CREATED", "RESTARTING"):
                 self.state = "RUNNING"
+                self.running_since = self.running_since or time.time()
                 self.message = (f"running from checkpoint {self.restored_from}"
                                 if self.restored_from else "running")
                 log.info("job %s is running (attempt %d)", self.job_id, self.attempt)
@@ -490,6 +494,7 @@ class Coordinator:
             "coordinator": {"port": self.port,
                             "api_port": self.api.port if self.api else None,
                             "pid": os.getpid()},
+            "running_since": self.running_since, "finished_at": self.finished_at,
             "updated_at": time.time(),
         }
 

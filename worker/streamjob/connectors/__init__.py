@@ -1,8 +1,9 @@
 """Built-in sources and sinks."""
 
 from streamjob.connectors.files import FileSource
+from streamjob.connectors.discard import DiscardSink
 from streamjob.connectors.filesink import FileSink
 from streamjob.connectors.generator import GeneratorSource
 from streamjob.connectors.printsink import PrintSink
 
-__all__ = ["FileSink", "FileSource", "GeneratorSource", "PrintSink"]
+__all__ = ["DiscardSink", "FileSink", "FileSource", "GeneratorSource", "PrintSink"]

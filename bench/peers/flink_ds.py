@@ -1,0 +1,93 @@
+"""PyFlink DataStream API job with Python functions (what a Python user writes).
+
+Run by ``run.py`` inside the PyFlink virtual environment. Results go to stdout through Flink's
+print sink: ``<word> <count>`` per update (count job) or ``<window_start_ms> <word> <sum>`` per
+closed window (window job); ``run.py`` parses and checks them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import gen  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--job", choices=["count", "window"], required=True)
+    ap.add_argument("--records", type=int, required=True)
+    ap.add_argument("--words", type=int, required=True)
+    ap.add_argument("--eps", type=int, default=100_000, help="events per event-time second")
+    ap.add_argument("--parallelism", type=int, default=1)
+    ap.add_argument("--checkpoint-ms", type=int, default=0, help="0 turns checkpoints off")
+    ap.add_argument("--checkpoint-dir", default="")
+    ap.add_argument("--lateness-ms", type=int, default=2000)
+    a = ap.parse_args()
+
+    from pyflink.common import Configuration, Duration, Types, WatermarkStrategy
+    from pyflink.common.time import Time
+    from pyflink.common.watermark_strategy import TimestampAssigner
+    from pyflink.datastream import StreamExecutionEnvironment
+    from pyflink.datastream.connectors.number_seq import NumberSequenceSource
+    from pyflink.datastream.functions import ProcessWindowFunction
+    from pyflink.datastream.window import TumblingEventTimeWindows
+
+    conf = Configuration()
+    conf.set_string("restart-strategy.type", "fixed-delay")
+    conf.set_string("restart-strategy.fixed-delay.attempts", "5")
+    conf.set_string("restart-strategy.fixed-delay.delay", "1 s")
+    if a.checkpoint_ms:
+        conf.set_string("execution.checkpointing.interval", f"{a.checkpoint_ms} ms")
+        conf.set_string("execution.checkpointing.dir",
+                        "file://" + os.path.abspath(a.checkpoint_dir))
+        conf.set_string("state.backend.type", "hashmap")
+    env = StreamExecutionEnvironment.get_execution_environment(conf)
+    env.set_parallelism(a.parallelism)
+    env.set_python_executable(sys.executable)
+
+    words, eps = a.words, a.eps
+    seq = env.from_source(NumberSequenceSource(0, a.records - 1),
+                          WatermarkStrategy.no_watermarks(), "records")
+    if a.job == "count":
+        def to_word(g):
+            return (f"w{((g * 2654435761) & 0xFFFFFFFF) % words}", 1)
+
+        (seq.map(to_word, output_type=Types.TUPLE([Types.STRING(), Types.LONG()]))
+            .key_by(lambda r: r[0], key_type=Types.STRING())
+            .reduce(lambda x, y: (x[0], x[1] + y[1]))
+            .map(lambda r: f"{r[0]} {r[1]}", output_type=Types.STRING())
+            .print())
+    else:
+        def to_event(g):
+            return (f"w{((g * 2654435761) & 0xFFFFFFFF) % words}", g % 100, g * 1000 // eps)
+
+        class EventTime(TimestampAssigner):
+            def extract_timestamp(self, value, record_timestamp):
+                return value[2]
+
+        class Emit(ProcessWindowFunction):
+            def process(self, key, context, elements):
+                for e in elements:
+                    yield f"{context.window().start} {key} {e[1]}"
+
+        strategy = (WatermarkStrategy
+                    .for_bounded_out_of_orderness(Duration.of_millis(a.lateness_ms))
+                    .with_timestamp_assigner(EventTime()))
+        (seq.map(to_event,
+                 output_type=Types.TUPLE([Types.STRING(), Types.LONG(), Types.LONG()]))
+            .assign_timestamps_and_watermarks(strategy)
+            .key_by(lambda r: r[0], key_type=Types.STRING())
+            .window(TumblingEventTimeWindows.of(Time.seconds(1)))
+            .reduce(lambda x, y: (x[0], x[1] + y[1], max(x[2], y[2])),
+                    window_function=Emit(), output_type=Types.STRING())
+            .print())
+    assert gen.word(0, words) == "w0"
+    env.execute(f"peers-{a.job}")
+
+
+if __name__ == "__main__":
+    main()
