@@ -133,10 +133,9 @@ class CountOperator:
         self.key_fn = key_fn
 
     def process_batch(self, batch: list[Any]) -> list[Any]:
-        table, key_fn, out = self.table, self.key_fn, []
+        table, out = self.table, []
         append, get = out.append, table.get
-        for record in batch:
-            key = key_fn(record)
+        for key in map(self.key_fn, batch):
             n = get(key, 0) + 1
             table[key] = n
             append((key, n))

@@ -274,4 +274,15 @@ def run_worker(job: StreamJob, index: int, coordinator: str, bind: str = "127.0.
                         format=f"%(asctime)s worker-{index} %(levelname)s %(message)s")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     worker = Worker(job, index, coordinator, bind, advertise, search_path)
+    profile_dir = os.environ.get("STREAMJOB_PROFILE")
+    if profile_dir:  # for performance work: one cProfile file per worker process
+        import cProfile
+
+        profiler = cProfile.Profile()
+        signal.signal(signal.SIGTERM, lambda *_: (profiler.disable(), profiler.dump_stats(
+            f"{profile_dir}/worker-{index}-{os.getpid()}.prof"), sys.exit(0)))
+        try:
+            return profiler.runcall(asyncio.run, worker.main())
+        finally:
+            profiler.dump_stats(f"{profile_dir}/worker-{index}-{os.getpid()}.prof")
     return asyncio.run(worker.main())

@@ -1,7 +1,7 @@
 """Built-in sources and sinks."""
 
-from streamjob.connectors.files import FileSource
 from streamjob.connectors.discard import DiscardSink
+from streamjob.connectors.files import FileSource
 from streamjob.connectors.filesink import FileSink
 from streamjob.connectors.generator import GeneratorSource
 from streamjob.connectors.printsink import PrintSink

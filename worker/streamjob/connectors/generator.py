@@ -58,7 +58,7 @@ class GeneratorReader:
         rounds = max(1, max_records // len(live))
         r1 = min(r0 + rounds, max(self.size[k] for k in live))
         n = self.source.records
-        out = [fn(g) for r in range(r0, r1) for k in live if (g := k + S * r) < n]
+        out = list(map(fn, [g for r in range(r0, r1) for k in live if (g := k + S * r) < n]))
         for k in live:
             pos[k] = min(r1, self.size[k])
         return out
