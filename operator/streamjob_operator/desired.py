@@ -95,6 +95,8 @@ class PodPlan:
     delete: list[str] = field(default_factory=list)
     #: pods of the current revision that were lost and are being replaced now
     replaced: list[PodInfo] = field(default_factory=list)
+    #: slots whose pod vanished from the API while other pods of the revision exist
+    vanished: list[str] = field(default_factory=list)
     #: the coordinator ended: "finished", or "failed" with its message; None while it runs
     outcome: str | None = None
     outcome_message: str = ""
@@ -223,6 +225,9 @@ def desired_pods(spec: DeploymentSpec, existing: Iterable[PodInfo]) -> PodPlan:
             plan.replaced.append(lost)
             if role == names.ROLE_COORDINATOR:
                 plan.coordinator_crashed = True
+        elif any(current.values()):                      # deleted and already gone
+            plan.vanished.append(f"the pod of {role}" + (f" {subtask}" if subtask is not None
+                                                          else "") + " disappeared")
         plan.create.append(PodToCreate(role=role, subtask=subtask,
                                        incarnation=next_incarnation.get(slot, 0),
                                        coordinator_address=address

@@ -7,6 +7,7 @@ meets 404 is success. Nothing here decides anything.
 from __future__ import annotations
 
 import logging
+import os
 from functools import cache
 from typing import Any
 
@@ -24,7 +25,7 @@ def api_client() -> k8s.ApiClient:
     try:
         k8s_config.load_incluster_config()
     except k8s_config.ConfigException:
-        k8s_config.load_kube_config()
+        k8s_config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
     return k8s.ApiClient()
 
 

@@ -449,13 +449,15 @@ class Reconciler:
                     self.status.deployment = dep.model_copy(update={"coordinator_crashes":
                                                                     crashes})
         self.apply(plan)
-        if plan.replaced and self.mode() is Mode.RUN:
-            what = "; ".join(p.describe() for p in plan.replaced[:3])
-            if len(plan.replaced) > 3:
-                what += f" and {len(plan.replaced) - 3} more"
+        if (plan.replaced or plan.vanished) and self.mode() is Mode.RUN:
+            lost = [p.describe() for p in plan.replaced] + plan.vanished
+            what = "; ".join(lost[:3])
+            if len(lost) > 3:
+                what += f" and {len(lost) - 3} more"
             if self.phase != Phase.RECOVERING:
                 self.status.recovering_since_attempt = self.status.attempt
-            coordinator_lost = any(p.role == names.ROLE_COORDINATOR for p in plan.replaced)
+            coordinator_lost = any(p.role == names.ROLE_COORDINATOR for p in plan.replaced) \
+                or any("coordinator" in v for v in plan.vanished)
             if coordinator_lost:
                 self.status.recovering_since_attempt = None
             self.to(Event.POD_LOST, f"{what}; replaced, restoring from the latest completed "

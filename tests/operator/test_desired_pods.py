@@ -66,9 +66,11 @@ def test_a_deleted_worker_is_replaced_at_once_without_waiting_for_termination():
     assert plan.delete == []                       # already terminating
 
 
-def test_a_worker_gone_from_the_api_is_recreated():
+def test_a_worker_gone_from_the_api_is_recreated_and_reported():
     plan = desired_pods(spec(), healthy()[:2])
     assert plan.create == [PodToCreate("worker", 1, 0, SVC)]
+    assert plan.vanished == ["the pod of worker 1 disappeared"]
+    assert desired_pods(spec(), []).vanished == []          # a first rollout is no loss
 
 
 def test_only_the_latest_failed_pod_of_a_slot_is_kept():

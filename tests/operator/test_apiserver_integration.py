@@ -1,0 +1,288 @@
+"""The operator against a real kube-apiserver + etcd (no kubelet), with kopf.testing.KopfRunner.
+
+Without a kubelet nothing runs, so the test plays the kubelet (it patches pod status) and the
+coordinator (a fake HTTP API on 127.0.0.1). Everything else is real: the CRD's validation and
+defaults, RBAC-less admin access, kopf's watches, finalizers, the scale subresource.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import apiserver
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+APISERVER, ETCD = apiserver.find_binaries()
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(APISERVER is None or ETCD is None, reason=(
+        f"needs kube-apiserver (found: {APISERVER}) and etcd (found: {ETCD}): run "
+        "`scripts/cluster up` once (caches the binaries under ~/.cache/streamjob/) or set "
+        "KUBE_APISERVER/ETCD")),
+]
+NS = "jobs"
+
+
+class FakeCoordinator(BaseHTTPRequestHandler):
+    state: dict[str, Any] = {}
+    savepoints: list[dict[str, Any]] = []
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def _send(self, code: int, payload: dict[str, Any]) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:  # noqa: N802
+        if not self.headers.get("Authorization", "").startswith("Bearer ") or \
+                len(self.headers["Authorization"]) < 30:
+            return self._send(401, {"message": "unauthorized"})
+        self._send(200, dict(self.state))
+
+    def do_POST(self) -> None:  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])) or b"{}")
+        self.savepoints.append(body)
+        self._send(200, {"uri": f"s3://ckpt/jobs/x/savepoints/sp-{len(self.savepoints)}"})
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[apiserver.ApiServer]:
+    server = apiserver.start(tmp_path_factory.mktemp("apiserver"), APISERVER, ETCD)
+    try:
+        os.environ["KUBECONFIG"] = str(server.kubeconfig)
+        # the kubernetes client read $KUBECONFIG when it was imported; kopf's login uses it
+        from kubernetes.config import kube_config
+        kube_config.KUBE_CONFIG_DEFAULT_LOCATION = str(server.kubeconfig)
+        kubectl(server, "apply", "-f", str(REPO / "crds" / "streamjob.dev_streamjobs.yaml"))
+        kubectl(server, "wait", "--for=condition=Established",
+                "crd/streamjobs.streamjob.dev", "--timeout=30s")
+        kubectl(server, "create", "namespace", NS)
+        # no controller-manager: the default ServiceAccount that pod admission wants
+        kubectl(server, "-n", NS, "create", "serviceaccount", "default")
+        yield server
+    finally:
+        server.stop()
+
+
+def kubectl(server: apiserver.ApiServer, *args: str, stdin: str | None = None,
+            check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(["kubectl", "--kubeconfig", str(server.kubeconfig), *args],
+                          input=stdin, capture_output=True, text=True, check=check, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def coordinator() -> Iterator[type[FakeCoordinator]]:
+    FakeCoordinator.state = {"state": "CREATED", "parallelism": None, "attempt": 0,
+                             "restarts": 0, "restored_from": None, "last_checkpoint": None,
+                             "message": ""}
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), FakeCoordinator)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    FakeCoordinator.url = f"http://127.0.0.1:{httpd.server_address[1]}"  # type: ignore[attr-defined]
+    yield FakeCoordinator
+    httpd.shutdown()
+
+
+@pytest.fixture(scope="module")
+def operator(cluster: apiserver.ApiServer, coordinator: type[FakeCoordinator]) -> Iterator[None]:
+    from kopf.testing import KopfRunner
+
+    os.environ["STREAMJOB_OPERATOR_POLL_INTERVAL"] = "1"
+    from streamjob_operator import main
+    from streamjob_operator.config import Settings
+
+    main.SETTINGS = Settings(api_url=coordinator.url, poll_interval=1,  # type: ignore[attr-defined]
+                             operator_namespace=NS, savepoint_timeout=20)
+    with KopfRunner(["run", "--standalone", "--namespace", NS, "-m", "streamjob_operator.main"],
+                    timeout=60) as runner:
+        time.sleep(2)
+        yield
+    assert runner.exception is None or isinstance(runner.exception, SystemExit), runner.output
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 20) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
+
+
+def job(cluster: apiserver.ApiServer, name: str) -> dict[str, Any]:
+    return json.loads(kubectl(cluster, "-n", NS, "get", "sj", name, "-o", "json").stdout)
+
+
+def pods(cluster: apiserver.ApiServer, name: str) -> dict[str, dict[str, Any]]:
+    out = kubectl(cluster, "-n", NS, "get", "pods", "-l", f"streamjob.dev/job={name}",
+                  "-o", "json").stdout
+    return {p["metadata"]["name"]: p for p in json.loads(out)["items"]}
+
+
+def play_kubelet(cluster: apiserver.ApiServer, name: str, phase: str = "Running",
+                 exit_code: int | None = None) -> None:
+    status: dict[str, Any] = {"phase": phase, "podIP": "127.0.0.1"}
+    if exit_code is not None:
+        status["containerStatuses"] = [{"name": "x", "image": "i", "imageID": "", "ready": False,
+                                        "restartCount": 0, "state": {"terminated": {
+                                            "exitCode": exit_code, "reason": "Error"}}}]
+    kubectl(cluster, "-n", NS, "patch", "pod", name, "--subresource=status", "--type=merge",
+            "-p", json.dumps({"status": status}))
+
+
+def run_all(cluster: apiserver.ApiServer, job_name: str) -> None:
+    for name, pod in pods(cluster, job_name).items():
+        if pod.get("status", {}).get("phase") == "Pending" and \
+                not pod["metadata"].get("deletionTimestamp"):
+            play_kubelet(cluster, name)
+
+
+MANIFEST = """
+apiVersion: streamjob.dev/v1alpha1
+kind: StreamJob
+metadata: {name: wc, namespace: jobs}
+spec:
+  pipeline: streamjob.examples.wordcount:build
+  storage: s3://ckpt/jobs
+  storageSecret: minio-creds
+  parallelism: 2
+  checkpoint: {interval: 2s}
+"""
+
+
+def test_invalid_manifests_are_refused_with_the_field_named(cluster):
+    bad = MANIFEST.replace("parallelism: 2", "parallelism: 2\n  maxParallelism: 1")
+    result = kubectl(cluster, "apply", "-f", "-", stdin=bad, check=False)
+    assert result.returncode != 0
+    assert "spec.parallelism must not exceed spec.maxParallelism" in result.stderr
+    result = kubectl(cluster, "apply", "-f", "-", check=False,
+                     stdin=MANIFEST.replace("interval: 2s", "interval: soon"))
+    assert "spec.checkpoint.interval" in result.stderr
+
+
+def test_job_lifecycle_on_a_real_api_server(cluster, coordinator, operator):
+    timings: dict[str, float] = {}
+    kubectl(cluster, "apply", "-f", "-", stdin=MANIFEST)
+    wait_for("3 pods", lambda: len(pods(cluster, "wc")) == 3)
+    body = job(cluster, "wc")
+    assert "streamjob.dev/finalizer" in body["metadata"]["finalizers"]
+    assert body["status"]["phase"] == "Pending" and body["status"]["parallelism"] == 2
+    for pod in pods(cluster, "wc").values():
+        (ref,) = pod["metadata"]["ownerReferences"]
+        assert (ref["kind"], ref["name"], ref["uid"]) == ("StreamJob", "wc",
+                                                         body["metadata"]["uid"])
+    svc = json.loads(kubectl(cluster, "-n", NS, "get", "svc", "wc-coordinator", "-o",
+                             "json").stdout)
+    assert svc["spec"]["selector"]["streamjob.dev/role"] == "coordinator"
+    kubectl(cluster, "-n", NS, "get", "secret", "wc-api-token")
+    kubectl(cluster, "-n", NS, "get", "networkpolicy", "wc-coordinator")
+
+    # the pods run and the coordinator reports RUNNING -> Ready
+    run_all(cluster, "wc")
+    coordinator.state.update(state="RUNNING", parallelism=2, last_checkpoint={
+        "id": 4, "completed_at": time.time(), "duration_ms": 12, "size_bytes": 2048})
+    kubectl(cluster, "-n", NS, "wait", "--for=condition=Ready", "sj/wc", "--timeout=20s")
+    assert job(cluster, "wc")["status"]["lastCheckpoint"]["id"] == 4
+    table = kubectl(cluster, "-n", NS, "get", "sj").stdout
+    assert "Running" in table and "LAST CHECKPOINT" in table
+
+    # a deleted worker is replaced within seconds; Recovering until the coordinator restored
+    victim, victim_pod = next((n, p) for n, p in pods(cluster, "wc").items() if "worker-1" in n)
+    start = time.monotonic()
+    kubectl(cluster, "-n", NS, "delete", "pod", victim, "--wait=false")
+    # (without a kubelet the pod vanishes at once, so its name may be reused; its uid is not)
+    wait_for("replacement", lambda: any(
+        n.startswith("wc-worker-1-") and p["metadata"]["uid"] != victim_pod["metadata"]["uid"]
+        for n, p in pods(cluster, "wc").items()))
+    timings["worker deleted -> replacement pod created"] = time.monotonic() - start
+    wait_for("Recovering", lambda: job(cluster, "wc")["status"]["phase"] == "Recovering")
+    run_all(cluster, "wc")
+    coordinator.state.update(attempt=1, restored_from=4)
+    wait_for("Running again", lambda: job(cluster, "wc")["status"]["phase"] == "Running")
+    assert "restored from checkpoint 4" in job(cluster, "wc")["status"]["message"]
+
+    # a worker whose container fails is replaced too
+    victim = next(n for n in pods(cluster, "wc") if "worker-0" in n)
+    start = time.monotonic()
+    play_kubelet(cluster, victim, "Failed", exit_code=1)
+    wait_for("replacement", lambda: len([n for n in pods(cluster, "wc")
+                                         if n.startswith("wc-worker-0-")]) == 2)
+    timings["worker failed -> replacement pod created"] = time.monotonic() - start
+    run_all(cluster, "wc")
+    coordinator.state.update(attempt=2)
+    wait_for("Running again", lambda: job(cluster, "wc")["status"]["phase"] == "Running")
+
+    # kubectl scale -> stop with savepoint -> 3 workers from the savepoint
+    kubectl(cluster, "-n", NS, "scale", "sj/wc", "--replicas=3")
+    wait_for("3 new workers", lambda: len([p for p in pods(cluster, "wc").values()
+                                           if p["metadata"]["labels"]["streamjob.dev/role"] ==
+                                           "worker" and p["metadata"]["labels"][
+                                               "streamjob.dev/revision"] == "2"]) == 3)
+    assert coordinator.savepoints[-1] == {"stop": True}
+    assert job(cluster, "wc")["status"]["phase"] == "Rescaling"
+    new_coord = next(p for p in pods(cluster, "wc").values()
+                     if p["metadata"]["labels"]["streamjob.dev/role"] == "coordinator"
+                     and p["metadata"]["labels"]["streamjob.dev/revision"] == "2")
+    args = new_coord["spec"]["containers"][0]["args"]
+    assert args[args.index("--from-savepoint") + 1].endswith("sp-1")
+    wait_for("old pods gone", lambda: all(p["metadata"]["labels"]["streamjob.dev/revision"] ==
+                                          "2" for p in pods(cluster, "wc").values()))
+    run_all(cluster, "wc")
+    coordinator.state.update(parallelism=3)
+    wait_for("Running at 3", lambda: job(cluster, "wc")["status"]["phase"] == "Running")
+    scale = json.loads(kubectl(cluster, "-n", NS, "get", "--raw",
+                               f"/apis/streamjob.dev/v1alpha1/namespaces/{NS}/streamjobs/wc/"
+                               "scale").stdout)
+    assert scale["status"]["replicas"] == 3
+
+    # suspend (savepoint, no pods), resume (from it)
+    kubectl(cluster, "-n", NS, "patch", "sj", "wc", "--type=merge",
+            "-p", '{"spec": {"state": "suspended"}}')
+    wait_for("Suspended", lambda: job(cluster, "wc")["status"]["phase"] == "Suspended")
+    wait_for("no pods", lambda: not pods(cluster, "wc"))
+    assert coordinator.savepoints[-1] == {"stop": True}
+    kubectl(cluster, "-n", NS, "patch", "sj", "wc", "--type=merge",
+            "-p", '{"spec": {"state": "running"}}')
+    wait_for("pods back", lambda: len(pods(cluster, "wc")) == 4)
+    coord = next(p for p in pods(cluster, "wc").values()
+                 if p["metadata"]["labels"]["streamjob.dev/role"] == "coordinator")
+    args = coord["spec"]["containers"][0]["args"]
+    assert args[args.index("--from-savepoint") + 1].endswith("sp-2")
+
+    # events tell the story; nothing in status, events or pods carries a credential value
+    events = kubectl(cluster, "-n", NS, "get", "events", "-o", "json").stdout
+    reasons = {e["reason"] for e in json.loads(events)["items"]}
+    assert {"Recovering", "Rescaling", "Running", "Suspended"} <= reasons
+    token = kubectl(cluster, "-n", NS, "get", "secret", "wc-api-token", "-o",
+                    "jsonpath={.data.token}").stdout
+    assert token and token not in events and token not in json.dumps(job(cluster, "wc"))
+
+    # deletion: the finalizer is released and the pods go
+    kubectl(cluster, "-n", NS, "delete", "sj", "wc", "--wait=false")
+    try:
+        wait_for("job gone", lambda: kubectl(cluster, "-n", NS, "get", "sj", "wc",
+                                             check=False).returncode != 0, timeout=45)
+    except AssertionError:
+        print(json.dumps(job(cluster, "wc")["metadata"], indent=1))
+        raise
+    wait_for("pods gone", lambda: not pods(cluster, "wc"))
+    print("\n" + yaml.safe_dump({k: round(v, 2) for k, v in timings.items()}))
+    for what, seconds in timings.items():
+        assert seconds < 5, f"{what} took {seconds:.1f}s"
