@@ -86,11 +86,12 @@ def run_job(tmp_path: Path):
     def start(pipeline: str = "streamjob.examples.wordcount:build", *, name: str = "wc",
               parallelism: int = 2, args: dict[str, Any] | None = None,
               checkpoint: dict[str, Any] | None = None, restart: dict[str, Any] | None = None,
-              extra: list[str] | None = None) -> Job:
+              extra: list[str] | None = None, max_parallelism: int = 128) -> Job:
         manifest = {
             "apiVersion": "streamjob.dev/v1alpha1", "kind": "StreamJob",
             "metadata": {"name": name},
             "spec": {"pipeline": pipeline, "parallelism": parallelism,
+                     "maxParallelism": max_parallelism,
                      "args": {"output": str(tmp_path / "output"), **(args or {})},
                      "checkpoint": {"interval": "300ms", "timeout": "30s", "retained": 2,
                                     **(checkpoint or {})},

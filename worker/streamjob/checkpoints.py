@@ -112,6 +112,15 @@ def resolve_savepoint(storage: Storage, uri_or_path: str) -> tuple[str, dict[str
                            ) from None
 
 
+def check_compatible(body: dict[str, Any], max_parallelism: int) -> None:
+    """Key groups are fixed by maxParallelism: state taken with another m cannot be split."""
+    if body.get("max_parallelism") != max_parallelism:
+        raise StorageError(
+            f"cannot restore checkpoint {body.get('checkpoint_id')}: it was taken with "
+            f"maxParallelism {body.get('max_parallelism')}, the job has {max_parallelism}; "
+            "keep maxParallelism unchanged for the life of the state")
+
+
 @dataclass(frozen=True)
 class TriggerState:
     now: float

@@ -57,7 +57,12 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
     coordinator = Coordinator(job, args.job_id, storage, args.bind, args.port, args.status_file,
                               args.from_savepoint, args.api_port if token else None, token)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
-    return asyncio.run(coordinator.run())
+    try:
+        return asyncio.run(coordinator.run())
+    except StorageError as err:
+        # Unreachable storage or an unusable restore point: the job cannot start.
+        logging.getLogger("streamjob.coordinator").error("job failed: %s", err)
+        return 2
 
 
 def cmd_worker(args: argparse.Namespace) -> int:

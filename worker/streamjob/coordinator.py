@@ -145,6 +145,8 @@ class Coordinator:
         except StorageError:
             raise
         self.next_id = max([0, *ids]) + 1
+        if latest is not None:
+            ckpt.check_compatible(latest, self.spec.max_parallelism)
         self._set_restore_point(latest)
 
     def _set_restore_point(self, body: dict[str, Any] | None) -> None:
@@ -394,7 +396,9 @@ class Coordinator:
         else:
             self.last_completion = completed_at
             self._set_restore_point(body)
-        for older in [c for c in self.pending if c < pc.checkpoint_id]:
+        # Older checkpoints are subsumed by a newer completed one; savepoints never are.
+        for older in [c for c, o in self.pending.items()
+                      if c < pc.checkpoint_id and not o.savepoint and not pc.savepoint]:
             self._abort(older, f"subsumed by checkpoint {pc.checkpoint_id}", count=False)
         if attempt == self.attempt:
             final = pc.final or pc.stop

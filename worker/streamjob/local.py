@@ -177,7 +177,8 @@ def run_local(manifest: str, args: dict[str, Any], parallelism: int | None,
     storage = open_storage(job.spec.storage)
     storage.list(f"{job.metadata.name}-probe/")  # unreachable storage: fail now, clearly
     if from_savepoint:
-        ckpt.resolve_savepoint(storage, from_savepoint)
+        _, body = ckpt.resolve_savepoint(storage, from_savepoint)
+        ckpt.check_compatible(body, job.spec.max_parallelism)
     run_id = uuid.uuid4().hex[:8]
     job_id = f"{job.metadata.name}-{run_id}"
     run_dir = Path(".streamjob/runs") / job.metadata.name

@@ -1,0 +1,73 @@
+"""Savepoints and rescaling by key groups, on local storage (the MinIO tier repeats it on S3)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.integration.conftest import ROOT, assert_exactly_once
+
+pytestmark = pytest.mark.integration
+
+RECORDS, WORDS = 300_000, 700
+
+
+def savepoint(job, stop: bool) -> str:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-m", "streamjob", "savepoint", job.name,
+                          *(["--stop"] if stop else [])], cwd=job.cwd, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip().splitlines()[-1]
+
+
+def test_stop_with_savepoint_and_resume_at_4_then_3_is_exactly_once(run_job):
+    args = {"records": RECORDS, "words": WORDS, "rate": 60_000}
+    job = run_job(args=args, parallelism=2)
+    job.wait_for(lambda s: s.get("records_in", 0) > RECORDS // 4, what="a quarter done")
+    uri = savepoint(job, stop=True)
+    assert job.wait() == 0, job.output()
+    assert job.status()["state"] == "STOPPED"
+    assert uri.startswith("file://") and "/savepoints/sp-" in uri
+    assert (job.checkpoints() / uri.split("/ckpt/")[1] / "_metadata").is_file()
+
+    job4 = run_job(args=args, parallelism=4, extra=["--from-savepoint", uri])
+    job4.wait_for(lambda s: s.get("state") == "RUNNING", what="p=4 running")
+    time.sleep(1.0)
+    uri2 = savepoint(job4, stop=True)
+    assert job4.wait() == 0, job4.output()
+
+    job3 = run_job(args=args, parallelism=3, extra=["--from-savepoint", uri2])
+    assert job3.wait() == 0, job3.output()
+    assert_exactly_once(job.cwd / "output", RECORDS, WORDS)
+
+
+@pytest.mark.parametrize("new_p", [1, 16])
+def test_restore_at_any_parallelism_from_a_savepoint(run_job, new_p):
+    # maxParallelism 16 so that new_p = 16 is p' = maxParallelism.
+    records = 100_000
+    args = {"records": records, "words": WORDS, "rate": 40_000}
+    job = run_job(args=args, parallelism=2, name=f"p{new_p}", max_parallelism=16)
+    job.wait_for(lambda s: s.get("records_in", 0) > records // 3, what="a third done")
+    uri = savepoint(job, stop=True)
+    assert job.wait() == 0, job.output()
+    job2 = run_job(args={**args, "rate": 0}, parallelism=new_p, name=f"p{new_p}",
+                   max_parallelism=16, extra=["--from-savepoint", uri])
+    assert job2.wait(300) == 0, job2.output()
+    assert_exactly_once(job.cwd / "output", records, WORDS)
+
+
+def test_restoring_with_another_max_parallelism_is_refused(run_job):
+    args = {"records": 50_000, "words": WORDS, "rate": 20_000}
+    job = run_job(args=args, parallelism=2, name="mp")
+    job.wait_for(lambda s: s.get("state") == "RUNNING", what="running")
+    uri = savepoint(job, stop=True)
+    assert job.wait() == 0
+    job2 = run_job(args=args, parallelism=2, name="mp", max_parallelism=64,
+                   extra=["--from-savepoint", uri])
+    assert job2.wait() == 2
+    assert "maxParallelism 128" in job2.output() and "64" in job2.output()
