@@ -56,6 +56,8 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
     storage = open_storage(job.spec.storage)
     coordinator = Coordinator(job, args.job_id, storage, args.bind, args.port, args.status_file,
                               args.from_savepoint, args.api_port if token else None, token)
+    if args.metrics_port is not None:
+        coordinator.metrics.serve(args.metrics_port, args.bind)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     try:
         return asyncio.run(coordinator.run())
@@ -69,7 +71,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from streamjob.worker import run_worker
 
     job = _manifest_from(args)
-    return run_worker(job, args.index, args.coordinator, args.bind, args.advertise)
+    return run_worker(job, args.index, args.coordinator, args.bind, args.advertise,
+                      metrics_port=args.metrics_port)
 
 
 def _local_api(name: str) -> tuple[str, str]:
@@ -144,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--api-token-file")
     co.add_argument("--status-file")
     co.add_argument("--from-savepoint")
+    co.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
     co.set_defaults(fn=cmd_coordinator)
 
     wk = sub.add_parser("worker", help="(internal) a worker process")
@@ -152,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     wk.add_argument("--index", type=int, required=True)
     wk.add_argument("--bind", default="127.0.0.1")
     wk.add_argument("--advertise")
+    wk.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
     wk.set_defaults(fn=cmd_worker)
 
     sp = sub.add_parser("savepoint", help="take a savepoint of a running local job")

@@ -22,6 +22,7 @@ from streamjob import checkpoints as ckpt
 from streamjob import wire
 from streamjob.api import ApiServer
 from streamjob.manifest import StreamJob, import_pipeline
+from streamjob.metrics import CoordinatorMetrics
 from streamjob.storage import Storage, StorageError
 
 log = logging.getLogger("streamjob.coordinator")
@@ -70,6 +71,7 @@ class Coordinator:
         self.cfg = job.spec.checkpoint
         self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="coord-io")
         self.api = ApiServer(self, bind, api_port, api_token) if api_port is not None else None
+        self.metrics = CoordinatorMetrics()
 
         self.state = "CREATED"
         self.message = "waiting for workers"
@@ -205,6 +207,7 @@ class Coordinator:
         if t == "RUNNING":
             w.running = True
             self.running.add(w.index)
+            self.metrics.running.set(len(self.running))
             if len(self.running) == self.p and self.state in ("CREATED", "RESTARTING"):
                 self.state = "RUNNING"
                 self.running_since = self.running_since or time.time()
@@ -245,6 +248,7 @@ class Coordinator:
         for cid in list(self.pending):
             self._abort(cid, "job restarting", count=False)
         self.restarts += 1
+        self.metrics.restarts.set(self.restarts)
         strategy = self.spec.restart_strategy
         if strategy.type == "none" or self.restarts > strategy.max_attempts:
             self._finish("FAILED", f"{reason}; no restart attempts left "
@@ -390,6 +394,7 @@ class Coordinator:
                    "size_bytes": body["size_bytes"], "path": f"{self.storage.uri}/{path}",
                    "timings": body["timings"], "restored_from": self.restored_from}
         self._record(summary)
+        self.metrics.completed(summary)
         self.consecutive_failures = 0
         if pc.savepoint:
             self.savepoints.append(summary)
@@ -433,6 +438,7 @@ class Coordinator:
         if pc is None:
             return
         log.warning("checkpoint %d aborted: %s", cid, reason)
+        self.metrics.failed.inc()
         self.broadcast("ABORT", id=cid)
         self._record({"id": cid, "kind": "savepoint" if pc.savepoint else "checkpoint",
                       "status": "FAILED", "triggered_at": pc.triggered_at,

@@ -71,6 +71,7 @@ class SubtaskRunner:
         self.transforms: list[Callable[[Any], Any]] = []
         self.records_in = 0
         self.records_out = 0
+        self.backpressure_seconds = 0.0
         self.triggers: list[dict[str, Any]] = []
         self.trigger_event = asyncio.Event()
         self.source_finished = False
@@ -176,7 +177,9 @@ class SubtaskRunner:
                 waiter = asyncio.ensure_future(self.output.wait_available())
                 self.trigger_event.clear()
                 trig = asyncio.ensure_future(self.trigger_event.wait())
+                t0 = time.perf_counter()
                 await asyncio.wait([waiter, trig], return_when=asyncio.FIRST_COMPLETED)
+                self.backpressure_seconds += time.perf_counter() - t0
                 waiter.cancel()
                 trig.cancel()
                 continue

@@ -51,7 +51,8 @@ class Deployment:
 
 class Worker:
     def __init__(self, job: StreamJob, index: int, coordinator: str, bind: str,
-                 advertise: str | None, search_path: str | None = None):
+                 advertise: str | None, search_path: str | None = None,
+                 metrics_port: int | None = None):
         self.job = job
         self.index = index
         self.coordinator = coordinator
@@ -65,6 +66,11 @@ class Worker:
         self.storage = None
         self.port = 0
         self.deploy_task: asyncio.Task[None] | None = None
+        if metrics_port is not None:
+            from streamjob.metrics import serve_worker_metrics
+
+            serve_worker_metrics(metrics_port, lambda: (
+                self.deployment.runners if self.deployment else []), index, bind)
 
     # -- control ------------------------------------------------------------------------
 
@@ -269,11 +275,12 @@ async def _connect_with_retry(host: str, port: int, timeout: float):
 
 
 def run_worker(job: StreamJob, index: int, coordinator: str, bind: str = "127.0.0.1",
-               advertise: str | None = None, search_path: str | None = None) -> int:
+               advertise: str | None = None, search_path: str | None = None,
+               metrics_port: int | None = None) -> int:
     logging.basicConfig(level=os.environ.get("STREAMJOB_LOG", "WARNING"),
                         format=f"%(asctime)s worker-{index} %(levelname)s %(message)s")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    worker = Worker(job, index, coordinator, bind, advertise, search_path)
+    worker = Worker(job, index, coordinator, bind, advertise, search_path, metrics_port)
     profile_dir = os.environ.get("STREAMJOB_PROFILE")
     if profile_dir:  # for performance work: one cProfile file per worker process
         import cProfile

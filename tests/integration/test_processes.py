@@ -1,0 +1,87 @@
+"""The coordinator and workers started as separate commands (as the operator does in pods),
+with Prometheus metrics scraped from each."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.integration.conftest import ROOT, assert_exactly_once
+
+pytestmark = pytest.mark.integration
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        return r.read().decode()
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_coordinator_and_workers_as_commands_expose_metrics(tmp_path: Path):
+    records, words = 150_000, 400
+    manifest = {"apiVersion": "streamjob.dev/v1alpha1", "kind": "StreamJob",
+                "metadata": {"name": "pods"},
+                "spec": {"pipeline": "streamjob.examples.wordcount:build", "parallelism": 2,
+                         "args": {"records": records, "words": words, "rate": 40_000,
+                                  "output": str(tmp_path / "out")},
+                         "checkpoint": {"interval": "300ms"},
+                         "storage": f"file://{tmp_path / 'ck'}"}}
+    env = dict(os.environ, PYTHONPATH=str(ROOT), STREAMJOB_MANIFEST=yaml.safe_dump(manifest),
+               STREAMJOB_API_TOKEN="t0ken")
+    port, api, cm = free_port(), free_port(), free_port()
+    wm = [free_port(), free_port()]
+    coord = subprocess.Popen([sys.executable, "-m", "streamjob", "coordinator", "--job-id",
+                              "uid-1234", "--port", str(port), "--api-port", str(api),
+                              "--metrics-port", str(cm)], env=env, cwd=tmp_path)
+    workers = [subprocess.Popen([sys.executable, "-m", "streamjob", "worker", "--coordinator",
+                                 f"127.0.0.1:{port}", "--index", str(i), "--metrics-port",
+                                 str(wm[i])], env=env, cwd=tmp_path) for i in range(2)]
+    try:
+        deadline = time.monotonic() + 60
+        seen_records = 0.0
+        while time.monotonic() < deadline and seen_records < records / 4:
+            time.sleep(0.3)
+            try:
+                seen_records = metric(scrape(wm[0]), "streamjob_records_in", task="t0")
+            except OSError:
+                continue
+        assert seen_records > 0
+        coord_metrics = ""
+        while time.monotonic() < deadline:
+            coord_metrics = scrape(cm)
+            if metric(coord_metrics, "streamjob_last_completed_checkpoint_id") >= 1:
+                break
+            time.sleep(0.2)
+        assert metric(coord_metrics, "streamjob_last_completed_checkpoint_id") >= 1
+        assert metric(coord_metrics, "streamjob_checkpoint_duration_seconds_count") >= 1
+        assert metric(coord_metrics, "streamjob_running_subtasks") == 2
+        assert coord.wait(120) == 0
+        for w in workers:
+            assert w.wait(30) == 0
+    finally:
+        for p in [coord, *workers]:
+            if p.poll() is None:
+                p.kill()
+    assert_exactly_once(tmp_path / "out", records, words)
+    assert any((tmp_path / "ck" / "uid-1234").iterdir())
