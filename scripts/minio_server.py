@@ -375,6 +375,8 @@ def cmd_up(args) -> int:
             print(f"MinIO already up (pid {state['pid']})", file=sys.stderr)
             sys.stdout.write(_exports(state["env"]))
             return 0
+        # Left over from a server that is gone: clear it away.
+        shutil.rmtree(state["data_dir"], ignore_errors=True)
         path.unlink()
     server = MinioServer(port=args.port)
     server.start(timeout=args.timeout, detach=True)
