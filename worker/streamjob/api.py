@@ -1,4 +1,4 @@
-"""The coordinator's HTTP API (described in ``api/openapi.yaml``).
+"""The coordinator's HTTP API (described in ``openapi.yaml`` next to this file).
 
 Every request needs ``Authorization: Bearer <token>``; without it the answer is 401 and
 nothing else. A deliberately small HTTP/1.1 server on asyncio: the API is a handful of JSON
@@ -76,7 +76,9 @@ class ApiServer:
         if len(parts) == 2 and parts[0] == "checkpoints" and method == "GET":
             for h in c.history:
                 if str(h["id"]) == parts[1]:
-                    return 200, h
+                    # Task names let a client label the per-subtask timings (t0, t1, ...).
+                    return 200, {**h, "task_names": {t.task_id: t.name
+                                                     for t in c.pipeline.tasks}}
             return 404, {"error": f"checkpoint {parts[1]} is not in the history"}
         if parts == ["savepoints"] and method == "POST":
             try:

@@ -112,16 +112,50 @@ def cmd_savepoint(args: argparse.Namespace) -> int:
 
 
 def cmd_checkpoints(args: argparse.Namespace) -> int:
-    base, token = _local_api(args.name)
-    if args.id is not None:
+    from streamjob import timeline
+
+    if args.metadata:
+        # A stored checkpoint or savepoint: no running job needed.
+        from streamjob.checkpoints import decode_metadata
+
+        where = args.metadata
+        if not where.rstrip("/").endswith("_metadata"):
+            where = where.rstrip("/") + "/_metadata"
+        try:
+            if "://" in where and not where.startswith("file://"):
+                folder, _, leaf = where.rpartition("/")
+                body = decode_metadata(open_storage(folder).get(leaf))
+            else:
+                body = decode_metadata(Path(where.removeprefix("file://")).read_bytes())
+        except OSError as err:
+            raise ManifestError(f"cannot read {where}: {err}") from None
+        entry = timeline.entry_from_metadata(body, where.rpartition("/")[0])
+    else:
+        if not args.name:
+            raise ManifestError("name a running job, or pass --metadata PATH")
+        base, token = _local_api(args.name)
+        if args.id is None:
+            history = api_call(base, token, "GET", "/api/v1/checkpoints")["checkpoints"]
+            if args.json:
+                print(json.dumps(history, indent=1))
+            else:
+                print(timeline.history_table(history), end="")
+            return 0
         entry = api_call(base, token, "GET", f"/api/v1/checkpoints/{args.id}")
+    if args.json:
         print(json.dumps(entry, indent=1))
-        return 0
-    history = api_call(base, token, "GET", "/api/v1/checkpoints")["checkpoints"]
-    print(f"{'ID':>5} {'KIND':<10} {'STATUS':<10} {'DURATION':>10} {'SIZE':>12}")
-    for h in history:
-        print(f"{h['id']:>5} {h['kind']:<10} {h['status']:<10} "
-              f"{h.get('duration_ms', 0):>8.1f}ms {h.get('size_bytes', 0):>12,}")
+    elif entry.get("timings") is None:
+        print(timeline.history_table([entry]), end="")
+        print(f"checkpoint {entry['id']} has no per-subtask timings "
+              f"({entry.get('status')}: {entry.get('reason', '')})")
+    else:
+        print(timeline.render_text(entry, width=args.width), end="")
+    if args.out:
+        try:
+            timeline.write_picture(entry, args.out)
+        except (RuntimeError, ValueError) as err:
+            raise ManifestError(str(err)) from None
+        print(f"wrote {args.out}", file=sys.stderr)
     return 0
 
 
@@ -164,9 +198,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--stop", action="store_true", help="stop the job after the savepoint")
     sp.set_defaults(fn=cmd_savepoint)
 
-    ck = sub.add_parser("checkpoints", help="checkpoint history of a running local job")
-    ck.add_argument("name")
-    ck.add_argument("--id", type=int)
+    ck = sub.add_parser("checkpoints", help="checkpoint history of a running local job; "
+                        "--id N: the per-subtask timeline of checkpoint N")
+    ck.add_argument("name", nargs="?", help="the job's metadata.name (a local run here)")
+    ck.add_argument("--id", type=int, help="draw the timeline of this checkpoint")
+    ck.add_argument("--metadata", metavar="PATH",
+                    help="draw from a stored checkpoint's _metadata (folder or file, "
+                         "path or URI); no running job needed")
+    ck.add_argument("--out", metavar="FILE", help="also write the timeline to FILE.svg or "
+                    "FILE.png (PNG needs matplotlib)")
+    ck.add_argument("--width", type=int, default=60, help="columns of the time axis")
+    ck.add_argument("--json", action="store_true", help="print the raw API answer")
     ck.set_defaults(fn=cmd_checkpoints)
     return parser
 
