@@ -64,11 +64,15 @@ RUN_TIMEOUT_S = 600
 # loaded 2-core machine. All systems read a prefix of the same record stream; the steady rate
 # makes runs of different lengths comparable.
 RECORDS = {
-    "streamjob": {"count": 2_000_000, "window": 2_000_000, "state": 2_000_000},
+    "streamjob": {"count": 5_000_000, "window": 5_000_000, "state": 5_000_000},
     "bytewax": {"count": 600_000, "window": 300_000, "state": 600_000},
     "flink-ds": {"count": 30_000, "window": 30_000, "state": 30_000},
     "flink-sql": {"count": 3_000_000, "window": 3_000_000, "state": 3_000_000},
 }
+# Recovery runs are longer: the kill comes 2.5 s after the first output. Ours is throttled to
+# RECOVERY_RATE records/s (its wordcount's `rate` argument) so the run lasts long enough.
+RECOVERY_RECORDS = {"streamjob": 5_000_000, "bytewax": 4_000_000, "flink-ds": 60_000}
+RECOVERY_RATE = 500_000
 STARTUP_RECORDS = 1000
 WORDS = {"count": 10_000, "window": 10_000, "state": 1_000_000}
 
@@ -91,11 +95,17 @@ class Result:
     parallelism: int
     checkpoint: bool
     records: int
-    seconds: list[float] = field(default_factory=list)
-    startup: float | None = None
+    seconds: list[float] = field(default_factory=list)      # wall, measured runs
+    job_secs: list[float] = field(default_factory=list)     # job time, measured runs
+    startups: list[float] = field(default_factory=list)     # wall, start-up runs
+    startup_jobs: list[float] = field(default_factory=list)  # job time, start-up runs
     ok: bool = True
     error: str = ""
     state_mb: float | None = None
+
+    @property
+    def startup(self) -> float | None:
+        return statistics.median(self.startups) if self.startups else None
 
     @property
     def e2e(self) -> float | None:
@@ -103,9 +113,9 @@ class Result:
 
     @property
     def steady(self) -> float | None:
-        if not self.seconds or self.startup is None:
+        if not self.job_secs or not self.startup_jobs:
             return None
-        busy = statistics.median(self.seconds) - self.startup
+        busy = statistics.median(self.job_secs) - statistics.median(self.startup_jobs)
         return self.records / busy if busy > 0.05 else None
 
 
@@ -246,8 +256,9 @@ class System:
     def output_files(self, work: Path) -> list[Path]:
         raise NotImplementedError
 
-    def state_dir(self, work: Path) -> Path:
-        return work / "ckpt"
+    def job_seconds(self, work: Path) -> float | None:
+        """The run's own measure of its job time (no process start-up), if it gives one."""
+        return None
 
     def kill_worker(self, procs: list[subprocess.Popen]) -> str:
         return "cannot kill one worker"
@@ -282,6 +293,7 @@ class Streamjob(System):
 
     def __init__(self, python: str):
         self.python = python
+        self.rate = 0   # records/s, 0 = unlimited; recovery runs throttle ours (see below)
         self.env = {"PYTHONPATH": os.pathsep.join(
             [str(REPO / "worker"), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
         self._missing: dict[str, str] = {}
@@ -311,7 +323,7 @@ class Streamjob(System):
         if cell.job == "window":
             args |= {"events_per_second": EPS, "lateness_ms": LATENESS_MS}
         else:
-            args["rate"] = 0
+            args["rate"] = self.rate
         argv = [self.python, "-c", "import sys; from streamjob.cli import main; sys.exit(main())",
                 "run", str(manifest), "-p", str(cell.parallelism),
                 "--checkpoint-dir", str(work / "ckpt")]
@@ -322,9 +334,19 @@ class Streamjob(System):
     def output_files(self, work: Path) -> list[Path]:
         return sorted((work / "out").glob("part-*"))
 
+    def job_seconds(self, work: Path) -> float | None:
+        # The coordinator's status: from all subtasks running to finished and committed.
+        for status in (work / ".streamjob" / "runs").glob("*/status.json"):
+            try:
+                st = json.loads(status.read_text())
+                return float(st["finished_at"]) - float(st["running_since"])
+            except (OSError, ValueError, KeyError, TypeError):
+                return None
+        return None
+
     def kill_worker(self, procs: list[subprocess.Popen]) -> str:
         # A worker is a process under `streamjob run`; kill the newest one.
-        workers = [p for p in descendants(procs[0].pid) if "python" in cmdline(p)]
+        workers = [p for p in descendants(procs[0].pid) if "streamjob worker" in cmdline(p)]
         if not workers:
             return "no worker process under `streamjob run` (single process?)"
         os.kill(max(workers), signal.SIGKILL)
@@ -399,6 +421,11 @@ class FlinkBase(System):
 
     def output_files(self, work: Path) -> list[Path]:
         return [work / "stdout.log"]
+
+    def job_seconds(self, work: Path) -> float | None:
+        # Flink's net runtime of the job: submission to finish, without JVM start-up.
+        m = re.search(r"NET_RUNTIME_MS=(\d+)", (work / "stderr.log").read_text(errors="replace"))
+        return int(m.group(1)) / 1000 if m else None
 
 
 class FlinkDS(FlinkBase):
@@ -494,7 +521,8 @@ def check(cell: Cell, records: int, files: list[Path], exact_lines: bool) -> str
 # ----------------------------------------------------------------------------- running
 
 def run_once(system: System, cell: Cell, records: int, work: Path,
-             verify: bool = True) -> tuple[float, str]:
+             verify: bool = True) -> tuple[float, float, str]:
+    """Wall seconds, job seconds (the system's own figure, else wall) and an error."""
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
@@ -516,10 +544,12 @@ def run_once(system: System, cell: Cell, records: int, work: Path,
     if error:
         tail = (work / "stderr.log").read_text(errors="replace")[-1500:] \
             if (work / "stderr.log").exists() else ""
-        return elapsed, f"{error}: {tail.strip().splitlines()[-1] if tail.strip() else ''}"
+        return elapsed, elapsed, \
+            f"{error}: {tail.strip().splitlines()[-1] if tail.strip() else ''}"
+    job = system.job_seconds(work)
     if verify:
         error = check(cell, records, system.output_files(work), exact_lines=True)
-    return elapsed, error
+    return elapsed, elapsed if job is None else job, error
 
 
 def output_size(system: System, work: Path) -> int:
@@ -604,18 +634,21 @@ def table(results: list[Result], recoveries: list[Recovery]) -> str:
     ours = {(r.job, r.parallelism, r.checkpoint): r for r in results
             if r.system == "streamjob" and r.ok}
     head = ["system", "job", "p", "ckpt", "records", "runs", "startup s", "e2e rec/s",
-            "steady rec/s", "ckpt MB", "ours ÷ this", "result"]
+            "steady rec/s", "ckpt MB", "ours ÷ this (steady)", "ours ÷ this (e2e)", "result"]
     rows = []
     for r in results:
         mine = ours.get((r.job, r.parallelism, r.checkpoint))
-        ratio = "-"
-        if r.system != "streamjob" and mine and mine.steady and r.steady and r.ok:
-            ratio = f"{mine.steady / r.steady:.2f}×"
+        ratio = ratio_e2e = "-"
+        if r.system != "streamjob" and mine and r.ok:
+            if mine.steady and r.steady:
+                ratio = f"{mine.steady / r.steady:.2f}×"
+            if mine.e2e and r.e2e:
+                ratio_e2e = f"{mine.e2e / r.e2e:.2f}×"
         rows.append([r.system, r.job, str(r.parallelism), "on" if r.checkpoint else "off",
                      f"{r.records:,}", str(len(r.seconds)),
                      "-" if r.startup is None else f"{r.startup:.1f}",
                      fmt_rate(r.e2e), fmt_rate(r.steady),
-                     "-" if r.state_mb is None else f"{r.state_mb:.1f}", ratio,
+                     "-" if r.state_mb is None else f"{r.state_mb:.1f}", ratio, ratio_e2e,
                      "ok" if r.ok else r.error[:70]])
     lines = [head] + rows
     widths = [max(len(x[i]) for x in lines) for i in range(len(head))]
@@ -702,19 +735,13 @@ def main() -> int:
     for cell in cells:
         for name, sysm in systems.items():
             records = max(STARTUP_RECORDS * 10, int(RECORDS[name][cell.job] * scale))
-            res = Result(name, cell.job, cell.parallelism, cell.checkpoint, records)
-            results[(name, cell)] = res
+            res = results[(name, cell)] = Result(name, cell.job, cell.parallelism,
+                                                 cell.checkpoint, records)
             why = sysm.available(cell)
             if why:
                 res.ok, res.error = False, f"n/a: {why}"
-                continue
-            work = scratch / name / f"{cell.job}-p{cell.parallelism}-{int(cell.checkpoint)}"
-            secs, err = run_once(sysm, cell, STARTUP_RECORDS, work / "startup")
-            log(f"{name:10} {cell.label:24} startup {secs:6.1f}s {err}")
-            if err:
-                res.ok, res.error = False, f"startup run: {err}"
-            else:
-                res.startup = secs
+    # Each round runs every system on every cell, each time a start-up run (a tiny input)
+    # right before the measured one, so that both see the same machine load.
     for rnd in range(runs):
         for cell in cells:
             for name, sysm in systems.items():
@@ -722,13 +749,22 @@ def main() -> int:
                 if not res.ok:
                     continue
                 work = scratch / name / f"{cell.job}-p{cell.parallelism}-{int(cell.checkpoint)}"
-                secs, err = run_once(sysm, cell, res.records, work / "run")
-                log(f"{name:10} {cell.label:24} round {rnd + 1}: {res.records:>9,} records "
-                    f"{secs:6.1f}s {res.records / secs:>10,.0f}/s {err}")
+                secs0, job0, err = run_once(sysm, cell, STARTUP_RECORDS, work / "startup")
+                if err:
+                    res.ok, res.error = False, f"start-up run: {err}"
+                    log(f"{name:10} {cell.label:24} start-up run failed: {err}")
+                    continue
+                res.startups.append(secs0)
+                res.startup_jobs.append(job0)
+                secs, job, err = run_once(sysm, cell, res.records, work / "run")
+                log(f"{name:10} {cell.label:24} round {rnd + 1}: start-up run {secs0:5.1f}s "
+                    f"(job {job0:5.1f}s), {res.records:>9,} records {secs:6.1f}s (job "
+                    f"{job:6.1f}s, {res.records / max(job - job0, 1e-3):>10,.0f}/s steady) {err}")
                 if err:
                     res.ok, res.error = False, err
                     continue
                 res.seconds.append(secs)
+                res.job_secs.append(job)
                 if cell.checkpoint:
                     res.state_mb = dir_mb(work / "run" / "ckpt")
 
@@ -745,8 +781,12 @@ def main() -> int:
                 recoveries.append(Recovery(name, c.parallelism, 0, ok=False,
                                            note=f"n/a: {sysm.available(c)}"))
                 continue
-            records = int(RECORDS[name]["count"] * scale * 2)
+            records = RECOVERY_RECORDS[name]
+            if isinstance(sysm, Streamjob):
+                sysm.rate = RECOVERY_RATE
             rec = run_recovery(sysm, c, records, scratch / name / "recovery")
+            if isinstance(sysm, Streamjob):
+                sysm.rate = 0
             log(f"{name:10} recovery: downtime {rec.downtime} {rec.note}")
             recoveries.append(rec)
 
