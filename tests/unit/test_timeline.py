@@ -57,7 +57,7 @@ def test_text_timeline_structure():
         bar = row["bar"]
         assert len(bar) == 50
         assert bar.count("A") == 1
-        assert set(bar) <= set(".=#-~A ")
+        assert set(bar) <= set(".=#-~_A ")
         # nothing after the ack; the ack column matches the ack time
         assert bar[bar.index("A") + 1:].strip() == ""
         r = next(r for r in tl.rows(ENTRY) if r.label == label)
@@ -151,3 +151,29 @@ def test_cli_renders_a_stored_metadata(tmp_path, capsys):
     ET.parse(tmp_path / "t.svg")
     assert main(["checkpoints", "--metadata", str(folder / "_metadata"), "--out",
                  str(tmp_path / "t.gif")]) == 2
+
+
+def test_where_the_upload_sits():
+    e = entry()
+    t = e["timings"]["t1"][1]
+    t0 = e["triggered_at"]
+
+    def kinds(e):
+        r = next(r for r in tl.rows(e) if r.label == "t1[1]")
+        return [(s.kind, round(s.start_ms, 3), round(s.end_ms, 3)) for s in r.segments]
+
+    sync_end, ack = (t["sync_done"] - t0) * 1000, (t["ack"] - t0) * 1000
+    # aligned, no async_start: upload right after sync, then the ACK waits
+    k = dict((kind, (a, b)) for kind, a, b in kinds(e))
+    assert k["async"][0] == pytest.approx(sync_end, abs=1e-3) and "wait" not in k
+    assert k["ackq"][1] == pytest.approx(ack, abs=1e-3)
+    # unaligned: the gap is the in-flight capture, the upload ends at the ack
+    t["unaligned"] = True
+    k = dict((kind, (a, b)) for kind, a, b in kinds(e))
+    assert k["wait"][0] == pytest.approx(sync_end, abs=1e-3) and "ackq" not in k
+    assert k["async"][1] == pytest.approx(ack, abs=1e-3)
+    # exact when the worker reports async_start
+    t["async_start"] = t["sync_done"] + 0.010
+    k = dict((kind, (a, b)) for kind, a, b in kinds(e))
+    assert k["wait"] == pytest.approx((sync_end, sync_end + 10), abs=1e-3)
+    assert k["async"][0] == pytest.approx(sync_end + 10, abs=1e-3)

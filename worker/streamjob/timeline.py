@@ -13,9 +13,15 @@ to the trigger time T of the checkpoint, one subtask's row is made of these segm
            past the barrier is held back; unaligned: ~0)
     sync   the synchronous part of the snapshot (a copy of the state), on the task thread
     wait   after sync, before the upload starts: in-flight data still being captured
-           (unaligned mode) or the upload queued behind other uploads
+           (unaligned mode: until the last barrier arrived) or the upload queued
     async  writing the state file (off the task thread)
+    ackq   upload done, ACK not sent yet: the task thread was busy with records
     ack    the moment the subtask sent its ACK
+
+Where the upload sits between ``sync_done`` and ``ack`` is exact when the timings carry
+``async_start`` (absolute time the upload began). Without it: in unaligned mode the upload is
+drawn just before the ack (the gap is the in-flight capture), otherwise right after the sync
+part (the gap is the ACK waiting for the task thread).
 
 The times come from the clocks of the worker processes; on one machine they share a clock,
 across machines they are as good as NTP.
@@ -30,17 +36,18 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
-KINDS = ("delay", "align", "sync", "wait", "async")
-CHARS = {"delay": ".", "align": "=", "sync": "#", "wait": "-", "async": "~"}
+KINDS = ("delay", "align", "sync", "wait", "async", "ackq")
+CHARS = {"delay": ".", "align": "=", "sync": "#", "wait": "-", "async": "~", "ackq": "_"}
 ACK_CHAR = "A"
 COLORS = {"delay": "#d9d9d9", "align": "#f28e2b", "sync": "#e15759", "wait": "#bab0ac",
-          "async": "#4e79a7", "ack": "#000000"}
+          "async": "#4e79a7", "ackq": "#edc948", "ack": "#000000"}
 LEGEND = {
     "delay": "start delay (trigger -> first barrier)",
     "align": "alignment (first -> last barrier)",
     "sync": "sync snapshot",
     "wait": "capture in-flight / upload queued",
     "async": "async upload",
+    "ackq": "ack waits for the task thread",
 }
 
 
@@ -102,10 +109,17 @@ def rows(entry: dict[str, Any], names: dict[str, str] | None = None) -> list[Row
             sync_end = max(align_end, (t["sync_done"] - t0) * 1000)
             sync_start = max(align_end, sync_end - t.get("sync_ms", 0.0))
             ack = max(sync_end, (t["ack"] - t0) * 1000)
-            async_start = max(sync_end, ack - t.get("async_ms", 0.0))
+            async_ms = t.get("async_ms", 0.0)
+            if t.get("async_start") is not None:
+                async_start = min(ack, max(sync_end, (t["async_start"] - t0) * 1000))
+            elif t.get("unaligned"):
+                async_start = max(sync_end, ack - async_ms)
+            else:
+                async_start = sync_end
+            async_end = min(ack, async_start + async_ms)
             for kind, a, b in (("delay", 0.0, first), ("align", first, align_end),
                                ("sync", sync_start, sync_end), ("wait", sync_end, async_start),
-                               ("async", async_start, ack)):
+                               ("async", async_start, async_end), ("ackq", async_end, ack)):
                 if b > a:
                     row.segments.append(Segment(kind, a, b))
             row.ack_ms = ack
