@@ -17,19 +17,7 @@ pytest.importorskip("kopf", reason="the operator needs kopf: pip install -e '.[o
 pytest.importorskip("kubernetes", reason="the operator needs the kubernetes client")
 
 
-def streamjob_body(name: str = "wc", namespace: str = "jobs", uid: str = "uid-1",
-                   generation: int = 1, status: dict[str, Any] | None = None,
-                   **spec: Any) -> dict[str, Any]:
-    """A StreamJob as the API server returns it (defaults applied the way the CRD does)."""
-    base = {"pipeline": "streamjob.examples.wordcount:build", "storage": "s3://ckpt/jobs",
-            "parallelism": 2, "maxParallelism": 128, "storageSecret": "minio-creds",
-            "image": "localhost/streamjob:dev", "resources": {"cpu": "500m", "memory": "512Mi"},
-            "state": "running", "upgradeMode": "savepoint"}
-    base.update(spec)
-    return {"apiVersion": "streamjob.dev/v1alpha1", "kind": "StreamJob",
-            "metadata": {"name": name, "namespace": namespace, "uid": uid,
-                         "generation": generation},
-            "spec": base, "status": status or {}}
+from sj_bodies import streamjob_body  # noqa: E402
 
 
 @pytest.fixture

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from conftest import streamjob_body
 from kubernetes.client import ApiClient
+from sj_bodies import streamjob_body
 from streamjob.manifest import parse_manifest
 from streamjob_operator import builders, names
 from streamjob_operator.config import Settings

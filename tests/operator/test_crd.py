@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from conftest import streamjob_body
+from sj_bodies import streamjob_body
 from streamjob.manifest import parse_manifest
 
 REPO = Path(__file__).resolve().parents[2]

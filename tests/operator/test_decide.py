@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import streamjob_body
+from sj_bodies import streamjob_body
 from streamjob_operator.decide import Op, next_operation
 from streamjob_operator.model import Deployment, JobStatus, parse_job, spec_hash
 

@@ -11,8 +11,8 @@ import copy
 from typing import Any
 
 import pytest
-from conftest import streamjob_body
 from kubernetes.client import ApiClient
+from sj_bodies import streamjob_body
 from streamjob_operator import kube, reconcile
 from streamjob_operator.config import Settings
 from streamjob_operator.coordinator import CoordinatorUnavailable, JobView
