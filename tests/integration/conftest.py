@@ -35,8 +35,9 @@ def children(pid: int) -> list[tuple[int, str]]:
 
 
 class Job:
-    def __init__(self, cwd: Path, proc: subprocess.Popen[str], name: str, log: Path):
-        self.cwd, self.proc, self.name, self.log = cwd, proc, name, log
+    def __init__(self, cwd: Path, proc: subprocess.Popen[str], name: str, log: Path,
+                 env: dict[str, str]):
+        self.cwd, self.proc, self.name, self.log, self.env = cwd, proc, name, log, env
 
     def status(self) -> dict[str, Any]:
         try:
@@ -86,7 +87,8 @@ def run_job(tmp_path: Path):
     def start(pipeline: str = "streamjob.examples.wordcount:build", *, name: str = "wc",
               parallelism: int = 2, args: dict[str, Any] | None = None,
               checkpoint: dict[str, Any] | None = None, restart: dict[str, Any] | None = None,
-              extra: list[str] | None = None, max_parallelism: int = 128) -> Job:
+              extra: list[str] | None = None, max_parallelism: int = 128,
+              storage: str | None = None, env: dict[str, str] | None = None) -> Job:
         manifest = {
             "apiVersion": "streamjob.dev/v1alpha1", "kind": "StreamJob",
             "metadata": {"name": name},
@@ -95,18 +97,19 @@ def run_job(tmp_path: Path):
                      "args": {"output": str(tmp_path / "output"), **(args or {})},
                      "checkpoint": {"interval": "300ms", "timeout": "30s", "retained": 2,
                                     **(checkpoint or {})},
-                     "storage": f"file://{tmp_path / 'ckpt'}",
+                     "storage": storage or f"file://{tmp_path / 'ckpt'}",
                      "restartStrategy": {"type": "fixed-delay", "delay": "100ms",
                                          "maxAttempts": 20, **(restart or {})}},
         }
         path = tmp_path / f"{name}.yaml"
         path.write_text(yaml.safe_dump(manifest))
         log = tmp_path / f"{name}.log"
-        env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+        env = dict(os.environ, **(env or {}),
+                   PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
         proc = subprocess.Popen([sys.executable, "-m", "streamjob", "run", str(path),
                                  *(extra or [])], cwd=tmp_path, env=env,
                                 stdout=open(log, "w"), stderr=subprocess.STDOUT, text=True)
-        job = Job(tmp_path, proc, name, log)
+        job = Job(tmp_path, proc, name, log, env)
         started.append(job)
         return job
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from streamjob import timeline as tl
 
 from .conftest import ROOT

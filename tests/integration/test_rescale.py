@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ RECORDS, WORDS = 300_000, 700
 
 
 def savepoint(job, stop: bool) -> str:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(job.env, PYTHONPATH=str(ROOT))
     out = subprocess.run([sys.executable, "-m", "streamjob", "savepoint", job.name,
                           *(["--stop"] if stop else [])], cwd=job.cwd, env=env,
                          capture_output=True, text=True, timeout=120)

@@ -43,3 +43,7 @@ def fresh_minio(tmp_path):
 def bucket_uri() -> str:
     """A storage URI in a bucket that does not exist yet."""
     return f"s3://sj-test-{uuid.uuid4().hex[:12]}/jobs/{uuid.uuid4().hex[:8]}"
+
+
+# Jobs run as real process trees (streamjob run), shared with tests/integration.
+from tests.integration.conftest import run_job  # noqa: E402,F401

@@ -7,6 +7,7 @@ import os
 import time
 
 import pytest
+
 from streamjob.s3storage import S3Storage
 from streamjob.storage import NotFoundError, StorageError, open_storage
 

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from streamjob.s3storage import S3Storage
 
 pytestmark = pytest.mark.integration

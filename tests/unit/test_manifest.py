@@ -1,4 +1,5 @@
 import pytest
+
 from streamjob.durations import parse_duration
 from streamjob.manifest import ManifestError, parse_arg, parse_manifest
 

@@ -7,8 +7,9 @@ import re
 from pathlib import Path
 
 import pytest
-import streamjob
 import yaml
+
+import streamjob
 from streamjob.api import ApiServer
 
 SPEC = yaml.safe_load((Path(streamjob.__file__).parent / "openapi.yaml").read_text())

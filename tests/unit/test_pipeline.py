@@ -1,4 +1,5 @@
 import pytest
+
 from streamjob import Pipeline
 from streamjob.connectors import GeneratorSource, PrintSink
 from streamjob.pipeline import PipelineError

@@ -1,4 +1,5 @@
 import pytest
+
 from streamjob import checkpoints as ckpt
 from streamjob.keygroups import key_group, key_group_range
 from streamjob.operators import KeyedStateBackend

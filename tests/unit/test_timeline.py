@@ -8,6 +8,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+
 from streamjob import timeline as tl
 from streamjob.cli import main
 

@@ -278,17 +278,23 @@ class Coordinator:
             except TimeoutError:
                 pass
         attempt = self.attempt
-        if self.restarts:
-            # Storage is the truth: the newest intact checkpoint, whatever we believed.
-            latest = await self.io(ckpt.latest_completed, self.storage, self.job_id)
-            if latest is not None:
-                self._set_restore_point(latest)
-        sink = self.pipeline.sink_connector
-        restore_id = self.restore_point["checkpoint_id"] if (
-            self.restore_point and self.restore_point.get("job_id") == self.job_id) else 0
-        await self.io(sink.recover, self.job_id, restore_id)
-        await self.io(self._drop_incomplete)
+        delay = 0.2
+        while True:
+            try:
+                await self._prepare_restore()
+                break
+            except StorageError as err:
+                # Storage down: keep the job waiting (and saying why) rather than give up.
+                self.message = f"waiting for checkpoint storage: {err}"
+                log.warning("cannot prepare the restore yet: %s", err)
+                self._write_status()
+                await asyncio.sleep(delay)
+                delay = min(5.0, delay * 2)
         if attempt != self.attempt:
+            return
+        if not (len(self.workers) == self.p and all(w.idle for w in self.workers.values())):
+            # A worker went away while we waited for storage: wait for it again.
+            self._restart_task = asyncio.ensure_future(self._deploy_when_ready(0.0))
             return
         peers = [[self.workers[i].host, self.workers[i].port] for i in range(self.p)]
         for w in self.workers.values():
@@ -299,6 +305,18 @@ class Coordinator:
         self.message = (f"deploying attempt {attempt} from checkpoint {self.restored_from}"
                         if self.restored_from else f"deploying attempt {attempt}")
         self._write_status()
+
+    async def _prepare_restore(self) -> None:
+        if self.restarts:
+            # Storage is the truth: the newest intact checkpoint, whatever we believed.
+            latest = await self.io(ckpt.latest_completed, self.storage, self.job_id)
+            if latest is not None:
+                self._set_restore_point(latest)
+        sink = self.pipeline.sink_connector
+        restore_id = self.restore_point["checkpoint_id"] if (
+            self.restore_point and self.restore_point.get("job_id") == self.job_id) else 0
+        await self.io(sink.recover, self.job_id, restore_id)
+        await self.io(self._drop_incomplete)
 
     def _drop_incomplete(self) -> None:
         for n, done in ckpt.list_checkpoint_ids(self.storage, self.job_id).items():

@@ -388,3 +388,11 @@ class S3Storage:
             raise StorageError(
                 f"S3 delete under {self._where(prefix)} failed for {len(failed)} objects:"
                 f" {shown}")
+
+    def copy(self, src: str, dst: str) -> None:
+        """Server-side copy (how an S3 "rename" starts; the sink deletes the source after)."""
+        from minio.commonconfig import CopySource
+
+        src_name, dst_name = self._name(src), self._name(dst)
+        self._call("copy", dst, lambda: self._client.copy_object(
+            self.bucket, dst_name, CopySource(self.bucket, src_name)))

@@ -38,10 +38,16 @@ def _fsync_dir(path: Path) -> None:
 
 
 class FileSink:
+    """``FileSink("out")`` writes to a local folder, ``FileSink("s3://bucket/out")`` to S3."""
+
+    def __new__(cls, path: str, fmt: Callable[[Any], str] = str):
+        if str(path).startswith("s3://"):
+            from streamjob.connectors.s3sink import S3FileSink
+
+            return S3FileSink(path, fmt)
+        return super().__new__(cls)
+
     def __init__(self, path: str, fmt: Callable[[Any], str] = str):
-        if path.startswith("s3://"):
-            raise ValueError("the file sink writes to a local folder; s3:// output is not "
-                             "supported yet")
         self.output = Path(path).absolute()
         self.staging = self.output.with_name(f".{self.output.name}.staging")
         self.fmt = fmt
