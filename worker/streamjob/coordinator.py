@@ -461,7 +461,10 @@ class Coordinator:
         self._record({"id": cid, "kind": "savepoint" if pc.savepoint else "checkpoint",
                       "status": "FAILED", "triggered_at": pc.triggered_at,
                       "failed_at": time.time(), "reason": reason,
-                      "acked": len(pc.handles), "expected": len(pc.expected)})
+                      "acked": len(pc.handles), "expected": len(pc.expected),
+                      "timings": {t.task_id: [pc.timings.get((t.task_id, i))
+                                              for i in range(self.p)]
+                                  for t in self.pipeline.tasks}})
         if not pc.savepoint:
             asyncio.ensure_future(self.io(self.storage.delete_prefix,
                                           ckpt.checkpoint_dir(self.job_id, cid)))

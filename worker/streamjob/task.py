@@ -46,6 +46,7 @@ class Snapshot:
     sink_finish: Callable[[], None] | None
     unaligned: bool = False
     sync_done: float = field(default_factory=time.time)
+    async_start: float = 0.0
 
 
 class SubtaskRunner:
@@ -296,6 +297,7 @@ class SubtaskRunner:
                f"{self.subtask}-{uuid.uuid4().hex[:12]}")
 
         def upload() -> tuple[dict[str, Any], float]:
+            snap.async_start = time.time()
             t0 = time.perf_counter()
             if snap.sink_finish is not None:
                 snap.sink_finish()
@@ -320,6 +322,7 @@ class SubtaskRunner:
                           "sync_ms": round(snap.sync_ms, 3),
                           "async_ms": round(async_ms, 3),
                           "sync_done": snap.sync_done,
+                          "async_start": snap.async_start,
                           "ack": time.time(),
                           "bytes": handle.get("size", 0),
                           "buffered_records": snap.buffered_records,
