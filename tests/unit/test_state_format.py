@@ -45,8 +45,9 @@ def test_snapshot_round_trip_by_key_group_ranges(tmp_path):
     assert handle["size"] == storage.size("job/chk-1/t1/0-x")
     restored = KeyedStateBackend()
     for i in range(3):  # restore at parallelism 3 from one file
-        for name, kind, entries in read_keyed_state(storage, handle, key_group_range(i, 3, 128)):
-            restored.load(name, kind, entries)
+        for name, kind, entries, deleted in read_keyed_state(storage, handle,
+                                                             key_group_range(i, 3, 128)):
+            restored.load(name, kind, entries, deleted)
     assert restored.tables["count"] == b.tables["count"]
     assert restored.tables["seen"] == b.tables["seen"]  # tuple keys come back as tuples
     assert read_operator_state(storage, handle) == {"splits": {"0": 5}}
@@ -58,7 +59,7 @@ def test_a_subtask_reads_only_its_key_groups(tmp_path):
     handle = write_snapshot(storage, "s", backend_with(5000).freeze(), None,
                             lambda k: key_group(k, 128))
     mine = key_group_range(1, 4, 128)
-    entries = [e for _, _, es in read_keyed_state(storage, handle, mine) for e in es]
+    entries = [e for _, _, es, _ in read_keyed_state(storage, handle, mine) for e in es]
     assert entries and all(key_group(k, 128) in mine for k in entries)
     assert sum(length for _, length in storage.ranged) < handle["size"] / 3
 
@@ -103,3 +104,30 @@ def test_metadata_checksum_and_latest_completed_skips_corrupt(tmp_path, caplog):
     assert "skipping checkpoint 3" in caplog.text
     with pytest.raises(ckpt.CorruptMetadataError):
         ckpt.decode_metadata(b"\x80\x04pickle")
+
+
+def test_incremental_chain_restores_the_full_state_and_uploads_only_changes(tmp_path):
+    storage = LocalStorage(tmp_path)
+    kg = lambda k: key_group(k, 128)  # noqa: E731
+    b = KeyedStateBackend(track_changes=True)
+    t = b.table("count", "value")
+    for i in range(100_000):
+        t[f"k{i}"] = i
+    base = write_snapshot(storage, "shared/base", b.freeze(), None, kg)
+    chain = [base]
+    for step in range(3):
+        changed = [f"k{i}" for i in range(step, 100_000, 100)]  # 1 % of the keys
+        for k in changed:
+            t[k] += 1
+        b.mark_dirty(changed)
+        t.pop("k7", None)
+        b.mark_dirty(["k7"])
+        delta = write_snapshot(storage, f"shared/d{step}", b.freeze_delta(), None, kg)
+        assert delta["size"] < base["size"] * 0.03
+        chain.append(delta)
+    top = dict(chain[-1], chain=chain[:-1])
+    restored = KeyedStateBackend()
+    for name, kind, entries, deleted in read_keyed_state(storage, top, range(128)):
+        restored.load(name, kind, entries, deleted)
+    assert restored.tables["count"] == t
+    assert "k7" not in restored.tables["count"]

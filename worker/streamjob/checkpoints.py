@@ -149,4 +149,14 @@ def handles_of(body: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def referenced_keys(body: dict[str, Any]) -> set[str]:
-    return {h["key"] for h in handles_of(body) if "key" in h}
+    """Every state file a checkpoint needs (including the chain of an incremental one)."""
+    keys = set()
+    for h in handles_of(body):
+        for part in [*h.get("chain", []), h]:
+            if "key" in part:
+                keys.add(part["key"])
+    return keys
+
+
+def shared_dir(job_id: str) -> str:
+    return f"{job_id}/shared"

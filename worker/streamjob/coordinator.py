@@ -317,6 +317,7 @@ class Coordinator:
             self.restore_point and self.restore_point.get("job_id") == self.job_id) else 0
         await self.io(sink.recover, self.job_id, restore_id)
         await self.io(self._drop_incomplete)
+        await self.io(self._gc_shared)
 
     def _drop_incomplete(self) -> None:
         for n, done in ckpt.list_checkpoint_ids(self.storage, self.job_id).items():
@@ -439,17 +440,56 @@ class Coordinator:
 
     def _retain(self) -> None:
         """Keep the newest ``retained`` completed checkpoints; delete older ones only now that
-        a newer one is complete."""
+        a newer one is complete. Shared (incremental) files go when no retained checkpoint
+        and no checkpoint in flight refers to them."""
         ids = ckpt.list_checkpoint_ids(self.storage, self.job_id)
         complete = sorted(n for n, done in ids.items() if done)
         keep = set(complete[-self.cfg.retained:])
         newest = complete[-1] if complete else 0
+        doomed = [n for n in ids if n not in keep and n < newest and n not in self.pending]
+        if not doomed:
+            return
+        released: set[str] = set()
+        if self.cfg.incremental:
+            released = self._refs(n for n in doomed if ids[n])
+            released -= self._refs(keep)
+            for pc in list(self.pending.values()):
+                for h in pc.handles.values():
+                    released -= {p["key"] for p in [*h.get("chain", []), h] if "key" in p}
+        for n in doomed:
+            try:
+                self.storage.delete_prefix(ckpt.checkpoint_dir(self.job_id, n))
+            except StorageError as err:
+                log.warning("cannot delete old checkpoint %d: %s", n, err)
+        for key in sorted(released):
+            try:
+                self.storage.delete(key)
+            except StorageError as err:
+                log.warning("cannot delete shared state file %s: %s", key, err)
+
+    def _refs(self, ids) -> set[str]:
+        refs: set[str] = set()
         for n in ids:
-            if n not in keep and n < newest and n not in self.pending:
-                try:
-                    self.storage.delete_prefix(ckpt.checkpoint_dir(self.job_id, n))
-                except StorageError as err:
-                    log.warning("cannot delete old checkpoint %d: %s", n, err)
+            try:
+                refs |= ckpt.referenced_keys(
+                    ckpt.read_metadata(self.storage, ckpt.checkpoint_dir(self.job_id, n)))
+            except (StorageError, ckpt.CorruptMetadataError):
+                continue
+        return refs
+
+    def _gc_shared(self) -> None:
+        """At a restore (nothing running): shared files no checkpoint refers to are orphans of
+        aborted checkpoints or of a previous attempt."""
+        shared = self.storage.list(ckpt.shared_dir(self.job_id) + "/")
+        if not shared:
+            return
+        ids = ckpt.list_checkpoint_ids(self.storage, self.job_id)
+        refs = self._refs(n for n, done in ids.items() if done)
+        if self.restore_point:
+            refs |= ckpt.referenced_keys(self.restore_point)
+        for key in shared:
+            if key not in refs:
+                self.storage.delete(key)
 
     def _abort(self, cid: int, reason: str, count: bool) -> None:
         pc = self.pending.pop(cid, None)

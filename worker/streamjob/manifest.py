@@ -54,6 +54,10 @@ class CheckpointSpec(_Strict):
     tolerable_failures: int = Field(0, alias="tolerableFailures", ge=0)
     retained: int = Field(1, ge=1)
     enabled: bool = True
+    # Upload only the keys changed since the previous checkpoint (a chain of delta files on
+    # top of a full snapshot, compacted every ``maxDeltas``).
+    incremental: bool = False
+    max_deltas: int = Field(10, alias="maxDeltas", ge=1)
 
     @model_validator(mode="after")
     def _positive_interval(self) -> CheckpointSpec:

@@ -17,9 +17,11 @@ class KeyedStateBackend:
     """The keyed state of one subtask: tables of ``key -> value`` (value state) or
     ``key -> dict`` (map state)."""
 
-    def __init__(self) -> None:
+    def __init__(self, track_changes: bool = False) -> None:
         self.tables: dict[str, dict[Any, Any]] = {}
         self.kinds: dict[str, str] = {}
+        # Keys written since the last snapshot, when incremental checkpoints are on.
+        self.dirty: set[Any] | None = set() if track_changes else None
 
     def table(self, name: str, kind: str) -> dict[Any, Any]:
         if name in self.tables:
@@ -30,8 +32,9 @@ class KeyedStateBackend:
         self.tables[name] = {}
         return self.tables[name]
 
-    def freeze(self) -> dict[str, tuple[str, dict[Any, Any]]]:
-        """A copy that later updates do not change (map state copies its inner dicts)."""
+    def freeze(self, reset_changes: bool = True) -> dict[str, tuple[str, dict[Any, Any]]]:
+        """A copy that later updates do not change (map state copies its inner dicts).
+        A savepoint passes ``reset_changes=False``: it must not end an incremental chain."""
         frozen = {}
         for name, table in self.tables.items():
             kind = self.kinds[name]
@@ -39,10 +42,37 @@ class KeyedStateBackend:
                 frozen[name] = (kind, {k: dict(v) for k, v in table.items()})
             else:
                 frozen[name] = (kind, table.copy())
+        if self.dirty is not None and reset_changes:
+            self.dirty = set()
         return frozen
 
-    def load(self, name: str, kind: str, entries: dict[Any, Any]) -> None:
-        self.table(name, kind).update(entries)
+    def freeze_delta(self) -> dict[str, tuple[str, dict[Any, Any], list[Any]]]:
+        """Only what changed since the last snapshot: (kind, changed entries, deleted keys)
+        per table. Cost proportional to the changes, not to the state."""
+        dirty, self.dirty = self.dirty, set()
+        delta = {}
+        for name, table in self.tables.items():
+            kind = self.kinds[name]
+            changed, deleted = {}, []
+            for k in dirty:
+                v = table.get(k, _MISSING)
+                if v is _MISSING:
+                    deleted.append(k)
+                else:
+                    changed[k] = dict(v) if kind == "map" else v
+            delta[name] = (kind, changed, deleted)
+        return delta
+
+    def mark_dirty(self, keys: Any) -> None:
+        if self.dirty is not None:
+            self.dirty.update(keys)
+
+    def load(self, name: str, kind: str, entries: dict[Any, Any],
+             deleted: list[Any] = ()) -> None:
+        table = self.table(name, kind)
+        table.update(entries)
+        for k in deleted:
+            table.pop(k, None)
 
     def num_keys(self) -> int:
         return sum(len(t) for t in self.tables.values())
@@ -61,9 +91,11 @@ class ValueState:
 
     def update(self, value: Any) -> None:
         self._table[self._ctx.key] = value
+        self._ctx.touch()
 
     def clear(self) -> None:
         self._table.pop(self._ctx.key, None)
+        self._ctx.touch()
 
 
 class MapState:
@@ -86,9 +118,11 @@ class MapState:
 
     def put(self, key: Any, value: Any) -> None:
         self._map(True)[key] = value
+        self._ctx.touch()
 
     def remove(self, key: Any) -> None:
         m = self._map(False)
+        self._ctx.touch()
         if m is not None:
             m.pop(key, None)
             if not m:
@@ -109,6 +143,10 @@ class KeyedContext:
     def __init__(self, backend: KeyedStateBackend):
         self.backend = backend
         self.key: Any = None
+
+    def touch(self) -> None:
+        if self.backend.dirty is not None:
+            self.backend.dirty.add(self.key)
 
     def value_state(self, name: str, default: Any = None) -> ValueState:
         return ValueState(self, self.backend.table(name, "value"), default)
@@ -131,14 +169,22 @@ class CountOperator:
     def __init__(self, backend: KeyedStateBackend, key_fn: Callable[[Any], Any]):
         self.table = backend.table("count", "value")
         self.key_fn = key_fn
+        self.backend = backend
+
+    @property
+    def dirty(self) -> set[Any] | None:
+        return self.backend.dirty
 
     def process_batch(self, batch: list[Any]) -> list[Any]:
         table, out = self.table, []
         append, get = out.append, table.get
-        for key in map(self.key_fn, batch):
+        keys = list(map(self.key_fn, batch))
+        for key in keys:
             n = get(key, 0) + 1
             table[key] = n
             append((key, n))
+        if self.dirty is not None:
+            self.dirty.update(keys)
         return out
 
 
@@ -147,6 +193,7 @@ class ReduceOperator:
                  fn: Callable[[Any, Any], Any]):
         self.table = backend.table("reduce", "value")
         self.key_fn, self.fn = key_fn, fn
+        self.backend = backend
 
     def process_batch(self, batch: list[Any]) -> list[Any]:
         table, key_fn, fn, out = self.table, self.key_fn, self.fn, []
@@ -156,6 +203,8 @@ class ReduceOperator:
             acc = record if acc is _MISSING else fn(acc, record)
             table[key] = acc
             out.append((key, acc))
+        if self.backend.dirty is not None:
+            self.backend.dirty.update(map(self.key_fn, batch))
         return out
 
 

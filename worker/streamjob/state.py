@@ -6,6 +6,11 @@ Format (version 1), never pickled::
     section*                         msgpack blobs, one per key group (ascending), then one
                                      for operator state (source positions, in-flight records)
 
+An incremental checkpoint's handle describes its delta file (changed entries and deleted
+keys per key group) and lists, under ``chain``, the handles of the full snapshot and earlier
+deltas it builds on; those files live in ``<job>/shared/`` and are deleted only when no
+retained checkpoint refers to them.
+
 The *handle* that the subtask acks (and ``_metadata`` keeps) says where each section is:
 ``key_groups: [[kg, offset, length, crc32], ...]`` and ``operator: [offset, length, crc32]``,
 plus the file's size and sha256. A restoring subtask reads only the byte ranges of the key
@@ -43,17 +48,28 @@ def _hashable(key: Any) -> Any:
     return key
 
 
-def encode_snapshot(frozen: dict[str, tuple[str, dict[Any, Any]]],
+def encode_snapshot(frozen: dict[str, tuple[Any, ...]],
                     operator_state: dict[str, Any] | None,
                     kg_of: Callable[[Any], int]) -> tuple[bytes, dict[str, Any]]:
-    """Bytes of a state file and the (location-less) handle describing it."""
-    groups: dict[int, list[list[Any]]] = defaultdict(list)
-    for name, (kind, table) in frozen.items():
+    """Bytes of a state file and the (location-less) handle describing it.
+
+    ``frozen`` maps a table to ``(kind, entries)`` (a full snapshot) or to
+    ``(kind, entries, deleted_keys)`` (a delta: sections then carry the deletions too)."""
+    groups: dict[int, list[Any]] = defaultdict(list)
+    for name, item in frozen.items():
+        kind, table = item[0], item[1]
+        deleted = item[2] if len(item) > 2 else None
         per_kg: dict[int, list[Any]] = defaultdict(list)
+        per_kg_del: dict[int, list[Any]] = defaultdict(list)
         for key, value in table.items():
             per_kg[kg_of(key)].append((key, value))
-        for kg, entries in per_kg.items():
-            groups[kg].append((name, kind, entries))
+        for key in deleted or ():
+            per_kg_del[kg_of(key)].append(key)
+        for kg in per_kg.keys() | per_kg_del.keys():
+            if deleted is None:
+                groups[kg].append((name, kind, per_kg[kg]))
+            else:
+                groups[kg].append((name, kind, per_kg.get(kg, []), per_kg_del.get(kg, [])))
     parts = [HEADER]
     offset = len(HEADER)
     kg_index = []
@@ -72,7 +88,7 @@ def encode_snapshot(frozen: dict[str, tuple[str, dict[Any, Any]]],
     data = b"".join(parts)
     handle = {"format": VERSION, "size": len(data), "sha256": hashlib.sha256(data).hexdigest(),
               "key_groups": kg_index, "operator": op,
-              "keys": sum(len(t) for _, t in frozen.values())}
+              "keys": sum(len(t[1]) for t in frozen.values())}
     return data, handle
 
 
@@ -81,7 +97,7 @@ def write_snapshot(storage: Storage, key: str,
                    operator_state: dict[str, Any] | None,
                    kg_of: Callable[[Any], int]) -> dict[str, Any]:
     """Write a subtask's snapshot and return its handle (inline when tiny and unkeyed)."""
-    if not any(t for _, t in frozen.values()):
+    if not any(t[1] or (len(t) > 2 and t[2]) for t in frozen.values()):
         blob = msgpack.packb(operator_state or {}, use_bin_type=True)
         if len(blob) <= INLINE_LIMIT:
             return {"format": VERSION, "inline": base64.b64encode(blob).decode("ascii"),
@@ -124,8 +140,15 @@ def _spans(index: Iterable[list[int]]) -> list[list[list[int]]]:
 
 
 def read_keyed_state(storage: Storage, handle: dict[str, Any], key_groups: range,
-                     ) -> Iterable[tuple[str, str, dict[Any, Any]]]:
-    """(table, kind, entries) for the key groups in ``key_groups`` only, by ranged reads."""
+                     ) -> Iterable[tuple[str, str, dict[Any, Any], list[Any]]]:
+    """(table, kind, entries, deleted keys) for the key groups in ``key_groups`` only, by
+    ranged reads; for an incremental handle, the full snapshot then each delta in order."""
+    for part in [*handle.get("chain", []), handle]:
+        yield from _read_one(storage, part, key_groups)
+
+
+def _read_one(storage: Storage, handle: dict[str, Any], key_groups: range,
+              ) -> Iterable[tuple[str, str, dict[Any, Any], list[Any]]]:
     if handle.get("format") != VERSION:
         raise CorruptStateError(f"state format {handle.get('format')!r} is not {VERSION}")
     wanted = [e for e in handle.get("key_groups", []) if e[0] in key_groups]
@@ -137,5 +160,7 @@ def read_keyed_state(storage: Storage, handle: dict[str, Any], key_groups: range
             raise CorruptStateError(f"{handle['key']} is shorter than its handle says")
         for kg, offset, length, crc in span:
             part = blob[offset - start: offset - start + length]
-            for name, kind, entries in _unpack(part, crc, f"{handle['key']} key group {kg}"):
-                yield name, kind, {_hashable(k): v for k, v in entries}
+            for section in _unpack(part, crc, f"{handle['key']} key group {kg}"):
+                name, kind, entries = section[:3]
+                deleted = [_hashable(k) for k in section[3]] if len(section) > 3 else []
+                yield name, kind, {_hashable(k): v for k, v in entries}, deleted

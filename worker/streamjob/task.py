@@ -19,7 +19,7 @@ from typing import Any
 from streamjob import barriers, state
 from streamjob.barriers import BarrierHandler
 from streamjob.channels import InputGate, Marker, Output
-from streamjob.checkpoints import checkpoint_dir, savepoint_path
+from streamjob.checkpoints import checkpoint_dir, savepoint_path, shared_dir
 from streamjob.connectors.base import assign_splits
 from streamjob.keygroups import key_group, key_group_range
 from streamjob.operators import KeyedStateBackend
@@ -45,6 +45,9 @@ class Snapshot:
     operator_state: dict[str, Any]
     sink_finish: Callable[[], None] | None
     unaligned: bool = False
+    delta: bool = False
+    savepoint: bool = False
+    base_epoch: int = 0
     sync_done: float = field(default_factory=time.time)
     async_start: float = 0.0
 
@@ -52,7 +55,8 @@ class Snapshot:
 class SubtaskRunner:
     def __init__(self, spec: TaskSpec, subtask: int, parallelism: int, max_parallelism: int,
                  job_id: str, storage: Storage, executor: Executor, checkpoint_mode: str,
-                 aligned_timeout: float, send: Callable[..., None], source: Any = None):
+                 aligned_timeout: float, send: Callable[..., None], source: Any = None,
+                 incremental: bool = False, max_deltas: int = 10):
         self.spec = spec
         self.subtask, self.p, self.m = subtask, parallelism, max_parallelism
         self.job_id, self.storage, self.executor = job_id, storage, executor
@@ -81,6 +85,12 @@ class SubtaskRunner:
         self.uploads: set[asyncio.Task[Any]] = set()
         self.replay: list[Any] = []
         self._kg_cache: dict[Any, int] = {}
+        # Incremental checkpoints: the files (full snapshot, then deltas) the current state
+        # builds on; None means the next checkpoint is a full one.
+        self.incremental, self.max_deltas = incremental, max_deltas
+        self.chain: list[dict[str, Any]] | None = None
+        self.chain_epoch = 0
+        self.upload_lock = asyncio.Lock()
         self._build()
 
     # -- construction -------------------------------------------------------------------
@@ -95,7 +105,7 @@ class SubtaskRunner:
             elif step.kind == "flat_map":
                 self.transforms.append(lambda b, f=fn: [y for x in b for y in f(x)])
             elif step.kind == "keyed":
-                self.backend = KeyedStateBackend()
+                self.backend = KeyedStateBackend(track_changes=self.incremental)
                 op = fn.create(self.backend, self.spec.exchange.key_fn)
                 self.transforms.append(op.process_batch)
             elif step.kind == "sink":
@@ -113,7 +123,7 @@ class SubtaskRunner:
     def name(self) -> str:
         return f"{self.spec.task_id}[{self.subtask}]"
 
-    def restore(self, task_state: dict[str, Any] | None) -> None:
+    def restore(self, task_state: dict[str, Any] | None, kind: str = "checkpoint") -> None:
         """Load this subtask's share of a checkpoint (any parallelism it was taken at)."""
         positions: dict[str, Any] = {}
         if task_state is not None:
@@ -125,10 +135,15 @@ class SubtaskRunner:
                 if same_parallelism and old_index == self.subtask:
                     for _channel, batches in op_state.get("inflight", []):
                         self.replay.extend(batches)
-                if self.backend is not None and handle.get("key_groups"):
-                    for name, kind, entries in state.read_keyed_state(self.storage, handle,
-                                                                      own_range):
-                        self.backend.load(name, kind, entries)
+                    if self.incremental and kind == "checkpoint" and self.backend is not None:
+                        # Keep building deltas on the files we restored from.
+                        self.chain = [*handle.get("chain", []),
+                                      {k: v for k, v in handle.items() if k != "chain"}]
+                if self.backend is not None and (handle.get("key_groups") or
+                                                 handle.get("chain")):
+                    for name, table_kind, entries, deleted in state.read_keyed_state(
+                            self.storage, handle, own_range):
+                        self.backend.load(name, table_kind, entries, deleted)
         if self.source is not None:
             split_ids = self.source.split_ids()
             mine = assign_splits(split_ids, self.subtask, self.p)
@@ -276,7 +291,16 @@ class SubtaskRunner:
     async def _sync_snapshot(self, cid: int, directory: str, savepoint: bool, first: float,
                              alignment_ms: float, buffered: int, unaligned: bool) -> Snapshot:
         t0 = time.perf_counter()
-        frozen = self.backend.freeze() if self.backend is not None else {}
+        delta = False
+        if self.backend is None:
+            frozen = {}
+        elif savepoint:
+            frozen = self.backend.freeze(reset_changes=False)
+        elif (self.incremental and self.chain is not None
+              and len(self.chain) <= self.max_deltas):
+            frozen, delta = self.backend.freeze_delta(), True
+        else:
+            frozen = self.backend.freeze()
         op_state: dict[str, Any] = {}
         if self.reader is not None:
             op_state["splits"] = self.reader.positions()
@@ -284,6 +308,7 @@ class SubtaskRunner:
         sync_ms = (time.perf_counter() - t0) * 1000
         snap = Snapshot(cid, directory, first, alignment_ms, sync_ms, buffered, frozen,
                         op_state, finish, unaligned)
+        snap.delta, snap.savepoint, snap.base_epoch = delta, savepoint, self.chain_epoch
         self.pending[cid] = snap
         if self.output is not None:
             await self.output.broadcast_barrier(cid, savepoint)
@@ -293,8 +318,10 @@ class SubtaskRunner:
         """Upload off the processing thread, then ack."""
         self.pending.pop(snap.checkpoint_id, None)
         loop = asyncio.get_running_loop()
-        key = (f"{snap.directory}/{self.spec.task_id}/"
-               f"{self.subtask}-{uuid.uuid4().hex[:12]}")
+        shared = self.incremental and not snap.savepoint and self.backend is not None
+        folder = (f"{shared_dir(self.job_id)}/{self.spec.task_id}" if shared
+                  else f"{snap.directory}/{self.spec.task_id}")
+        key = f"{folder}/{self.subtask}-{snap.checkpoint_id}-{uuid.uuid4().hex[:12]}"
 
         def upload() -> tuple[dict[str, Any], float]:
             snap.async_start = time.time()
@@ -306,13 +333,28 @@ class SubtaskRunner:
             return handle, (time.perf_counter() - t0) * 1000
 
         async def run() -> None:
-            try:
-                handle, async_ms = await loop.run_in_executor(self.executor, upload)
-            except Exception as err:  # noqa: BLE001 - any storage failure declines
-                log.warning("%s: checkpoint %d declined: %s", self.name, snap.checkpoint_id, err)
-                self.send("DECLINE", id=snap.checkpoint_id, task=self.spec.task_id,
-                          subtask=self.subtask, reason=str(err))
-                return
+            # Uploads of one subtask go in checkpoint order: a delta needs its base first.
+            async with self.upload_lock:
+                try:
+                    if snap.delta and snap.base_epoch != self.chain_epoch:
+                        raise RuntimeError("the incremental base of this delta was lost")
+                    handle, async_ms = await loop.run_in_executor(self.executor, upload)
+                except Exception as err:  # noqa: BLE001 - any storage failure declines
+                    if shared and not snap.savepoint:
+                        self.chain, self.chain_epoch = None, self.chain_epoch + 1
+                    log.warning("%s: checkpoint %d declined: %s", self.name,
+                                snap.checkpoint_id, err)
+                    self.send("DECLINE", id=snap.checkpoint_id, task=self.spec.task_id,
+                              subtask=self.subtask, reason=str(err))
+                    return
+                if shared:
+                    plain = dict(handle)
+                    if snap.delta:
+                        handle["chain"] = list(self.chain)
+                        self.chain = [*self.chain, plain]
+                    else:
+                        self.chain = [plain]
+                    handle["state_size"] = sum(h.get("size", 0) for h in self.chain)
             inflight = sum(len(b) for _, bs in snap.operator_state.get("inflight", [])
                            for b in bs)
             self.send("ACK", id=snap.checkpoint_id, task=self.spec.task_id, subtask=self.subtask,

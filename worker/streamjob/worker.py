@@ -154,7 +154,7 @@ class Worker:
             SubtaskRunner(t, self.index, p, spec.max_parallelism, msg["job_id"], self.storage,
                           self.executor, spec.checkpoint.mode, spec.checkpoint.aligned_timeout,
                           self.send, self.pipeline.source_connector if t.exchange is None
-                          else None)
+                          else None, spec.checkpoint.incremental, spec.checkpoint.max_deltas)
             for t in self.pipeline.tasks]
         d = self.deployment = Deployment(attempt, runners)
         restore = msg.get("restore")
@@ -162,7 +162,8 @@ class Worker:
             loop = asyncio.get_running_loop()
             for r in runners:
                 task_state = restore["tasks"].get(r.spec.task_id) if restore else None
-                await loop.run_in_executor(self.executor, r.restore, task_state)
+                kind = restore.get("kind", "checkpoint") if restore else "checkpoint"
+                await loop.run_in_executor(self.executor, r.restore, task_state, kind)
             # Channels parked before this DEPLOY arrived belong to it now.
             parked, self.parked = self.parked, []
             for a, task_index, sender, reader, writer in parked:
