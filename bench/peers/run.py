@@ -622,6 +622,17 @@ def run_recovery(system: System, cell: Cell, records: int, work: Path) -> Recove
             stop_group(p)
 
 
+def dict_floor(records: int = 2_000_000, words: int = 10_000) -> float:
+    """Records/s of a bare Python dict count over the same records: the reference floor."""
+    vocab = [f"w{i}" for i in range(words)]
+    counts: dict[str, int] = {}
+    t0 = time.perf_counter()
+    for g in range(records):
+        w = vocab[((g * gen.MULT) & gen.MASK) % words]
+        counts[w] = counts.get(w, 0) + 1
+    return records / (time.perf_counter() - t0)
+
+
 # ----------------------------------------------------------------------------- report
 
 def fmt_rate(x: float | None) -> str:
@@ -742,7 +753,9 @@ def main() -> int:
                 res.ok, res.error = False, f"n/a: {why}"
     # Each round runs every system on every cell, each time a start-up run (a tiny input)
     # right before the measured one, so that both see the same machine load.
+    floors = []
     for rnd in range(runs):
+        floors.append(dict_floor())
         for cell in cells:
             for name, sysm in systems.items():
                 res = results[(name, cell)]
@@ -796,12 +809,15 @@ def main() -> int:
     print(f"Command: {' '.join([Path(sys.argv[0]).name] + sys.argv[1:])}; rounds: {runs}; "
           f"wall time {time.time() - t_start:.0f} s; load average at end "
           f"{os.getloadavg()[0]:.1f}\n")
+    print(f"Bare Python dict loop over the same records (no I/O): "
+          f"{fmt_rate(statistics.median(floors))} records/s\n")
     print(table(ordered, recoveries))
     if a.json:
         a.json.write_text(json.dumps({"machine": machine(), "versions": versions,
                                       "results": [asdict(r) | {"e2e": r.e2e, "steady": r.steady}
                                                   for r in ordered],
-                                      "recoveries": [asdict(v) for v in recoveries]}, indent=1))
+                                      "recoveries": [asdict(v) for v in recoveries],
+                                      "dict_floor": statistics.median(floors)}, indent=1))
     if a.work is None:
         shutil.rmtree(scratch, ignore_errors=True)
     return 0 if all(r.ok or r.error.startswith("n/a") for r in ordered) else 1

@@ -233,6 +233,11 @@ class Output:
                 appends = [b.append for b in buckets]
                 for r, t in zip(batch, targets, strict=True):
                     appends[t](r)
+        else:
+            size = (len(batch) + p - 1) // p
+            buckets = [batch[i * size:(i + 1) * size] for i in range(p)]
+            self._rr = (self._rr + 1) % p
+            buckets = buckets[self._rr:] + buckets[:self._rr]
         for channel, bucket in zip(self.channels, buckets, strict=True):
             if bucket:
                 await channel.send(bucket)

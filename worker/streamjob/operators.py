@@ -22,6 +22,8 @@ class KeyedStateBackend:
         self.kinds: dict[str, str] = {}
         # Keys written since the last snapshot, when incremental checkpoints are on.
         self.dirty: set[Any] | None = set() if track_changes else None
+        self.key_groups: range | None = None
+        self.max_parallelism: int | None = None
 
     def table(self, name: str, kind: str) -> dict[Any, Any]:
         if name in self.tables:
@@ -140,9 +142,13 @@ class MapState:
 class KeyedContext:
     """What a KeyedProcessFunction sees: the current key and its declared states."""
 
-    def __init__(self, backend: KeyedStateBackend):
+    def __init__(self, backend: KeyedStateBackend, key_groups: range | None = None,
+                 max_parallelism: int | None = None):
         self.backend = backend
         self.key: Any = None
+        # The key groups this subtask owns (for functions that pre-load their state).
+        self.key_groups = key_groups if key_groups is not None else backend.key_groups
+        self.max_parallelism = max_parallelism or backend.max_parallelism
 
     def touch(self) -> None:
         if self.backend.dirty is not None:

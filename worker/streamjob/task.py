@@ -106,6 +106,8 @@ class SubtaskRunner:
                 self.transforms.append(lambda b, f=fn: [y for x in b for y in f(x)])
             elif step.kind == "keyed":
                 self.backend = KeyedStateBackend(track_changes=self.incremental)
+                self.backend.key_groups = key_group_range(self.subtask, self.p, self.m)
+                self.backend.max_parallelism = self.m
                 op = fn.create(self.backend, self.spec.exchange.key_fn)
                 self.transforms.append(op.process_batch)
             elif step.kind == "sink":
