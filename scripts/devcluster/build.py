@@ -16,7 +16,7 @@ K8S_CMDS = ["kube-apiserver", "kube-controller-manager", "kube-scheduler", "kube
 NEEDED = {
     "etcd": "etcd-server", "containerd": "containerd", "ctr": "containerd", "runc": "runc",
     "iptables": "iptables", "conntrack": "conntrack", "debootstrap": "debootstrap",
-    "openssl": "openssl", "gcc": "gcc", "ebtables": "ebtables", "socat": "socat",
+    "openssl": "openssl", "gcc": "gcc", "ebtables": "ebtables", "socat": "socat", "nft": "nftables",
 }
 
 

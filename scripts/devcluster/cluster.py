@@ -7,6 +7,7 @@ our containerd (by its socket path) and the pods' processes in the kubelet's kub
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -56,25 +57,44 @@ def _proc_alive(pid: int, exe: str) -> bool:
     return os.path.realpath(exe) == real or os.path.basename(exe) == os.path.basename(real)
 
 
-def running(name: str) -> int | None:
+def _read_pidfile(name: str) -> tuple[int, str, str] | None:
     p = _pidfile(name)
     if not p.exists():
         return None
     try:
-        pid_s, exe = p.read_text().split(None, 1)
-        pid = int(pid_s)
-    except ValueError:
+        w = p.read_text().split()
+        return int(w[0]), w[1], (w[2] if len(w) > 2 else "")
+    except (ValueError, IndexError):
         return None
-    return pid if _proc_alive(pid, exe.strip()) else None
 
 
-def start(name: str, argv: list, env: dict | None = None) -> int:
+def running(name: str) -> int | None:
+    r = _read_pidfile(name)
+    if not r:
+        return None
+    pid, exe, _ = r
+    return pid if _proc_alive(pid, exe) else None
+
+
+def _fingerprint(argv: list[str], files: list) -> str:
+    h = hashlib.sha256("\0".join(argv).encode())
+    for f in files:
+        h.update(Path(f).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def start(name: str, argv: list, files: list = (), env: dict | None = None) -> int:
+    """Start `name` unless it already runs with the same command line and config files."""
+    argv = [str(a) for a in argv]
+    fp = _fingerprint(argv, files)
     pid = running(name)
     if pid:
-        return pid
+        if _read_pidfile(name)[2] == fp:
+            return pid
+        log(f"{name}: command line or config changed, restarting")
+        stop(name)
     C.LOGS.mkdir(parents=True, exist_ok=True)
     C.PIDS.mkdir(parents=True, exist_ok=True)
-    argv = [str(a) for a in argv]
     e = os.environ.copy()
     e.update(env or {})
     logf = open(C.LOGS / f"{name}.log", "ab")
@@ -83,7 +103,7 @@ def start(name: str, argv: list, env: dict | None = None) -> int:
     p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
                          env=e, start_new_session=True, close_fds=True)
     logf.close()
-    _pidfile(name).write_text(f"{p.pid} {os.path.realpath(argv[0])}\n")
+    _pidfile(name).write_text(f"{p.pid} {os.path.realpath(argv[0])} {fp}\n")
     log(f"started {name} pid {p.pid} (log {C.LOGS / (name + '.log')})")
     time.sleep(0.3)
     if p.poll() is not None:
@@ -201,6 +221,12 @@ def teardown_network(k8s_bin: Path | None) -> None:
 
 # ---------------------------------------------------------------- config files
 
+def _write(path: Path, text: str) -> None:
+    """Write only when the content changes (kube-proxy exits when its config file is touched)."""
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+
+
 def write_configs(ip: str, bins: dict) -> None:
     S, P = C.STATE, C.PKI
     kb = bins["k8s"]
@@ -213,8 +239,9 @@ def write_configs(ip: str, bins: dict) -> None:
         pki.kubeconfig(P, name, user, server_local, S / f"{name}.kubeconfig")
     (S / "cni" / "net.d").mkdir(parents=True, exist_ok=True)
     for old in (S / "cni" / "net.d").iterdir():
-        old.unlink()
-    (S / "cni" / "net.d" / "10-streamjob.conflist").write_text(json.dumps({
+        if old.name != "10-streamjob.conflist":
+            old.unlink()
+    _write(S / "cni" / "net.d" / "10-streamjob.conflist", json.dumps({
         "cniVersion": "0.4.0", "name": "streamjob",
         "plugins": [
             {"type": "bridge", "bridge": C.BRIDGE, "isGateway": True, "ipMasq": False,
@@ -224,7 +251,7 @@ def write_configs(ip: str, bins: dict) -> None:
                       "dataDir": str(S / "cni" / "ipam")}},
             {"type": "portmap", "capabilities": {"portMappings": True}},
         ]}, indent=1))
-    (S / "containerd.toml").write_text(f"""version = 2
+    _write(S / "containerd.toml", f"""version = 2
 root = "{S / 'containerd'}"
 state = "{C.RUN / 'containerd-state'}"
 disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs",
@@ -240,6 +267,10 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
   sandbox_image = "{C.PAUSE_REF}"
   enable_selinux = false
   netns_mounts_under_state_dir = true
+  # These machines' root lacks CAP_SYS_RESOURCE, so negative oom_score_adj (kubelet asks -998
+  # for sandboxes) is refused ("failed to update /proc/self/oom_score_adj: Permission
+  # denied"); clamp to containerd's own score instead, as kind does in user namespaces.
+  restrict_oom_score_adj = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
     default_runtime_name = "runc"
@@ -248,11 +279,12 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         SystemdCgroup = false
         BinaryName = "/usr/sbin/runc"
+        Root = "{C.RUN / 'runc'}"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "{S / 'cni' / 'net.d'}"
 """)
-    (S / "kubelet.yaml").write_text(f"""apiVersion: kubelet.config.k8s.io/v1beta1
+    _write(S / "kubelet.yaml", f"""apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 address: {ip}
 port: 10250
@@ -282,9 +314,10 @@ syncFrequency: 10s
 fileCheckFrequency: 10s
 registerNode: true
 podCIDR: {C.NODE_POD_CIDR}
+podLogsDir: {S / 'pod-logs'}
 maxPods: 110
 """)
-    (S / "kube-proxy.yaml").write_text(f"""apiVersion: kubeproxy.config.k8s.io/v1alpha1
+    _write(S / "kube-proxy.yaml", f"""apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
 clientConnection: {{kubeconfig: {S / 'kube-proxy.kubeconfig'}}}
 mode: iptables
@@ -375,7 +408,8 @@ def up(with_image: bool = True) -> None:
                    "--cert-file", P / "etcd-server.crt", "--key-file", P / "etcd-server.key",
                    "--trusted-ca-file", P / "ca.crt", "--client-cert-auth",
                    "--snapshot-count", "10000", "--quota-backend-bytes", str(2 << 30)])
-    start("containerd", ["containerd", "--config", C.STATE / "containerd.toml"])
+    start("containerd", ["containerd", "--config", C.STATE / "containerd.toml"],
+          files=[C.STATE / "containerd.toml", C.STATE / "cni/net.d/10-streamjob.conflist"])
     wait_for("etcd", etcd_healthy, 60)
     wait_for("containerd", lambda: C.CONTAINERD_SOCK.exists() and run(
         oci.ctr("version"), check=False, capture=True, quiet=True).returncode == 0, 60)
@@ -399,7 +433,7 @@ def up(with_image: bool = True) -> None:
         "--service-cluster-ip-range", C.SERVICE_CIDR,
         "--authorization-mode", "Node,RBAC",
         "--enable-admission-plugins", "NodeRestriction",
-        "--allow-privileged", "true", "--profiling=false", "--event-ttl", "1h",
+        "--allow-privileged=true", "--profiling=false", "--event-ttl", "1h",
         "--v", "1"])
     wait_for("kube-apiserver /readyz", apiserver_ready, 120)
     S = C.STATE
@@ -421,8 +455,9 @@ def up(with_image: bool = True) -> None:
     start("kubelet", [
         kb / "kubelet", "--config", S / "kubelet.yaml", "--kubeconfig", S / "kubelet.kubeconfig",
         "--hostname-override", C.NODE_NAME, "--node-ip", ip, "--root-dir", S / "kubelet",
-        "--v", "1"])
-    start("kube-proxy", [kb / "kube-proxy", "--config", S / "kube-proxy.yaml"])
+        "--v", "1"], files=[S / "kubelet.yaml"])
+    start("kube-proxy", [kb / "kube-proxy", "--config", S / "kube-proxy.yaml"],
+          files=[S / "kube-proxy.yaml"])
 
     def node_ready() -> bool:
         r = kubectl(kb, "get", "node", C.NODE_NAME, "-o",

@@ -78,7 +78,7 @@ def kubeconfig(pki: Path, name: str, user: str, server: str, out: Path) -> None:
     def b64(p: Path) -> str:
         return base64.b64encode(p.read_bytes()).decode()
 
-    out.write_text(f"""apiVersion: v1
+    text = f"""apiVersion: v1
 kind: Config
 clusters:
 - name: streamjob-dev
@@ -96,5 +96,7 @@ contexts:
     cluster: streamjob-dev
     user: {user}
 current-context: streamjob-dev
-""")
-    out.chmod(0o600)
+"""
+    if not out.exists() or out.read_text() != text:
+        out.write_text(text)
+        out.chmod(0o600)

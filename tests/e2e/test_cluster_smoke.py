@@ -83,9 +83,12 @@ def test_pod_deletion_seen_by_watch_within_a_second(kube, namespace):
     w = watch.Watch()
 
     def watch_pods():
-        for ev in w.stream(kube.core.list_namespaced_pod, namespace, resource_version=rv,
-                           timeout_seconds=60):
-            events.put((time.monotonic(), ev["type"], ev["object"]))
+        try:
+            for ev in w.stream(kube.core.list_namespaced_pod, namespace, resource_version=rv,
+                               timeout_seconds=60):
+                events.put((time.monotonic(), ev["type"], ev["object"]))
+        except Exception:  # noqa: BLE001 - the stream is cut when the test stops it
+            pass
 
     t = threading.Thread(target=watch_pods, daemon=True)
     t.start()
@@ -96,6 +99,7 @@ def test_pod_deletion_seen_by_watch_within_a_second(kube, namespace):
     latency = first_at - t_delete
     assert obj.metadata.name == "victim"
     assert typ == "DELETED" or obj.metadata.deletion_timestamp is not None, typ
+    print(f"pod deletion seen by the watch {latency * 1000:.0f} ms after the delete call")
     assert latency < 1.0, f"deletion seen after {latency:.3f}s"
     # ... and the kubelet finishes the deletion: the DELETED event follows.
     deadline = time.monotonic() + 60
