@@ -195,6 +195,30 @@ def setup_network() -> None:
     # pods' traffic to the node itself (API server via the kubernetes Service) is INPUT: allowed.
 
 
+def _remove_kube_chains() -> None:
+    """kubelet's own KUBE-* chains (canaries, KUBE-FIREWALL) are not removed by
+    `kube-proxy --cleanup`; remove every KUBE-* chain and the rules that jump to them."""
+    import shlex
+    for tool in ("iptables", "ip6tables"):
+        for table in ("filter", "nat", "mangle"):
+            r = run([tool, "-w", "-t", table, "-S"], check=False, capture=True, quiet=True)
+            if r.returncode != 0:
+                continue
+            lines = r.stdout.splitlines()
+            for ln in lines:
+                w = shlex.split(ln)
+                if w[:1] == ["-A"] and not w[1].startswith("KUBE-") and "-j" in w \
+                        and w[w.index("-j") + 1].startswith("KUBE-"):
+                    run([tool, "-w", "-t", table, "-D", *w[1:]], check=False, capture=True,
+                        quiet=True)
+            chains = [ln.split()[1] for ln in lines
+                      if ln.startswith("-N KUBE-")]
+            for ch in chains:
+                run([tool, "-w", "-t", table, "-F", ch], check=False, capture=True, quiet=True)
+            for ch in chains:
+                run([tool, "-w", "-t", table, "-X", ch], check=False, capture=True, quiet=True)
+
+
 def teardown_network(k8s_bin: Path | None) -> None:
     ch = C.GUARD_CHAIN
     for parent in ("FORWARD", "OUTPUT"):
@@ -207,6 +231,7 @@ def teardown_network(k8s_bin: Path | None) -> None:
         # removes every KUBE-* chain and rule kube-proxy made
         run([k8s_bin / "kube-proxy", "--cleanup", "--config", C.STATE / "kube-proxy.yaml"],
             check=False, capture=True, quiet=True)
+    _remove_kube_chains()
     if Path(f"/sys/class/net/{C.BRIDGE}").exists():
         run(["ip", "link", "del", C.BRIDGE], check=False)
     orig = C.STATE / "sysctl.orig.json"

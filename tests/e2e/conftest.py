@@ -40,7 +40,7 @@ class Kube:
         self.image = image_ref()
 
     def pod(self, ns: str, name: str, command: list[str], *, labels=None, restart="Never",
-            ports=(), readiness_port=None, grace=None, image=None):
+            ports=(), readiness_port=None, grace=2, image=None):
         c = self.client
         container = c.V1Container(
             name="main", image=image or self.image, image_pull_policy="IfNotPresent",
