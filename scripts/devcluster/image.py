@@ -200,7 +200,8 @@ def build(import_into_cluster: bool = True) -> Path:
     })
     log(f"image {C.IMAGE_REF} built in {time.monotonic() - t0:.0f}s -> {archive}")
     if import_into_cluster:
-        if C.CONTAINERD_SOCK.exists():
+        from .cluster import running  # noqa: PLC0415 (cluster imports this module)
+        if running("containerd"):
             oci.import_archive(archive)
         else:
             log("cluster containerd not running; `scripts/cluster up` imports it")

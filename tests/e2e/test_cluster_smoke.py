@@ -117,3 +117,38 @@ def test_container_nonzero_exit_reported_in_pod_status(kube, namespace):
     assert term.exit_code == 3
     assert term.reason == "Error"
     assert "about to fail" in kube.logs(namespace, "fails")
+
+
+def test_pod_reaches_api_server_in_cluster_with_rbac(kube, namespace):
+    """What the operator does from inside a pod: the `kubernetes` Service, a projected
+    service-account token and RBAC (the default account may read pods only once bound)."""
+    c = kube.client
+    rbac = c.RbacAuthorizationV1Api(kube.api)
+    rbac.create_namespaced_role_binding(namespace, c.V1RoleBinding(
+        metadata=c.V1ObjectMeta(name="default-view"),
+        role_ref=c.V1RoleRef(api_group="rbac.authorization.k8s.io", kind="ClusterRole",
+                             name="view"),
+        subjects=[c.RbacV1Subject(kind="ServiceAccount", name="default", namespace=namespace)]))
+    code = ("import sys\n"
+            "from kubernetes import client, config\n"
+            "config.load_incluster_config()\n"
+            "v1 = client.CoreV1Api()\n"
+            "names = [p.metadata.name for p in v1.list_namespaced_pod(sys.argv[1]).items]\n"
+            "print('pods', names)\n"
+            "try:\n"
+            "    v1.list_namespaced_secret(sys.argv[1])\n"
+            "    print('secrets readable')\n"
+            "except client.ApiException as e:\n"
+            "    print('secrets forbidden', e.status)\n")
+    body = c.V1Pod(
+        metadata=c.V1ObjectMeta(name="incluster"),
+        spec=c.V1PodSpec(restart_policy="Never", termination_grace_period_seconds=2,
+                         containers=[c.V1Container(name="main", image=kube.image,
+                                                   image_pull_policy="IfNotPresent",
+                                                   command=["python3", "-c", code, namespace])]))
+    kube.core.create_namespaced_pod(namespace, body)
+    p = kube.wait_phase(namespace, "incluster", {"Succeeded", "Failed"})
+    out = kube.logs(namespace, "incluster")
+    assert p.status.phase == "Succeeded", out
+    assert "'incluster'" in out
+    assert "secrets forbidden 403" in out
