@@ -11,8 +11,8 @@ from typing import Any
 
 import kopf
 from kubernetes import client as k8s
-from streamjob.manifest import StreamJob
 
+from streamjob.manifest import StreamJob
 from streamjob_operator import names
 from streamjob_operator.config import Settings
 from streamjob_operator.model import Deployment, manifest_text
@@ -100,6 +100,13 @@ def _pod(job: StreamJob, settings: Settings, *, role: str, subtask: int | None,
     return _owned(pod, owner)
 
 
+def _worker_token_env(job: StreamJob) -> k8s.V1EnvVar:
+    """Workers present this token to the coordinator; other pods cannot join the job."""
+    return k8s.V1EnvVar(name="STREAMJOB_WORKER_TOKEN", value_from=k8s.V1EnvVarSource(
+        secret_key_ref=k8s.V1SecretKeySelector(
+            name=names.token_secret_name(job.metadata.name), key=names.TOKEN_KEY)))
+
+
 def coordinator_pod(job: StreamJob, dep: Deployment, incarnation: int, settings: Settings,
                     owner: Mapping[str, Any] | None = None) -> k8s.V1Pod:
     """The coordinator pod of revision ``dep.revision`` (restarting from ``dep.from_savepoint``)."""
@@ -113,6 +120,7 @@ def coordinator_pod(job: StreamJob, dep: Deployment, incarnation: int, settings:
         k8s.V1EnvVar(name="STREAMJOB_API_TOKEN", value_from=k8s.V1EnvVarSource(
             secret_key_ref=k8s.V1SecretKeySelector(
                 name=names.token_secret_name(job.metadata.name), key=names.TOKEN_KEY))),
+        _worker_token_env(job),
     ] + _storage_env(job)
     ports = [k8s.V1ContainerPort(name="rpc", container_port=names.RPC_PORT),
              k8s.V1ContainerPort(name="api", container_port=names.API_PORT)]
@@ -131,7 +139,8 @@ def worker_pod(job: StreamJob, dep: Deployment, subtask: int, incarnation: int,
                "--index", str(subtask), "--bind", "0.0.0.0", "--advertise", "$(POD_IP)"]
     return _pod(job, settings, role=names.ROLE_WORKER, subtask=subtask, dep=dep,
                 incarnation=incarnation, command=command,
-                env=[_manifest_env(job, dep)] + _storage_env(job), ports=[],
+                env=[_manifest_env(job, dep), _worker_token_env(job)] + _storage_env(job),
+                ports=[],
                 annotations={names.ANNOTATION_COORDINATOR: coordinator_address},
                 readiness=None, owner=owner)
 

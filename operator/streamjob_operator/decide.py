@@ -9,7 +9,6 @@ from __future__ import annotations
 import enum
 
 from streamjob.manifest import StreamJobSpec
-
 from streamjob_operator.model import JobStatus, spec_hash
 from streamjob_operator.phases import Phase
 

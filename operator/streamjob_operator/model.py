@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
 from streamjob.manifest import ManifestError, StreamJob, StreamJobSpec, parse_manifest
 
 

@@ -17,8 +17,8 @@ from collections.abc import Callable
 from typing import Any
 
 import kopf
-from streamjob.manifest import StreamJob
 
+from streamjob.manifest import StreamJob
 from streamjob_operator import builders, kube, names
 from streamjob_operator.config import Settings
 from streamjob_operator.coordinator import CoordinatorClient, CoordinatorUnavailable, JobView

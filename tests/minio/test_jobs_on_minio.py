@@ -28,10 +28,16 @@ def committed(server, bucket: str, records: int) -> dict:
     """check_output over the part-* objects of s3://bucket/out."""
     storage = S3Storage.from_uri(f"s3://{bucket}", env=server.env)
     seen: dict[str, int] = {}
+    where: dict[str, list[str]] = {}
     for key in storage.list("out/"):
         if key.rsplit("/", 1)[1].startswith("part-"):
             for line in storage.get(key).decode().splitlines():
                 seen[line] = seen.get(line, 0) + 1
+                where.setdefault(line, []).append(key)
+    dups = [(line, where[line]) for line, c in seen.items() if c > 1]
+    if dups:
+        print("duplicated lines, e.g.", dups[:3], "parts:", storage.list("out/"),
+              "staging:", storage.list(".out.staging/"))
     expected = {f"{w} {i}" for w, n in expected_counts(records, WORDS).items()
                 for i in range(1, n + 1)}
     return {"duplicates": sum(c - 1 for c in seen.values() if c > 1),
@@ -140,7 +146,10 @@ def test_rescale_2_to_4_to_3_through_savepoints_on_minio(run_job, minio_server):
     assert job4.wait() == 0, job4.output()
     job3 = run_job(args=args, parallelism=3, extra=["--from-savepoint", uri2], **common)
     assert job3.wait() == 0, job3.output()
-    assert_exact(committed(minio_server, bucket, records))
+    result = committed(minio_server, bucket, records)
+    if result["duplicates"]:
+        print("URI2", uri2, "JOB4", job4.status(), job4.output()[-4000:])
+    assert_exact(result)
 
 
 @pytest.mark.parametrize("missing", ["sp-999"])

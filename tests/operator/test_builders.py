@@ -6,6 +6,7 @@ import json
 
 from kubernetes.client import ApiClient
 from sj_bodies import streamjob_body
+
 from streamjob.manifest import parse_manifest
 from streamjob_operator import builders, names
 from streamjob_operator.config import Settings

@@ -7,6 +7,7 @@ from typing import Any
 
 import yaml
 from sj_bodies import streamjob_body
+
 from streamjob.manifest import parse_manifest
 
 REPO = Path(__file__).resolve().parents[2]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sj_bodies import streamjob_body
+
 from streamjob_operator.decide import Op, next_operation
 from streamjob_operator.model import Deployment, JobStatus, parse_job, spec_hash
 

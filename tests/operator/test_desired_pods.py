@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from kubernetes import client as k8s
+
 from streamjob_operator import names
 from streamjob_operator.desired import (
     DeploymentSpec,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from streamjob_operator.phases import TRANSITIONS, Event, Phase, conditions, transition
 
 

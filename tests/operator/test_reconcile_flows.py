@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from kubernetes.client import ApiClient
 from sj_bodies import streamjob_body
+
 from streamjob_operator import kube, reconcile
 from streamjob_operator.config import Settings
 from streamjob_operator.coordinator import CoordinatorUnavailable, JobView

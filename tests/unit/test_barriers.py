@@ -76,9 +76,9 @@ def test_unaligned_snapshots_on_the_first_barrier_and_captures_the_rest():
 
 def test_savepoints_stay_aligned_even_in_unaligned_mode():
     h = BarrierHandler(2, "unaligned")
-    assert h.on_barrier(0, 9, 0.0, savepoint=True) == []
+    assert h.on_barrier(0, 9, 0.0, aligned=True) == []
     assert h.blocked == {0}
-    actions = h.on_barrier(1, 9, 0.1, savepoint=True)
+    actions = h.on_barrier(1, 9, 0.1, aligned=True)
     assert kinds(actions) == [(SNAPSHOT, 9), (COMPLETE, 9)]
     assert not actions[0].unaligned
 

@@ -12,7 +12,9 @@ actions for the task to carry out and keeps the set of blocked channels.
   until each channel's barrier arrives (CAPTURE_END); COMPLETE when all arrived.
 * ``at-least-once``: nothing blocks; SNAPSHOT when barrier n arrived on all channels.
 
-Savepoints are always aligned (they must be replayable at any parallelism).
+Savepoints and the final checkpoint are always aligned (``aligned=True``): a savepoint must
+be replayable at any parallelism, and no record may be processed after the final checkpoint
+(in-flight records of an unaligned one would be processed after it and never committed).
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ class _Pending:
     arrived: set[int] = field(default_factory=set)
     snapshotted: bool = False
     unaligned: bool = False
-    savepoint: bool = False
+    aligned: bool = False  # savepoint or final checkpoint
 
 
 class BarrierHandler:
@@ -67,7 +69,7 @@ class BarrierHandler:
         return self.pending is not None and self.pending.unaligned
 
     def on_barrier(self, channel: int, checkpoint_id: int, now: float,
-                   savepoint: bool = False) -> list[Action]:
+                   aligned: bool = False) -> list[Action]:
         actions: list[Action] = []
         if checkpoint_id <= self.last_done:
             return actions  # stale barrier of a checkpoint already done or aborted
@@ -78,13 +80,13 @@ class BarrierHandler:
             self._finish(p.checkpoint_id)
             p = None
         if p is None:
-            p = self.pending = _Pending(checkpoint_id, now, savepoint=savepoint)
+            p = self.pending = _Pending(checkpoint_id, now, aligned=aligned)
         if channel in p.arrived:
             return actions
         p.arrived.add(channel)
         all_arrived = len(p.arrived) == self.num_channels
-        unaligned_now = self.mode == "unaligned" and not p.savepoint
-        if self.mode == "at-least-once" and not p.savepoint:
+        unaligned_now = self.mode == "unaligned" and not p.aligned
+        if self.mode == "at-least-once" and not p.aligned:
             if all_arrived:
                 actions += [Action(SNAPSHOT, checkpoint_id, started_at=p.started_at),
                             Action(COMPLETE, checkpoint_id)]
@@ -110,7 +112,7 @@ class BarrierHandler:
     def on_tick(self, now: float) -> list[Action]:
         """Switch a long alignment to unaligned once ``aligned_timeout`` has passed."""
         p = self.pending
-        if (p is None or p.snapshotted or p.savepoint or self.mode != "exactly-once"
+        if (p is None or p.snapshotted or p.aligned or self.mode != "exactly-once"
                 or self.aligned_timeout <= 0 or now - p.started_at < self.aligned_timeout):
             return []
         p.snapshotted = p.unaligned = True
@@ -121,7 +123,7 @@ class BarrierHandler:
     def deadline(self) -> float | None:
         """When ``on_tick`` may next have something to do."""
         p = self.pending
-        if (p is None or p.snapshotted or p.savepoint or self.mode != "exactly-once"
+        if (p is None or p.snapshotted or p.aligned or self.mode != "exactly-once"
                 or self.aligned_timeout <= 0):
             return None
         return p.started_at + self.aligned_timeout

@@ -16,14 +16,26 @@ from typing import Any
 from streamjob import wire
 from streamjob.keygroups import KeyRouter
 
+CHECKPOINT, SAVEPOINT, FINAL = 0, 1, 2  # barrier kinds; savepoints and final are aligned
+
 
 class Marker:
     """Barrier n at its place in a channel's queue."""
 
-    __slots__ = ("checkpoint_id", "savepoint", "handled")
+    __slots__ = ("checkpoint_id", "kind", "handled")
 
-    def __init__(self, checkpoint_id: int, savepoint: bool):
-        self.checkpoint_id, self.savepoint, self.handled = checkpoint_id, savepoint, False
+    def __init__(self, checkpoint_id: int, kind: int):
+        self.checkpoint_id, self.kind, self.handled = checkpoint_id, int(kind), False
+
+    @property
+    def savepoint(self) -> bool:
+        return self.kind == SAVEPOINT
+
+    @property
+    def aligned(self) -> bool:
+        """Savepoints and the final checkpoint are always aligned: a savepoint must restore
+        at any parallelism, and nothing may be processed after the final one."""
+        return self.kind != CHECKPOINT
 
 
 class InputGate:
@@ -149,8 +161,8 @@ class LocalChannel:
             self.gate.space.clear()
             await self.gate.space.wait()
 
-    async def send_barrier(self, checkpoint_id: int, savepoint: bool) -> None:
-        self.gate.put_barrier(self.channel, Marker(checkpoint_id, savepoint))
+    async def send_barrier(self, checkpoint_id: int, kind: int) -> None:
+        self.gate.put_barrier(self.channel, Marker(checkpoint_id, kind))
 
     def close(self) -> None:
         pass
@@ -180,9 +192,9 @@ class RemoteChannel:
         if self.writer.transport.get_write_buffer_size() > 4 * self.HIGH_WATER:
             await self.writer.drain()
 
-    async def send_barrier(self, checkpoint_id: int, savepoint: bool) -> None:
+    async def send_barrier(self, checkpoint_id: int, kind: int) -> None:
         # Never wait here: a barrier must not be held up by a full buffer to another peer.
-        self.writer.write(wire.frame(wire.BARRIER, wire.pack([checkpoint_id, savepoint])))
+        self.writer.write(wire.frame(wire.BARRIER, wire.pack([checkpoint_id, kind])))
 
     def close(self) -> None:
         self.writer.close()
@@ -249,9 +261,9 @@ class Output:
         for channel in self.channels:
             await channel.wait_available()
 
-    async def broadcast_barrier(self, checkpoint_id: int, savepoint: bool) -> None:
+    async def broadcast_barrier(self, checkpoint_id: int, kind: int) -> None:
         for channel in self.channels:
-            await channel.send_barrier(checkpoint_id, savepoint)
+            await channel.send_barrier(checkpoint_id, kind)
 
     def close(self) -> None:
         for channel in self.channels:

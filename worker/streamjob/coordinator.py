@@ -10,6 +10,7 @@ restarted coordinator finds where to resume by listing it.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 import os
@@ -72,6 +73,9 @@ class Coordinator:
         self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="coord-io")
         self.api = ApiServer(self, bind, api_port, api_token) if api_port is not None else None
         self.metrics = CoordinatorMetrics()
+        # Workers prove they belong to this job with a shared token (from a Secret in
+        # Kubernetes, generated per run locally); without it the port accepts any worker.
+        self.worker_token = os.environ.get("STREAMJOB_WORKER_TOKEN") or None
 
         self.state = "CREATED"
         self.message = "waiting for workers"
@@ -152,8 +156,9 @@ class Coordinator:
         self._set_restore_point(latest)
 
     def _set_restore_point(self, body: dict[str, Any] | None) -> None:
+        """Where the next restore would start (``restored_from`` says where the running
+        attempt did start)."""
         self.restore_point = body
-        self.restored_from = body["checkpoint_id"] if body else None
 
     def _finish(self, state: str, message: str, code: int) -> None:
         if self.state in ("FINISHED", "FAILED", "STOPPED"):
@@ -176,6 +181,12 @@ class Coordinator:
                 writer.close()
                 return
             index = hello["worker"]
+            if self.worker_token and not hmac.compare_digest(
+                    str(hello.get("token", "")).encode(), self.worker_token.encode()):
+                log.warning("refused a worker connection from %s: wrong or missing token",
+                            writer.get_extra_info("peername"))
+                writer.close()
+                return
             host = hello.get("host") or writer.get_extra_info("peername")[0]
             old = self.workers.get(index)
             conn = WorkerConn(index, writer, host, hello["port"], hello.get("pid"))
@@ -244,6 +255,12 @@ class Coordinator:
         if self.state == "RESTARTING" and not self.running:
             log.warning("while restarting: %s", reason)
             return
+        if self.stop_after is not None:
+            # The stop-with-savepoint is complete: do not restart, finish the stop. Output
+            # is made to match the savepoint (staged up to it committed, later dropped).
+            log.warning("failure after stop-with-savepoint %d: %s", self.stop_after, reason)
+            asyncio.ensure_future(self._finish_stop())
+            return
         log.warning("job %s fails over: %s", self.job_id, reason)
         for cid in list(self.pending):
             self._abort(cid, "job restarting", count=False)
@@ -268,6 +285,17 @@ class Coordinator:
             self._restart_task.cancel()
         self._restart_task = asyncio.ensure_future(
             self._deploy_when_ready(strategy.delay_for(self.restarts)))
+
+    async def _finish_stop(self) -> None:
+        self.broadcast("CANCEL")
+        await asyncio.sleep(0.2)
+        try:
+            await self.io(self.pipeline.sink_connector.recover, self.job_id, self.stop_after)
+        except StorageError as err:
+            self._finish("FAILED", f"stopped with savepoint {self.stop_after} but could not "
+                         f"commit the output: {err}", EXIT_FAILED)
+            return
+        self._finish("STOPPED", f"stopped with savepoint {self.stop_after}", EXIT_FINISHED)
 
     async def _deploy_when_ready(self, delay: float) -> None:
         await asyncio.sleep(delay)
@@ -296,6 +324,7 @@ class Coordinator:
             # A worker went away while we waited for storage: wait for it again.
             self._restart_task = asyncio.ensure_future(self._deploy_when_ready(0.0))
             return
+        self.restored_from = self.restore_point["checkpoint_id"] if self.restore_point else None
         peers = [[self.workers[i].host, self.workers[i].port] for i in range(self.p)]
         for w in self.workers.values():
             w.idle = False
@@ -361,7 +390,7 @@ class Coordinator:
         if not savepoint:
             self.last_trigger = now
         log.debug("trigger checkpoint %d (savepoint=%s final=%s)", cid, savepoint, final)
-        self.broadcast("TRIGGER", id=cid, ts=now, savepoint=savepoint, stop=stop)
+        self.broadcast("TRIGGER", id=cid, ts=now, savepoint=savepoint, stop=stop, final=final)
         return pc
 
     def _on_ack(self, msg: dict[str, Any]) -> None:

@@ -49,12 +49,13 @@ class LocalRun:
         self.manifest_file = run_dir / "job.yaml"
         self.coordinator_restarts = 0
         self.address: str | None = None
+        self.worker_token = secrets.token_urlsafe(24)
 
     def _base(self) -> list[str]:
         return [sys.executable, "-m", "streamjob"]
 
     def _env(self) -> dict[str, str]:
-        env = dict(os.environ)
+        env = dict(os.environ, STREAMJOB_WORKER_TOKEN=self.worker_token)
         paths = [str(self.manifest_dir), os.getcwd(), env.get("PYTHONPATH", "")]
         env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
         return env

@@ -18,7 +18,7 @@ from typing import Any
 
 from streamjob import barriers, state
 from streamjob.barriers import BarrierHandler
-from streamjob.channels import InputGate, Marker, Output
+from streamjob.channels import CHECKPOINT, FINAL, SAVEPOINT, InputGate, Marker, Output
 from streamjob.checkpoints import checkpoint_dir, savepoint_path, shared_dir
 from streamjob.connectors.base import assign_splits
 from streamjob.keygroups import key_group, key_group_range
@@ -29,6 +29,10 @@ from streamjob.storage import Storage
 log = logging.getLogger("streamjob.task")
 
 BATCH = 2048
+
+
+class SinkStagingError(RuntimeError):
+    """The sink could not stage the output of a checkpoint."""
 
 
 @dataclass
@@ -225,9 +229,9 @@ class SubtaskRunner:
 
     async def _source_barrier(self, trig: dict[str, Any]) -> None:
         now = time.time()
-        savepoint = bool(trig.get("savepoint"))
-        snap = await self._sync_snapshot(trig["id"], self.directory(trig["id"], savepoint),
-                                         savepoint, now, 0.0, 0, unaligned=False)
+        kind = SAVEPOINT if trig.get("savepoint") else FINAL if trig.get("final") else CHECKPOINT
+        snap = await self._sync_snapshot(trig["id"], self.directory(trig["id"], kind == SAVEPOINT),
+                                         kind, now, 0.0, 0, unaligned=False)
         if trig.get("stop"):
             self.stopped = True
         self._finish(snap)
@@ -245,23 +249,23 @@ class SubtaskRunner:
             if type(item) is Marker:
                 item.handled = True
                 await self._apply(handler.on_barrier(channel, item.checkpoint_id, time.time(),
-                                                     item.savepoint), item)
+                                                     item.aligned), item)
                 continue
             self.records_in += len(item)
             await self.push(item)
 
     def _wants_priority(self, marker: Marker) -> bool:
-        return not marker.savepoint and self.handler.priority_barriers
+        return not marker.aligned and self.handler.priority_barriers
 
     async def _apply(self, actions: list[barriers.Action], marker: Marker | None) -> None:
         for action in actions:
             cid = action.checkpoint_id
             if action.kind == barriers.SNAPSHOT:
                 first = action.started_at or time.time()
-                savepoint = marker.savepoint if marker else False
+                kind = marker.kind if marker else CHECKPOINT
                 blocked = set(self.handler.blocked)
                 await self._sync_snapshot(
-                    cid, self.directory(cid, savepoint), savepoint, first,
+                    cid, self.directory(cid, kind == SAVEPOINT), kind, first,
                     (time.time() - first) * 1000, self.gate.buffered_records(blocked),
                     unaligned=action.unaligned)
                 if action.unaligned:
@@ -290,9 +294,10 @@ class SubtaskRunner:
         return (savepoint_path(self.job_id, str(cid)) if savepoint
                 else checkpoint_dir(self.job_id, cid))
 
-    async def _sync_snapshot(self, cid: int, directory: str, savepoint: bool, first: float,
+    async def _sync_snapshot(self, cid: int, directory: str, kind: int, first: float,
                              alignment_ms: float, buffered: int, unaligned: bool) -> Snapshot:
         t0 = time.perf_counter()
+        savepoint = kind == SAVEPOINT
         delta = False
         if self.backend is None:
             frozen = {}
@@ -313,7 +318,7 @@ class SubtaskRunner:
         snap.delta, snap.savepoint, snap.base_epoch = delta, savepoint, self.chain_epoch
         self.pending[cid] = snap
         if self.output is not None:
-            await self.output.broadcast_barrier(cid, savepoint)
+            await self.output.broadcast_barrier(cid, kind)
         return snap
 
     def _finish(self, snap: Snapshot) -> None:
@@ -328,8 +333,7 @@ class SubtaskRunner:
         def upload() -> tuple[dict[str, Any], float]:
             snap.async_start = time.time()
             t0 = time.perf_counter()
-            if snap.sink_finish is not None:
-                snap.sink_finish()
+            self._stage_output(snap)
             handle = state.write_snapshot(self.storage, key, snap.frozen, snap.operator_state,
                                           self._kg_of)
             return handle, (time.perf_counter() - t0) * 1000
@@ -341,6 +345,11 @@ class SubtaskRunner:
                     if snap.delta and snap.base_epoch != self.chain_epoch:
                         raise RuntimeError("the incremental base of this delta was lost")
                     handle, async_ms = await loop.run_in_executor(self.executor, upload)
+                except SinkStagingError as err:
+                    # The records are out of the state but not staged: only a restore from
+                    # the last checkpoint can bring them back.
+                    self.send("FAILED", reason=f"{self.name}: {err}")
+                    return
                 except Exception as err:  # noqa: BLE001 - any storage failure declines
                     if shared and not snap.savepoint:
                         self.chain, self.chain_epoch = None, self.chain_epoch + 1
@@ -378,12 +387,34 @@ class SubtaskRunner:
         self.uploads.add(task)
         task.add_done_callback(self.uploads.discard)
 
+    def _stage_output(self, snap: Snapshot) -> None:
+        if snap.sink_finish is not None:
+            finish, snap.sink_finish = snap.sink_finish, None
+            try:
+                finish()
+            except Exception as err:  # noqa: BLE001
+                raise SinkStagingError(f"staging output of checkpoint {snap.checkpoint_id} "
+                                       f"failed: {err}") from err
+
     def _drop(self, cid: int, why: str) -> None:
         snap = self.pending.pop(cid, None)
         if self.gate is not None:
             self.gate.drop_capture(cid)
         if snap is not None:
             log.info("%s: checkpoint %d dropped: %s", self.name, cid, why)
+            if snap.sink_finish is not None:
+                # The sink already cut its output at this barrier: stage it anyway so that
+                # the next completed checkpoint commits it (dropping it would lose records).
+                async def stage() -> None:
+                    try:
+                        await asyncio.get_running_loop().run_in_executor(
+                            self.executor, self._stage_output, snap)
+                    except SinkStagingError as err:
+                        self.send("FAILED", reason=f"{self.name}: {err}")
+
+                task = asyncio.ensure_future(stage())
+                self.uploads.add(task)
+                task.add_done_callback(self.uploads.discard)
 
     def on_trigger(self, trig: dict[str, Any]) -> None:
         if self.gate is None:

@@ -4,7 +4,7 @@ Every frame is ``u32 length (little endian) | u8 kind | payload`` where length c
 payload only. Payloads are msgpack: no JSON on the data path, never pickle.
 
 * DATA: a batch (msgpack array of records; tuples come back as tuples)
-* BARRIER: ``[checkpoint_id, savepoint]``
+* BARRIER: ``[checkpoint_id, kind]`` (0 checkpoint, 1 savepoint, 2 final checkpoint)
 * HELLO: ``[attempt, task_index, from_subtask]``, the first frame of a data channel
 * CONTROL: a msgpack map with a ``type`` field (coordinator <-> worker)
 """

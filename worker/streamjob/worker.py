@@ -44,6 +44,7 @@ class Deployment:
         self.tasks: list[asyncio.Task[Any]] = []
         self.readers: list[asyncio.Task[Any]] = []
         self.connections: list[asyncio.StreamWriter] = []
+        self.commit_lock = asyncio.Lock()
 
     def gate(self, task_index: int) -> InputGate | None:
         return self.runners[task_index].gate if task_index < len(self.runners) else None
@@ -85,7 +86,8 @@ class Worker:
         self.port = server.sockets[0].getsockname()[1]
         host, _, port = self.coordinator.rpartition(":")
         reader, self.ctrl_writer = await _connect_with_retry(host, int(port), 30.0)
-        self.send("HELLO", host=self.advertise, port=self.port, pid=os.getpid())
+        self.send("HELLO", host=self.advertise, port=self.port, pid=os.getpid(),
+                  token=os.environ.get("STREAMJOB_WORKER_TOKEN", ""))
         stats = asyncio.ensure_future(self._report_stats())
         try:
             while True:
@@ -127,8 +129,11 @@ class Worker:
 
     async def _complete(self, d: Deployment, msg: dict[str, Any]) -> None:
         try:
-            for r in d.runners:
-                await r.on_complete(msg["id"])
+            # One commit at a time, in order: two commits racing over the same staged files
+            # would each find the other's work gone.
+            async with d.commit_lock:
+                for r in d.runners:
+                    await r.on_complete(msg["id"])
         except Exception as err:  # noqa: BLE001
             self.send("FAILED", reason=f"commit of checkpoint {msg['id']} failed: {err}")
             return
@@ -257,8 +262,8 @@ class Worker:
                 if kind == wire.DATA:
                     await gate.put_batch(channel, wire.unpack_batch(payload))
                 elif kind == wire.BARRIER:
-                    cid, savepoint = wire.unpack_batch(payload)
-                    gate.put_barrier(channel, Marker(cid, savepoint))
+                    cid, kind = wire.unpack_batch(payload)
+                    gate.put_barrier(channel, Marker(cid, kind))
         except (asyncio.IncompleteReadError, ConnectionError):
             # The sender is gone; the coordinator sees the lost worker and restarts the job.
             return

@@ -66,12 +66,15 @@ class FileSink:
         self.output.mkdir(parents=True, exist_ok=True)
         moved = 0
         for n, folder in sorted(self._staged_dirs(token).items()):
-            if n > checkpoint_id:
+            if n > checkpoint_id or not folder.is_dir():
                 continue
             for f in sorted(folder.iterdir()):
                 m = _PART.match(f.name)
                 if m and (subtask is None or int(m.group(2)) == subtask):
-                    os.replace(f, self.output / f.name)
+                    try:
+                        os.replace(f, self.output / f.name)
+                    except FileNotFoundError:
+                        continue  # committed meanwhile (idempotent)
                     moved += 1
             if subtask is None:
                 shutil.rmtree(folder, ignore_errors=True)

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from streamjob.connectors.filesink import job_token
+from streamjob.storage import NotFoundError
 
 _STAGED = re.compile(r"^chk-(\d+)/part-([0-9a-f]{8})-(\d+)-(\d+)$")
 _PART = re.compile(r"^part-([0-9a-f]{8})-(\d+)-(\d+)$")
@@ -60,7 +61,13 @@ class S3FileSink:
         for n, sub, key in self._staged(token):
             if n <= checkpoint_id and (subtask is None or sub == subtask):
                 name = key.rsplit("/", 1)[1]
-                self.storage.copy(key, f"{self.output}/{name}")
+                try:
+                    self.storage.copy(key, f"{self.output}/{name}")
+                except NotFoundError:
+                    # Already committed (the staged copy is deleted only after the copy).
+                    if self.storage.size(f"{self.output}/{name}") is None:
+                        raise
+                    continue
                 self.storage.delete(key)
                 moved += 1
         return moved
