@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import ssl
 import subprocess
@@ -220,6 +221,8 @@ def _remove_kube_chains() -> None:
 
 
 def teardown_network(k8s_bin: Path | None) -> None:
+    if not shutil.which("iptables"):
+        return
     ch = C.GUARD_CHAIN
     for parent in ("FORWARD", "OUTPUT"):
         while run(["iptables", "-w", "-D", parent, "-j", ch], check=False, capture=True,
