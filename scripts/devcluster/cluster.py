@@ -196,6 +196,23 @@ def setup_network() -> None:
     # pods' traffic to the node itself (API server via the kubernetes Service) is INPUT: allowed.
 
 
+def guard_first() -> None:
+    """kube-proxy and the kubelet insert their jumps at the top of FORWARD/OUTPUT; once they
+    have, move ours back to position 1 (they only re-insert theirs when missing)."""
+    def kube_proxy_synced() -> bool:
+        return "KUBE-SERVICES" in out(["iptables", "-w", "-S", "FORWARD"])
+
+    wait_for("kube-proxy's iptables rules", kube_proxy_synced, 60)
+    for parent in ("FORWARD", "OUTPUT"):
+        first = out(["iptables", "-w", "-S", parent]).splitlines()[1:2]
+        if first == [f"-A {parent} -j {C.GUARD_CHAIN}"]:
+            continue
+        while run(["iptables", "-w", "-D", parent, "-j", C.GUARD_CHAIN], check=False,
+                  capture=True, quiet=True).returncode == 0:
+            pass
+        run(["iptables", "-w", "-I", parent, "1", "-j", C.GUARD_CHAIN], quiet=True)
+
+
 def _remove_kube_chains() -> None:
     """kubelet's own KUBE-* chains (canaries, KUBE-FIREWALL) are not removed by
     `kube-proxy --cleanup`; remove every KUBE-* chain and the rules that jump to them."""
@@ -493,6 +510,7 @@ def up(with_image: bool = True) -> None:
         return r.stdout.strip() == "True"
 
     wait_for("node Ready", node_ready, 120)
+    guard_first()
     (S / "addons.yaml").write_text(addons_yaml())
     kubectl(kb, "apply", "-f", S / "addons.yaml")
     wait_for("default service account", lambda: kubectl(
