@@ -1,1 +1,1 @@
-"""Dev/CI single-node Kubernetes cluster and local image builder for streamjob (see docs/cluster.md)."""
+"""Dev/CI single-node Kubernetes cluster and local image builder (see docs/cluster.md)."""

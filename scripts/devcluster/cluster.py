@@ -108,7 +108,8 @@ def start(name: str, argv: list, files: list = (), env: dict | None = None) -> i
     log(f"started {name} pid {p.pid} (log {C.LOGS / (name + '.log')})")
     time.sleep(0.3)
     if p.poll() is not None:
-        raise SystemExit(f"{name} exited at once ({p.returncode}); see {C.LOGS / (name + '.log')}:\n"
+        logp = C.LOGS / f"{name}.log"
+        raise SystemExit(f"{name} exited at once ({p.returncode}); see {logp}:\n"
                          + (C.LOGS / f"{name}.log").read_text()[-3000:])
     return p.pid
 

@@ -46,5 +46,6 @@ PKI = STATE / "pki"
 
 APT_PACKAGES = [
     "etcd-server", "containerd", "runc", "containernetworking-plugins", "iptables",
-    "conntrack", "nftables", "ebtables", "ethtool", "socat", "debootstrap", "openssl", "gcc", "libc6-dev",
+    "conntrack", "nftables", "ebtables", "ethtool", "socat", "debootstrap", "openssl", "gcc",
+    "libc6-dev",
 ]

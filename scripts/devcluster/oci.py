@@ -60,7 +60,7 @@ def write_archive(out: Path, ref: str, layers: list[Path], cfg: dict) -> None:
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
                    "digest": f"sha256:{cfg_d}", "size": len(cfg_b)},
         "layers": [{"mediaType": LAYER_MT, "digest": f"sha256:{d}", "size": p.stat().st_size}
-                   for d, p in zip(diff_ids, layers)],
+                   for d, p in zip(diff_ids, layers, strict=True)],
     }
     man_b = json.dumps(manifest, sort_keys=True).encode()
     man_d = hashlib.sha256(man_b).hexdigest()
@@ -89,7 +89,7 @@ def write_archive(out: Path, ref: str, layers: list[Path], cfg: dict) -> None:
         add_bytes("index.json", json.dumps(index).encode())
         add_bytes(f"blobs/sha256/{cfg_d}", cfg_b)
         add_bytes(f"blobs/sha256/{man_d}", man_b)
-        for d, p in zip(diff_ids, layers):
+        for d, p in zip(diff_ids, layers, strict=True):
             t.add(p, arcname=f"blobs/sha256/{d}")
     os.replace(tmp, out)
 
