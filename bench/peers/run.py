@@ -66,7 +66,7 @@ RUN_TIMEOUT_S = 600
 RECORDS = {
     "streamjob": {"count": 5_000_000, "window": 5_000_000, "state": 5_000_000},
     "bytewax": {"count": 600_000, "window": 300_000, "state": 300_000},
-    "flink-ds": {"count": 12_000, "window": 12_000, "state": 12_000},
+    "flink-ds": {"count": 100_000, "window": 100_000, "state": 100_000},  # thread mode
     "flink-sql": {"count": 2_000_000, "window": 2_000_000, "state": 2_000_000},
 }
 # Recovery runs are longer: the kill comes 2.5 s after the first output. Ours is throttled to
@@ -416,8 +416,12 @@ class FlinkBase(System):
         if cell.checkpoint:
             argv += ["--checkpoint-ms", str(int(CHECKPOINT_S * 1000)),
                      "--checkpoint-dir", str(work / "ckpt")]
+        argv += self.extra_args()
         env = {"PATH": f"{self.root / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"}
         return [self.popen(argv, work, env=env, stdout=work / "stdout.log")]
+
+    def extra_args(self) -> list[str]:
+        return []
 
     def output_files(self, work: Path) -> list[Path]:
         return [work / "stdout.log"]
@@ -432,6 +436,10 @@ class FlinkDS(FlinkBase):
     name = "flink-ds"
     script = "flink_ds.py"
     can_kill_worker = True
+    mode = "thread"   # python.execution-mode; recovery switches to "process" (see main)
+
+    def extra_args(self) -> list[str]:
+        return ["--mode", self.mode]
 
     def kill_worker(self, procs: list[subprocess.Popen]) -> str:
         # The Python functions run in Python worker processes started by the JVM; kill one
@@ -706,6 +714,9 @@ def main() -> int:
     ap.add_argument("--parallelism", help="comma list; default 1,2 for count and 1 otherwise")
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every record count")
     ap.add_argument("--no-recovery", action="store_true")
+    ap.add_argument("--pyflink-mode", choices=["thread", "process"], default="thread",
+                    help="PyFlink python.execution-mode for flink-ds (recovery always uses "
+                         "process: the worker to kill)")
     ap.add_argument("--peer-python", default=sys.executable,
                     help="Python that creates the peer venvs (bytewax 0.21 needs 3.8-3.12)")
     ap.add_argument("--work", type=Path, help="scratch folder (default: a temporary one)")
@@ -738,6 +749,8 @@ def main() -> int:
                         f"Java {java_major()}")
         if "flink-ds" in wanted:
             systems["flink-ds"] = FlinkDS(root)
+            systems["flink-ds"].mode = a.pyflink_mode
+            versions.append(f"flink-ds python.execution-mode={a.pyflink_mode}")
         if "flink-sql" in wanted:
             systems["flink-sql"] = FlinkSQL(root)
 
@@ -800,9 +813,13 @@ def main() -> int:
             records = RECOVERY_RECORDS[name]
             if isinstance(sysm, Streamjob):
                 sysm.rate = RECOVERY_RATE
+            if isinstance(sysm, FlinkDS):   # thread mode has no Python process to kill
+                sysm.mode = "process"
             rec = run_recovery(sysm, c, records, scratch / name / "recovery")
             if isinstance(sysm, Streamjob):
                 sysm.rate = 0
+            if isinstance(sysm, FlinkDS):
+                sysm.mode = a.pyflink_mode
             log(f"{name:10} recovery: downtime {rec.downtime} {rec.note}")
             recoveries.append(rec)
 
