@@ -102,6 +102,8 @@ class Coordinator:
         self.done: asyncio.Event | None = None  # created in run(), inside the event loop
         self.exit_code = EXIT_FINISHED
         self.running_since: float | None = None
+        self.attempt_running_at: float | None = None
+        self.last_failure: dict[str, Any] | None = None
         self.finished_at: float | None = None
         self._restart_task: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
@@ -141,15 +143,12 @@ class Coordinator:
         return self.exit_code
 
     async def _find_restore_point(self) -> None:
-        try:
-            ids = await self.io(ckpt.list_checkpoint_ids, self.storage, self.job_id)
-            latest = await self.io(ckpt.latest_completed, self.storage, self.job_id)
-            if latest is None and self.from_savepoint:
-                _, latest = await self.io(ckpt.resolve_savepoint, self.storage,
-                                          self.from_savepoint)
-                log.info("restoring from savepoint %s", self.from_savepoint)
-        except StorageError:
-            raise
+        # A StorageError here (unreachable, bad savepoint) ends the coordinator with exit 2.
+        ids = await self.io(ckpt.list_checkpoint_ids, self.storage, self.job_id)
+        latest = await self.io(ckpt.latest_completed, self.storage, self.job_id)
+        if latest is None and self.from_savepoint:
+            _, latest = await self.io(ckpt.resolve_savepoint, self.storage, self.from_savepoint)
+            log.info("restoring from savepoint %s", self.from_savepoint)
         self.next_id = max([0, *ids]) + 1
         if latest is not None:
             ckpt.check_compatible(latest, self.spec.max_parallelism)
@@ -222,6 +221,7 @@ class Coordinator:
             if len(self.running) == self.p and self.state in ("CREATED", "RESTARTING"):
                 self.state = "RUNNING"
                 self.running_since = self.running_since or time.time()
+                self.attempt_running_at = time.time()
                 self.message = (f"running from checkpoint {self.restored_from}"
                                 if self.restored_from else "running")
                 log.info("job %s is running (attempt %d)", self.job_id, self.attempt)
@@ -262,6 +262,8 @@ class Coordinator:
             asyncio.ensure_future(self._finish_stop())
             return
         log.warning("job %s fails over: %s", self.job_id, reason)
+        self.last_failure = {"reason": reason, "detected_at": time.time(),
+                             "attempt": self.attempt}
         for cid in list(self.pending):
             self._abort(cid, "job restarting", count=False)
         self.restarts += 1
@@ -595,6 +597,7 @@ class Coordinator:
                             "api_port": self.api.port if self.api else None,
                             "pid": os.getpid()},
             "running_since": self.running_since, "finished_at": self.finished_at,
+            "attempt_running_at": self.attempt_running_at, "last_failure": self.last_failure,
             "updated_at": time.time(),
         }
 

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
@@ -439,5 +439,3 @@ class SubtaskRunner:
         if self.sink_writer is not None:
             self.sink_writer.close()
 
-
-Sender = Callable[..., Awaitable[None]]
