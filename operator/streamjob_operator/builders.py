@@ -107,6 +107,14 @@ def _worker_token_env(job: StreamJob) -> k8s.V1EnvVar:
             name=names.token_secret_name(job.metadata.name), key=names.TOKEN_KEY)))
 
 
+def _metrics(settings: Settings, command: list[str],
+             ports: list[k8s.V1ContainerPort]) -> None:
+    """Prometheus metrics on ``settings.job_metrics_port`` (a port named ``metrics``), if set."""
+    if settings.job_metrics_port:
+        command += ["--metrics-port", str(settings.job_metrics_port)]
+        ports.append(k8s.V1ContainerPort(name="metrics", container_port=settings.job_metrics_port))
+
+
 def coordinator_pod(job: StreamJob, dep: Deployment, incarnation: int, settings: Settings,
                     owner: Mapping[str, Any] | None = None) -> k8s.V1Pod:
     """The coordinator pod of revision ``dep.revision`` (restarting from ``dep.from_savepoint``)."""
@@ -124,6 +132,7 @@ def coordinator_pod(job: StreamJob, dep: Deployment, incarnation: int, settings:
     ] + _storage_env(job)
     ports = [k8s.V1ContainerPort(name="rpc", container_port=names.RPC_PORT),
              k8s.V1ContainerPort(name="api", container_port=names.API_PORT)]
+    _metrics(settings, command, ports)
     readiness = k8s.V1Probe(tcp_socket=k8s.V1TCPSocketAction(port=names.RPC_PORT),
                             period_seconds=1, failure_threshold=3)
     return _pod(job, settings, role=names.ROLE_COORDINATOR, subtask=None, dep=dep,
@@ -137,10 +146,12 @@ def worker_pod(job: StreamJob, dep: Deployment, subtask: int, incarnation: int,
     """Worker pod ``subtask`` (runs subtask ``subtask`` of every operator of the pipeline)."""
     command = ["streamjob", "worker", "--coordinator", f"{coordinator_address}:{names.RPC_PORT}",
                "--index", str(subtask), "--bind", "0.0.0.0", "--advertise", "$(POD_IP)"]
+    ports: list[k8s.V1ContainerPort] = []
+    _metrics(settings, command, ports)
     return _pod(job, settings, role=names.ROLE_WORKER, subtask=subtask, dep=dep,
                 incarnation=incarnation, command=command,
                 env=[_manifest_env(job, dep), _worker_token_env(job)] + _storage_env(job),
-                ports=[],
+                ports=ports,
                 annotations={names.ANNOTATION_COORDINATOR: coordinator_address},
                 readiness=None, owner=owner)
 
@@ -174,7 +185,10 @@ def token_secret(job: StreamJob, token: str,
 
 def network_policy(job: StreamJob, settings: Settings,
                    owner: Mapping[str, Any] | None = None) -> k8s.V1NetworkPolicy:
-    """Only this job's pods reach its pods; the operator reaches the coordinator API."""
+    """Only this job's pods reach its pods; the operator reaches the coordinator API.
+
+    With job metrics on, their port is open to every peer (Prometheus runs wherever it runs).
+    """
     name = job.metadata.name
     same_job = k8s.V1NetworkPolicyPeer(pod_selector=k8s.V1LabelSelector(
         match_labels={names.LABEL_JOB: name}))
@@ -183,16 +197,19 @@ def network_policy(job: StreamJob, settings: Settings,
         namespace_selector=k8s.V1LabelSelector(match_labels={
             "kubernetes.io/metadata.name": settings.operator_namespace})
         if settings.operator_namespace else None)
+    ingress = [
+        k8s.V1NetworkPolicyIngressRule(_from=[same_job]),
+        k8s.V1NetworkPolicyIngressRule(_from=[operator_peer], ports=[
+            k8s.V1NetworkPolicyPort(port=names.API_PORT, protocol="TCP")]),
+    ]
+    if settings.job_metrics_port:
+        ingress.append(k8s.V1NetworkPolicyIngressRule(ports=[
+            k8s.V1NetworkPolicyPort(port=settings.job_metrics_port, protocol="TCP")]))
     policy = k8s.V1NetworkPolicy(
         api_version="networking.k8s.io/v1", kind="NetworkPolicy",
         metadata=k8s.V1ObjectMeta(name=names.network_policy_name(name),
                                   namespace=job.metadata.namespace, labels=names.job_labels(name)),
         spec=k8s.V1NetworkPolicySpec(
             pod_selector=k8s.V1LabelSelector(match_labels={names.LABEL_JOB: name}),
-            policy_types=["Ingress"],
-            ingress=[
-                k8s.V1NetworkPolicyIngressRule(_from=[same_job]),
-                k8s.V1NetworkPolicyIngressRule(_from=[operator_peer], ports=[
-                    k8s.V1NetworkPolicyPort(port=names.API_PORT, protocol="TCP")]),
-            ]))
+            policy_types=["Ingress"], ingress=ingress))
     return _owned(policy, owner)

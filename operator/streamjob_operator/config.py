@@ -37,6 +37,10 @@ class Settings:
     namespaces: tuple[str, ...] = ()
     clusterwide: bool = False
     log_level: str = "INFO"
+    #: serve the operator's Prometheus metrics on this port (off when None)
+    metrics_port: int | None = None
+    #: job pods serve Prometheus metrics on this port (coordinator and workers; off when None)
+    job_metrics_port: int | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -65,4 +69,6 @@ class Settings:
                              if n.strip()),
             clusterwide=(get("CLUSTERWIDE", "false") or "false").lower() == "true",
             log_level=(get("LOG_LEVEL", "INFO") or "INFO").upper(),
+            metrics_port=int(get("METRICS_PORT", "") or 0) or None,
+            job_metrics_port=int(get("JOB_METRICS_PORT", "") or 0) or None,
         )

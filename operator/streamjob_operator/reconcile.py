@@ -31,6 +31,7 @@ from streamjob_operator.desired import (
     desired_pods,
     pod_info,
 )
+from streamjob_operator.metrics import METRICS
 from streamjob_operator.model import (
     Deployment,
     InvalidSpec,
@@ -76,13 +77,15 @@ def reconcile(namespace: str, name: str, settings: Settings, *, wait: bool = Tru
     lock = lock_for(namespace, name)
     if not lock.acquire(timeout=settings.savepoint_timeout + 30 if wait else 0):
         _dirty.add(key)
+        METRICS.deferred()
         if wait:
             raise Retry(f"{key} is busy with a long operation")
         return
     try:
         for _ in range(5):
             _dirty.discard(key)
-            _reconcile_once(namespace, name, settings, emit or post_event)
+            with METRICS.reconcile_pass(Retry):
+                _reconcile_once(namespace, name, settings, emit or post_event)
             if key not in _dirty:
                 break
     finally:
@@ -93,6 +96,7 @@ def forget(namespace: str, name: str, uid: str | None) -> None:
     with _guard:
         _locks.pop(f"{namespace}/{name}", None)
         _tokens.pop(uid or "", None)
+    METRICS.job_phase(namespace, name, None)
 
 
 def post_event(body: Any, type_: str, reason: str, message: str) -> None:
@@ -106,6 +110,8 @@ def _reconcile_once(namespace: str, name: str, settings: Settings,
                     emit: Callable[..., None]) -> None:
     body = kube.get_job(namespace, name)
     if body is None or body["metadata"].get("deletionTimestamp"):
+        if body is None:
+            METRICS.job_phase(namespace, name, None)
         return
     status = JobStatus.from_body(body.get("status"))
     try:
@@ -113,6 +119,8 @@ def _reconcile_once(namespace: str, name: str, settings: Settings,
     except InvalidSpec as err:
         if status.message != str(err):
             emit(body, "Warning", "InvalidSpec", str(err))
+        METRICS.job_phase(namespace, name, Phase.FAILED.value,
+                          changed=status.phase != Phase.FAILED.value)
         kube.patch_status(namespace, name, {"phase": Phase.FAILED.value, "message": str(err),
                                             "observedGeneration": body["metadata"].get(
                                                 "generation")})
@@ -172,6 +180,8 @@ class Reconciler:
     def flush(self) -> None:
         """Write the status if it changed (the whole operator-owned part, merge-patched)."""
         phase = self.phase or Phase.PENDING
+        METRICS.job_phase(self.namespace, self.name, phase.value,
+                          changed=self.raw_status.get("phase") != phase.value)
         data = self.status.dump()
         dep = self.status.deployment
         data.update(self.extra)

@@ -157,3 +157,21 @@ def test_long_job_names_still_give_valid_dns_labels():
     assert len(names.pod_name(name, "worker", 123, 99)) <= 63
     assert names.fit("x" * 80) == names.fit("x" * 80)          # stable
     assert names.fit("x" * 80) != names.fit("x" * 79 + "y")
+
+
+def test_job_metrics_port_adds_the_flag_a_named_port_and_a_policy_rule(body):
+    job = parse_job(body)
+    assert all(r.get("ports") != [{"port": 9249, "protocol": "TCP"}] for r in
+               plain(builders.network_policy(job, SETTINGS))["spec"]["ingress"])
+    settings = Settings(default_image="streamjob:default", job_metrics_port=9249)
+    for pod in (builders.coordinator_pod(job, DEP, 1, settings),
+                builders.worker_pod(job, DEP, 0, 1, "10.0.0.9", settings)):
+        c = plain(pod)["spec"]["containers"][0]
+        args = c["command"] + c["args"]
+        assert args[args.index("--metrics-port") + 1] == "9249"
+        assert {"name": "metrics", "containerPort": 9249} in c["ports"]
+    rules = plain(builders.network_policy(job, settings))["spec"]["ingress"]
+    assert {"ports": [{"port": 9249, "protocol": "TCP"}]} in rules   # from any peer
+    assert len(rules) == 3
+    plain_worker = plain(builders.worker_pod(job, DEP, 0, 1, "10.0.0.9", SETTINGS))
+    assert "--metrics-port" not in plain_worker["spec"]["containers"][0]["args"]
