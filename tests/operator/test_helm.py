@@ -39,7 +39,9 @@ def by_kind(docs: list[dict], kind: str) -> list[dict]:
 
 
 def test_chart_lints_cleanly():
-    for extra in ([], ["--set", "clusterWide=true,minio.enabled=true"]):
+    for extra in ([], ["--set", "clusterWide=true,minio.enabled=true"],
+                  ["--set", "metrics.serviceMonitor.enabled=true,metrics.jobPods.enabled=true,"
+                   "metrics.jobPods.podMonitor.enabled=true"]):
         result = subprocess.run([HELM, "lint", "--strict", str(CHART), *extra],
                                 capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stdout + result.stderr
@@ -108,3 +110,70 @@ def test_chart_ships_the_crd():
                          text=True, timeout=120).stdout
     crd = yaml.safe_load(out)
     assert crd["metadata"]["name"] == "streamjobs.streamjob.dev"
+
+
+def env_of(dep: dict) -> dict[str, str | None]:
+    return {e["name"]: e.get("value")
+            for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+
+def test_operator_serves_metrics_behind_a_service_without_a_service_monitor_by_default():
+    docs = template()
+    (dep,) = by_kind(docs, "Deployment")
+    c = dep["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "metrics", "containerPort": 9090} in c["ports"]
+    env = env_of(dep)
+    assert env["STREAMJOB_OPERATOR_METRICS_PORT"] == "9090"
+    assert "STREAMJOB_OPERATOR_JOB_METRICS_PORT" not in env        # job pods: off by default
+    (svc,) = by_kind(docs, "Service")
+    assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+    assert svc["spec"]["ports"] == [{"name": "metrics", "port": 9090, "targetPort": "metrics"}]
+    assert by_kind(docs, "ServiceMonitor") == [] and by_kind(docs, "PodMonitor") == []
+
+
+def test_metrics_can_be_turned_off():
+    docs = template("--set", "metrics.enabled=false,metrics.serviceMonitor.enabled=true")
+    (dep,) = by_kind(docs, "Deployment")
+    assert "STREAMJOB_OPERATOR_METRICS_PORT" not in env_of(dep)
+    assert [p["name"] for p in dep["spec"]["template"]["spec"]["containers"][0]["ports"]] == [
+        "health"]
+    assert by_kind(docs, "Service") == [] and by_kind(docs, "ServiceMonitor") == []
+
+
+def test_service_monitor_selects_the_metrics_service_only():
+    docs = template("--set", "metrics.serviceMonitor.enabled=true,minio.enabled=true,"
+                    "metrics.serviceMonitor.labels.release=prom,metrics.port=9100")
+    (sm,) = by_kind(docs, "ServiceMonitor")
+    assert sm["apiVersion"] == "monitoring.coreos.com/v1"
+    assert sm["metadata"]["namespace"] == "sj-system"
+    assert sm["metadata"]["labels"]["release"] == "prom"
+    assert sm["spec"]["namespaceSelector"] == {"matchNames": ["sj-system"]}
+    assert sm["spec"]["endpoints"][0]["port"] == "metrics"
+    wanted = sm["spec"]["selector"]["matchLabels"]
+    selected = [s for s in by_kind(docs, "Service")
+                if wanted.items() <= s["metadata"]["labels"].items()]
+    assert [s["metadata"]["name"] for s in selected] == ["rel-streamjob-metrics"]   # not minio
+    assert selected[0]["spec"]["ports"][0]["port"] == 9100
+
+
+def test_job_pod_metrics_and_their_pod_monitor():
+    docs = template("--set", "metrics.jobPods.enabled=true,metrics.jobPods.port=9300,"
+                    "metrics.jobPods.podMonitor.enabled=true,watchNamespaces={team-a,team-b}")
+    (dep,) = by_kind(docs, "Deployment")
+    assert env_of(dep)["STREAMJOB_OPERATOR_JOB_METRICS_PORT"] == "9300"
+    (pm,) = by_kind(docs, "PodMonitor")
+    assert pm["spec"]["namespaceSelector"] == {"matchNames": ["team-a", "team-b"]}
+    # the labels the operator puts on every job pod (names.job_labels)
+    assert pm["spec"]["selector"]["matchLabels"] == {
+        "app.kubernetes.io/name": "streamjob",
+        "app.kubernetes.io/managed-by": "streamjob-operator"}
+    assert pm["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+    from streamjob_operator import names
+
+    assert pm["spec"]["selector"]["matchLabels"].items() <= names.job_labels("j").items()
+    docs = template("--set", "metrics.jobPods.enabled=true,metrics.jobPods.podMonitor.enabled=true,"
+                    "clusterWide=true")
+    (pm,) = by_kind(docs, "PodMonitor")
+    assert pm["spec"]["namespaceSelector"] == {"any": True}
+    assert by_kind(template("--set", "metrics.jobPods.podMonitor.enabled=true"),
+                   "PodMonitor") == []                       # job pods serve no metrics
