@@ -129,19 +129,52 @@ def cmd_checkpoints(args: argparse.Namespace) -> int:
                 body = decode_metadata(Path(where.removeprefix("file://")).read_bytes())
         except OSError as err:
             raise ManifestError(f"cannot read {where}: {err}") from None
-        entry = timeline.entry_from_metadata(body, where.rpartition("/")[0])
-    else:
-        if not args.name:
-            raise ManifestError("name a running job, or pass --metadata PATH")
-        base, token = _local_api(args.name)
-        if args.id is None:
-            history = api_call(base, token, "GET", "/api/v1/checkpoints")["checkpoints"]
-            if args.json:
-                print(json.dumps(history, indent=1))
-            else:
-                print(timeline.history_table(history), end="")
-            return 0
-        entry = api_call(base, token, "GET", f"/api/v1/checkpoints/{args.id}")
+        return _show_checkpoint(args, timeline.entry_from_metadata(body, where.rpartition("/")[0]))
+    if args.kube:
+        # A job in Kubernetes: its coordinator API through an API-server port-forward.
+        from streamjob import kube_access
+
+        if args.name:
+            raise ManifestError("name a local job or pass --kube NAMESPACE/NAME, not both")
+        try:
+            with kube_access.coordinator_api(args.kube) as (base, token, forwarder):
+                return _checkpoints_from_api(args, base, token, forwarder)
+        except kube_access.KubeAccessError as err:
+            raise ManifestError(str(err)) from None
+    if not args.name:
+        raise ManifestError("name a running job, or pass --kube NAMESPACE/NAME or "
+                            "--metadata PATH")
+    base, token = _local_api(args.name)
+    return _checkpoints_from_api(args, base, token)
+
+
+def _checkpoints_from_api(args: argparse.Namespace, base: str, token: str,
+                          forwarder: Any = None) -> int:
+    import http.client
+
+    from streamjob import timeline
+
+    def get(path: str) -> Any:
+        try:
+            return api_call(base, token, "GET", path)
+        except (OSError, http.client.HTTPException) as err:
+            why = (forwarder.error if forwarder is not None and forwarder.error else None) or err
+            via = " through the port-forward" if forwarder is not None else ""
+            raise ManifestError(f"cannot reach the coordinator API{via}: {why}") from None
+
+    if args.id is None:
+        history = get("/api/v1/checkpoints")["checkpoints"]
+        if args.json:
+            print(json.dumps(history, indent=1))
+        else:
+            print(timeline.history_table(history), end="")
+        return 0
+    return _show_checkpoint(args, get(f"/api/v1/checkpoints/{args.id}"))
+
+
+def _show_checkpoint(args: argparse.Namespace, entry: dict[str, Any]) -> int:
+    from streamjob import timeline
+
     if args.json:
         print(json.dumps(entry, indent=1))
     elif entry.get("timings") is None:
@@ -198,9 +231,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--stop", action="store_true", help="stop the job after the savepoint")
     sp.set_defaults(fn=cmd_savepoint)
 
-    ck = sub.add_parser("checkpoints", help="checkpoint history of a running local job; "
-                        "--id N: the per-subtask timeline of checkpoint N")
+    ck = sub.add_parser("checkpoints", help="checkpoint history of a running job (local, or "
+                        "in Kubernetes with --kube); --id N: the per-subtask timeline of "
+                        "checkpoint N")
     ck.add_argument("name", nargs="?", help="the job's metadata.name (a local run here)")
+    ck.add_argument("--kube", metavar="NAMESPACE/NAME",
+                    help="a StreamJob in Kubernetes (KUBECONFIG): its coordinator API through "
+                         "an API-server port-forward, the token from the job's Secret")
     ck.add_argument("--id", type=int, help="draw the timeline of this checkpoint")
     ck.add_argument("--metadata", metavar="PATH",
                     help="draw from a stored checkpoint's _metadata (folder or file, "
