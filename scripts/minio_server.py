@@ -123,14 +123,14 @@ def build(version: str = VERSION, *, quiet: bool = False) -> Path:
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-def free_port() -> int:
+def free_port(address: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((address, 0))
         return s.getsockname()[1]
 
 
 class MinioServer:
-    """One MinIO server process on 127.0.0.1.
+    """One MinIO server process on 127.0.0.1 (or ``address``, e.g. a bridge IP pods reach).
 
     ``stop()`` followed by ``start()`` brings the server back on the same port with the same
     data folder and credentials (for outage tests); ``close()`` also removes the data folder
@@ -145,7 +145,9 @@ class MinioServer:
         access_key: str | None = None,
         secret_key: str | None = None,
         log_path: str | Path | None = None,
+        address: str = "127.0.0.1",
     ):
+        self.address = address
         self._own_data = data_dir is None
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="streamjob-minio-"))
         self.port = port
@@ -161,7 +163,7 @@ class MinioServer:
     def endpoint(self) -> str:
         if self.port is None:
             raise MinioError("the server has not been started yet")
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.address}:{self.port}"
 
     @property
     def env(self) -> dict[str, str]:
@@ -192,7 +194,7 @@ class MinioServer:
         last_error: Exception | None = None
         for _ in range(attempts):
             if not fixed_port:
-                self.port = free_port()
+                self.port = free_port(self.address)
             try:
                 self._spawn(binary, timeout, detach)
                 return self
@@ -216,7 +218,7 @@ class MinioServer:
             MINIO_CALLHOME_ENABLE="off",
         )
         cmd = [str(binary), "server", str(self.data_dir),
-               "--address", f"127.0.0.1:{self.port}", "--quiet", "--anonymous"]
+               "--address", f"{self.address}:{self.port}", "--quiet", "--anonymous"]
         log = open(self.log_path, "ab")
         try:
             self.proc = subprocess.Popen(
@@ -296,7 +298,7 @@ class MinioServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-                if s.connect_ex(("127.0.0.1", self.port)) != 0:
+                if s.connect_ex((self.address, self.port)) != 0:
                     return
             time.sleep(0.05)
 
@@ -315,7 +317,7 @@ class MinioServer:
         self.close()
 
     def __repr__(self) -> str:  # never the secret
-        return f"MinioServer(endpoint=http://127.0.0.1:{self.port}, data_dir={self.data_dir})"
+        return f"MinioServer(endpoint=http://{self.address}:{self.port}, data_dir={self.data_dir})"
 
 
 def minio_session() -> Iterator[MinioServer]:
