@@ -171,7 +171,7 @@ class LocalChannel:
 class RemoteChannel:
     """A TCP channel to a subtask in another worker."""
 
-    HIGH_WATER = 128 * 1024
+    HIGH_WATER = 512 * 1024
 
     def __init__(self, writer: asyncio.StreamWriter):
         self.writer = writer
@@ -200,7 +200,7 @@ class RemoteChannel:
         self.writer.close()
 
 
-def limit_socket_buffers(writer: asyncio.StreamWriter, size: int = 128 * 1024) -> None:
+def limit_socket_buffers(writer: asyncio.StreamWriter, size: int = 512 * 1024) -> None:
     """Small kernel buffers on data channels: what sits in them is ahead of any barrier, so
     big (autotuned, megabytes on loopback) buffers would make alignment slow."""
     sock = writer.get_extra_info("socket")
