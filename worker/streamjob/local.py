@@ -29,6 +29,16 @@ from streamjob.storage import StorageError, open_storage
 EXIT_FAILED = 1
 
 
+def _die_with_parent() -> None:
+    """Children get SIGKILL if ``streamjob run`` dies, so no process outlives the run."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _log(msg: str) -> None:
     print(f"streamjob: {msg}", file=sys.stderr, flush=True)
 
@@ -67,7 +77,7 @@ class LocalRun:
                "--api-port", "0", "--api-token-file", str(self.run_dir / "api-token")]
         if self.from_savepoint:
             cmd += ["--from-savepoint", self.from_savepoint]
-        self.coordinator = subprocess.Popen(cmd, env=self._env())
+        self.coordinator = subprocess.Popen(cmd, env=self._env(), preexec_fn=_die_with_parent)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             status = self.status()
@@ -82,7 +92,7 @@ class LocalRun:
     def start_worker(self, index: int) -> None:
         cmd = [*self._base(), "worker", "--manifest", str(self.manifest_file),
                "--coordinator", self.address, "--index", str(index)]
-        self.workers[index] = subprocess.Popen(cmd, env=self._env())
+        self.workers[index] = subprocess.Popen(cmd, env=self._env(), preexec_fn=_die_with_parent)
 
     def status(self) -> dict[str, Any] | None:
         try:
@@ -141,7 +151,8 @@ class LocalRun:
                     self.start_worker(i)
                 continue
             for i, proc in list(self.workers.items()):
-                if proc.poll() is not None:
+                # Exit 0 is a worker told to shut down (the job is over): not a failure.
+                if proc.poll() not in (None, 0) and self.coordinator.poll() is None:
                     self.start_worker(i)
             if self.progress and time.monotonic() - last_print >= 2.0:
                 last_print = time.monotonic()
@@ -202,6 +213,7 @@ def run_local(manifest: str, args: dict[str, Any], parallelism: int | None,
     try:
         return run.supervise()
     except StorageError as err:
-        run.kill_all()
         _log(str(err))
         return EXIT_FAILED
+    finally:
+        run.kill_all()
