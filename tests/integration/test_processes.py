@@ -85,3 +85,44 @@ def test_coordinator_and_workers_as_commands_expose_metrics(tmp_path: Path):
                 p.kill()
     assert_exactly_once(tmp_path / "out", records, words)
     assert any((tmp_path / "ck" / "uid-1234").iterdir())
+
+
+def test_coordinator_refuses_workers_without_the_job_token(tmp_path: Path):
+    from streamjob import wire
+
+    manifest = {"apiVersion": "streamjob.dev/v1alpha1", "kind": "StreamJob",
+                "metadata": {"name": "tok"},
+                "spec": {"pipeline": "streamjob.examples.wordcount:build", "parallelism": 2,
+                         "args": {"output": str(tmp_path / "out")},
+                         "storage": f"file://{tmp_path / 'ck'}"}}
+    env = dict(os.environ, PYTHONPATH=str(ROOT), STREAMJOB_MANIFEST=yaml.safe_dump(manifest),
+               STREAMJOB_WORKER_TOKEN="s3cret")
+    port = free_port()
+    coord = subprocess.Popen([sys.executable, "-m", "streamjob", "coordinator", "--job-id",
+                              "tok-1", "--port", str(port), "--api-port", "0"], env=env)
+    try:
+        def hello(token: str) -> bytes:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.1)
+            with s:
+                s.sendall(wire.control("HELLO", attempt=-1, worker=0, host="127.0.0.1",
+                                       port=1, pid=1, token=token))
+                s.settimeout(1.0)
+                try:
+                    return s.recv(100) or b"closed"
+                except TimeoutError:
+                    return b"open"
+
+        assert hello("wrong") == b"closed"
+        assert hello("") == b"closed"
+        assert hello("s3cret") == b"open"  # accepted, waiting for the second worker
+    finally:
+        coord.kill()
+        coord.wait()

@@ -5,7 +5,8 @@ payload only. Payloads are msgpack: no JSON on the data path, never pickle.
 
 * DATA: a batch (msgpack array of records; tuples come back as tuples)
 * BARRIER: ``[checkpoint_id, kind]`` (0 checkpoint, 1 savepoint, 2 final checkpoint)
-* HELLO: ``[attempt, task_index, from_subtask]``, the first frame of a data channel
+* HELLO: ``[attempt, task_index, from_subtask, token]``, the first frame of a data channel
+  (the job's worker token: other processes cannot feed records into a job)
 * CONTROL: a msgpack map with a ``type`` field (coordinator <-> worker)
 """
 

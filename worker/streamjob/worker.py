@@ -11,6 +11,7 @@ whoever runs it (``streamjob run`` or the operator) starts a new one.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import os
 import signal
@@ -67,6 +68,8 @@ class Worker:
         self.storage = None
         self.port = 0
         self.deploy_task: asyncio.Task[None] | None = None
+        # Shared by the job's processes: peers must present it on data channels too.
+        self.token = os.environ.get("STREAMJOB_WORKER_TOKEN", "")
         if metrics_port is not None:
             from streamjob.metrics import serve_worker_metrics
 
@@ -87,7 +90,7 @@ class Worker:
         host, _, port = self.coordinator.rpartition(":")
         reader, self.ctrl_writer = await _connect_with_retry(host, int(port), 30.0)
         self.send("HELLO", host=self.advertise, port=self.port, pid=os.getpid(),
-                  token=os.environ.get("STREAMJOB_WORKER_TOKEN", ""))
+                  token=self.token)
         stats = asyncio.ensure_future(self._report_stats())
         try:
             while True:
@@ -181,7 +184,7 @@ class Worker:
                         continue
                     _, w = await _connect_with_retry(peer[0], peer[1], 10.0)
                     w.write(wire.frame(wire.HELLO, wire.pack([attempt, nxt.spec.index,
-                                                              self.index])))
+                                                              self.index, self.token])))
                     d.connections.append(w)
                     channels.append(RemoteChannel(w))
                 r.output = Output(nxt.spec.exchange.kind, channels, nxt.spec.exchange.key_fn,
@@ -234,8 +237,12 @@ class Worker:
             kind, payload = await wire.read_frame(reader)
             if kind != wire.HELLO:
                 raise wire.ProtocolError("data channel did not start with HELLO")
-            attempt, task_index, sender = wire.unpack_batch(payload)
+            attempt, task_index, sender, token = wire.unpack_batch(payload)
+            if not hmac.compare_digest(str(token).encode(), self.token.encode()):
+                raise wire.ProtocolError("data channel with a wrong token")
         except (asyncio.IncompleteReadError, ConnectionError, ValueError):
+            log.warning("worker %d: refused a data connection from %s", self.index,
+                        writer.get_extra_info("peername"))
             writer.close()
             return
         limit_socket_buffers(writer)
