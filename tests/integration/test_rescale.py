@@ -44,6 +44,15 @@ def test_stop_with_savepoint_and_resume_at_4_then_3_is_exactly_once(run_job):
     assert job3.wait() == 0, job3.output()
     assert_exactly_once(job.cwd / "output", RECORDS, WORDS)
 
+    # Both savepoints outlive their jobs and are listed with size and time.
+    listing = subprocess.run([sys.executable, "-m", "streamjob", "savepoints",
+                              str(job.checkpoints())], capture_output=True, text=True,
+                             env=dict(job.env, PYTHONPATH=str(ROOT)), timeout=60)
+    assert listing.returncode == 0, listing.stderr
+    rows = listing.stdout.splitlines()[1:]
+    assert [r.split()[-1] for r in rows] == [uri, uri2]
+    assert all(int(r.split()[2].replace(",", "")) > 0 for r in rows)
+
 
 @pytest.mark.parametrize("new_p", [1, 16])
 def test_restore_at_any_parallelism_from_a_savepoint(run_job, new_p):

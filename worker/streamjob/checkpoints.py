@@ -160,3 +160,23 @@ def referenced_keys(body: dict[str, Any]) -> set[str]:
 
 def shared_dir(job_id: str) -> str:
     return f"{job_id}/shared"
+
+
+def list_savepoints(storage: Storage) -> list[dict[str, Any]]:
+    """Every savepoint under the storage root (any job, running or deleted), oldest first:
+    path, job, id, completed time, size in bytes, parallelism."""
+    found = []
+    for key in storage.list(""):
+        parts = key.split("/")
+        if len(parts) == 4 and parts[1] == "savepoints" and parts[3] == METADATA:
+            path = "/".join(parts[:3])
+            try:
+                body = read_metadata(storage, path)
+            except (CorruptMetadataError, StorageError) as err:
+                log.warning("savepoint %s is unreadable: %s", path, err)
+                continue
+            found.append({"uri": f"{storage.uri.rstrip('/')}/{path}", "job_id": body["job_id"],
+                          "id": body["checkpoint_id"], "completed_at": body["completed_at"],
+                          "size_bytes": body["size_bytes"],
+                          "parallelism": body["parallelism"]})
+    return sorted(found, key=lambda s: s["completed_at"])

@@ -192,6 +192,22 @@ def _show_checkpoint(args: argparse.Namespace, entry: dict[str, Any]) -> int:
     return 0
 
 
+def cmd_savepoints(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from streamjob.checkpoints import list_savepoints
+
+    storage = open_storage(args.storage)
+    rows = list_savepoints(storage)
+    if args.job:
+        rows = [r for r in rows if r["job_id"] == args.job]
+    print(f"{'COMPLETED (UTC)':<20} {'SIZE':>12} {'P':>3}  URI")
+    for r in rows:
+        when = dt.datetime.fromtimestamp(r["completed_at"], dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+        print(f"{when:<20} {r['size_bytes']:>12,} {r['parallelism']:>3}  {r['uri']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="streamjob", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -230,6 +246,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("name")
     sp.add_argument("--stop", action="store_true", help="stop the job after the savepoint")
     sp.set_defaults(fn=cmd_savepoint)
+
+    sps = sub.add_parser("savepoints", help="list the savepoints kept in a storage location")
+    sps.add_argument("storage", help="the jobs' storage: a folder, file:// or s3:// URI")
+    sps.add_argument("--job", help="only the savepoints of this job id")
+    sps.set_defaults(fn=cmd_savepoints)
 
     ck = sub.add_parser("checkpoints", help="checkpoint history of a running job (local, or "
                         "in Kubernetes with --kube); --id N: the per-subtask timeline of "
