@@ -9,7 +9,7 @@ Recovery: a worker pod is deleted (default grace period); medians over several d
   * restore:    container runs -> every subtask of the new attempt runs with its restored state
                 (coordinator ``attempt_running_at``: worker start-up, registration, state download),
   * resumed:    delete -> the coordinator reports records flowing again (``records_in`` grows
-                past its value when the attempt came up; reported about once a second).
+                between two reports; workers report about once a second, so +0-1 s).
 
 Rescale 2 -> 4 through the scale subresource (``kubectl scale``): request -> savepoint taken ->
 new pods created -> all containers run -> the new revision's coordinator runs -> records flow.
@@ -118,10 +118,20 @@ class Coordinator:
 
 
 def _flowing(coord: Coordinator, timeout: float = 60) -> float:
-    """Local time at which records_in first grows past its current value."""
-    n = coord.wait(lambda s: True).get("records_in", 0)
-    coord.wait(lambda s: s.get("records_in", 0) > n, timeout)
-    return time.time()
+    """Local time at which ``records_in`` first grows between two successive reports.
+
+    Not "grows past its value when the attempt came up": right after a failover the coordinator
+    still sums the previous attempt's per-worker counts (stale until each worker's next STATS),
+    and a new attempt's counters start from 0, so that value can be far too high."""
+    prev = coord.wait(lambda s: True).get("records_in", 0)
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        cur = coord.wait(lambda s: True).get("records_in", 0)
+        if cur > prev:
+            return time.time()
+        prev = cur
+        time.sleep(0.05)
+    raise TimeoutError("records do not flow")
 
 
 def recovery(jobs: sjenv.Jobs, name: str, deletions: int) -> dict[str, list[float]]:
@@ -205,7 +215,7 @@ def main() -> None:
     ap.add_argument("--deletions", type=int, default=5)
     ap.add_argument("--words", type=int, default=10_000, help="keys of state")
     ap.add_argument("--rate", type=float, default=2000)
-    ap.add_argument("--cpu", default="200m", help="cpu request/limit of each job pod")
+    ap.add_argument("--cpu", default="300m", help="cpu request/limit of each job pod")
     a = ap.parse_args()
 
     from devcluster.testing import image_ref, kubeconfig_path

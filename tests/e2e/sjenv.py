@@ -93,7 +93,29 @@ def helm_install(core, kubeconfig: str, image: str, *, prefix: str = "e2e",
     return rel
 
 
+def delete_jobs(api_client, ns: str, timeout: float = 60) -> None:
+    """Delete every StreamJob of ``ns`` while the operator still runs (its finalizer); strip the
+    finalizer of any left after ``timeout``, so that the namespace can go."""
+    from kubernetes import client
+
+    custom = client.CustomObjectsApi(api_client)
+    try:
+        custom.delete_collection_namespaced_custom_object(GROUP, VERSION, ns, PLURAL)
+    except client.ApiException:
+        return
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if not custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL)["items"]:
+            return
+        time.sleep(0.5)
+    for item in custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL)["items"]:
+        custom.patch_namespaced_custom_object(GROUP, VERSION, ns, PLURAL,
+                                              item["metadata"]["name"],
+                                              {"metadata": {"finalizers": None}})
+
+
 def helm_uninstall(core, rel: Release) -> None:
+    delete_jobs(core.api_client, rel.jobs_ns)
     subprocess.run([rel.helm, "uninstall", rel.name, "--kubeconfig", rel.kubeconfig,
                     "-n", rel.system_ns, "--wait", "--timeout", "60s"],
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
