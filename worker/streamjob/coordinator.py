@@ -97,6 +97,7 @@ class Coordinator:
         self.final_id: int | None = None
         self.stop_after: int | None = None
         self.records: dict[int, dict[str, list[int]]] = {}
+        self.records_base = 0  # records read by sources in earlier attempts
         self.rate = 0.0
         self._rate_mark: tuple[float, int] | None = None
         self.done: asyncio.Event | None = None  # created in run(), inside the event loop
@@ -274,6 +275,9 @@ class Coordinator:
                          f"({strategy.max_attempts} allowed)", EXIT_FAILED)
             return
         self.state, self.message = "RESTARTING", f"restarting: {reason}"
+        # Subtasks of the next attempt count from 0: keep the total cumulative.
+        self.records_base += self._records_now()
+        self.records = {}
         self.attempt += 1
         self.running.clear()
         self.sources_finished.clear()
@@ -568,8 +572,12 @@ class Coordinator:
 
     # -- status ------------------------------------------------------------------------------
 
+    def _records_now(self) -> int:
+        """Records read by the sources of the current attempt (from the workers' STATS)."""
+        return sum(v.get("t0", [0, 0])[0] for v in self.records.values())
+
     def _update_rate(self, now: float) -> None:
-        total = sum(v.get("t0", [0, 0])[0] for v in self.records.values())
+        total = self.records_base + self._records_now()
         if self._rate_mark is None:
             self._rate_mark = (now, total)
         elif now - self._rate_mark[0] >= 1.0:
@@ -587,7 +595,7 @@ class Coordinator:
             "message": self.message, "parallelism": self.p, "attempt": self.attempt,
             "restarts": self.restarts, "restored_from": self.restored_from,
             "records_per_second": round(self.rate, 1),
-            "records_in": sum(v.get("t0", [0, 0])[0] for v in self.records.values()),
+            "records_in": self.records_base + self._records_now(),
             "last_checkpoint": None if last is None else {
                 k: last[k] for k in ("id", "completed_at", "duration_ms", "size_bytes")},
             "failed_checkpoints": sum(1 for h in self.history if h["status"] == "FAILED"),
