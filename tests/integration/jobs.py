@@ -52,3 +52,28 @@ def failing(args: dict[str, Any]) -> Pipeline:
     p = Pipeline()
     p.source(GeneratorSource(records=100)).map(boom).sink(FileSink(args["output"]))
     return p
+
+
+def late_windowsum(args: dict[str, Any]) -> Pipeline:
+    """``windowsum`` where every ``late_every``-th record's event time is ``late_ms`` in the
+    past (beyond the watermark bound): such records may land in a window that already fired."""
+    from operator import itemgetter
+
+    records, words, eps = int(args["records"]), int(args["words"]), int(args["events_per_second"])
+    late_every, late_ms = int(args["late_every"]), int(args["late_ms"])
+
+    def event(g: int) -> tuple[int, str, int]:
+        ts = g * 1000 // eps
+        if g % late_every == 0:
+            ts = max(0, ts - late_ms)
+        return (ts, f"w{((g * MULTIPLIER) & 0xFFFFFFFF) % words}", g % 100)
+
+    p = Pipeline()
+    (p.source(GeneratorSource(records=records, fn=event, rate=float(args.get("rate", 0))))
+      .assign_timestamps(itemgetter(0), max_out_of_orderness=int(args["lateness_ms"]))
+      .key_by(itemgetter(1))
+      .window(1000)
+      .sum(itemgetter(2))
+      .map(lambda w: f"{w[0]} {w[1]} {w[2]}")
+      .sink(FileSink(args["output"])))
+    return p

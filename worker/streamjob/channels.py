@@ -4,6 +4,7 @@ An input gate holds one bounded queue per input channel. A full queue stops its 
 TCP flow control pushes back on the producer: a slow consumer backpressures its upstream.
 Barriers travel in order as markers; when the handler says barriers may overtake
 (unaligned), the reader also puts a notice in a priority queue that the task serves first.
+Watermarks travel in order too, but never wait for room: they are tiny and must not block.
 """
 
 from __future__ import annotations
@@ -38,6 +39,15 @@ class Marker:
         return self.kind != CHECKPOINT
 
 
+class Watermark:
+    """A channel's event-time watermark at its place in the channel's queue."""
+
+    __slots__ = ("timestamp",)
+
+    def __init__(self, timestamp: float):
+        self.timestamp = timestamp
+
+
 class InputGate:
     def __init__(self, num_channels: int, capacity: int = 4):
         self.n = num_channels
@@ -67,6 +77,12 @@ class InputGate:
                 self.capture[cid][channel].append(batch)
         self.available.set()
 
+    def put_watermark(self, channel: int, timestamp: float) -> None:
+        # Not captured as in-flight state: a restored subtask starts from the watermark
+        # in its snapshot and the sources emit new ones.
+        self.queues[channel].append(Watermark(timestamp))
+        self.available.set()
+
     def put_barrier(self, channel: int, marker: Marker) -> None:
         self.queues[channel].append(marker)
         active = self.capturing.get(marker.checkpoint_id)
@@ -89,7 +105,8 @@ class InputGate:
                         done = True
                         break
                     continue
-                items.append(item)
+                if type(item) is not Watermark:
+                    items.append(item)
             captured[c] = items
             if not done:
                 active.add(c)
@@ -106,7 +123,7 @@ class InputGate:
 
     def buffered_records(self, channels: set[int]) -> int:
         return sum(len(item) for c in channels for item in self.queues[c]
-                   if type(item) is not Marker)
+                   if type(item) is not Marker and type(item) is not Watermark)
 
     def poll(self) -> tuple[int, Any] | None:
         """The next item: priority notices first, then round robin over unblocked channels."""
@@ -164,6 +181,9 @@ class LocalChannel:
     async def send_barrier(self, checkpoint_id: int, kind: int) -> None:
         self.gate.put_barrier(self.channel, Marker(checkpoint_id, kind))
 
+    async def send_watermark(self, timestamp: float) -> None:
+        self.gate.put_watermark(self.channel, timestamp)
+
     def close(self) -> None:
         pass
 
@@ -195,6 +215,9 @@ class RemoteChannel:
     async def send_barrier(self, checkpoint_id: int, kind: int) -> None:
         # Never wait here: a barrier must not be held up by a full buffer to another peer.
         self.writer.write(wire.frame(wire.BARRIER, wire.pack([checkpoint_id, kind])))
+
+    async def send_watermark(self, timestamp: float) -> None:
+        self.writer.write(wire.frame(wire.WATERMARK, wire.pack(timestamp)))
 
     def close(self) -> None:
         self.writer.close()
@@ -264,6 +287,10 @@ class Output:
     async def broadcast_barrier(self, checkpoint_id: int, kind: int) -> None:
         for channel in self.channels:
             await channel.send_barrier(checkpoint_id, kind)
+
+    async def broadcast_watermark(self, timestamp: float) -> None:
+        for channel in self.channels:
+            await channel.send_watermark(timestamp)
 
     def close(self) -> None:
         for channel in self.channels:

@@ -31,13 +31,17 @@ class WorkerCollector:
         bp = CounterMetricFamily("streamjob_backpressure_seconds",
                                  "Time a subtask waited for room downstream",
                                  labels=["task", "subtask"])
+        late = CounterMetricFamily("streamjob_late_records",
+                                   "Records dropped because their event-time window had fired",
+                                   labels=["task", "subtask"])
         for r in self.runners():
             labels = [r.spec.task_id, str(r.subtask)]
             rin.add_metric(labels, r.records_in)
             rout.add_metric(labels, r.records_out)
             bp.add_metric(labels, r.backpressure_seconds)
+            late.add_metric(labels, r.late_records)
         up = GaugeMetricFamily("streamjob_worker_index", "Index of this worker", value=self.worker)
-        return [rin, rout, bp, up]
+        return [rin, rout, bp, late, up]
 
 
 def serve_worker_metrics(port: int, runners: Callable[[], Iterable[Any]], worker: int,

@@ -27,7 +27,7 @@ class PipelineError(ValueError):
 
 @dataclass(frozen=True)
 class Step:
-    kind: str  # map | filter | flat_map | keyed | sink
+    kind: str  # source | timestamps | map | filter | flat_map | keyed | sink
     name: str
     fn: Any = None
 
@@ -68,6 +68,19 @@ class Stream:
     def flat_map(self, fn: Callable[[Any], Iterable[Any]], name: str = "FlatMap") -> Stream:
         return self._p._add(Step("flat_map", name, fn))
 
+    def assign_timestamps(self, fn: Callable[[Any], int], max_out_of_orderness: int = 0,
+                          interval: float = 0.2) -> Stream:
+        """Declare event time (``fn(record)``, in ms) right after the source: its subtasks
+        emit watermarks ``max event time seen - max_out_of_orderness`` every ``interval``
+        seconds (between batches), and a final one at the end of their input."""
+        from streamjob.windows import WatermarkStrategy
+
+        last = self._p.tasks[-1]
+        if len(self._p.tasks) != 1 or [s.kind for s in last.steps] != ["source"]:
+            raise PipelineError("assign_timestamps(...) must directly follow source(...)")
+        self._p.watermarks = WatermarkStrategy(fn, int(max_out_of_orderness), float(interval))
+        return self._p._add(Step("timestamps", "Timestamps/Watermarks", self._p.watermarks))
+
     def key_by(self, key_fn: Callable[[Any], Any]) -> KeyedStream:
         self._p._exchange(Exchange("keyed", key_fn))
         return KeyedStream(self._p)
@@ -89,12 +102,29 @@ class KeyedStream:
     def __init__(self, pipeline: Pipeline):
         self._p = pipeline
 
+    def _add_keyed(self, factory: Any, name: str) -> Stream:
+        return self._p._add(Step("keyed", name, factory))
+
     def process(self, fn: Any, name: str | None = None) -> Stream:
         """Keyed processing with state: ``fn`` is a :class:`KeyedProcessFunction`."""
         from streamjob.operators import ProcessOperatorFactory
 
         return self._p._add(Step("keyed", name or f"Keyed {type(fn).__name__}",
                                  ProcessOperatorFactory(fn)))
+
+    def window(self, size_ms: int, timestamp: Callable[[Any], int] | None = None) -> Any:
+        """Tumbling event-time windows of ``size_ms``; finish with ``.reduce(fn)`` or
+        ``.sum(value_fn)``. Each record's event time is read with the source's
+        ``assign_timestamps`` function (records must still carry it) unless ``timestamp``
+        gives another one for the records as they reach the window."""
+        from streamjob.windows import WindowedStream
+
+        if int(size_ms) <= 0:
+            raise PipelineError(f"window size must be a positive number of ms, got {size_ms}")
+        if self._p.watermarks is None:
+            raise PipelineError("window(...) needs event time: call "
+                                "assign_timestamps(...) right after source(...)")
+        return WindowedStream(self, int(size_ms), timestamp or self._p.watermarks.timestamp_fn)
 
     def reduce(self, fn: Callable[[Any, Any], Any], name: str = "Keyed reduce") -> Stream:
         """Emit ``(key, acc)`` after each record, ``acc = fn(acc, record)``."""
@@ -113,6 +143,7 @@ class Pipeline:
     def __init__(self) -> None:
         self.source_connector: Any = None
         self.tasks: list[TaskSpec] = []
+        self.watermarks: Any = None  # the source's WatermarkStrategy, if it has event time
 
     def source(self, source: Any, name: str | None = None) -> Stream:
         if self.source_connector is not None:
@@ -132,7 +163,8 @@ class Pipeline:
             if last.exchange is None or last.exchange.kind != "keyed" or last.steps:
                 raise PipelineError(f"{step.name} must directly follow key_by(...)")
         elif last.exchange is not None and last.exchange.kind == "keyed" and not last.steps:
-            raise PipelineError("key_by(...) must be followed by process, reduce or count")
+            raise PipelineError("key_by(...) must be followed by process, reduce, count or "
+                                "window")
         last.steps.append(step)
         return Stream(self)
 

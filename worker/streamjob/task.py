@@ -3,6 +3,8 @@
 The task loop takes batches from its input gate (or polls its source), pushes them through
 the chained operators and emits the result downstream or into the sink. Barriers reach it
 between batches; snapshots are taken there, so state and emitted records always agree.
+Watermarks (event time) also arrive between batches: windows fire, then the watermark goes on
+downstream (see ``windows.py``).
 """
 
 from __future__ import annotations
@@ -18,13 +20,14 @@ from typing import Any
 
 from streamjob import barriers, state
 from streamjob.barriers import BarrierHandler
-from streamjob.channels import CHECKPOINT, FINAL, SAVEPOINT, InputGate, Marker, Output
+from streamjob.channels import CHECKPOINT, FINAL, SAVEPOINT, InputGate, Marker, Output, Watermark
 from streamjob.checkpoints import checkpoint_dir, savepoint_path, shared_dir
 from streamjob.connectors.base import assign_splits
 from streamjob.keygroups import key_group, key_group_range
 from streamjob.operators import KeyedStateBackend
 from streamjob.pipeline import TaskSpec
 from streamjob.storage import Storage
+from streamjob.windows import MIN_WATERMARK, WatermarkGenerator, WatermarkTracker, restored_floors
 
 log = logging.getLogger("streamjob.task")
 
@@ -78,6 +81,11 @@ class SubtaskRunner:
         self.reader = None
         self.sink_writer = None
         self.transforms: list[Callable[[Any], Any]] = []
+        # Event time: the source's watermark generator; the watermark of a gate task (min
+        # over its channels); operators that act on watermarks, by their place in the chain.
+        self.watermark_gen: WatermarkGenerator | None = None
+        self.tracker = WatermarkTracker(parallelism) if self.gate is not None else None
+        self.timers: list[tuple[int, Any]] = []
         self.records_in = 0
         self.records_out = 0
         self.backpressure_seconds = 0.0
@@ -108,11 +116,16 @@ class SubtaskRunner:
                 self.transforms.append(lambda b, f=fn: [x for x in b if f(x)])
             elif step.kind == "flat_map":
                 self.transforms.append(lambda b, f=fn: [y for x in b for y in f(x)])
+            elif step.kind == "timestamps":
+                self.watermark_gen = WatermarkGenerator(fn)
+                self.transforms.append(self.watermark_gen.observe)
             elif step.kind == "keyed":
                 self.backend = KeyedStateBackend(track_changes=self.incremental)
                 self.backend.key_groups = key_group_range(self.subtask, self.p, self.m)
                 self.backend.max_parallelism = self.m
                 op = fn.create(self.backend, self.spec.exchange.key_fn)
+                if hasattr(op, "on_watermark"):
+                    self.timers.append((len(self.transforms), op))
                 self.transforms.append(op.process_batch)
             elif step.kind == "sink":
                 self.sink_writer = fn.create_writer(self.subtask, self.job_id)
@@ -129,15 +142,22 @@ class SubtaskRunner:
     def name(self) -> str:
         return f"{self.spec.task_id}[{self.subtask}]"
 
+    @property
+    def late_records(self) -> int:
+        """Records dropped because their window had already fired."""
+        return sum(op.late_records for _, op in self.timers)
+
     def restore(self, task_state: dict[str, Any] | None, kind: str = "checkpoint") -> None:
         """Load this subtask's share of a checkpoint (any parallelism it was taken at)."""
         positions: dict[str, Any] = {}
         if task_state is not None:
             same_parallelism = len(task_state["subtasks"]) == self.p
             own_range = key_group_range(self.subtask, self.p, self.m)
+            watermarks: list[float | None] = []
             for old_index, handle in enumerate(task_state["subtasks"]):
                 op_state = state.read_operator_state(self.storage, handle)
                 positions.update(op_state.get("splits", {}))
+                watermarks.append(op_state.get("watermark"))
                 if same_parallelism and old_index == self.subtask:
                     for _channel, batches in op_state.get("inflight", []):
                         self.replay.extend(batches)
@@ -150,16 +170,34 @@ class SubtaskRunner:
                     for name, table_kind, entries, deleted in state.read_keyed_state(
                             self.storage, handle, own_range):
                         self.backend.load(name, table_kind, entries, deleted)
+            self._restore_watermark(watermarks, own_range)
         if self.source is not None:
             split_ids = self.source.split_ids()
             mine = assign_splits(split_ids, self.subtask, self.p)
             self.reader = self.source.create_reader(
                 {s: positions.get(s, self.source.initial_position(s)) for s in mine})
 
+    def _restore_watermark(self, old: list[float | None], own_range: range) -> None:
+        """Start from the watermark of the snapshot: windows it had fired (and cleared) must
+        not be opened again by replayed records. After a rescale each key group keeps the
+        watermark of the subtask it came from."""
+        if self.tracker is None or not any(w is not None for w in old):
+            return
+        if self.backend is None:  # not keyed: any old subtask may have fed this one
+            self.tracker.current = min(MIN_WATERMARK if w is None else w for w in old)
+            return
+        floors = restored_floors(old, own_range, self.m)
+        if floors:
+            self.tracker.current = min(floors.values())
+        for _, op in self.timers:
+            op.restore_watermark(floors)
+
     # -- processing ---------------------------------------------------------------------
 
-    async def push(self, batch: Any) -> None:
-        for transform in self.transforms:
+    async def push(self, batch: Any, start: int = 0) -> None:
+        """Through the chain from transform ``start`` on (fired windows enter after their
+        operator), then downstream or into the sink."""
+        for transform in self.transforms if start == 0 else self.transforms[start:]:
             batch = transform(batch)
             if not batch:
                 return
@@ -219,13 +257,34 @@ class SubtaskRunner:
                 budget = min(BATCH, allowed)
             batch = self.reader.poll(budget)
             if batch is None:
+                if self.watermark_gen is not None:
+                    # End of input: a finished source must not hold event time back.
+                    await self._emit_watermark(self.watermark_gen.finish())
                 self.source_finished = True
                 self.send("SOURCE_FINISHED", subtask=self.subtask)
                 continue
             emitted += len(batch)
             self.records_in += len(batch)
             await self.push(batch)
+            if self.watermark_gen is not None:
+                await self._emit_watermark(self.watermark_gen.next_watermark(time.monotonic()))
             await asyncio.sleep(0)  # let control messages and readers run
+
+    async def _emit_watermark(self, watermark: float | None) -> None:
+        if watermark is not None and self.output is not None:
+            await self.output.broadcast_watermark(watermark)
+
+    async def _on_watermark(self, channel: int, timestamp: float) -> None:
+        """A channel's watermark; if the subtask's (the minimum) advances, fire windows,
+        push what they emit down the rest of the chain, then forward the watermark."""
+        watermark = self.tracker.update(channel, timestamp)
+        if watermark is None:
+            return
+        for index, op in self.timers:
+            fired = op.on_watermark(watermark)
+            if fired:
+                await self.push(fired, index + 1)
+        await self._emit_watermark(watermark)
 
     async def _source_barrier(self, trig: dict[str, Any]) -> None:
         now = time.time()
@@ -250,6 +309,9 @@ class SubtaskRunner:
                 item.handled = True
                 await self._apply(handler.on_barrier(channel, item.checkpoint_id, time.time(),
                                                      item.aligned), item)
+                continue
+            if type(item) is Watermark:
+                await self._on_watermark(channel, item.timestamp)
                 continue
             self.records_in += len(item)
             await self.push(item)
@@ -311,6 +373,8 @@ class SubtaskRunner:
         op_state: dict[str, Any] = {}
         if self.reader is not None:
             op_state["splits"] = self.reader.positions()
+        if self.tracker is not None and self.tracker.current > MIN_WATERMARK:
+            op_state["watermark"] = self.tracker.current
         finish = self.sink_writer.pre_commit(cid) if self.sink_writer is not None else None
         sync_ms = (time.perf_counter() - t0) * 1000
         snap = Snapshot(cid, directory, first, alignment_ms, sync_ms, buffered, frozen,

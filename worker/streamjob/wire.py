@@ -8,6 +8,8 @@ payload only. Payloads are msgpack: no JSON on the data path, never pickle.
 * HELLO: ``[attempt, task_index, from_subtask, token]``, the first frame of a data channel
   (the job's worker token: other processes cannot feed records into a job)
 * CONTROL: a msgpack map with a ``type`` field (coordinator <-> worker)
+* WATERMARK: the sender's event-time watermark in ms (an int; ``inf`` at end of input), in
+  order with the DATA frames: no record with event time <= it follows on this channel
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 
 import msgpack
 
-DATA, BARRIER, HELLO, CONTROL = 1, 2, 3, 4
+DATA, BARRIER, HELLO, CONTROL, WATERMARK = 1, 2, 3, 4, 5
 HEADER = struct.Struct("<IB")
 MAX_FRAME = 256 * 1024 * 1024
 

@@ -271,6 +271,8 @@ class Worker:
                 elif kind == wire.BARRIER:
                     cid, kind = wire.unpack_batch(payload)
                     gate.put_barrier(channel, Marker(cid, kind))
+                elif kind == wire.WATERMARK:
+                    gate.put_watermark(channel, wire.unpack_batch(payload))
         except (asyncio.IncompleteReadError, ConnectionError):
             # The sender is gone; the coordinator sees the lost worker and restarts the job.
             return
