@@ -28,6 +28,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+PYPATH = os.pathsep.join([str(ROOT / "worker"), str(ROOT)])  # this checkout's code
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
 from minio_server import MinioServer  # noqa: E402
@@ -42,7 +43,7 @@ class Run:
         self.tmp, self.name = tmp, name
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "streamjob", "run", "-q", str(path), *extra], cwd=tmp,
-            env=dict(os.environ, **env, PYTHONPATH=str(ROOT)), stderr=subprocess.DEVNULL)
+            env=dict(os.environ, **env, PYTHONPATH=PYPATH), stderr=subprocess.DEVNULL)
 
     def status(self) -> dict:
         try:

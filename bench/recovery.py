@@ -25,6 +25,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+PYPATH = os.pathsep.join([str(ROOT / "worker"), str(ROOT)])  # this checkout's code
 
 
 def children(pid: int) -> list[tuple[int, str]]:
@@ -53,7 +54,7 @@ def measure(words: int, kills: int, label: str) -> dict[str, list[float]]:
                          "storage": f"file://{tmp}/ckpt"}}
     (tmp / "job.yaml").write_text(yaml.safe_dump(manifest))
     proc = subprocess.Popen([sys.executable, "-m", "streamjob", "run", "-q", "job.yaml"],
-                            cwd=tmp, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                            cwd=tmp, env=dict(os.environ, PYTHONPATH=PYPATH),
                             stderr=subprocess.DEVNULL)
     status_file = tmp / ".streamjob/runs/rec/status.json"
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+PYPATH = os.pathsep.join([str(ROOT / "worker"), str(ROOT)])  # this checkout's code
 sys.path.insert(0, str(ROOT))
 
 from streamjob.examples.wordcount import MULTIPLIER  # noqa: E402
@@ -50,7 +51,7 @@ def run_job(records: int, words: int, p: int, checkpoints: bool) -> float:
         }
         path = Path(tmp, "job.yaml")
         path.write_text(yaml.safe_dump(manifest))
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        env = dict(os.environ, PYTHONPATH=PYPATH)
         subprocess.run([sys.executable, "-m", "streamjob", "run", "-q", str(path)], cwd=tmp,
                        env=env, check=True, stderr=subprocess.DEVNULL)
         status = json.loads(Path(tmp, ".streamjob/runs/bench/status.json").read_text())

@@ -15,6 +15,9 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
+# Child processes import this checkout's code whatever is installed (worker/, operator/) and
+# the test pipelines (tests.integration.jobs, bench.jobs) from the repository root.
+PYPATH = os.pathsep.join(str(p) for p in (ROOT / "worker", ROOT / "operator", ROOT))
 
 
 def children(pid: int) -> list[tuple[int, str]]:
@@ -105,7 +108,7 @@ def run_job(tmp_path: Path):
         path.write_text(yaml.safe_dump(manifest))
         log = tmp_path / f"{name}.log"
         env = dict(os.environ, **(env or {}),
-                   PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+                   PYTHONPATH=f"{PYPATH}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
         proc = subprocess.Popen([sys.executable, "-m", "streamjob", "run", str(path),
                                  *(extra or [])], cwd=tmp_path, env=env,
                                 stdout=open(log, "w"), stderr=subprocess.STDOUT, text=True)

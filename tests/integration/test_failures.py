@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.integration.conftest import ROOT, assert_exactly_once
+from tests.integration.conftest import PYPATH, assert_exactly_once
 
 pytestmark = pytest.mark.integration
 
@@ -113,7 +113,7 @@ def _run_bad(tmp_path: Path, spec_changes: dict, extra: list[str] | None = None)
     manifest["spec"].update(spec_changes)
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(manifest))
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=PYPATH)
     return subprocess.run([sys.executable, "-m", "streamjob", "run", str(path), *(extra or [])],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
 

@@ -17,7 +17,7 @@ import yaml
 
 from streamjob import timeline as tl
 
-from .conftest import ROOT
+from .conftest import PYPATH, ROOT
 
 pytestmark = pytest.mark.integration
 
@@ -109,7 +109,7 @@ def test_api_against_a_real_run(run_job, tmp_path):
     assert call(port, "/api/v1/checkpoints/99999", token)[0] == 404
 
     # -- the CLI: table, timeline, SVG
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=PYPATH)
     cli = [sys.executable, "-m", "streamjob", "checkpoints", "wc"]
     out = subprocess.run(cli, cwd=job.cwd, env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.integration.conftest import ROOT, assert_exactly_once
+from tests.integration.conftest import PYPATH, assert_exactly_once
 
 pytestmark = pytest.mark.integration
 
@@ -47,7 +47,7 @@ def test_coordinator_and_workers_as_commands_expose_metrics(tmp_path: Path):
                                   "output": str(tmp_path / "out")},
                          "checkpoint": {"interval": "300ms"},
                          "storage": f"file://{tmp_path / 'ck'}"}}
-    env = dict(os.environ, PYTHONPATH=str(ROOT), STREAMJOB_MANIFEST=yaml.safe_dump(manifest),
+    env = dict(os.environ, PYTHONPATH=PYPATH, STREAMJOB_MANIFEST=yaml.safe_dump(manifest),
                STREAMJOB_API_TOKEN="t0ken")
     port, api, cm = free_port(), free_port(), free_port()
     wm = [free_port(), free_port()]
@@ -95,7 +95,7 @@ def test_coordinator_refuses_workers_without_the_job_token(tmp_path: Path):
                 "spec": {"pipeline": "streamjob.examples.wordcount:build", "parallelism": 2,
                          "args": {"output": str(tmp_path / "out")},
                          "storage": f"file://{tmp_path / 'ck'}"}}
-    env = dict(os.environ, PYTHONPATH=str(ROOT), STREAMJOB_MANIFEST=yaml.safe_dump(manifest),
+    env = dict(os.environ, PYTHONPATH=PYPATH, STREAMJOB_MANIFEST=yaml.safe_dump(manifest),
                STREAMJOB_WORKER_TOKEN="s3cret")
     port = free_port()
     coord = subprocess.Popen([sys.executable, "-m", "streamjob", "coordinator", "--job-id",

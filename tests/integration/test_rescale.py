@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.integration.conftest import ROOT, assert_exactly_once
+from tests.integration.conftest import PYPATH, assert_exactly_once
 
 pytestmark = pytest.mark.integration
 
@@ -16,7 +16,7 @@ RECORDS, WORDS = 300_000, 700
 
 
 def savepoint(job, stop: bool) -> str:
-    env = dict(job.env, PYTHONPATH=str(ROOT))
+    env = dict(job.env, PYTHONPATH=PYPATH)
     out = subprocess.run([sys.executable, "-m", "streamjob", "savepoint", job.name,
                           *(["--stop"] if stop else [])], cwd=job.cwd, env=env,
                          capture_output=True, text=True, timeout=120)
@@ -47,7 +47,7 @@ def test_stop_with_savepoint_and_resume_at_4_then_3_is_exactly_once(run_job):
     # Both savepoints outlive their jobs and are listed with size and time.
     listing = subprocess.run([sys.executable, "-m", "streamjob", "savepoints",
                               str(job.checkpoints())], capture_output=True, text=True,
-                             env=dict(job.env, PYTHONPATH=str(ROOT)), timeout=60)
+                             env=dict(job.env, PYTHONPATH=PYPATH), timeout=60)
     assert listing.returncode == 0, listing.stderr
     rows = listing.stdout.splitlines()[1:]
     assert [r.split()[-1] for r in rows] == [uri, uri2]

@@ -14,7 +14,7 @@ import pytest
 from streamjob import checkpoints as ckpt
 from streamjob.examples.wordcount import check_output, expected_counts
 from streamjob.s3storage import S3Storage
-from tests.integration.conftest import ROOT
+from tests.integration.conftest import PYPATH, ROOT
 from tests.integration.test_rescale import savepoint
 
 WORDS = 500
@@ -108,7 +108,7 @@ def test_minio_killed_during_upload_partial_checkpoint_is_ignored(run_job, fresh
 
 def _run(args: list[str], env: dict[str, str], cwd) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "streamjob", "run", *args], cwd=cwd,
-                          env=dict(os.environ, **env, PYTHONPATH=str(ROOT)),
+                          env=dict(os.environ, **env, PYTHONPATH=PYPATH),
                           capture_output=True, text=True, timeout=120)
 
 
