@@ -239,8 +239,14 @@ class MinioServer:
                     f" log {self.log_path}:\n{self.log_tail()}")
             try:
                 with _NO_PROXY.open(url, timeout=1) as resp:
-                    if resp.status == 200:
+                    ready = resp.status == 200
+                if ready:
+                    # The answer could come from another server that holds the port (ours then
+                    # fails to bind and exits): make sure ours is still running.
+                    time.sleep(0.2)
+                    if self.proc.poll() is None:
                         return
+                    continue
             except (urllib.error.URLError, OSError):
                 pass
             if time.monotonic() > deadline:
