@@ -6,7 +6,7 @@ from typing import Any
 
 from streamjob import Pipeline
 from streamjob.connectors import DiscardSink, GeneratorSource
-from streamjob.examples.wordcount import MULTIPLIER
+from streamjob.examples.wordcount import word_of
 from streamjob.keygroups import key_group
 from streamjob.operators import KeyedProcessFunction
 
@@ -14,13 +14,8 @@ from streamjob.operators import KeyedProcessFunction
 def keyed_count(args: dict[str, Any]) -> Pipeline:
     """Generated words -> key_by -> running count -> discarded (the keyed count alone)."""
     records, words = int(args["records"]), int(args.get("words", 10_000))
-    vocab = [f"w{i}" for i in range(words)]
-
-    def word(g: int) -> str:
-        return vocab[((g * MULTIPLIER) & 0xFFFFFFFF) % words]
-
     p = Pipeline()
-    (p.source(GeneratorSource(records=records, fn=word))
+    (p.source(GeneratorSource(records=records, fn=word_of(words)))
       .key_by(str)
       .count()
       .sink(DiscardSink()))

@@ -7,7 +7,6 @@ closed window (window job); ``run.py`` parses and checks them.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -17,15 +16,7 @@ import gen  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--job", choices=["count", "window"], required=True)
-    ap.add_argument("--records", type=int, required=True)
-    ap.add_argument("--words", type=int, required=True)
-    ap.add_argument("--eps", type=int, default=100_000, help="events per event-time second")
-    ap.add_argument("--parallelism", type=int, default=1)
-    ap.add_argument("--checkpoint-ms", type=int, default=0, help="0 turns checkpoints off")
-    ap.add_argument("--checkpoint-dir", default="")
-    ap.add_argument("--lateness-ms", type=int, default=2000)
+    ap = gen.flink_arguments()
     ap.add_argument("--mode", choices=["thread", "process"], default="thread",
                     help="python.execution-mode: thread runs the Python functions inside the "
                          "JVM (PEMJA, ~10x faster here); process in Beam worker processes")

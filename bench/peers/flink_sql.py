@@ -7,21 +7,16 @@ as ``gen.py``. Results go to stdout through Flink's ``print`` connector.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import gen  # noqa: E402
+
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--job", choices=["count", "window"], required=True)
-    ap.add_argument("--records", type=int, required=True)
-    ap.add_argument("--words", type=int, required=True)
-    ap.add_argument("--eps", type=int, default=100_000, help="events per event-time second")
-    ap.add_argument("--parallelism", type=int, default=1)
-    ap.add_argument("--checkpoint-ms", type=int, default=0, help="0 turns checkpoints off")
-    ap.add_argument("--checkpoint-dir", default="")
-    ap.add_argument("--lateness-ms", type=int, default=2000)
+    ap = gen.flink_arguments()
     a = ap.parse_args()
 
     from pyflink.table import EnvironmentSettings, TableEnvironment

@@ -11,6 +11,7 @@ peer's job script imports it from its own virtual environment.
 
 from __future__ import annotations
 
+import argparse
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 
@@ -60,3 +61,17 @@ def partition(records: int, parts: int, index: int) -> Iterable[int]:
     (Bytewax keeps one per key) do not see one partition's records as late.
     """
     return range(index, records, parts)
+
+
+def flink_arguments() -> argparse.ArgumentParser:
+    """The command line both Flink job scripts take from the driver."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--job", choices=["count", "window"], required=True)
+    ap.add_argument("--records", type=int, required=True)
+    ap.add_argument("--words", type=int, required=True)
+    ap.add_argument("--eps", type=int, default=100_000, help="events per event-time second")
+    ap.add_argument("--parallelism", type=int, default=1)
+    ap.add_argument("--checkpoint-ms", type=int, default=0, help="0 turns checkpoints off")
+    ap.add_argument("--checkpoint-dir", default="")
+    ap.add_argument("--lateness-ms", type=int, default=2000)
+    return ap

@@ -242,6 +242,15 @@ def dir_mb(path: Path) -> float | None:
 
 # ----------------------------------------------------------------------------- systems
 
+
+def kill_newest(procs: list[subprocess.Popen], is_worker, missing: str) -> str:
+    """SIGKILL the newest descendant whose command line ``is_worker``; '' or why not."""
+    workers = [p for p in descendants(procs[0].pid) if is_worker(cmdline(p))]
+    if not workers:
+        return missing
+    os.kill(max(workers), signal.SIGKILL)
+    return ""
+
 class System:
     name = ""
     can_kill_worker = False
@@ -346,11 +355,8 @@ class Streamjob(System):
 
     def kill_worker(self, procs: list[subprocess.Popen]) -> str:
         # A worker is a process under `streamjob run`; kill the newest one.
-        workers = [p for p in descendants(procs[0].pid) if "streamjob worker" in cmdline(p)]
-        if not workers:
-            return "no worker process under `streamjob run` (single process?)"
-        os.kill(max(workers), signal.SIGKILL)
-        return ""
+        return kill_newest(procs, lambda cmd: "streamjob worker" in cmd,
+                           "no worker process under `streamjob run` (single process?)")
 
 
 class Bytewax(System):
@@ -444,12 +450,8 @@ class FlinkDS(FlinkBase):
     def kill_worker(self, procs: list[subprocess.Popen]) -> str:
         # The Python functions run in Python worker processes started by the JVM; kill one
         # and Flink restarts the job from its last checkpoint.
-        workers = [p for p in descendants(procs[0].pid)
-                   if "pyflink.fn_execution" in cmdline(p) or "beam" in cmdline(p)]
-        if not workers:
-            return "no PyFlink Python worker process found"
-        os.kill(max(workers), signal.SIGKILL)
-        return ""
+        return kill_newest(procs, lambda cmd: "pyflink.fn_execution" in cmd or "beam" in cmd,
+                           "no PyFlink Python worker process found")
 
 
 class FlinkSQL(FlinkBase):

@@ -7,17 +7,14 @@ from typing import Any
 
 from streamjob import Pipeline
 from streamjob.connectors import FileSink, FileSource, GeneratorSource
-from streamjob.examples.wordcount import MULTIPLIER
+from streamjob.examples.wordcount import word_of
 
 
 def slow_wordcount(args: dict[str, Any]) -> Pipeline:
     """Wordcount whose keyed task sleeps per batch: the sources outrun it (backpressure)."""
     records, words = int(args["records"]), int(args["words"])
     delay = float(args.get("delay", 0.002))
-    vocab = [f"w{i}" for i in range(words)]
-
-    def word(g: int) -> str:
-        return vocab[((g * MULTIPLIER) & 0xFFFFFFFF) % words]
+    word = word_of(words)
 
     def slow(kv: tuple[str, int]) -> str:
         if kv[1] % 50 == 0:
@@ -61,12 +58,13 @@ def late_windowsum(args: dict[str, Any]) -> Pipeline:
 
     records, words, eps = int(args["records"]), int(args["words"]), int(args["events_per_second"])
     late_every, late_ms = int(args["late_every"]), int(args["late_ms"])
+    word = word_of(words)
 
     def event(g: int) -> tuple[int, str, int]:
         ts = g * 1000 // eps
         if g % late_every == 0:
             ts = max(0, ts - late_ms)
-        return (ts, f"w{((g * MULTIPLIER) & 0xFFFFFFFF) % words}", g % 100)
+        return (ts, word(g), g % 100)
 
     p = Pipeline()
     (p.source(GeneratorSource(records=records, fn=event, rate=float(args.get("rate", 0))))

@@ -148,14 +148,14 @@ def handles_of(body: dict[str, Any]) -> list[dict[str, Any]]:
     return [h for t in body.get("tasks", {}).values() for h in t["subtasks"]]
 
 
+def handle_keys(handle: dict[str, Any]) -> set[str]:
+    """The state files one subtask handle needs (with the chain of an incremental one)."""
+    return {part["key"] for part in [*handle.get("chain", []), handle] if "key" in part}
+
+
 def referenced_keys(body: dict[str, Any]) -> set[str]:
-    """Every state file a checkpoint needs (including the chain of an incremental one)."""
-    keys = set()
-    for h in handles_of(body):
-        for part in [*h.get("chain", []), h]:
-            if "key" in part:
-                keys.add(part["key"])
-    return keys
+    """Every state file a checkpoint needs."""
+    return set().union(*(handle_keys(h) for h in handles_of(body)))
 
 
 def shared_dir(job_id: str) -> str:

@@ -98,6 +98,7 @@ class Coordinator:
         self.stop_after: int | None = None
         self.records: dict[int, dict[str, list[int]]] = {}
         self.records_base = 0  # records read by sources in earlier attempts
+        self._referenced: dict[int, set[str]] = {}  # checkpoint id -> state files it needs
         self.rate = 0.0
         self._rate_mark: tuple[float, int] | None = None
         self.done: asyncio.Event | None = None  # created in run(), inside the event loop
@@ -305,7 +306,7 @@ class Coordinator:
 
     async def _deploy_when_ready(self, delay: float) -> None:
         await asyncio.sleep(delay)
-        while not (len(self.workers) == self.p and all(w.idle for w in self.workers.values())):
+        while not self._workers_ready():
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), 1.0)
@@ -326,7 +327,7 @@ class Coordinator:
                 delay = min(5.0, delay * 2)
         if attempt != self.attempt:
             return
-        if not (len(self.workers) == self.p and all(w.idle for w in self.workers.values())):
+        if not self._workers_ready():
             # A worker went away while we waited for storage: wait for it again.
             self._restart_task = asyncio.ensure_future(self._deploy_when_ready(0.0))
             return
@@ -340,6 +341,10 @@ class Coordinator:
         self.message = (f"deploying attempt {attempt} from checkpoint {self.restored_from}"
                         if self.restored_from else f"deploying attempt {attempt}")
         self._write_status()
+
+    def _workers_ready(self) -> bool:
+        """Every subtask's worker is connected and not part of a running attempt."""
+        return len(self.workers) == self.p and all(w.idle for w in self.workers.values())
 
     async def _prepare_restore(self) -> None:
         if self.restarts:
@@ -455,6 +460,7 @@ class Coordinator:
         else:
             self.last_completion = completed_at
             self._set_restore_point(body)
+            self._referenced[pc.checkpoint_id] = ckpt.referenced_keys(body)
         # Older checkpoints are subsumed by a newer completed one; savepoints never are.
         for older in [c for c, o in self.pending.items()
                       if c < pc.checkpoint_id and not o.savepoint and not pc.savepoint]:
@@ -490,8 +496,9 @@ class Coordinator:
             released -= self._refs(keep)
             for pc in list(self.pending.values()):
                 for h in pc.handles.values():
-                    released -= {p["key"] for p in [*h.get("chain", []), h] if "key" in p}
+                    released -= ckpt.handle_keys(h)
         for n in doomed:
+            self._referenced.pop(n, None)
             try:
                 self.storage.delete_prefix(ckpt.checkpoint_dir(self.job_id, n))
             except StorageError as err:
@@ -503,13 +510,17 @@ class Coordinator:
                 log.warning("cannot delete shared state file %s: %s", key, err)
 
     def _refs(self, ids) -> set[str]:
+        """State files the given checkpoints need; metadata this coordinator wrote is known,
+        only older checkpoints are read from storage (once)."""
         refs: set[str] = set()
         for n in ids:
-            try:
-                refs |= ckpt.referenced_keys(
-                    ckpt.read_metadata(self.storage, ckpt.checkpoint_dir(self.job_id, n)))
-            except (StorageError, ckpt.CorruptMetadataError):
-                continue
+            if n not in self._referenced:
+                try:
+                    self._referenced[n] = ckpt.referenced_keys(
+                        ckpt.read_metadata(self.storage, ckpt.checkpoint_dir(self.job_id, n)))
+                except (StorageError, ckpt.CorruptMetadataError):
+                    continue
+            refs |= self._referenced[n]
         return refs
 
     def _gc_shared(self) -> None:

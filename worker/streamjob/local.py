@@ -170,19 +170,23 @@ class LocalRun:
              f"{s.get('records_in', 0):,} in, last {chk}, restarts {restarts}")
 
 
+def _absolute_storage(location: str) -> str:
+    if location.startswith("file://"):
+        location = location.removeprefix("file://")
+    elif "://" in location:
+        return location
+    return f"file://{Path(location).absolute()}"
+
+
 def run_local(manifest: str, args: dict[str, Any], parallelism: int | None,
               checkpoint_dir: str | None, from_savepoint: str | None,
               progress: bool = True) -> int:
     job = load_manifest(manifest, args, parallelism)
     manifest_dir = Path(manifest).absolute().parent
     spec = job.spec
-    if checkpoint_dir is not None:
-        storage_uri = checkpoint_dir if "://" in checkpoint_dir else (
-            f"file://{Path(checkpoint_dir).absolute()}")
-        job = job.model_copy(update={"spec": spec.model_copy(update={"storage": storage_uri})})
-    elif spec.storage.startswith("file://") and not spec.storage.startswith("file:///"):
-        rel = spec.storage.removeprefix("file://")
-        storage_uri = f"file://{Path(rel).absolute()}"
+    # Child processes may run elsewhere: relative folders become absolute file:// URIs.
+    storage_uri = _absolute_storage(checkpoint_dir or spec.storage)
+    if storage_uri != spec.storage:
         job = job.model_copy(update={"spec": spec.model_copy(update={"storage": storage_uri})})
     sys.path[:0] = [str(manifest_dir), os.getcwd()]
     import_pipeline(job.spec)  # a pipeline that cannot be built stops us before anything runs

@@ -140,8 +140,7 @@ class StreamJob(_Strict):
 
 
 def _field_path(loc: tuple[Any, ...]) -> str:
-    to_alias = {name: f.alias or name
-                for model in _MODELS for name, f in model.model_fields.items()}
+    to_alias = _ALIASES
     parts = []
     for item in loc:
         if isinstance(item, int):
@@ -152,6 +151,8 @@ def _field_path(loc: tuple[Any, ...]) -> str:
 
 
 _MODELS = (CheckpointSpec, RestartStrategySpec, ResourcesSpec, StreamJobSpec, Metadata, StreamJob)
+# Python field name -> the manifest's (camelCase) name, for error messages.
+_ALIASES = {name: f.alias or name for model in _MODELS for name, f in model.model_fields.items()}
 
 
 def parse_manifest(data: object) -> StreamJob:

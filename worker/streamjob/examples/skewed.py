@@ -13,7 +13,7 @@ from typing import Any
 
 from streamjob import Pipeline
 from streamjob.connectors import FileSink, GeneratorSource
-from streamjob.examples.wordcount import MULTIPLIER
+from streamjob.examples.wordcount import word_of
 
 
 def build(args: dict[str, Any]) -> Pipeline:
@@ -22,12 +22,10 @@ def build(args: dict[str, Any]) -> Pipeline:
     hot = int(args.get("hot_percent", 50))
     cost = float(args.get("cost", 0))
     rate = float(args.get("rate", 0))
-    vocab = [f"w{i}" for i in range(words)]
+    plain = word_of(words)
 
     def word(g: int) -> str:
-        if g % 100 < hot:
-            return "hot"
-        return vocab[((g * MULTIPLIER) & 0xFFFFFFFF) % words]
+        return "hot" if g % 100 < hot else plain(g)
 
     seen = [0]
 

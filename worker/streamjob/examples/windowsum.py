@@ -16,16 +16,17 @@ from typing import Any
 
 from streamjob import Pipeline
 from streamjob.connectors import FileSink, GeneratorSource
-from streamjob.examples.wordcount import MULTIPLIER
+from streamjob.examples.wordcount import word_of
 
 WINDOW_MS = 1000
 
 
 def expected_sums(records: int, words: int, events_per_second: int) -> dict[tuple[int, str], int]:
     sums: dict[tuple[int, str], int] = defaultdict(int)
+    word = word_of(words)
     for g in range(records):
         start = (g * 1000 // events_per_second) // WINDOW_MS * WINDOW_MS
-        sums[(start, f"w{((g * MULTIPLIER) & 0xFFFFFFFF) % words}")] += g % 100
+        sums[(start, word(g))] += g % 100
     return dict(sums)
 
 
@@ -42,10 +43,10 @@ def build(args: dict[str, Any]) -> Pipeline:
     output = str(args.get("output", "output"))
     if words < 1 or eps < 1:
         raise ValueError("words and events_per_second must be at least 1")
-    vocab = [f"w{i}" for i in range(words)]
+    word = word_of(words)
 
     def event(g: int) -> tuple[int, str, int]:
-        return (g * 1000 // eps, vocab[((g * MULTIPLIER) & 0xFFFFFFFF) % words], g % 100)
+        return (g * 1000 // eps, word(g), g % 100)
 
     p = Pipeline()
     (p.source(GeneratorSource(records=records, fn=event, rate=rate), "Source: events")

@@ -8,6 +8,7 @@ a duplicate means a replay leaked out, a gap means data was lost.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from streamjob import Pipeline
@@ -18,6 +19,16 @@ MULTIPLIER = 2654435761
 
 def word_index(g: int, words: int) -> int:
     return ((g * MULTIPLIER) & 0xFFFFFFFF) % words
+
+
+def word_of(words: int) -> Callable[[int], str]:
+    """The generator function of the examples and benchmarks: record g -> its word."""
+    vocab = [f"w{i}" for i in range(words)]
+
+    def word(g: int) -> str:
+        return vocab[((g * MULTIPLIER) & 0xFFFFFFFF) % words]
+
+    return word
 
 
 def expected_counts(records: int, words: int) -> Counter[str]:
@@ -35,13 +46,8 @@ def build(args: dict[str, Any]) -> Pipeline:
     output = str(args.get("output", "output"))
     if words < 1:
         raise ValueError("words must be at least 1")
-    vocab = [f"w{i}" for i in range(words)]
-
-    def word(g: int) -> str:
-        return vocab[((g * MULTIPLIER) & 0xFFFFFFFF) % words]
-
     p = Pipeline()
-    (p.source(GeneratorSource(records=records, fn=word, rate=rate), "Source: words")
+    (p.source(GeneratorSource(records=records, fn=word_of(words), rate=rate), "Source: words")
       .key_by(str)
       .count()
       .map(lambda kv: f"{kv[0]} {kv[1]}", "Format")
