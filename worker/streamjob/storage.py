@@ -126,7 +126,14 @@ class LocalStorage:
 
 
 def open_storage(uri: str) -> Storage:
-    """The backend for a storage URI: ``file://PATH`` or ``s3://bucket/prefix``."""
+    """The backend for a storage URI: ``file://PATH`` or ``s3://bucket/prefix`` (wrapped in
+    fault points when a test asks for storage faults)."""
+    from streamjob import faults
+
+    return faults.wrap(_open_backend(uri))
+
+
+def _open_backend(uri: str) -> Storage:
     if uri.startswith("file://"):
         return LocalStorage(uri.removeprefix("file://") or ".")
     if uri.startswith("s3://"):
