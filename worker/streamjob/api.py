@@ -33,6 +33,17 @@ def _error(status: int, reason: str) -> web.Response:
     return web.json_response({"error": reason, "message": reason}, status=status)
 
 
+async def _refuse(request: web.Request, status: int, reason: str) -> web.StreamResponse:
+    """Answer and hang up: a body the client may still be sending is never read."""
+    response = _error(status, reason)
+    response.force_close()
+    if request.can_read_body and not request.content.is_eof():
+        await response.prepare(request)
+        await response.write_eof()
+        request.protocol.force_close()  # no lingering read of the rest of the body
+    return response
+
+
 class _OneLine(logging.LoggerAdapter):
     """aiohttp logs malformed requests with a traceback; one line is enough."""
 
@@ -49,6 +60,34 @@ class _Refused(asyncio.Protocol):
         transport.close()
 
 
+class _Counted(asyncio.Protocol):
+    """aiohttp's protocol for one connection, counted from accept to close (aiohttp's own
+    list of connections misses those accepted in the same loop iteration)."""
+
+    def __init__(self, inner: Any, server: ApiServer):
+        self.inner, self.server = inner, server
+        server.open_connections += 1
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.open_connections -= 1
+        self.inner.connection_lost(exc)
+
+
 class ApiServer:
     def __init__(self, coordinator: Any, bind: str, port: int, token: str | None,
                  max_body: int | None = None, timeout: float | None = None,
@@ -63,6 +102,7 @@ class ApiServer:
         self._expected = f"Bearer {token}".encode()
         self.runner: web.AppRunner | None = None
         self.server: asyncio.AbstractServer | None = None
+        self.open_connections = 0
 
     async def start(self) -> None:
         app = web.Application(middlewares=[self._guard], client_max_size=self.max_body)
@@ -77,9 +117,9 @@ class ApiServer:
         assert http is not None
 
         def protocol() -> asyncio.BaseProtocol:
-            if len(http.connections) >= self.max_connections:
+            if self.open_connections >= self.max_connections:
                 return _Refused()
-            return http()
+            return _Counted(http(), self)
 
         self.server = await asyncio.get_running_loop().create_server(
             protocol, self.bind, self.port)
@@ -96,21 +136,16 @@ class ApiServer:
         # Before anything of the body is read: the token, then the declared size.
         auth = request.headers.get("Authorization", "").encode()
         if not hmac.compare_digest(auth, self._expected):
-            response = _error(401, "unauthorized")
-            response.force_close()
-            return response
+            return await _refuse(request, 401, "unauthorized")
         if request.content_length is not None and request.content_length > self.max_body:
-            response = _error(413, f"request body above {self.max_body} bytes")
-            response.force_close()
-            return response
+            return await _refuse(request, 413, f"request body above {self.max_body} bytes")
         try:
             return await handler(request)
         except web.HTTPException as err:
-            return _error(err.status, err.reason)
+            return await _refuse(request, err.status, err.reason)
         except TimeoutError:
-            response = _error(408, f"request body not received within {self.timeout:g} s")
-            response.force_close()
-            return response
+            return await _refuse(request, 408, f"request body not received within "
+                                                f"{self.timeout:g} s")
         except Exception as err:  # noqa: BLE001 - one line, the API stays up
             log.warning("%s %s failed: %s: %s", request.method, request.path,
                         type(err).__name__, err)
