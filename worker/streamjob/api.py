@@ -16,6 +16,7 @@ import asyncio
 import hmac
 import json
 import logging
+import sys
 from typing import Any
 
 from aiohttp import web
@@ -45,12 +46,20 @@ async def _refuse(request: web.Request, status: int, reason: str) -> web.StreamR
 
 
 class _OneLine(logging.LoggerAdapter):
-    """aiohttp logs malformed requests with a traceback; one line is enough."""
+    """aiohttp logs malformed requests with a traceback over many lines; one line is enough."""
+
+    def log(self, level: int, msg: Any, *args: Any, exc_info: Any = None, **kwargs: Any) -> None:
+        if not self.isEnabledFor(level):
+            return
+        text = str(msg) % args if args else str(msg)
+        if exc_info is True:
+            exc_info = sys.exc_info()[1]
+        if isinstance(exc_info, BaseException):
+            text += f": {type(exc_info).__name__}: {exc_info}"
+        self.logger.log(level, "%s", " ".join(text.split())[:300])
 
     def exception(self, msg: Any, *args: Any, exc_info: Any = True, **kwargs: Any) -> None:
-        why = f": {type(exc_info).__name__}: {exc_info}" if isinstance(exc_info,
-                                                                         BaseException) else ""
-        self.logger.warning(f"{msg}{why}"[:300], *args)
+        self.log(logging.WARNING, msg, *args, exc_info=exc_info)
 
 
 class _Refused(asyncio.Protocol):

@@ -98,7 +98,7 @@ async def read_frame(reader: asyncio.StreamReader,
 
 
 def _why(err: BaseException) -> str:
-    return f"{type(err).__name__}: {err}"[:200]
+    return (f"{type(err).__name__}: {err}" if str(err) else type(err).__name__)[:200]
 
 
 # -- authentication first ------------------------------------------------------------------
