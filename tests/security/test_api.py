@@ -125,3 +125,24 @@ def test_malformed_http_is_one_log_line(api, caplog):
             s.close()
     assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records]
     assert _raw(base, "GET", "/api/v1/job", TOKEN)[0] == 200
+
+
+def test_half_sent_body_gets_408_within_the_timeout():
+    async def scenario():
+        server = ApiServer(FakeCoordinator(), "127.0.0.1", 0, TOKEN, timeout=1)
+        await server.start()
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(b"POST /api/v1/savepoints HTTP/1.1\r\nHost: x\r\n"
+                         b"Authorization: Bearer " + TOKEN.encode() +
+                         b"\r\nContent-Length: 100\r\n\r\n{")
+            answer = await asyncio.wait_for(reader.read(), 30)  # until the server hangs up
+            writer.close()
+            return answer
+        finally:
+            await server.stop()
+
+    answer = asyncio.run(scenario())
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408"), answer
+    assert json.loads(body)["message"] == "request body not received within 1 s"
