@@ -64,7 +64,8 @@ def test_api_against_a_real_run(run_job, tmp_path):
                          ("/api/v1/nothing", "GET")):
         for bad in (None, "wrong", token + "x", ""):
             code, body = call(port, path, bad, method, {} if method == "POST" else None)
-            assert (code, body) == (401, {"error": "unauthorized"}), (path, bad)
+            assert (code, body) == (401, {"error": "unauthorized",
+                                           "message": "unauthorized"}), (path, bad)
 
     # -- job status
     code, st = call(port, "/api/v1/job", token)

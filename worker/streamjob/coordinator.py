@@ -10,7 +10,6 @@ restarted coordinator finds where to resume by listing it.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import os
@@ -176,18 +175,11 @@ class Coordinator:
                          writer: asyncio.StreamWriter) -> None:
         conn: WorkerConn | None = None
         try:
-            kind, payload = await wire.read_frame(reader)
-            hello = wire.unpack_control(payload)
-            if hello["type"] != "HELLO" or not 0 <= hello["worker"] < self.p:
-                writer.close()
+            # Authentication first: a small HELLO within a timeout (wire.read_control_hello).
+            hello = await wire.read_control_hello(reader, writer, self.worker_token, self.p)
+            if hello is None:
                 return
             index = hello["worker"]
-            if self.worker_token and not hmac.compare_digest(
-                    str(hello.get("token", "")).encode(), self.worker_token.encode()):
-                log.warning("refused a worker connection from %s: wrong or missing token",
-                            writer.get_extra_info("peername"))
-                writer.close()
-                return
             host = hello.get("host") or writer.get_extra_info("peername")[0]
             old = self.workers.get(index)
             conn = WorkerConn(index, writer, host, hello["port"], hello.get("pid"))

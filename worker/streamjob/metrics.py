@@ -3,7 +3,10 @@
 Workers expose counters read from their subtasks when scraped (nothing is done per record):
 records in/out and time spent backpressured, per task and subtask. The coordinator exposes
 checkpoint durations, sizes and alignment times, the last completed checkpoint, restarts.
-Served with prometheus-client's HTTP server on ``--metrics-port`` (off unless given).
+Served with prometheus-client's HTTP server on ``--metrics-port`` (off unless given), without
+authentication (as Prometheus expects), on the process's ``--bind`` address: 127.0.0.1 unless
+told otherwise, so only this machine can read them (in Kubernetes pods bind 0.0.0.0 and the
+job's NetworkPolicy decides who may scrape).
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ class WorkerCollector:
 
 
 def serve_worker_metrics(port: int, runners: Callable[[], Iterable[Any]], worker: int,
-                         bind: str = "0.0.0.0") -> CollectorRegistry:
+                         bind: str = "127.0.0.1") -> CollectorRegistry:
     registry = CollectorRegistry()
     registry.register(WorkerCollector(runners, worker))
     start_http_server(port, addr=bind, registry=registry)
@@ -81,5 +84,5 @@ class CoordinatorMetrics:
             for t in timings:
                 self.alignment.labels(task).observe(t.get("alignment_ms", 0) / 1000)
 
-    def serve(self, port: int, bind: str = "0.0.0.0") -> None:
+    def serve(self, port: int, bind: str = "127.0.0.1") -> None:
         start_http_server(port, addr=bind, registry=self.registry)

@@ -11,7 +11,6 @@ whoever runs it (``streamjob run`` or the operator) starts a new one.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import os
 import signal
@@ -233,18 +232,11 @@ class Worker:
 
     async def _on_data_connection(self, reader: asyncio.StreamReader,
                                   writer: asyncio.StreamWriter) -> None:
-        try:
-            kind, payload = await wire.read_frame(reader)
-            if kind != wire.HELLO:
-                raise wire.ProtocolError("data channel did not start with HELLO")
-            attempt, task_index, sender, token = wire.unpack_batch(payload)
-            if not hmac.compare_digest(str(token).encode(), self.token.encode()):
-                raise wire.ProtocolError("data channel with a wrong token")
-        except (asyncio.IncompleteReadError, ConnectionError, ValueError):
-            log.warning("worker %d: refused a data connection from %s", self.index,
-                        writer.get_extra_info("peername"))
-            writer.close()
+        # Authentication first: a small HELLO within a timeout (wire.read_data_hello).
+        hello = await wire.read_data_hello(reader, writer, self.token)
+        if hello is None:
             return
+        attempt, task_index, sender = hello
         limit_socket_buffers(writer)
         self._attach(attempt, task_index, sender, reader, writer)
 
@@ -255,7 +247,7 @@ class Worker:
             self.parked.append((attempt, task_index, sender, reader, writer))
             return
         gate = d.gate(task_index)
-        if attempt < d.attempt or gate is None:
+        if attempt < d.attempt or gate is None or sender >= gate.n:
             writer.close()
             return
         d.connections.append(writer)
@@ -265,14 +257,19 @@ class Worker:
                             reader: asyncio.StreamReader) -> None:
         try:
             while True:
-                kind, payload = await wire.read_frame(reader)
+                kind, value = wire.decode_data(*await wire.read_frame(reader))
                 if kind == wire.DATA:
-                    await gate.put_batch(channel, wire.unpack_batch(payload))
+                    await gate.put_batch(channel, value)
                 elif kind == wire.BARRIER:
-                    cid, kind = wire.unpack_batch(payload)
-                    gate.put_barrier(channel, Marker(cid, kind))
-                elif kind == wire.WATERMARK:
-                    gate.put_watermark(channel, wire.unpack_batch(payload))
+                    gate.put_barrier(channel, Marker(*value))
+                else:
+                    gate.put_watermark(channel, value)
+        except wire.ProtocolError as err:
+            # An authenticated peer sent what no peer sends: fail loudly, the job restarts.
+            reason = f"worker {self.index}: bad frame on data channel from subtask {channel}: {err}"
+            log.error("%s", reason)
+            if self.deployment is d:
+                self.send("FAILED", reason=reason)
         except (asyncio.IncompleteReadError, ConnectionError):
             # The sender is gone; the coordinator sees the lost worker and restarts the job.
             return
