@@ -96,13 +96,24 @@ def build(args: dict[str, Any]) -> Pipeline:
     return p
 
 
-def expected_lines(records: int, keys: int = DEFAULT_KEYS, n: int = DEFAULT_N) -> set[str]:
+def consumed(g: int, positions: dict[int, int] | None) -> bool:
+    """Whether record g was read by sources at ``positions`` (split -> records read from it,
+    as recorded in a checkpoint or savepoint); all records when ``positions`` is None."""
+    return positions is None or g // SPLITS < positions.get(g % SPLITS, 0)
+
+
+def expected_lines(records: int, keys: int = DEFAULT_KEYS, n: int = DEFAULT_N,
+                   positions: dict[int, int] | None = None) -> set[str]:
+    """Every line exactly-once output holds after all ``records`` (or, with ``positions``,
+    after the records read up to those source positions)."""
     _check_args(keys, n)
     out = set()
     for k in range(min(keys, records)):
         last: list[int] = []
         total = 0
         for i, g in enumerate(range(k, records, keys), start=1):
+            if not consumed(g, positions):
+                break  # one key, one split: the records read are a prefix
             last.append(g)
             del last[:-n]
             total += g
@@ -111,8 +122,9 @@ def expected_lines(records: int, keys: int = DEFAULT_KEYS, n: int = DEFAULT_N) -
 
 
 def check_output(folder: str, records: int, keys: int = DEFAULT_KEYS,
-                 n: int = DEFAULT_N) -> dict[str, Any]:
-    """Compare committed ``part-*`` lines with what exactly-once must produce.
+                 n: int = DEFAULT_N, positions: dict[int, int] | None = None) -> dict[str, Any]:
+    """Compare committed ``part-*`` lines with what exactly-once must produce (with
+    ``positions``: what must be committed when the sources stopped there, e.g. a savepoint).
 
     Same report as :func:`streamjob.examples.wordcount.check_output`: ``duplicates`` (a line
     committed twice), ``missing`` (an expected line absent), ``unexpected`` (a line that
@@ -123,7 +135,7 @@ def check_output(folder: str, records: int, keys: int = DEFAULT_KEYS,
     for part in sorted(Path(folder).glob("part-*")):
         with open(part, encoding="utf-8") as f:
             seen.update(line.rstrip("\n") for line in f)
-    expected = expected_lines(records, keys, n)
+    expected = expected_lines(records, keys, n, positions)
     return {
         "lines": sum(seen.values()),
         "duplicates": sum(c - 1 for c in seen.values() if c > 1),
