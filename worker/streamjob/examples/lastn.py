@@ -144,6 +144,27 @@ def check_output(folder: str, records: int, keys: int = DEFAULT_KEYS,
     }
 
 
+def check_at_least_once(folder: str, records: int, keys: int = DEFAULT_KEYS) -> dict[str, Any]:
+    """The at-least-once rule: every record reached the output (``gaps``: records g with no
+    committed line of key ``k<g % keys>`` ending in g); replays are allowed and counted
+    (``overcount``: committed lines beyond one per record)."""
+    from pathlib import Path
+
+    _check_args(keys, DEFAULT_N)
+    ends: set[tuple[str, int]] = set()
+    lines = 0
+    for part in sorted(Path(folder).glob("part-*")):
+        with open(part, encoding="utf-8") as f:
+            for text in f:
+                fields = text.split()
+                lines += 1
+                if len(fields) == 4 and fields[3]:
+                    ends.add((fields[0], int(fields[3].rsplit(",", 1)[-1])))
+    key = key_of(keys)
+    gaps = sum(1 for g in range(records) if (key(g), g) not in ends)
+    return {"lines": lines, "gaps": gaps, "overcount": max(0, lines - records)}
+
+
 if __name__ == "__main__":
     import json
     import sys
