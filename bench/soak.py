@@ -342,8 +342,7 @@ def main() -> int:
         kills = ["worker"] * w + ["coordinator"] * c
         rng.shuffle(kills)
         cfg = configs[i % len(configs)]
-        storage = storages[(i // len(configs)) % len(storages)] if len(storages) > 1 \
-            else storages[0]
+        storage = storages[(i + i // len(configs)) % len(storages)]
         res, _ = one_run(i, base, cfg, storage, kills, i % 3 == 2, rng, opts.run_seconds,
                          opts.hang_seconds)
         worker_left -= res.worker_kills
