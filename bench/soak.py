@@ -245,7 +245,7 @@ def one_run(i: int, base: Path, cfg: tuple[str, str, int], storage_kind: str,
     faults = None
     if outage:
         seconds = rng.choice((2, 3))
-        rules = [f"storage.put=outage:{seconds},skip={rng.randint(4, 40)}"]
+        rules = [f"storage.put=outage:{seconds},skip={rng.randint(2, 12)}"]
         if rng.random() < 0.4:
             rules.append(f"storage.get=outage:{seconds}")   # restores during the outage
         faults = ";".join(rules)
