@@ -29,6 +29,7 @@ pytestmark = pytest.mark.integration
 RECORDS, WORDS = 120_000, 500     # wordcount
 LRECORDS, KEYS = 100_000, 256     # lastn
 RATE = 30_000                     # records/s: each job runs for a few seconds
+SP_RATE = 12_000                  # slower where a savepoint request must find it running
 LASTN = "streamjob.examples.lastn:build"
 
 
@@ -171,7 +172,8 @@ def test_coordinator_killed_after_savepoint_metadata(run_job, tmp_path):
     """Savepoint (no stop) written, coordinator dies before answering: the job goes on from
     its checkpoints and ends with exact output; the savepoint is never a reason to stop."""
     point = "coordinator.after-savepoint-metadata"
-    job = run_job(LASTN, name="lastn", args={"records": LRECORDS, "keys": KEYS, "rate": RATE},
+    job = run_job(LASTN, name="lastn",
+                  args={"records": LRECORDS, "keys": KEYS, "rate": SP_RATE},
                   env=fault_env(tmp_path, f"{point}=kill"))
     job.wait_for(running_with_checkpoint, what="first checkpoint")
     out = savepoint_cmd(job, stop=False)
@@ -203,7 +205,7 @@ def test_coordinator_killed_after_stop_savepoint_stays_stopped(run_job, tmp_path
     was acknowledged (URI printed) stays stopped: the run ends STOPPED with exactly the output
     the savepoint covers, and resuming from it (at p=3) ends with exact output."""
     point = "coordinator.after-stop-savepoint"
-    args = {"records": LRECORDS, "keys": KEYS, "rate": RATE}
+    args = {"records": LRECORDS, "keys": KEYS, "rate": SP_RATE}
     job = run_job(LASTN, name="lastn", args=args, env=fault_env(tmp_path, f"{point}=kill"))
     job.wait_for(lambda s: running_with_checkpoint(s) and s.get("records_in", 0) > LRECORDS // 4,
                  what="a quarter done")
@@ -251,7 +253,7 @@ def test_worker_killed_during_restore(run_job, tmp_path):
     """A worker dies while loading its state (here: restoring a savepoint at p=2 from p=2):
     the next attempt restores again from the same point."""
     point = "worker.during-restore"
-    args = {"records": LRECORDS, "keys": KEYS, "rate": RATE}
+    args = {"records": LRECORDS, "keys": KEYS, "rate": SP_RATE}
     first = run_job(LASTN, name="lastn", args=args)
     first.wait_for(lambda s: running_with_checkpoint(s) and
                    s.get("records_in", 0) > LRECORDS // 3, what="a third done")
@@ -259,7 +261,8 @@ def test_worker_killed_during_restore(run_job, tmp_path):
     uri = savepoint_uri(out)
     assert uri is not None, out.stderr
     assert first.wait() == 0, first.output()[-3000:]
-    job = run_job(LASTN, name="lastn2", args=args, extra=["--from-savepoint", uri],
+    job = run_job(LASTN, name="lastn2", args={**args, "rate": RATE},
+                  extra=["--from-savepoint", uri],
                   env=fault_env(tmp_path, f"{point}=kill"))
     s = finish(job, tmp_path, point)
     assert_fired(tmp_path, point, job)
