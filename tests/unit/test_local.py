@@ -158,6 +158,30 @@ def test_cleaning_removes_stale_status_and_token(tmp_path):
     assert not (folder.path / "api-token").exists()
 
 
+def test_cleaning_kills_processes_left_over_from_the_run_by_their_recorded_pids(tmp_path):
+    import subprocess
+    import sys
+
+    folder = _folder(tmp_path, None, None)
+    manifest = str(folder.path / "job.yaml")
+    # Looks like a worker of that run (its command line names the run's job.yaml) ...
+    stale = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)",
+                              "streamjob", "worker", "--manifest", manifest])
+    # ... and an unrelated process that got a recorded pid: left alone.
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        (folder.path / "run.json").write_text(json.dumps({
+            "job_id": "wc-1", "state": "running",
+            "pids": {"coordinator": other.pid, "workers": [stale.pid]}}))
+        folder.clean(folder.previous())
+        assert stale.wait(10) == -9
+        assert other.poll() is None
+    finally:
+        for proc in (stale, other):
+            proc.kill()
+            proc.wait()
+
+
 def test_unwritable_storage_fails_the_probe_in_one_line():
     with pytest.raises(StorageError) as err:
         local.probe_storage(LocalStorage("/proc/streamjob-probe"),
