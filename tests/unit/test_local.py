@@ -30,6 +30,17 @@ def test_progress_restarts_count_each_restart_once(lives, total):
     assert local.total_restarts(lives) == total
 
 
+@pytest.mark.parametrize(("status", "lives", "shown"), [
+    # The coordinator persists both counts: they are the whole truth (no double counting).
+    ({"restarts": 3, "coordinator_restarts": 2}, [(0, 1), (1, 3)], 5),
+    ({"restarts": 0, "coordinator_restarts": 1}, [(0, 0), (0, 0)], 1),
+    # An older coordinator: the supervisor adds up what it saw.
+    ({"restarts": 1}, [(0, 2), (0, 1)], 4),
+])
+def test_progress_restarts_prefer_the_coordinators_persisted_counts(status, lives, shown):
+    assert local.progress_restarts(status, lives) == shown
+
+
 def _manifest_file(tmp_path: Path) -> Path:
     import yaml
 

@@ -273,7 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--status-file")
     co.add_argument("--from-savepoint")
     co.add_argument("--allow-fresh-start", action="store_true",
-                    help="start from the beginning if no stored checkpoint is readable")
+                    help="start from the beginning when storage holds checkpoints of this job "
+                         "but none can be restored (replaces the job's committed output)")
     co.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
     co.set_defaults(fn=cmd_coordinator)
 

@@ -229,6 +229,17 @@ def total_restarts(lives: list[tuple[int, int] | None]) -> int:
     return total
 
 
+def progress_restarts(status: dict[str, Any], lives: list[tuple[int, int] | None]) -> int:
+    """Restarts for the progress line. A coordinator that persists both counts in storage
+    (``restarts``: job failovers, ``coordinator_restarts``: earlier coordinators of this job
+    id, also those of an earlier ``streamjob run``) is the one source; otherwise the
+    supervisor adds up what it saw (:func:`total_restarts`)."""
+    restarts, coordinator = status.get("restarts"), status.get("coordinator_restarts")
+    if isinstance(restarts, int) and isinstance(coordinator, int):
+        return restarts + coordinator
+    return total_restarts(lives)
+
+
 # -- the supervisor ------------------------------------------------------------------------
 
 
@@ -409,10 +420,10 @@ class LocalRun:
                 last_print = time.monotonic()
                 self.print_progress()
 
-    def restarts(self) -> int:
+    def restarts(self, status: dict[str, Any]) -> int:
         """Job restarts for the progress line: the coordinator's count (persisted across its
-        restarts or not) and the supervisor's coordinator restarts, each counted once."""
-        return total_restarts(self.lives)
+        restarts or not) and the coordinator restarts, each counted once."""
+        return progress_restarts(status, self.lives)
 
     def print_progress(self) -> None:
         s = self.status()
@@ -422,7 +433,7 @@ class LocalRun:
         chk = (f"checkpoint {last['id']} ({last['duration_ms']:.0f} ms, "
                f"{last['size_bytes'] / 1e6:.2f} MB)" if last else "no checkpoint yet")
         _log(f"{s['name']} {s['state']}: {s.get('records_per_second', 0):,.0f} records/s, "
-             f"{s.get('records_in', 0):,} in, last {chk}, restarts {self.restarts()}")
+             f"{s.get('records_in', 0):,} in, last {chk}, restarts {self.restarts(s)}")
 
 
 def _absolute_storage(location: str) -> str:
