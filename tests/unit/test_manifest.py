@@ -122,6 +122,19 @@ def test_exponential_delay_never_overflows():
     assert job.spec.restart_strategy.delay_for(5000) == 30.0
 
 
+def test_an_arg_that_is_not_yaml_is_its_text():
+    assert parse_arg("pattern=[a-z") == ("pattern", "[a-z")
+
+
+def test_a_manifest_that_is_not_text_is_one_line(tmp_path):
+    from streamjob.manifest import load_manifest
+
+    path = tmp_path / "job.yaml"
+    path.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ManifestError, match="is not valid YAML: not UTF-8 text"):
+        load_manifest(path)
+
+
 def test_invalid_yaml_is_one_line_with_its_place(tmp_path):
     from streamjob.manifest import load_manifest
 

@@ -213,7 +213,12 @@ def parse_arg(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise ManifestError(f"--arg {text!r} must look like key=value")
-    return key, yaml.safe_load(value) if value else ""
+    if not value:
+        return key, ""
+    try:
+        return key, yaml.safe_load(value)
+    except yaml.YAMLError:
+        return key, value  # not YAML (``pattern=[a-z``): the text as written
 
 
 def import_pipeline(spec: StreamJobSpec, search_path: str | Path | None = None):
