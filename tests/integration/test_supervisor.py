@@ -161,3 +161,26 @@ def test_failing_user_code_logs_one_full_traceback_per_worker(run_job):
     assert out.count("Traceback (most recent call last)") <= 2, out
     assert "(again, " in out
     assert len(out.splitlines()) < 80, out
+
+
+def test_progress_restarts_keep_counting_across_a_coordinator_restart(run_job):
+    import re
+
+    job = run_job(args={"records": 400_000, "words": WORDS, "rate": 25_000})
+    job.wait_for(lambda s: s.get("state") == "RUNNING" and s.get("last_checkpoint"),
+                 what="a checkpoint")
+    os.kill(job.workers()[0], signal.SIGKILL)
+    job.wait_for(lambda s: s.get("restarts", 0) >= 1 and s.get("state") == "RUNNING",
+                 what="the job restarted once")
+    old = job.coordinator()
+    os.kill(old, signal.SIGKILL)
+    job.wait_for(lambda s: s.get("coordinator", {}).get("pid") not in (None, old)
+                 and s.get("state") == "RUNNING", what="a new coordinator running")
+    assert job.wait() == 0, job.output()
+    after = job.output().split("the coordinator exited with code", 1)[1]
+    shown = [int(n) for n in re.findall(r"restarts (\d+)", after)]
+    assert shown, job.output()
+    # One worker failover and one coordinator restart: 2, not 1 (the new coordinator counts
+    # from 0) nor 3 (a coordinator that persists its count, added again).
+    assert shown[-1] == 2, job.output()
+    assert_exactly_once(job.cwd / "output", 400_000, WORDS)
