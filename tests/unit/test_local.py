@@ -298,6 +298,37 @@ def test_allow_fresh_start_reaches_the_coordinator_command(tmp_path, monkeypatch
     assert commands[1][-1] == "--allow-fresh-start"
 
 
+class _Proc:
+    def __init__(self, pid: int, code: int | None):
+        self.pid, self.returncode = pid, code
+
+    def poll(self):
+        return self.returncode
+
+
+@pytest.mark.parametrize(("state", "restarted"), [
+    ("RUNNING", [0, 1]), ("RESTARTING", [0, 1]), ("CREATED", [0, 1]),
+    ("FINISHED", []), ("STOPPED", []), ("FAILED", []),
+])
+def test_a_worker_that_exits_is_restarted_unless_the_coordinator_says_the_job_is_over(
+        tmp_path, state, restarted):
+    from streamjob.manifest import parse_manifest
+
+    job = parse_manifest({"apiVersion": "streamjob.dev/v1alpha1", "kind": "StreamJob",
+                          "metadata": {"name": "wc"}, "spec": {"pipeline": "m:build"}})
+    run = local.LocalRun(job, tmp_path, tmp_path, "wc-1", None)
+    run.coordinator = _Proc(100, None)
+    # Exit 0 (a worker SIGTERMed by someone) is no proof that the job is over, nor is 3.
+    run.workers = {0: _Proc(101, 0), 1: _Proc(102, 3), 2: _Proc(103, None)}
+    (tmp_path / "status.json").write_text(json.dumps({"state": state,
+                                                      "coordinator": {"pid": 100}}))
+    assert run.workers_to_restart() == restarted
+    # A status of an earlier coordinator says nothing about this one.
+    (tmp_path / "status.json").write_text(json.dumps({"state": "FINISHED",
+                                                      "coordinator": {"pid": 99}}))
+    assert run.workers_to_restart() == [0, 1]
+
+
 # -- repeated failures of user code ---------------------------------------------------------
 
 def test_a_repeated_failure_is_logged_in_full_once_then_one_line_each(caplog):

@@ -110,13 +110,12 @@ def supervisor_running(run_dir: Path) -> bool:
 
 
 def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, dead but not yet reaped, does not)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
         return False
-    except PermissionError:
-        return True
-    return True
+    return state not in ("Z", "X")
 
 
 class RunFolder:
@@ -331,7 +330,7 @@ class LocalRun:
         if status and self.coordinator is not None and \
                 status.get("coordinator", {}).get("pid") == self.coordinator.pid:
             restarts = status.get("restarts", 0)
-            if isinstance(restarts, int):
+            if isinstance(restarts, int) and self.lives:
                 life = self.lives[-1]
                 self.lives[-1] = (restarts if life is None else life[0], restarts)
         return status
@@ -342,6 +341,11 @@ class LocalRun:
         return bool(status and status.get("coordinator", {}).get("pid") ==
                     (self.coordinator.pid if self.coordinator else None)
                     and status.get("state") in OVER)
+
+    def workers_to_restart(self) -> list[int]:
+        """Workers that exited, whatever their exit code, while the job is not over."""
+        exited = [i for i, proc in self.workers.items() if proc.poll() is not None]
+        return exited if exited and not self.job_over() else []
 
     def stop_workers(self, timeout: float = 5.0) -> None:
         deadline = time.monotonic() + timeout
@@ -411,8 +415,8 @@ class LocalRun:
                 continue
             # Any worker that exits while the job is not over is restarted, whatever its exit
             # code: only the coordinator's state says the job is over.
-            exited = [i for i, proc in self.workers.items() if proc.poll() is not None]
-            if exited and not self.job_over():
+            exited = self.workers_to_restart()
+            if exited:
                 now = time.monotonic()
                 for i in exited:
                     self._restart_worker_when_due(i, now)
