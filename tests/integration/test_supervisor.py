@@ -43,7 +43,8 @@ def _gone(pids: list[int], timeout: float = 30) -> None:
     raise AssertionError(f"processes {alive} outlived their supervisor")
 
 
-def test_rerun_after_the_supervisor_was_killed_resumes_the_same_job_exactly_once(run_job):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_rerun_after_the_supervisor_was_killed_resumes_the_same_job_exactly_once(run_job, sig):
     job = run_job(args={"records": RECORDS, "words": WORDS, "rate": 25_000})
     first = job.wait_for(lambda s: s.get("state") == "RUNNING" and
                          (s.get("last_checkpoint") or {}).get("id", 0) >= 2,
@@ -52,8 +53,9 @@ def test_rerun_after_the_supervisor_was_killed_resumes_the_same_job_exactly_once
     run_dir = job.cwd / ".streamjob/runs" / job.name
     assert stat.S_IMODE(run_dir.stat().st_mode) == 0o700
     assert stat.S_IMODE((run_dir / "api-token").stat().st_mode) == 0o600
-    job.proc.send_signal(signal.SIGKILL)  # its children die with it (PDEATHSIG)
-    job.proc.wait()
+    # SIGKILL: its children die with it (PDEATHSIG); SIGINT (Ctrl-C): it kills them and exits.
+    job.proc.send_signal(sig)
+    assert job.proc.wait(60) == (-9 if sig == signal.SIGKILL else 130)
     _gone(kids)
     assert json.loads((run_dir / "run.json").read_text())["state"] == "running"
 
