@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import http.client
+import inspect
 import json
 import logging
 import os
 import signal
 import sys
+import traceback
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -41,7 +44,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     overrides = dict(parse_arg(a) for a in args.arg)
     return run_local(args.manifest, overrides, args.parallelism, args.checkpoint_dir,
-                     args.from_savepoint, progress=not args.quiet)
+                     args.from_savepoint, progress=not args.quiet,
+                     allow_fresh_start=args.allow_fresh_start)
 
 
 def cmd_coordinator(args: argparse.Namespace) -> int:
@@ -54,8 +58,16 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
     if args.api_token_file:
         token = Path(args.api_token_file).read_text().strip()
     storage = open_storage(job.spec.storage)
+    extra: dict[str, Any] = {}
+    if args.allow_fresh_start:
+        if "allow_fresh_start" in inspect.signature(Coordinator).parameters:
+            extra["allow_fresh_start"] = True
+        else:  # a coordinator that predates the flag starts fresh anyway
+            logging.getLogger("streamjob.coordinator").warning(
+                "--allow-fresh-start: this coordinator has no such setting; ignored")
     coordinator = Coordinator(job, args.job_id, storage, args.bind, args.port, args.status_file,
-                              args.from_savepoint, args.api_port if token else None, token)
+                              args.from_savepoint, args.api_port if token else None, token,
+                              **extra)
     if args.metrics_port is not None:
         coordinator.metrics.serve(args.metrics_port, args.bind)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
@@ -76,16 +88,35 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _local_api(name: str) -> tuple[str, str]:
-    run_dir = Path(".streamjob/runs") / name
+    """Address and token of the coordinator API of the local job ``name`` run from this
+    folder, or ManifestError saying (in one line) why there is none to talk to right now."""
+    from streamjob.local import OVER, RUNS, read_json, supervisor_running
+
+    run_dir = RUNS / name
+    if not run_dir.is_dir():
+        raise ManifestError(f"no local job named {name!r} was run here ({run_dir} not found)")
+    info = read_json(run_dir / "run.json") or {}
+    status = read_json(run_dir / "status.json") or {}
+    ours = not info.get("job_id") or status.get("job_id") == info["job_id"]
+    state = status.get("state") if ours else None  # None: no status of this run yet
+    if not supervisor_running(run_dir):
+        if info.get("state", "running") != "running" or state in OVER:
+            ended = state if state in OVER else str(info.get("state")).upper()
+            raise ManifestError(f"job {name!r} is {ended}, not running")
+        raise ManifestError(f"job {name!r} is not running: its streamjob run (pid "
+                            f"{info.get('supervisor_pid', '?')}) is gone; run the same "
+                            f"command again to resume {info.get('job_id', 'it')} from its "
+                            "latest checkpoint")
+    if state in OVER:
+        raise ManifestError(f"job {name!r} is {state}, not running")
+    port = status.get("coordinator", {}).get("api_port")
     try:
-        status = json.loads((run_dir / "status.json").read_text())
         token = (run_dir / "api-token").read_text().strip()
     except OSError:
-        raise ManifestError(f"no local job named {name!r} is running here "
-                            f"({run_dir} not found)") from None
-    port = status.get("coordinator", {}).get("api_port")
-    if not port or status.get("state") in ("FINISHED", "FAILED", "STOPPED"):
-        raise ManifestError(f"job {name!r} is {status.get('state')}, not running")
+        token = ""
+    if not port or not token or state is None:
+        raise ManifestError(f"the coordinator of job {name!r} is starting or restarting; "
+                            "try again in a few seconds")
     return f"http://127.0.0.1:{port}", token
 
 
@@ -99,13 +130,21 @@ def api_call(base: str, token: str, method: str, path: str, body: Any = None,
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return json.loads(resp.read())
     except urllib.error.HTTPError as err:
-        detail = json.loads(err.read() or b"{}").get("error", err.reason)
+        try:
+            detail = json.loads(err.read() or b"{}").get("error", err.reason)
+        except (ValueError, AttributeError, OSError):
+            detail = err.reason
         raise ManifestError(f"the coordinator refused: {detail}") from None
 
 
 def cmd_savepoint(args: argparse.Namespace) -> int:
     base, token = _local_api(args.name)
-    result = api_call(base, token, "POST", "/api/v1/savepoints", {"stop": args.stop})
+    try:
+        result = api_call(base, token, "POST", "/api/v1/savepoints", {"stop": args.stop})
+    except (OSError, http.client.HTTPException, ValueError) as err:
+        why = getattr(err, "reason", None) or err
+        raise ManifestError(f"lost the coordinator of job {args.name!r} before it answered "
+                            f"({why}); it may be restarting: try again") from None
     print(f"savepoint {result['id']} ({result['size_bytes']} bytes)", file=sys.stderr)
     print(result["uri"])
     return 0
@@ -150,8 +189,6 @@ def cmd_checkpoints(args: argparse.Namespace) -> int:
 
 def _checkpoints_from_api(args: argparse.Namespace, base: str, token: str,
                           forwarder: Any = None) -> int:
-    import http.client
-
     from streamjob import timeline
 
     def get(path: str) -> Any:
@@ -219,6 +256,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--checkpoint-dir", help="storage for checkpoints (folder or URI)")
     run.add_argument("--from-savepoint", metavar="URI")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    run.add_argument("-v", "--verbose", action="store_true",
+                     help="on an error in the pipeline's code, print its full traceback")
+    run.add_argument("--allow-fresh-start", action="store_true",
+                     help="if the job's storage holds checkpoints but none is readable, start "
+                          "from the beginning instead of failing")
     run.set_defaults(fn=cmd_run)
 
     co = sub.add_parser("coordinator", help="(internal) the coordinator process")
@@ -230,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--api-token-file")
     co.add_argument("--status-file")
     co.add_argument("--from-savepoint")
+    co.add_argument("--allow-fresh-start", action="store_true",
+                    help="start from the beginning when storage holds checkpoints of this job "
+                         "but none can be restored (replaces the job's committed output)")
     co.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
     co.set_defaults(fn=cmd_coordinator)
 
@@ -276,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.fn(args)
     except (ManifestError, PipelineError) as err:
+        if getattr(args, "verbose", False) and err.__cause__ is not None:
+            traceback.print_exception(err.__cause__)
         return _fail(str(err))
     except StorageError as err:
         return _fail(str(err))

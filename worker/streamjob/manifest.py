@@ -17,6 +17,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    Strict,
     ValidationError,
     model_validator,
 )
@@ -37,6 +38,9 @@ def _duration(value: object) -> float:
 
 
 Duration = Annotated[float, BeforeValidator(_duration)]
+# Counts are integers as written: ``parallelism: true`` or ``2.5`` is a mistake, not 1 or 2.
+Int = Annotated[int, Strict()]
+Bool = Annotated[bool, Strict()]
 
 
 class _Strict(BaseModel):
@@ -47,17 +51,17 @@ class CheckpointSpec(_Strict):
     interval: Duration = 10.0
     timeout: Duration = 60.0
     min_pause: Duration = Field(0.0, alias="minPause")
-    max_concurrent: int = Field(1, alias="maxConcurrent", ge=1)
+    max_concurrent: Int = Field(1, alias="maxConcurrent", ge=1)
     mode: Literal["exactly-once", "unaligned", "at-least-once"] = "exactly-once"
     # 0 means "never switch to unaligned" for exactly-once mode.
     aligned_timeout: Duration = Field(0.0, alias="alignedTimeout")
-    tolerable_failures: int = Field(0, alias="tolerableFailures", ge=0)
-    retained: int = Field(1, ge=1)
-    enabled: bool = True
+    tolerable_failures: Int = Field(0, alias="tolerableFailures", ge=0)
+    retained: Int = Field(1, ge=1)
+    enabled: Bool = True
     # Upload only the keys changed since the previous checkpoint (a chain of delta files on
     # top of a full snapshot, compacted every ``maxDeltas``).
-    incremental: bool = False
-    max_deltas: int = Field(10, alias="maxDeltas", ge=1)
+    incremental: Bool = False
+    max_deltas: Int = Field(10, alias="maxDeltas", ge=1)
 
     @model_validator(mode="after")
     def _positive_interval(self) -> CheckpointSpec:
@@ -74,13 +78,18 @@ class RestartStrategySpec(_Strict):
     delay: Duration = 1.0
     initial_delay: Duration = Field(0.1, alias="initialDelay")
     max_delay: Duration = Field(30.0, alias="maxDelay")
-    multiplier: float = Field(2.0, gt=1.0)
-    max_attempts: int = Field(10, alias="maxAttempts", ge=0)
+    multiplier: Annotated[float, Strict()] = Field(2.0, gt=1.0, le=100.0,
+                                                       allow_inf_nan=False)
+    max_attempts: Int = Field(10, alias="maxAttempts", ge=0)
 
     def delay_for(self, attempt: int) -> float:
         """Seconds to wait before restart attempt number ``attempt`` (1-based)."""
         if self.type == "exponential-delay":
-            return min(self.max_delay, self.initial_delay * self.multiplier ** max(0, attempt - 1))
+            try:
+                grown = self.initial_delay * self.multiplier ** max(0, attempt - 1)
+            except OverflowError:
+                grown = self.max_delay
+            return min(self.max_delay, grown)
         return self.delay
 
 
@@ -92,8 +101,8 @@ class ResourcesSpec(_Strict):
 class StreamJobSpec(_Strict):
     pipeline: str
     args: dict[str, Any] = Field(default_factory=dict)
-    parallelism: int = Field(1, ge=1)
-    max_parallelism: int = Field(DEFAULT_MAX_PARALLELISM, alias="maxParallelism", ge=1,
+    parallelism: Int = Field(1, ge=1)
+    max_parallelism: Int = Field(DEFAULT_MAX_PARALLELISM, alias="maxParallelism", ge=1,
                                  le=32768)
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
     storage: str = "file://.streamjob/checkpoints"
@@ -109,8 +118,8 @@ class StreamJobSpec(_Strict):
     upgrade_mode: Literal["savepoint", "last-state", "stateless"] = Field(
         "savepoint", alias="upgradeMode")
     initial_savepoint_path: str | None = Field(None, alias="initialSavepointPath")
-    savepoint_nonce: int | None = Field(None, alias="savepointNonce")
-    restart_nonce: int | None = Field(None, alias="restartNonce")
+    savepoint_nonce: Int | None = Field(None, alias="savepointNonce")
+    restart_nonce: Int | None = Field(None, alias="restartNonce")
 
     @model_validator(mode="after")
     def _parallelism_fits(self) -> StreamJobSpec:
@@ -184,7 +193,12 @@ def load_manifest(path: str | Path, overrides: dict[str, Any] | None = None,
     except OSError as err:
         raise ManifestError(f"cannot read manifest {path}: {err.strerror}") from None
     except yaml.YAMLError as err:
-        raise ManifestError(f"{path} is not valid YAML: {err}") from None
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        what = getattr(err, "problem", None) or " ".join(str(err).split())
+        raise ManifestError(f"{path} is not valid YAML: {what}{where}") from None
+    except UnicodeDecodeError:
+        raise ManifestError(f"{path} is not valid YAML: not UTF-8 text") from None
     if isinstance(data, dict) and isinstance(data.get("spec"), dict):
         spec = data["spec"]
         if overrides:
@@ -199,7 +213,12 @@ def parse_arg(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise ManifestError(f"--arg {text!r} must look like key=value")
-    return key, yaml.safe_load(value) if value else ""
+    if not value:
+        return key, ""
+    try:
+        return key, yaml.safe_load(value)
+    except yaml.YAMLError:
+        return key, value  # not YAML (``pattern=[a-z``): the text as written
 
 
 def import_pipeline(spec: StreamJobSpec, search_path: str | Path | None = None):
@@ -211,9 +230,16 @@ def import_pipeline(spec: StreamJobSpec, search_path: str | Path | None = None):
         sys.path.insert(0, str(search_path))
     try:
         module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise ManifestError(
-            f"spec.pipeline: cannot import module {module_name!r} ({err})") from None
+    except ModuleNotFoundError as err:
+        if err.name and module_name.startswith(err.name) and module_name[len(err.name):][:1] \
+                in ("", "."):
+            raise ManifestError(f"spec.pipeline: cannot import module {module_name!r} "
+                                f"({err})") from err
+        raise ManifestError(f"spec.pipeline: importing module {module_name!r} failed: "
+                            f"{_one_line(err)}") from err
+    except Exception as err:  # noqa: BLE001 - user code: one line, traceback with -v
+        raise ManifestError(f"spec.pipeline: importing module {module_name!r} failed: "
+                            f"{_one_line(err)}") from err
     func = getattr(module, func_name, None)
     if not callable(func):
         raise ManifestError(f"spec.pipeline: module {module_name!r} has no function {func_name!r}")
@@ -221,9 +247,30 @@ def import_pipeline(spec: StreamJobSpec, search_path: str | Path | None = None):
         pipeline = func(dict(spec.args))
     except (KeyError, TypeError, ValueError) as err:
         raise ManifestError(f"spec.args: the pipeline {spec.pipeline!r} rejected its args "
-                            f"({type(err).__name__}: {err})") from None
+                            f"({_one_line(err)})") from err
+    except Exception as err:  # noqa: BLE001 - user code: one line, traceback with -v
+        raise ManifestError(f"spec.pipeline: {spec.pipeline}(args) failed: "
+                            f"{_one_line(err)}") from err
     if not isinstance(pipeline, Pipeline):
         raise ManifestError(f"spec.pipeline: {spec.pipeline!r} returned "
                             f"{type(pipeline).__name__}, not a streamjob.Pipeline")
     pipeline.validate()
     return pipeline
+
+
+def _one_line(err: BaseException) -> str:
+    """``Type: message (file, line n)`` of an exception raised by user code, on one line: where
+    in the user's files it was raised (the last frame outside Python's import machinery)."""
+    import traceback
+
+    text = " ".join(str(err).split()) if not isinstance(err, SyntaxError) else err.msg
+    where = ""
+    if isinstance(err, SyntaxError) and err.filename:
+        where = f" ({Path(err.filename).name}, line {err.lineno})"
+    else:
+        frames = [f for f in traceback.extract_tb(err.__traceback__)
+                  if "importlib" not in f.filename and not f.filename.startswith("<frozen")
+                  and Path(f.filename).name != "manifest.py"]
+        if frames:
+            where = f" ({Path(frames[-1].filename).name}, line {frames[-1].lineno})"
+    return f"{type(err).__name__}: {text}{where}" if text else f"{type(err).__name__}{where}"

@@ -19,7 +19,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from streamjob import wire
+from streamjob import errors, wire
 from streamjob.channels import (
     InputGate,
     LocalChannel,
@@ -208,7 +208,7 @@ class Worker:
         except asyncio.CancelledError:
             raise
         except Exception as err:  # noqa: BLE001 - user code failed: the job restarts
-            log.exception("%s failed", runner.name)
+            errors.log_failure(log, err, "%s failed", runner.name)
             if self.deployment is d:
                 self.send("FAILED", reason=f"{runner.name} failed: {type(err).__name__}: {err}")
 

@@ -1,0 +1,26 @@
+"""Failures that repeat (user code failing at every restart attempt) logged without noise:
+the full traceback the first time, then one line each time the same failure comes back."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+_seen: dict[tuple[str, str, str], int] = {}
+_lock = threading.Lock()
+
+
+def log_failure(log: logging.Logger, err: BaseException, msg: str, *args: object) -> None:
+    """``log.exception(msg, *args)`` the first time this process sees this failure (same
+    message, exception type and text); one ERROR line naming it and its count after that."""
+    text = msg % args if args else msg
+    key = (text, type(err).__name__, str(err))
+    with _lock:
+        if len(_seen) > 1000:  # failures whose text differs each time: keep memory bounded
+            _seen.clear()
+        count = _seen[key] = _seen.get(key, 0) + 1
+    if count == 1:
+        log.error(text, exc_info=err)
+    else:
+        log.error("%s: %s: %s (again, %d times; traceback logged the first time)", text,
+                  type(err).__name__, err, count)
