@@ -55,7 +55,8 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
         token = Path(args.api_token_file).read_text().strip()
     storage = open_storage(job.spec.storage)
     coordinator = Coordinator(job, args.job_id, storage, args.bind, args.port, args.status_file,
-                              args.from_savepoint, args.api_port if token else None, token)
+                              args.from_savepoint, args.api_port if token else None, token,
+                              allow_fresh_start=args.allow_fresh_start)
     if args.metrics_port is not None:
         coordinator.metrics.serve(args.metrics_port, args.bind)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
@@ -230,6 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--api-token-file")
     co.add_argument("--status-file")
     co.add_argument("--from-savepoint")
+    co.add_argument("--allow-fresh-start", action="store_true",
+                    help="start from the beginning when storage holds checkpoints of this job "
+                         "but none can be restored (replaces the job's committed output)")
     co.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
     co.set_defaults(fn=cmd_coordinator)
 
