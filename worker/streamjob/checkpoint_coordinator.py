@@ -137,7 +137,9 @@ class CheckpointCoordinator:
         return pc
 
     def periodic_in_flight(self) -> int:
-        return sum(1 for pc in self.pending.values() if not pc.savepoint)
+        """Checkpoints counted against ``maxConcurrent``: pending and being completed."""
+        return sum(1 for pc in [*self.pending.values(), *self.completing.values()]
+                   if not pc.savepoint)
 
     def stop_in_flight(self) -> bool:
         return any(pc.stop for pc in [*self.pending.values(), *self.completing.values()])
