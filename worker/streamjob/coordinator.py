@@ -207,7 +207,7 @@ class Coordinator:
         self.restarts = int(counters.get("restarts", 0))
         self.coordinator_restarts = int(counters.get("coordinator_starts", 0))
         self.metrics.restarts.set(self.restarts)
-        await self.checkpoints.save_counters(self._counters(starts=1))
+        await self.checkpoints.save_counters(self._counters())
         stop = await self.io(self.checkpoints.read_json, STOP_MARKER)
         if stop is None and self.from_savepoint:
             _, self.savepoint_body = await self.io(ckpt.resolve_savepoint, self.storage,
@@ -216,9 +216,10 @@ class Coordinator:
             log.info("restoring from savepoint %s", self.from_savepoint)
         return stop
 
-    def _counters(self, starts: int = 0) -> dict[str, int]:
-        return {"restarts": self.restarts,
-                "coordinator_starts": self.coordinator_restarts + starts}
+    def _counters(self) -> dict[str, int]:
+        """What ``<job>/coordinator.json`` holds: failovers so far, and coordinator starts
+        including this one (so ``coordinator_restarts`` is one less)."""
+        return {"restarts": self.restarts, "coordinator_starts": self.coordinator_restarts + 1}
 
     async def _honour_stop(self, stop: dict[str, Any]) -> None:
         """A stop-with-savepoint was acknowledged before this coordinator started: make the
