@@ -179,6 +179,11 @@ class CheckpointCoordinator:
         """Runs in the owner: write ``_metadata`` (last), then NOTIFY, then retention."""
         try:
             await self._complete_inner(pc)
+        except Exception as err:  # noqa: BLE001 - never a silent end of a completion
+            log.exception("completion of checkpoint %d failed", pc.checkpoint_id)
+            self._fail_waiters(pc, RuntimeError(f"savepoint {pc.checkpoint_id} failed: {err}"))
+            self.on_failure(f"completion of checkpoint {pc.checkpoint_id} failed: "
+                            f"{type(err).__name__}: {err}")
         finally:
             self.completing.pop(pc.checkpoint_id, None)
 
@@ -193,6 +198,9 @@ class CheckpointCoordinator:
             if pc.savepoint:
                 faults.point("coordinator.after-savepoint-metadata")
             if pc.stop:
+                if pc.attempt != self.attempt():
+                    raise StorageError("the job restarted while the stop savepoint was "
+                                       "written; not stopping")
                 # The stop is acknowledged only once it is durable: a restarted coordinator
                 # finds this marker and stays stopped.
                 await self.io(self.storage.put, f"{self.job_id}/{STOP_MARKER}",
@@ -224,9 +232,10 @@ class CheckpointCoordinator:
         for older in [c for c, o in self.pending.items()
                       if c < pc.checkpoint_id and not o.savepoint and not pc.savepoint]:
             self.abort(older, f"subsumed by checkpoint {pc.checkpoint_id}", count=False)
-        if pc.attempt == self.attempt():
-            if pc.final or pc.stop:
-                self.on_final(pc)
+        current = pc.attempt == self.attempt()
+        if (pc.final and current) or pc.stop:
+            self.on_final(pc)  # a stop whose marker is written is honoured in any attempt
+        if current:
             self.broadcast("NOTIFY", id=pc.checkpoint_id, final=pc.final or pc.stop)
         for fut in pc.waiters:
             if not fut.done():

@@ -350,9 +350,15 @@ class Coordinator:
             self._failover(msg["reason"])
 
     def _on_final(self, pc: PendingCheckpoint) -> None:
-        self.final_id = pc.checkpoint_id
         if pc.stop:
             self.stop_after = pc.checkpoint_id
+            if pc.attempt != self.attempt:
+                # Acknowledged (the marker is written) while a failover was under way.
+                log.warning("stop-with-savepoint %d completed during a restart; stopping",
+                            pc.checkpoint_id)
+                self._spawn(self._stop_after_failure(), "the stop")
+                return
+        self.final_id = pc.checkpoint_id
         self._set_state(js.on_final_checkpoint(self.state))
 
     def _on_all_committed(self) -> None:
