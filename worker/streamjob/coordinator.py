@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
 import os
 import time
@@ -35,6 +34,7 @@ from streamjob.checkpoint_coordinator import (
     PendingCheckpoint,
 )
 from streamjob.jobstate import JobState
+from streamjob.jobstatus import RecordCounter, status_document, write_status_file
 from streamjob.manifest import StreamJob, import_pipeline
 from streamjob.metrics import CoordinatorMetrics
 from streamjob.storage import Storage, StorageError
@@ -100,10 +100,7 @@ class Coordinator:
         self.restore_problems: dict[int, str] = {}
         self.deploying_from: int | None = None
         self.savepoint_body: dict[str, Any] | None = None
-        self.records: dict[int, dict[str, list[int]]] = {}
-        self.records_base = 0  # records read by sources in earlier attempts
-        self.rate = 0.0
-        self._rate_mark: tuple[float, int] | None = None
+        self.records = RecordCounter(self.pipeline.tasks[0].task_id)
         self.done: asyncio.Event | None = None  # created in run(), inside the event loop
         self.exit_code = EXIT_FINISHED
         self.running_since: float | None = None
@@ -160,7 +157,8 @@ class Coordinator:
                 raise
             except Exception as err:  # noqa: BLE001
                 log.exception("%s failed", what)
-                self._failover(f"{what} failed: {type(err).__name__}: {err}")
+                # counted even while waiting (CREATED/RESTARTING): a retry, or FAILED
+                self._failover(f"{what} failed: {type(err).__name__}: {err}", timed_out=True)
         task = asyncio.ensure_future(guarded())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -220,6 +218,12 @@ class Coordinator:
         """What ``<job>/coordinator.json`` holds: failovers so far, and coordinator starts
         including this one (so ``coordinator_restarts`` is one less)."""
         return {"restarts": self.restarts, "coordinator_starts": self.coordinator_restarts + 1}
+
+    async def _save_counters(self) -> None:
+        try:
+            await self.checkpoints.save_counters(self._counters())
+        except Exception as err:  # noqa: BLE001 - a statistic: never a reason to restart
+            log.warning("cannot save the restart count: %s: %s", type(err).__name__, err)
 
     async def _honour_stop(self, stop: dict[str, Any]) -> None:
         """A stop-with-savepoint was acknowledged before this coordinator started: make the
@@ -327,6 +331,10 @@ class Coordinator:
                 self.attempt_running_at = time.time()
                 self.message = (f"running from checkpoint {self.checkpoints.restored_from}"
                                 if self.checkpoints.restored_from else "running")
+                if self.restore_problems:
+                    self.message += " (skipped " + "; ".join(
+                        f"checkpoint {n}: {why}"
+                        for n, why in sorted(self.restore_problems.items())) + ")"
                 log.info("job %s is running (attempt %d)", self.job_id, self.attempt)
                 self._write_status()
         elif t == "ACK":
@@ -341,7 +349,7 @@ class Coordinator:
             if len(self.committed) == self.p and self.final_id is not None:
                 self._on_all_committed()
         elif t == "STATS":
-            self.records[w.index] = msg["tasks"]
+            self.records.on_stats(w.index, msg["tasks"])
         elif t == "FAILED":
             if (self.state is JobState.DEPLOYING and self.deploying_from is not None
                     and is_restore_failure(msg["reason"])):
@@ -394,16 +402,14 @@ class Coordinator:
         self.checkpoints.abort_all("job restarting")
         self.restarts = tr.restarts
         self.metrics.restarts.set(self.restarts)
-        self._spawn(self.checkpoints.save_counters(self._counters()), "saving the counters")
+        self._spawn(self._save_counters(), "saving the counters")
         if tr.action == "fail":
             self.broadcast("CANCEL")
             self._finish(JobState.FAILED, tr.message, EXIT_FAILED)
             return
         self._set_state(tr.state)
         self.message = tr.message
-        # Subtasks of the next attempt count from 0: keep the total cumulative.
-        self.records_base += self._records_now()
-        self.records = {}
+        self.records.new_attempt()
         self.attempt += 1
         self.running.clear()
         self.metrics.running.set(0)
@@ -486,7 +492,8 @@ class Coordinator:
                 self._failover(f"checkpoint clock failed: {type(err).__name__}: {err}")
 
     def _tick_once(self, now: float) -> None:
-        self._update_rate(now)
+        if self.records.update_rate(now):
+            self._write_status()
         self.checkpoints.expire(now)
         limit = js.deadline(self.state, self.cfg.timeout, self.deploy_timeout)
         waited = time.monotonic() - self.state_since
@@ -515,58 +522,8 @@ class Coordinator:
 
     # -- status ------------------------------------------------------------------------------
 
-    def _records_now(self) -> int:
-        """Records read by the sources of the current attempt (from the workers' STATS; a
-        worker sends one just before COMMITTED, so the count is exact at the end)."""
-        first = self.pipeline.tasks[0].task_id
-        return sum(v.get(first, [0, 0])[0] for v in self.records.values())
-
-    def _update_rate(self, now: float) -> None:
-        total = self.records_base + self._records_now()
-        if self._rate_mark is None:
-            self._rate_mark = (now, total)
-        elif now - self._rate_mark[0] >= 1.0:
-            t0, n0 = self._rate_mark
-            self.rate = max(0.0, (total - n0) / (now - t0))
-            self._rate_mark = (now, total)
-            self._write_status()
-
     def status(self) -> dict[str, Any]:
-        c = self.checkpoints
-        completed = [h for h in c.history if h["status"] == "COMPLETED"
-                     and h["kind"] == "checkpoint"]
-        last = completed[-1] if completed else None
-        return {
-            "job_id": self.job_id, "name": self.job.metadata.name,
-            "state": js.public_state(self.state, self.attempt),
-            "scheduler_state": self.state.value,
-            "message": self.message, "parallelism": self.p, "attempt": self.attempt,
-            "restarts": self.restarts, "coordinator_restarts": self.coordinator_restarts,
-            "restored_from": c.restored_from,
-            "skipped_checkpoints": {str(n): why for n, why in
-                                    sorted(self.restore_problems.items())},
-            "records_per_second": round(self.rate, 1),
-            "records_in": self.records_base + self._records_now(),
-            "last_checkpoint": None if last is None else {
-                k: last[k] for k in ("id", "completed_at", "duration_ms", "size_bytes")},
-            "failed_checkpoints": sum(1 for h in c.history if h["status"] == "FAILED"),
-            "savepoints": [{k: s[k] for k in ("id", "path", "completed_at", "size_bytes")}
-                           for s in c.savepoints],
-            "coordinator": {"port": self.port,
-                            "api_port": self.api.port if self.api else None,
-                            "pid": os.getpid()},
-            "running_since": self.running_since, "finished_at": self.finished_at,
-            "attempt_running_at": self.attempt_running_at, "last_failure": self.last_failure,
-            "updated_at": time.time(),
-        }
+        return status_document(self)
 
     def _write_status(self) -> None:
-        if not self.status_file:
-            return
-        tmp = f"{self.status_file}.tmp"
-        try:
-            with open(tmp, "w") as f:
-                json.dump(self.status(), f)
-            os.replace(tmp, self.status_file)
-        except OSError as err:
-            log.warning("cannot write the status file %s: %s", self.status_file, err)
+        write_status_file(self.status_file, self.status())
