@@ -110,6 +110,7 @@ class Coordinator:
         self._deploy_task: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._stopping = False
         self.checkpoints = CheckpointCoordinator(
             job_id=job_id, job_name=job.metadata.name, storage=storage,
             tasks=self.pipeline.tasks, parallelism=self.p,
@@ -242,7 +243,10 @@ class Coordinator:
 
     async def _stop_after_failure(self) -> None:
         """Cancel what still runs (so that no worker commits while the sink recovers), with a
-        bounded wait, then finish the stop."""
+        bounded wait, then finish the stop (once, whatever fails meanwhile)."""
+        if self._stopping:
+            return
+        self._stopping = True
         if self._deploy_task is not None:
             self._deploy_task.cancel()
         for w in self.workers.values():
