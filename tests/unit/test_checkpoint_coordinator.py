@@ -178,3 +178,37 @@ def test_which_worker_failures_blame_the_restored_checkpoint(reason, counts):
     from streamjob.coordinator import is_restore_failure
 
     assert is_restore_failure(reason) is counts
+
+
+def test_a_stop_savepoint_is_acknowledged_only_with_its_marker_and_in_its_attempt(
+        tmp_path: Path):
+    storage = SlowMetadataStorage(tmp_path)
+    attempt = [0]
+    finals = []
+
+    async def scenario():
+        cc = make(storage, attempt)
+        cc.on_final = finals.append
+        cc.owner.start()
+        pc = cc.trigger(savepoint=True, stop=True)
+        fut = asyncio.get_running_loop().create_future()
+        pc.waiters.append(fut)
+        storage.slow = True
+        ack(cc, storage, pc.checkpoint_id)
+        await asyncio.get_running_loop().run_in_executor(None, storage.writing.wait, 10)
+        attempt[0] += 1            # a failover while the savepoint's _metadata is written
+        storage.release.set()
+        with pytest.raises(Exception, match="restarted while the stop savepoint"):
+            await asyncio.wait_for(fut, 10)
+        # the same in a quiet attempt is acknowledged, and the marker is there first
+        pc = cc.trigger(savepoint=True, stop=True)
+        fut = asyncio.get_running_loop().create_future()
+        pc.waiters.append(fut)
+        ack(cc, storage, pc.checkpoint_id)
+        summary = await asyncio.wait_for(fut, 10)
+        return summary
+
+    summary = asyncio.run(scenario())
+    assert (tmp_path / JOB / "stop").is_file()
+    assert summary["id"] == 2 and [pc.checkpoint_id for pc in finals] == [2]
+    assert b'"savepoint_id": 2' in (tmp_path / JOB / "stop").read_bytes()
