@@ -126,3 +126,51 @@ def test_coordinator_refuses_workers_without_the_job_token(tmp_path: Path):
     finally:
         coord.kill()
         coord.wait()
+
+
+def test_coordinator_refuses_unreadable_checkpoints_unless_allowed_to_start_fresh(
+        tmp_path: Path):
+    """Storage holds a checkpoint of the job but none is readable: the coordinator fails with
+    the reason and leaves committed output alone; ``--allow-fresh-start`` starts over."""
+    from streamjob.connectors.filesink import job_token
+
+    records, words = 30_000, 200
+    manifest = {"apiVersion": "streamjob.dev/v1alpha1", "kind": "StreamJob",
+                "metadata": {"name": "fresh"},
+                "spec": {"pipeline": "streamjob.examples.wordcount:build", "parallelism": 2,
+                         "args": {"records": records, "words": words, "rate": 0,
+                                  "output": str(tmp_path / "out")},
+                         "storage": f"file://{tmp_path / 'ck'}"}}
+    env = dict(os.environ, PYTHONPATH=PYPATH, STREAMJOB_MANIFEST=yaml.safe_dump(manifest))
+    (tmp_path / "ck" / "fresh-1" / "chk-3").mkdir(parents=True)
+    (tmp_path / "ck" / "fresh-1" / "chk-3" / "_metadata").write_text("{not json")
+    committed = tmp_path / "out" / f"part-{job_token('fresh-1')}-0-3"
+    committed.parent.mkdir()
+    committed.write_text("w0 1\n")
+
+    def run(*flags: str) -> tuple[int, dict]:
+        port = free_port()
+        status = tmp_path / f"status{len(flags)}.json"
+        coord = subprocess.Popen([sys.executable, "-m", "streamjob", "coordinator",
+                                  "--job-id", "fresh-1", "--port", str(port), "--api-port",
+                                  "0", "--status-file", str(status), *flags], env=env)
+        workers = [subprocess.Popen([sys.executable, "-m", "streamjob", "worker",
+                                     "--coordinator", f"127.0.0.1:{port}", "--index", str(i)],
+                                    env=env) for i in range(2)]
+        try:
+            code = coord.wait(120)
+        finally:
+            for p in [coord, *workers]:
+                if p.poll() is None:
+                    p.kill()
+                p.wait()
+        return code, yaml.safe_load(status.read_text())
+
+    code, status = run()
+    assert code == 2 and status["state"] == "FAILED"
+    assert "chk-3: fresh-1/chk-3/_metadata is corrupt" in status["message"]
+    assert committed.read_text() == "w0 1\n"       # committed output untouched
+    code, status = run("--allow-fresh-start")
+    assert code == 0 and status["state"] == "FINISHED", status
+    assert not committed.exists()                  # replaced by the replay from record 0
+    assert_exactly_once(tmp_path / "out", records, words)

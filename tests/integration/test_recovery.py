@@ -24,6 +24,10 @@ def test_clean_run_commits_every_update_once(run_job):
     job = run_job(args={"records": 100_000, "words": WORDS, "rate": 0}, parallelism=3)
     assert job.wait() == 0, job.output()
     assert_exactly_once(job.cwd / "output", 100_000, WORDS)
+    status = job.status()
+    # Exact at the end: every worker reports its final counts before COMMITTED.
+    assert (status["state"], status["records_in"]) == ("FINISHED", 100_000)
+    assert (status["restarts"], status["coordinator_restarts"]) == (0, 0)
 
 
 def test_killed_worker_three_times_resumes_without_duplicates_or_gaps(run_job):
@@ -45,16 +49,22 @@ def test_killed_worker_three_times_resumes_without_duplicates_or_gaps(run_job):
 
 def test_killed_coordinator_recovers_from_storage(run_job):
     job = run_job(args={"records": RECORDS, "words": WORDS, "rate": 40_000})
-    first = job.wait_for(_running_with_checkpoint, what="first checkpoint")
-    time.sleep(0.7)
+    job.wait_for(_running_with_checkpoint, what="first checkpoint")
+    os.kill(job.workers()[0], signal.SIGKILL)  # one failover before the coordinator dies
+    job.wait_for(lambda s: s.get("restarts") == 1 and s.get("state") == "RUNNING",
+                 what="the restart")
+    before = job.wait_for(lambda s: (s.get("last_checkpoint") or {}).get("id", 0) >
+                          (s.get("restored_from") or 0) + 1, what="checkpoints after it")
     old = job.coordinator()
     os.kill(old, signal.SIGKILL)
-    job.wait_for(lambda s: s.get("coordinator", {}).get("pid") not in (None, old)
-                 and s.get("state") == "RUNNING", what="a new coordinator running")
-    restored = job.status()["restored_from"]
-    assert restored is not None and restored >= first["last_checkpoint"]["id"]
+    after = job.wait_for(lambda s: s.get("coordinator", {}).get("pid") not in (None, old)
+                         and s.get("state") == "RUNNING", what="a new coordinator running")
+    assert after["restored_from"] >= before["last_checkpoint"]["id"]
+    # The restart count survives the coordinator; its own restarts are counted apart.
+    assert (after["restarts"], after["coordinator_restarts"]) == (1, 1)
     assert job.wait() == 0, job.output()
     assert "restarting it" in job.output()
+    assert job.status()["restarts"] == 1
     assert_exactly_once(job.cwd / "output", RECORDS, WORDS)
 
 
@@ -85,8 +95,8 @@ def test_at_least_once_loses_nothing(run_job):
 
     job = run_job(args={"records": RECORDS, "words": WORDS, "rate": 40_000},
                   checkpoint={"mode": "at-least-once"})
-    job.wait_for(_running_with_checkpoint, what="first checkpoint")
-    time.sleep(0.5)
+    first = job.wait_for(_running_with_checkpoint, what="first checkpoint")["last_checkpoint"]
+    job.wait_for(lambda s: s["last_checkpoint"]["id"] > first["id"], what="a second one")
     os.kill(job.workers()[1], signal.SIGKILL)
     assert job.wait() == 0, job.output()
     result = check_output(str(job.cwd / "output"), RECORDS, WORDS)
@@ -111,7 +121,9 @@ def test_incremental_checkpoints_recover_exactly_once_and_clean_shared_files(run
         os.kill(random.choice(job.workers()), signal.SIGKILL)
         job.wait_for(lambda s, k=kill: s.get("restarts", 0) >= k + 1 and
                      s.get("state") == "RUNNING", what="restart")
-        time.sleep(1.0)
+        # a delta checkpoint on top of the restored chain before the next kill
+        job.wait_for(lambda s: (s.get("last_checkpoint") or {}).get("id", 0) >
+                     (s.get("restored_from") or 0) + 1, what="checkpoints after the restore")
     assert job.wait() == 0, job.output()
     assert_exactly_once(job.cwd / "output", records, words)
     # Every shared file left is referenced by a retained checkpoint: nothing leaks.

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import http.client
-import inspect
 import json
 import logging
 import os
@@ -58,16 +57,9 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
     if args.api_token_file:
         token = Path(args.api_token_file).read_text().strip()
     storage = open_storage(job.spec.storage)
-    extra: dict[str, Any] = {}
-    if args.allow_fresh_start:
-        if "allow_fresh_start" in inspect.signature(Coordinator).parameters:
-            extra["allow_fresh_start"] = True
-        else:  # a coordinator that predates the flag starts fresh anyway
-            logging.getLogger("streamjob.coordinator").warning(
-                "--allow-fresh-start: this coordinator has no such setting; ignored")
     coordinator = Coordinator(job, args.job_id, storage, args.bind, args.port, args.status_file,
                               args.from_savepoint, args.api_port if token else None, token,
-                              **extra)
+                              allow_fresh_start=args.allow_fresh_start)
     if args.metrics_port is not None:
         coordinator.metrics.serve(args.metrics_port, args.bind)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))

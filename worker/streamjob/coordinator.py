@@ -1,26 +1,39 @@
-"""The coordinator process: CheckpointCoordinator and failover for one job.
+"""The coordinator process: the scheduler (deploy, failover, finish) of one job.
 
-It owns the checkpoint clock (one global trigger decision, never per-subtask timers), collects
-acks, writes ``_metadata`` last, tells subtasks when a checkpoint completed (sinks commit),
-aborts checkpoints that time out or are declined, and restarts the whole job from the latest
-completed checkpoint when a worker is lost. Storage is the only source of truth: a
-restarted coordinator finds where to resume by listing it.
+Three parts, each with one home:
+
+- :mod:`streamjob.jobstate` — the state machine, pure functions (every state has a deadline);
+- :mod:`streamjob.checkpoint_coordinator` — pending checkpoints, acks, completion, abort,
+  retention and the restore-point choice, serialised by one storage owner;
+- this module — connections to workers, deploys, failovers and the status (I/O edges).
+
+Storage is the only source of truth: a restarted coordinator finds where to resume by listing
+it, honours an acknowledged stop (``<job>/stop``) and continues the restart count
+(``<job>/coordinator.json``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from streamjob import checkpoints as ckpt
-from streamjob import wire
+from streamjob import faults, wire
+from streamjob import jobstate as js
 from streamjob.api import ApiServer
+from streamjob.checkpoint_coordinator import (
+    COUNTERS,
+    STOP_MARKER,
+    CheckpointCoordinator,
+    PendingCheckpoint,
+)
+from streamjob.jobstate import JobState
+from streamjob.jobstatus import RecordCounter, status_document, write_status_file
 from streamjob.manifest import StreamJob, import_pipeline
 from streamjob.metrics import CoordinatorMetrics
 from streamjob.storage import Storage, StorageError
@@ -28,7 +41,6 @@ from streamjob.storage import Storage, StorageError
 log = logging.getLogger("streamjob.coordinator")
 
 EXIT_FINISHED, EXIT_FAILED = 0, 2
-HISTORY = 50
 
 
 @dataclass
@@ -39,33 +51,27 @@ class WorkerConn:
     port: int
     pid: int | None
     idle: bool = True      # not part of a running attempt: ready to be deployed
-    running: bool = False
 
 
-@dataclass
-class PendingCheckpoint:
-    checkpoint_id: int
-    triggered_at: float
-    expected: set[tuple[str, int]]
-    savepoint: bool = False
-    final: bool = False
-    stop: bool = False
-    handles: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
-    timings: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
-    waiters: list[asyncio.Future[dict[str, Any]]] = field(default_factory=list)
+def is_restore_failure(reason: str) -> bool:
+    """A worker's FAILED during a deploy that blames the state it restores (a missing,
+    truncated or corrupt file), not a peer it could not reach."""
+    return "could not start" in reason and "onnect" not in reason
 
 
 class Coordinator:
     def __init__(self, job: StreamJob, job_id: str, storage: Storage, bind: str = "127.0.0.1",
                  port: int = 0, status_file: str | None = None,
                  from_savepoint: str | None = None, api_port: int | None = None,
-                 api_token: str | None = None, search_path: str | None = None):
+                 api_token: str | None = None, search_path: str | None = None,
+                 allow_fresh_start: bool = False):
         self.job, self.spec = job, job.spec
         self.job_id = job_id
         self.storage = storage
         self.bind, self.port = bind, port
         self.status_file = status_file
         self.from_savepoint = from_savepoint
+        self.allow_fresh_start = allow_fresh_start
         self.pipeline = import_pipeline(job.spec, search_path)
         self.p = job.spec.parallelism
         self.cfg = job.spec.checkpoint
@@ -75,39 +81,61 @@ class Coordinator:
         # Workers prove they belong to this job with a shared token (from a Secret in
         # Kubernetes, generated per run locally); without it the port accepts any worker.
         self.worker_token = os.environ.get("STREAMJOB_WORKER_TOKEN") or None
+        deploy_timeout = os.environ.get("STREAMJOB_DEPLOY_TIMEOUT")
+        self.deploy_timeout = float(deploy_timeout) if deploy_timeout else None
 
-        self.state = "CREATED"
+        self.state = JobState.CREATED
+        self.state_since = time.monotonic()
         self.message = "waiting for workers"
         self.attempt = 0
         self.restarts = 0
+        self.coordinator_restarts = 0
         self.workers: dict[int, WorkerConn] = {}
         self.running: set[int] = set()
         self.sources_finished: set[int] = set()
         self.committed: set[int] = set()
-        self.pending: dict[int, PendingCheckpoint] = {}
-        self.next_id = 1
-        self.restore_point: dict[str, Any] | None = None
-        self.restored_from: int | None = None
-        self.history: list[dict[str, Any]] = []
-        self.savepoints: list[dict[str, Any]] = []
-        self.last_trigger: float | None = None
-        self.last_completion: float | None = None
-        self.consecutive_failures = 0
         self.final_id: int | None = None
         self.stop_after: int | None = None
-        self.records: dict[int, dict[str, list[int]]] = {}
-        self.records_base = 0  # records read by sources in earlier attempts
-        self._referenced: dict[int, set[str]] = {}  # checkpoint id -> state files it needs
-        self.rate = 0.0
-        self._rate_mark: tuple[float, int] | None = None
+        self.restore_problems: dict[int, str] = {}
+        self.deploying_from: int | None = None
+        self.savepoint_body: dict[str, Any] | None = None
+        self.records = RecordCounter(self.pipeline.tasks[0].task_id)
         self.done: asyncio.Event | None = None  # created in run(), inside the event loop
         self.exit_code = EXIT_FINISHED
         self.running_since: float | None = None
         self.attempt_running_at: float | None = None
         self.last_failure: dict[str, Any] | None = None
         self.finished_at: float | None = None
-        self._restart_task: asyncio.Task[None] | None = None
+        self._deploy_task: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._stopping = False
+        self.checkpoints = CheckpointCoordinator(
+            job_id=job_id, job_name=job.metadata.name, storage=storage,
+            tasks=self.pipeline.tasks, parallelism=self.p,
+            max_parallelism=self.spec.max_parallelism, cfg=self.cfg, metrics=self.metrics,
+            executor=self.executor, broadcast=self.broadcast, attempt=lambda: self.attempt,
+            on_failure=self._failover, on_final=self._on_final,
+            write_status=self._write_status)
+
+    # -- entry points used by the API --------------------------------------------------------
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        return self.checkpoints.history
+
+    async def savepoint(self, stop: bool = False) -> dict[str, Any]:
+        """Take a savepoint (aligned, self-contained); with ``stop`` the job stops after it.
+        A stop is answered only once its marker is in storage."""
+        if self.state is not JobState.RUNNING:
+            raise RuntimeError(f"job is {js.public_state(self.state, self.attempt)}, "
+                               "not RUNNING")
+        if stop and self.checkpoints.stop_in_flight():
+            raise RuntimeError("a stop-with-savepoint is already in progress")
+        pc = self.checkpoints.trigger(savepoint=True, stop=stop)
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        pc.waiters.append(fut)
+        return await fut
 
     # -- I/O helpers ----------------------------------------------------------------------
 
@@ -119,22 +147,50 @@ class Coordinator:
             if not w.writer.is_closing():
                 w.writer.write(wire.control(msg_type, attempt=self.attempt, **fields))
 
+    def _spawn(self, coro, what: str) -> asyncio.Task[Any]:
+        """A background coroutine whose unexpected error is logged and becomes a failover
+        (a retry counted against the restart strategy, or FAILED): never a silent hang."""
+        async def guarded():
+            try:
+                return await coro
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # noqa: BLE001
+                log.exception("%s failed", what)
+                # counted even while waiting (CREATED/RESTARTING): a retry, or FAILED
+                self._failover(f"{what} failed: {type(err).__name__}: {err}", timed_out=True)
+        task = asyncio.ensure_future(guarded())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
     # -- lifecycle -------------------------------------------------------------------------
 
     async def run(self) -> int:
         self.done = asyncio.Event()
         self._wake = asyncio.Event()
-        await self._find_restore_point()
+        self.checkpoints.owner.start()
+        try:
+            stopped = await self._load_durable_facts()
+        except Exception as err:  # noqa: BLE001 - unreachable storage, bad savepoint
+            log.error("job failed: %s", err)
+            self._finish(JobState.FAILED, f"cannot start: {err}", EXIT_FAILED)
+            return self.exit_code
+        if stopped is not None:
+            await self._honour_stop(stopped)
+            return self.exit_code
         server = await asyncio.start_server(self._on_worker, self.bind, self.port)
         self.port = server.sockets[0].getsockname()[1]
         if self.api is not None:
             await self.api.start()
         log.info("coordinator of %s listening on %s:%d", self.job_id, self.bind, self.port)
         self._write_status()
-        ticker = asyncio.ensure_future(self._tick())
-        self._restart_task = asyncio.ensure_future(self._deploy_when_ready(0.0))
+        ticker = self._spawn(self._tick(), "the checkpoint clock")
+        self._schedule_deploy(0.0)
         await self.done.wait()
         ticker.cancel()
+        if self._deploy_task is not None:
+            self._deploy_task.cancel()
         self.broadcast("SHUTDOWN")
         await asyncio.sleep(0.05)
         server.close()
@@ -143,29 +199,81 @@ class Coordinator:
         self._write_status()
         return self.exit_code
 
-    async def _find_restore_point(self) -> None:
-        # A StorageError here (unreachable, bad savepoint) ends the coordinator with exit 2.
-        ids = await self.io(ckpt.list_checkpoint_ids, self.storage, self.job_id)
-        latest = await self.io(ckpt.latest_completed, self.storage, self.job_id)
-        if latest is None and self.from_savepoint:
-            _, latest = await self.io(ckpt.resolve_savepoint, self.storage, self.from_savepoint)
+    async def _load_durable_facts(self) -> dict[str, Any] | None:
+        """Restart counters, an acknowledged stop, the savepoint to start from."""
+        counters = await self.io(self.checkpoints.read_json, COUNTERS) or {}
+        self.restarts = int(counters.get("restarts", 0))
+        self.coordinator_restarts = int(counters.get("coordinator_starts", 0))
+        self.metrics.restarts.set(self.restarts)
+        await self.checkpoints.save_counters(self._counters())
+        stop = await self.io(self.checkpoints.read_json, STOP_MARKER)
+        if stop is None and self.from_savepoint:
+            _, self.savepoint_body = await self.io(ckpt.resolve_savepoint, self.storage,
+                                                   self.from_savepoint)
+            ckpt.check_compatible(self.savepoint_body, self.spec.max_parallelism)
             log.info("restoring from savepoint %s", self.from_savepoint)
-        self.next_id = max([0, *ids]) + 1
-        if latest is not None:
-            ckpt.check_compatible(latest, self.spec.max_parallelism)
-        self._set_restore_point(latest)
+        return stop
 
-    def _set_restore_point(self, body: dict[str, Any] | None) -> None:
-        """Where the next restore would start (``restored_from`` says where the running
-        attempt did start)."""
-        self.restore_point = body
+    def _counters(self) -> dict[str, int]:
+        """What ``<job>/coordinator.json`` holds: failovers so far, and coordinator starts
+        including this one (so ``coordinator_restarts`` is one less)."""
+        return {"restarts": self.restarts, "coordinator_starts": self.coordinator_restarts + 1}
 
-    def _finish(self, state: str, message: str, code: int) -> None:
-        if self.state in ("FINISHED", "FAILED", "STOPPED"):
+    async def _save_counters(self) -> None:
+        try:
+            await self.checkpoints.save_counters(self._counters())
+        except Exception as err:  # noqa: BLE001 - a statistic: never a reason to restart
+            log.warning("cannot save the restart count: %s: %s", type(err).__name__, err)
+
+    async def _honour_stop(self, stop: dict[str, Any]) -> None:
+        """A stop-with-savepoint was acknowledged before this coordinator started: make the
+        output match the savepoint and stay stopped."""
+        sp = int(stop["savepoint_id"])
+        log.warning("job %s was stopped with savepoint %d (%s); not restarting it",
+                    self.job_id, sp, stop.get("path"))
+        self.stop_after = self.final_id = sp
+        try:
+            await self.io(self.pipeline.sink_connector.recover, self.job_id, sp)
+        except Exception as err:  # noqa: BLE001
+            self._finish(JobState.FAILED, f"stopped with savepoint {sp} but could not commit "
+                         f"the output: {err}", EXIT_FAILED)
             return
-        self.state, self.message, self.exit_code = state, message, code
+        self._finish(JobState.STOPPED, f"stopped with savepoint {sp}", EXIT_FINISHED)
+
+    async def _stop_after_failure(self) -> None:
+        """Cancel what still runs (so that no worker commits while the sink recovers), with a
+        bounded wait, then finish the stop (once, whatever fails meanwhile)."""
+        if self._stopping:
+            return
+        self._stopping = True
+        if self._deploy_task is not None:
+            self._deploy_task.cancel()
+        for w in self.workers.values():
+            w.idle = False
+        self.broadcast("CANCEL")
+        deadline = time.monotonic() + 10.0
+        while (not all(w.idle for w in self.workers.values())
+               and time.monotonic() < deadline):
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), 0.5)
+            except TimeoutError:
+                pass
+        await self._honour_stop({"savepoint_id": self.stop_after})
+
+    def _set_state(self, state: JobState) -> None:
+        if state is not self.state:
+            log.debug("job %s: %s -> %s", self.job_id, self.state.value, state.value)
+            self.state = state
+            self.state_since = time.monotonic()
+
+    def _finish(self, state: JobState, message: str, code: int) -> None:
+        if self.state in js.TERMINAL:
+            return
+        self._set_state(state)
+        self.message, self.exit_code = message, code
         self.finished_at = time.time()
-        log.warning("job %s: %s", state.lower(), message) if code else log.info(message)
+        log.warning("job %s: %s", state.value.lower(), message) if code else log.info(message)
         self._write_status()
         self.done.set()
 
@@ -193,6 +301,8 @@ class Coordinator:
                 self._on_message(conn, wire.unpack_control(payload))
         except (asyncio.IncompleteReadError, ConnectionError, OSError, asyncio.CancelledError):
             pass
+        except Exception:  # noqa: BLE001 - a malformed message: drop this worker, loudly
+            log.exception("worker connection failed")
         finally:
             writer.close()
             if conn is not None and self.workers.get(conn.index) is conn:
@@ -203,76 +313,102 @@ class Coordinator:
     def _on_message(self, w: WorkerConn, msg: dict[str, Any]) -> None:
         t = msg["type"]
         if t == "CANCELLED":
-            w.idle, w.running = True, False
+            w.idle = True
             self._wake.set()
             return
         if msg.get("attempt") != self.attempt:
             return  # from an attempt that was cancelled
         if t == "RUNNING":
-            w.running = True
             self.running.add(w.index)
             self.metrics.running.set(len(self.running))
-            if len(self.running) == self.p and self.state in ("CREATED", "RESTARTING"):
-                self.state = "RUNNING"
+            if len(self.running) == self.p and self.state is JobState.DEPLOYING:
+                self._set_state(js.on_all_running(self.state))
                 self.running_since = self.running_since or time.time()
                 self.attempt_running_at = time.time()
-                self.message = (f"running from checkpoint {self.restored_from}"
-                                if self.restored_from else "running")
+                self.message = (f"running from checkpoint {self.checkpoints.restored_from}"
+                                if self.checkpoints.restored_from else "running")
+                if self.restore_problems:
+                    self.message += " (skipped " + "; ".join(
+                        f"checkpoint {n}: {why}"
+                        for n, why in sorted(self.restore_problems.items())) + ")"
                 log.info("job %s is running (attempt %d)", self.job_id, self.attempt)
                 self._write_status()
         elif t == "ACK":
-            self._on_ack(msg)
+            self.checkpoints.on_ack(msg)
         elif t == "DECLINE":
-            self._abort(msg["id"], f"declined by {msg['task']}[{msg['subtask']}]: "
-                                   f"{msg['reason']}", count=True)
+            self.checkpoints.abort(msg["id"], f"declined by {msg['task']}[{msg['subtask']}]: "
+                                              f"{msg['reason']}", count=True)
         elif t == "SOURCE_FINISHED":
             self.sources_finished.add(msg["subtask"])
         elif t == "COMMITTED":
             self.committed.add(w.index)
-            if len(self.committed) == self.p:
-                if self.stop_after is not None:
-                    self._finish("STOPPED", f"stopped with savepoint {self.stop_after}",
-                                 EXIT_FINISHED)
-                else:
-                    self._finish("FINISHED", f"finished; final checkpoint {self.final_id}",
-                                 EXIT_FINISHED)
+            if len(self.committed) == self.p and self.final_id is not None:
+                self._on_all_committed()
         elif t == "STATS":
-            self.records[w.index] = msg["tasks"]
+            self.records.on_stats(w.index, msg["tasks"])
         elif t == "FAILED":
+            if (self.state is JobState.DEPLOYING and self.deploying_from is not None
+                    and is_restore_failure(msg["reason"])):
+                self.restore_problems[self.deploying_from] = (
+                    f"restore failed: {msg['reason']}")
             self._failover(msg["reason"])
+
+    def _on_final(self, pc: PendingCheckpoint) -> None:
+        if pc.stop:
+            self.stop_after = pc.checkpoint_id
+            if pc.attempt != self.attempt:
+                # Acknowledged (the marker is written) while a failover was under way.
+                log.warning("stop-with-savepoint %d completed during a restart; stopping",
+                            pc.checkpoint_id)
+                self._spawn(self._stop_after_failure(), "the stop")
+                return
+        self.final_id = pc.checkpoint_id
+        self._set_state(js.on_final_checkpoint(self.state))
+
+    def _on_all_committed(self) -> None:
+        stopped = self.stop_after is not None
+        if stopped:
+            faults.point("coordinator.after-stop-savepoint")
+        target = js.on_all_committed(self.state, stopped)
+        if target is JobState.STOPPED:
+            self._finish(target, f"stopped with savepoint {self.stop_after}", EXIT_FINISHED)
+        elif target is JobState.FINISHED:
+            self._finish(target, f"finished; final checkpoint {self.final_id}", EXIT_FINISHED)
 
     # -- failover ----------------------------------------------------------------------------
 
-    def _failover(self, reason: str) -> None:
-        if self.state in ("FINISHED", "FAILED", "STOPPED"):
+    def _failover(self, reason: str, timed_out: bool = False) -> None:
+        strategy = self.spec.restart_strategy
+        tr = js.on_failure(self.state, self.restarts, reason, strategy_type=strategy.type,
+                           max_attempts=strategy.max_attempts, delay_for=strategy.delay_for,
+                           stopped_with=self.stop_after, timed_out=timed_out)
+        if tr.action == "none":
+            if tr.message:
+                log.warning("%s", tr.message)
             return
-        if self.state == "RESTARTING" and not self.running:
-            log.warning("while restarting: %s", reason)
-            return
-        if self.stop_after is not None:
+        if tr.action == "finish-stop":
             # The stop-with-savepoint is complete: do not restart, finish the stop. Output
             # is made to match the savepoint (staged up to it committed, later dropped).
-            log.warning("failure after stop-with-savepoint %d: %s", self.stop_after, reason)
-            asyncio.ensure_future(self._finish_stop())
+            log.warning("%s", tr.message)
+            self._spawn(self._stop_after_failure(), "the stop")
             return
         log.warning("job %s fails over: %s", self.job_id, reason)
         self.last_failure = {"reason": reason, "detected_at": time.time(),
                              "attempt": self.attempt}
-        for cid in list(self.pending):
-            self._abort(cid, "job restarting", count=False)
-        self.restarts += 1
+        self.checkpoints.abort_all("job restarting")
+        self.restarts = tr.restarts
         self.metrics.restarts.set(self.restarts)
-        strategy = self.spec.restart_strategy
-        if strategy.type == "none" or self.restarts > strategy.max_attempts:
-            self._finish("FAILED", f"{reason}; no restart attempts left "
-                         f"({strategy.max_attempts} allowed)", EXIT_FAILED)
+        self._spawn(self._save_counters(), "saving the counters")
+        if tr.action == "fail":
+            self.broadcast("CANCEL")
+            self._finish(JobState.FAILED, tr.message, EXIT_FAILED)
             return
-        self.state, self.message = "RESTARTING", f"restarting: {reason}"
-        # Subtasks of the next attempt count from 0: keep the total cumulative.
-        self.records_base += self._records_now()
-        self.records = {}
+        self._set_state(tr.state)
+        self.message = tr.message
+        self.records.new_attempt()
         self.attempt += 1
         self.running.clear()
+        self.metrics.running.set(0)
         self.sources_finished.clear()
         self.committed.clear()
         self.final_id = None
@@ -280,21 +416,17 @@ class Coordinator:
             w.idle = False
         self.broadcast("CANCEL")
         self._write_status()
-        if self._restart_task is not None:
-            self._restart_task.cancel()
-        self._restart_task = asyncio.ensure_future(
-            self._deploy_when_ready(strategy.delay_for(self.restarts)))
+        self._schedule_deploy(tr.delay)
 
-    async def _finish_stop(self) -> None:
-        self.broadcast("CANCEL")
-        await asyncio.sleep(0.2)
-        try:
-            await self.io(self.pipeline.sink_connector.recover, self.job_id, self.stop_after)
-        except StorageError as err:
-            self._finish("FAILED", f"stopped with savepoint {self.stop_after} but could not "
-                         f"commit the output: {err}", EXIT_FAILED)
-            return
-        self._finish("STOPPED", f"stopped with savepoint {self.stop_after}", EXIT_FINISHED)
+    def _schedule_deploy(self, delay: float) -> None:
+        if self._deploy_task is not None:
+            self._deploy_task.cancel()
+        self._deploy_task = self._spawn(self._deploy_when_ready(delay),
+                                        f"deploy of attempt {self.attempt}")
+
+    def _workers_ready(self) -> bool:
+        """Every subtask's worker is connected and not part of a running attempt."""
+        return len(self.workers) == self.p and all(w.idle for w in self.workers.values())
 
     async def _deploy_when_ready(self, delay: float) -> None:
         await asyncio.sleep(delay)
@@ -305,317 +437,89 @@ class Coordinator:
             except TimeoutError:
                 pass
         attempt = self.attempt
-        delay = 0.2
+        self._set_state(js.on_workers_ready(self.state))
+        for w in self.workers.values():
+            w.idle = False
+        backoff = 0.2
         while True:
             try:
-                await self._prepare_restore()
+                plan = await self.checkpoints.prepare_restore(
+                    self.restore_problems, self.allow_fresh_start, self.savepoint_body,
+                    self.pipeline.sink_connector.recover)
                 break
             except StorageError as err:
-                # Storage down: keep the job waiting (and saying why) rather than give up.
+                # Storage down: wait (bounded by the DEPLOYING deadline) and say why.
                 self.message = f"waiting for checkpoint storage: {err}"
                 log.warning("cannot prepare the restore yet: %s", err)
                 self._write_status()
-                await asyncio.sleep(delay)
-                delay = min(5.0, delay * 2)
-        if attempt != self.attempt:
+                await asyncio.sleep(backoff)
+                backoff = min(5.0, backoff * 2)
+        self.restore_problems.update(plan.problems)
+        if plan.choice.error is not None:
+            self._finish(JobState.FAILED, plan.choice.error, EXIT_FAILED)
             return
-        if not self._workers_ready():
-            # A worker went away while we waited for storage: wait for it again.
-            self._restart_task = asyncio.ensure_future(self._deploy_when_ready(0.0))
+        if attempt != self.attempt or self.state is not JobState.DEPLOYING:
             return
-        self.restored_from = self.restore_point["checkpoint_id"] if self.restore_point else None
+        cid = plan.choice.checkpoint_id
+        self.deploying_from = cid
+        self.checkpoints.restored_from = plan.body["checkpoint_id"] if plan.body else None
+        skipped = "; ".join(f"skipped checkpoint {n}: {why}" for n, why in plan.choice.skipped)
+        faults.point("coordinator.before-deploy")
         peers = [[self.workers[i].host, self.workers[i].port] for i in range(self.p)]
         for w in self.workers.values():
-            w.idle = False
             w.writer.write(wire.control(
                 "DEPLOY", attempt=attempt, parallelism=self.p, peers=peers,
-                job_id=self.job_id, storage=self.storage.uri, restore=self.restore_point))
-        self.message = (f"deploying attempt {attempt} from checkpoint {self.restored_from}"
-                        if self.restored_from else f"deploying attempt {attempt}")
+                job_id=self.job_id, storage=self.storage.uri, restore=plan.body))
+        self.message = (f"deploying attempt {attempt} from checkpoint {cid}" if cid
+                        else f"deploying attempt {attempt}") + (f" ({skipped})" if skipped
+                                                                else "")
+        log.info("%s", self.message)
         self._write_status()
 
-    def _workers_ready(self) -> bool:
-        """Every subtask's worker is connected and not part of a running attempt."""
-        return len(self.workers) == self.p and all(w.idle for w in self.workers.values())
-
-    async def _prepare_restore(self) -> None:
-        if self.restarts:
-            # Storage is the truth: the newest intact checkpoint, whatever we believed.
-            latest = await self.io(ckpt.latest_completed, self.storage, self.job_id)
-            if latest is not None:
-                self._set_restore_point(latest)
-        sink = self.pipeline.sink_connector
-        restore_id = self.restore_point["checkpoint_id"] if (
-            self.restore_point and self.restore_point.get("job_id") == self.job_id) else 0
-        await self.io(sink.recover, self.job_id, restore_id)
-        await self.io(self._drop_incomplete)
-        await self.io(self._gc_shared)
-
-    def _drop_incomplete(self) -> None:
-        for n, done in ckpt.list_checkpoint_ids(self.storage, self.job_id).items():
-            if not done:
-                self.storage.delete_prefix(ckpt.checkpoint_dir(self.job_id, n))
-
-    # -- checkpoints -----------------------------------------------------------------------
+    # -- the clock -----------------------------------------------------------------------------
 
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(0.02)
-            now = time.time()
-            self._update_rate(now)
-            for cid, pc in list(self.pending.items()):
-                if now - pc.triggered_at > self.cfg.timeout:
-                    self._abort(cid, f"not complete within {self.cfg.timeout:g}s", count=True)
-            if self.state != "RUNNING":
-                continue
-            all_done = len(self.sources_finished) == self.p
-            if all_done and self.final_id is None:
-                if not any(pc.final for pc in self.pending.values()):
-                    self.trigger(final=True)
-                continue
-            if not self.cfg.enabled or self.stop_after is not None:
-                continue
-            state = ckpt.TriggerState(now, self.last_trigger, self.last_completion,
-                                      sum(1 for pc in self.pending.values() if not pc.savepoint),
-                                      len(self.running) == self.p)
-            if ckpt.should_trigger(state, self.cfg.interval, self.cfg.min_pause,
-                                   self.cfg.max_concurrent):
-                self.trigger()
-
-    def trigger(self, savepoint: bool = False, final: bool = False,
-                stop: bool = False) -> PendingCheckpoint:
-        cid = self.next_id
-        self.next_id += 1
-        now = time.time()
-        expected = {(t.task_id, i) for t in self.pipeline.tasks for i in range(self.p)}
-        pc = PendingCheckpoint(cid, now, expected, savepoint, final, stop)
-        self.pending[cid] = pc
-        if not savepoint:
-            self.last_trigger = now
-        log.debug("trigger checkpoint %d (savepoint=%s final=%s)", cid, savepoint, final)
-        self.broadcast("TRIGGER", id=cid, ts=now, savepoint=savepoint, stop=stop, final=final)
-        return pc
-
-    def _on_ack(self, msg: dict[str, Any]) -> None:
-        pc = self.pending.get(msg["id"])
-        if pc is None:
-            return
-        key = (msg["task"], msg["subtask"])
-        log.debug("checkpoint %d: ack from %s[%d]", pc.checkpoint_id, *key)
-        pc.handles[key] = msg["handle"]
-        pc.timings[key] = msg["timings"]
-        if len(pc.handles) == len(pc.expected):
-            del self.pending[pc.checkpoint_id]
-            asyncio.ensure_future(self._complete(pc))
-
-    def _metadata_body(self, pc: PendingCheckpoint, completed_at: float) -> dict[str, Any]:
-        tasks = {}
-        timings = {}
-        for t in self.pipeline.tasks:
-            tasks[t.task_id] = {"name": t.name,
-                                "subtasks": [pc.handles[(t.task_id, i)] for i in range(self.p)]}
-            timings[t.task_id] = [pc.timings[(t.task_id, i)] for i in range(self.p)]
-        size = sum(h.get("size", 0) for tk in tasks.values() for h in tk["subtasks"])
-        return {"format": ckpt.FORMAT, "version": ckpt.VERSION, "job_id": self.job_id,
-                "job_name": self.job.metadata.name, "checkpoint_id": pc.checkpoint_id,
-                "kind": "savepoint" if pc.savepoint else "checkpoint",
-                "triggered_at": pc.triggered_at, "completed_at": completed_at,
-                "parallelism": self.p, "max_parallelism": self.spec.max_parallelism,
-                "mode": self.cfg.mode, "tasks": tasks, "timings": timings, "size_bytes": size,
-                "attempt": self.attempt}
-
-    async def _complete(self, pc: PendingCheckpoint) -> None:
-        attempt = self.attempt
-        completed_at = time.time()
-        body = self._metadata_body(pc, completed_at)
-        path = (ckpt.savepoint_path(self.job_id, str(pc.checkpoint_id)) if pc.savepoint
-                else ckpt.checkpoint_dir(self.job_id, pc.checkpoint_id))
-        try:
-            await self.io(self.storage.put, f"{path}/{ckpt.METADATA}",
-                          ckpt.encode_metadata(body))
-        except StorageError as err:
-            self._count_failure(pc.checkpoint_id, f"cannot write _metadata: {err}")
-            for fut in pc.waiters:
-                if not fut.done():
-                    fut.set_exception(err)
-            return
-        summary = {"id": pc.checkpoint_id, "kind": body["kind"], "status": "COMPLETED",
-                   "triggered_at": pc.triggered_at, "completed_at": completed_at,
-                   "duration_ms": round((completed_at - pc.triggered_at) * 1000, 1),
-                   "size_bytes": body["size_bytes"], "path": f"{self.storage.uri}/{path}",
-                   "timings": body["timings"], "restored_from": self.restored_from}
-        self._record(summary)
-        self.metrics.completed(summary)
-        self.consecutive_failures = 0
-        if pc.savepoint:
-            self.savepoints.append(summary)
-        else:
-            self.last_completion = completed_at
-            self._set_restore_point(body)
-            self._referenced[pc.checkpoint_id] = ckpt.referenced_keys(body)
-        # Older checkpoints are subsumed by a newer completed one; savepoints never are.
-        for older in [c for c, o in self.pending.items()
-                      if c < pc.checkpoint_id and not o.savepoint and not pc.savepoint]:
-            self._abort(older, f"subsumed by checkpoint {pc.checkpoint_id}", count=False)
-        if attempt == self.attempt:
-            final = pc.final or pc.stop
-            if final:
-                self.final_id = pc.checkpoint_id
-                if pc.stop:
-                    self.stop_after = pc.checkpoint_id
-            self.broadcast("NOTIFY", id=pc.checkpoint_id, final=final)
-        for fut in pc.waiters:
-            if not fut.done():
-                fut.set_result(summary)
-        if not pc.savepoint:
-            await self.io(self._retain)
-        self._write_status()
-
-    def _retain(self) -> None:
-        """Keep the newest ``retained`` completed checkpoints; delete older ones only now that
-        a newer one is complete. Shared (incremental) files go when no retained checkpoint
-        and no checkpoint in flight refers to them."""
-        ids = ckpt.list_checkpoint_ids(self.storage, self.job_id)
-        complete = sorted(n for n, done in ids.items() if done)
-        keep = set(complete[-self.cfg.retained:])
-        newest = complete[-1] if complete else 0
-        doomed = [n for n in ids if n not in keep and n < newest and n not in self.pending]
-        if not doomed:
-            return
-        released: set[str] = set()
-        if self.cfg.incremental:
-            released = self._refs(n for n in doomed if ids[n])
-            released -= self._refs(keep)
-            for pc in list(self.pending.values()):
-                for h in pc.handles.values():
-                    released -= ckpt.handle_keys(h)
-        for n in doomed:
-            self._referenced.pop(n, None)
             try:
-                self.storage.delete_prefix(ckpt.checkpoint_dir(self.job_id, n))
-            except StorageError as err:
-                log.warning("cannot delete old checkpoint %d: %s", n, err)
-        for key in sorted(released):
-            try:
-                self.storage.delete(key)
-            except StorageError as err:
-                log.warning("cannot delete shared state file %s: %s", key, err)
+                self._tick_once(time.time())
+            except Exception as err:  # noqa: BLE001 - the clock must keep running
+                log.exception("checkpoint clock")
+                self._failover(f"checkpoint clock failed: {type(err).__name__}: {err}")
 
-    def _refs(self, ids) -> set[str]:
-        """State files the given checkpoints need; metadata this coordinator wrote is known,
-        only older checkpoints are read from storage (once)."""
-        refs: set[str] = set()
-        for n in ids:
-            if n not in self._referenced:
-                try:
-                    self._referenced[n] = ckpt.referenced_keys(
-                        ckpt.read_metadata(self.storage, ckpt.checkpoint_dir(self.job_id, n)))
-                except (StorageError, ckpt.CorruptMetadataError):
-                    continue
-            refs |= self._referenced[n]
-        return refs
-
-    def _gc_shared(self) -> None:
-        """At a restore (nothing running): shared files no checkpoint refers to are orphans of
-        aborted checkpoints or of a previous attempt."""
-        shared = self.storage.list(ckpt.shared_dir(self.job_id) + "/")
-        if not shared:
+    def _tick_once(self, now: float) -> None:
+        if self.records.update_rate(now):
+            self._write_status()
+        self.checkpoints.expire(now)
+        limit = js.deadline(self.state, self.cfg.timeout, self.deploy_timeout)
+        waited = time.monotonic() - self.state_since
+        if limit is not None and waited > limit:
+            reason = js.on_timeout(self.state, waited)
+            log.error("job %s: %s", self.job_id, reason)
+            self.state_since = time.monotonic()  # one timeout per deadline
+            self._failover(reason, timed_out=True)
             return
-        ids = ckpt.list_checkpoint_ids(self.storage, self.job_id)
-        refs = self._refs(n for n, done in ids.items() if done)
-        if self.restore_point:
-            refs |= ckpt.referenced_keys(self.restore_point)
-        for key in shared:
-            if key not in refs:
-                self.storage.delete(key)
-
-    def _abort(self, cid: int, reason: str, count: bool) -> None:
-        pc = self.pending.pop(cid, None)
-        if pc is None:
+        if self.state is not JobState.RUNNING:
             return
-        log.warning("checkpoint %d aborted: %s", cid, reason)
-        self.metrics.failed.inc()
-        self.broadcast("ABORT", id=cid)
-        self._record({"id": cid, "kind": "savepoint" if pc.savepoint else "checkpoint",
-                      "status": "FAILED", "triggered_at": pc.triggered_at,
-                      "failed_at": time.time(), "reason": reason,
-                      "acked": len(pc.handles), "expected": len(pc.expected),
-                      "timings": {t.task_id: [pc.timings.get((t.task_id, i))
-                                              for i in range(self.p)]
-                                  for t in self.pipeline.tasks}})
-        if not pc.savepoint:
-            asyncio.ensure_future(self.io(self.storage.delete_prefix,
-                                          ckpt.checkpoint_dir(self.job_id, cid)))
-        for fut in pc.waiters:
-            if not fut.done():
-                fut.set_exception(RuntimeError(f"savepoint {cid} failed: {reason}"))
-        if count:
-            self._count_failure(cid, reason)
-
-    def _count_failure(self, cid: int, reason: str) -> None:
-        self.consecutive_failures += 1
-        if self.consecutive_failures > self.cfg.tolerable_failures:
-            self.consecutive_failures = 0
-            self._failover(f"{self.cfg.tolerable_failures + 1} checkpoint(s) failed in a row "
-                           f"(last: {cid}, {reason})")
-        self._write_status()
-
-    def _record(self, entry: dict[str, Any]) -> None:
-        self.history.append(entry)
-        del self.history[:-HISTORY]
-
-    async def savepoint(self, stop: bool = False) -> dict[str, Any]:
-        """Take a savepoint (aligned, self-contained); with ``stop`` the job stops after it."""
-        if self.state != "RUNNING":
-            raise RuntimeError(f"job is {self.state}, not RUNNING")
-        pc = self.trigger(savepoint=True, stop=stop)
-        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        pc.waiters.append(fut)
-        return await fut
+        if len(self.sources_finished) == self.p and self.final_id is None:
+            if not any(pc.final for pc in self.checkpoints.pending.values()) and \
+                    not self.checkpoints.completing:
+                self.checkpoints.trigger(final=True)
+            return
+        if (not self.cfg.enabled or self.stop_after is not None
+                or self.checkpoints.stop_in_flight()):
+            return
+        c = self.checkpoints
+        state = ckpt.TriggerState(now, c.last_trigger, c.last_completion,
+                                  c.periodic_in_flight(), len(self.running) == self.p)
+        if ckpt.should_trigger(state, self.cfg.interval, self.cfg.min_pause,
+                               self.cfg.max_concurrent):
+            c.trigger()
 
     # -- status ------------------------------------------------------------------------------
 
-    def _records_now(self) -> int:
-        """Records read by the sources of the current attempt (from the workers' STATS)."""
-        return sum(v.get("t0", [0, 0])[0] for v in self.records.values())
-
-    def _update_rate(self, now: float) -> None:
-        total = self.records_base + self._records_now()
-        if self._rate_mark is None:
-            self._rate_mark = (now, total)
-        elif now - self._rate_mark[0] >= 1.0:
-            t0, n0 = self._rate_mark
-            self.rate = max(0.0, (total - n0) / (now - t0))
-            self._rate_mark = (now, total)
-            self._write_status()
-
     def status(self) -> dict[str, Any]:
-        completed = [h for h in self.history if h["status"] == "COMPLETED"
-                     and h["kind"] == "checkpoint"]
-        last = completed[-1] if completed else None
-        return {
-            "job_id": self.job_id, "name": self.job.metadata.name, "state": self.state,
-            "message": self.message, "parallelism": self.p, "attempt": self.attempt,
-            "restarts": self.restarts, "restored_from": self.restored_from,
-            "records_per_second": round(self.rate, 1),
-            "records_in": self.records_base + self._records_now(),
-            "last_checkpoint": None if last is None else {
-                k: last[k] for k in ("id", "completed_at", "duration_ms", "size_bytes")},
-            "failed_checkpoints": sum(1 for h in self.history if h["status"] == "FAILED"),
-            "savepoints": [{k: s[k] for k in ("id", "path", "completed_at", "size_bytes")}
-                           for s in self.savepoints],
-            "coordinator": {"port": self.port,
-                            "api_port": self.api.port if self.api else None,
-                            "pid": os.getpid()},
-            "running_since": self.running_since, "finished_at": self.finished_at,
-            "attempt_running_at": self.attempt_running_at, "last_failure": self.last_failure,
-            "updated_at": time.time(),
-        }
+        return status_document(self)
 
     def _write_status(self) -> None:
-        if not self.status_file:
-            return
-        tmp = f"{self.status_file}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(self.status(), f)
-        os.replace(tmp, self.status_file)
+        write_status_file(self.status_file, self.status())

@@ -140,6 +140,9 @@ class Worker:
             self.send("FAILED", reason=f"commit of checkpoint {msg['id']} failed: {err}")
             return
         if msg.get("final"):
+            # Final counts first (same ordered connection): the job's totals are exact.
+            self.send("STATS", tasks={r.spec.task_id: [r.records_in, r.records_out]
+                                      for r in d.runners})
             self.send("COMMITTED", id=msg["id"])
 
     async def _report_stats(self) -> None:

@@ -1,0 +1,214 @@
+"""CheckpointCoordinator and the coordinator's edges, in one event loop without processes:
+completion and restore preparation are serialised; errors in background steps are never
+silent."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from streamjob import checkpoints as ckpt
+from streamjob.checkpoint_coordinator import CheckpointCoordinator
+from streamjob.metrics import CoordinatorMetrics
+from streamjob.storage import LocalStorage
+
+JOB = "job-1"
+TASKS = [SimpleNamespace(task_id="t0", name="source")]
+
+
+class SlowMetadataStorage(LocalStorage):
+    """Writes of ``_metadata`` wait until the test releases them."""
+
+    def __init__(self, root: Path):
+        super().__init__(root)
+        self.release = threading.Event()
+        self.writing = threading.Event()
+        self.slow = False
+
+    def put(self, key: str, data: bytes) -> None:
+        if self.slow and key.endswith("/_metadata"):
+            self.writing.set()
+            assert self.release.wait(10)
+        super().put(key, data)
+
+
+def make(storage, attempt, failures=None):
+    cfg = SimpleNamespace(mode="exactly-once", timeout=30.0, tolerable_failures=0, retained=1,
+                          incremental=False)
+    return CheckpointCoordinator(
+        job_id=JOB, job_name="job", storage=storage, tasks=TASKS, parallelism=1,
+        max_parallelism=128, cfg=cfg, metrics=CoordinatorMetrics(),
+        executor=ThreadPoolExecutor(2), broadcast=lambda *a, **k: None,
+        attempt=lambda: attempt[0], on_failure=(failures if failures is not None else []).append,
+        on_final=lambda pc: None, write_status=lambda: None)
+
+
+def ack(cc, storage, cid: int) -> str:
+    key = f"{JOB}/chk-{cid}/t0/0-state"
+    storage.put(key, b"x" * 100)
+    cc.on_ack({"id": cid, "task": "t0", "subtask": 0,
+               "handle": {"format": 1, "key": key, "size": 100}, "timings": {}})
+    return key
+
+
+def test_a_failover_during_the_metadata_write_restores_that_checkpoint(tmp_path: Path):
+    storage = SlowMetadataStorage(tmp_path)
+    attempt = [0]
+    recovered: list[tuple[str, int]] = []
+
+    async def scenario():
+        cc = make(storage, attempt)
+        cc.owner.start()
+        cc.trigger()
+        ack(cc, storage, 1)
+        await cc.owner.submit("barrier", lambda: asyncio.sleep(0))  # chk-1 completed
+        storage.slow = True
+        cc.trigger()
+        state_file = ack(cc, storage, 2)  # all acks of 2 are in: its _metadata is on its way
+        assert 2 in cc.completing and 2 not in cc.pending
+        await asyncio.get_running_loop().run_in_executor(None, storage.writing.wait, 10)
+        # The job fails over now: the restore preparation must wait for the completion.
+        attempt[0] += 1
+        cc.abort_all("job restarting")
+        plan_future = cc.prepare_restore({}, False, None,
+                                         lambda job, n: recovered.append((job, n)))
+        await asyncio.sleep(0.2)
+        assert not plan_future.done()
+        storage.release.set()
+        plan = await asyncio.wait_for(plan_future, 10)
+        return plan, state_file
+
+    plan, state_file = asyncio.run(scenario())
+    assert plan.choice.checkpoint_id == 2 and plan.body["checkpoint_id"] == 2
+    assert recovered == [(JOB, 2)]          # the sink commits what was staged up to 2
+    assert storage.size(state_file) == 100  # and 2's state was not deleted as "incomplete"
+    assert ckpt.list_checkpoint_ids(storage, JOB) == {2: True}  # retention kept the newest
+
+
+def test_an_aborted_checkpoint_is_deleted_through_the_owner(tmp_path: Path):
+    storage = LocalStorage(tmp_path)
+    failures: list[str] = []
+
+    async def scenario():
+        cc = make(storage, [0], failures)
+        cc.owner.start()
+        cc.trigger()
+        storage.put(f"{JOB}/chk-1/t0/0-state", b"x")
+        cc.abort(1, "declined", count=True)
+        await cc.owner.submit("barrier", lambda: asyncio.sleep(0))
+
+    asyncio.run(scenario())
+    assert ckpt.list_checkpoint_ids(storage, JOB) == {}
+    assert failures and "1 checkpoint(s) failed in a row" in failures[0]
+
+
+class UndeletableStorage(LocalStorage):
+    def delete_prefix(self, prefix: str) -> None:
+        raise PermissionError(f"[Errno 13] Permission denied: {prefix}")
+
+
+class FakeWriter:
+    def __init__(self):
+        self.sent: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.sent.append(data)
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_non_storage_error_in_the_restore_is_logged_and_counted_not_a_silent_hang(
+        tmp_path: Path, caplog):
+    from streamjob.coordinator import Coordinator, WorkerConn
+    from streamjob.jobstate import JobState
+    from streamjob.manifest import parse_manifest
+
+    storage = UndeletableStorage(tmp_path / "ckpt")
+    storage.put(f"{JOB}/chk-3/t0/0-state", b"x")  # incomplete: the restore deletes it
+    job = parse_manifest({
+        "apiVersion": "streamjob.dev/v1alpha1", "kind": "StreamJob", "metadata": {"name": "wc"},
+        "spec": {"pipeline": "streamjob.examples.wordcount:build", "parallelism": 2,
+                 "args": {"output": str(tmp_path / "out")},
+                 "storage": f"file://{tmp_path / 'ckpt'}",
+                 "restartStrategy": {"type": "fixed-delay", "delay": "10ms",
+                                     "maxAttempts": 1}}})
+    coordinator = Coordinator(job, JOB, storage)
+
+    async def scenario():
+        coordinator.done, coordinator._wake = asyncio.Event(), asyncio.Event()
+        coordinator.checkpoints.owner.start()
+        coordinator.workers = {i: WorkerConn(i, FakeWriter(), "127.0.0.1", 1000 + i, None)
+                               for i in range(2)}
+        coordinator._schedule_deploy(0.0)
+        for _ in range(500):
+            if coordinator.restarts == 1:
+                break
+            await asyncio.sleep(0.01)
+        assert coordinator.state is JobState.RESTARTING
+        # the next attempt fails the same way: no attempts left, FAILED (not a hang)
+        for w in coordinator.workers.values():
+            w.idle = True
+        coordinator._wake.set()
+        await asyncio.wait_for(coordinator.done.wait(), 10)
+
+    with caplog.at_level(logging.ERROR, logger="streamjob.coordinator"):
+        asyncio.run(scenario())
+    assert coordinator.state is JobState.FAILED
+    assert coordinator.restarts == 2
+    assert "PermissionError" in coordinator.last_failure["reason"]
+    assert "no restart attempts left (1 allowed)" in coordinator.message
+    assert any("PermissionError" in r.getMessage() or r.exc_info for r in caplog.records)
+
+
+@pytest.mark.parametrize("reason,counts", [
+    ("worker 0 could not start: checksum mismatch in job/chk-4/t1/0-ab", True),
+    ("worker 1 could not start: Connect call failed ('127.0.0.1', 4000)", False),
+    ("t1[0] failed: ValueError: boom", False)])
+def test_which_worker_failures_blame_the_restored_checkpoint(reason, counts):
+    from streamjob.coordinator import is_restore_failure
+
+    assert is_restore_failure(reason) is counts
+
+
+def test_a_stop_savepoint_is_acknowledged_only_with_its_marker_and_in_its_attempt(
+        tmp_path: Path):
+    storage = SlowMetadataStorage(tmp_path)
+    attempt = [0]
+    finals = []
+
+    async def scenario():
+        cc = make(storage, attempt)
+        cc.on_final = finals.append
+        cc.owner.start()
+        pc = cc.trigger(savepoint=True, stop=True)
+        fut = asyncio.get_running_loop().create_future()
+        pc.waiters.append(fut)
+        storage.slow = True
+        ack(cc, storage, pc.checkpoint_id)
+        await asyncio.get_running_loop().run_in_executor(None, storage.writing.wait, 10)
+        attempt[0] += 1            # a failover while the savepoint's _metadata is written
+        storage.release.set()
+        with pytest.raises(Exception, match="restarted while the stop savepoint"):
+            await asyncio.wait_for(fut, 10)
+        # the same in a quiet attempt is acknowledged, and the marker is there first
+        pc = cc.trigger(savepoint=True, stop=True)
+        fut = asyncio.get_running_loop().create_future()
+        pc.waiters.append(fut)
+        ack(cc, storage, pc.checkpoint_id)
+        summary = await asyncio.wait_for(fut, 10)
+        return summary
+
+    summary = asyncio.run(scenario())
+    assert (tmp_path / JOB / "stop").is_file()
+    assert summary["id"] == 2 and [pc.checkpoint_id for pc in finals] == [2]
+    assert b'"savepoint_id": 2' in (tmp_path / JOB / "stop").read_bytes()

@@ -1,0 +1,96 @@
+"""Status and reporting of the coordinator: record counts and rate from the workers' STATS,
+the status document (served by the API, written to the status file the local supervisor and
+tests read)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any
+
+log = logging.getLogger("streamjob.coordinator")
+
+
+class RecordCounter:
+    """Records read by the sources: the current attempt from the workers' STATS (a worker
+    sends one just before COMMITTED, so the count is exact at the end) plus what earlier
+    attempts read (replays included)."""
+
+    def __init__(self, source_task: str):
+        self.source_task = source_task
+        self.latest: dict[int, dict[str, list[int]]] = {}
+        self.base = 0
+        self.rate = 0.0
+        self._mark: tuple[float, int] | None = None
+
+    def on_stats(self, worker: int, tasks: dict[str, list[int]]) -> None:
+        self.latest[worker] = tasks
+
+    def new_attempt(self) -> None:
+        """Subtasks of the next attempt count from 0: keep the total cumulative."""
+        self.base += self.current()
+        self.latest = {}
+
+    def current(self) -> int:
+        return sum(v.get(self.source_task, [0, 0])[0] for v in self.latest.values())
+
+    def total(self) -> int:
+        return self.base + self.current()
+
+    def update_rate(self, now: float) -> bool:
+        """Once a second: the rate over the last second; True when it changed."""
+        total = self.total()
+        if self._mark is None:
+            self._mark = (now, total)
+            return False
+        if now - self._mark[0] < 1.0:
+            return False
+        t0, n0 = self._mark
+        self.rate = max(0.0, (total - n0) / (now - t0))
+        self._mark = (now, total)
+        return True
+
+
+def status_document(c: Any) -> dict[str, Any]:
+    """The job status (``openapi.yaml`` JobStatus) of a coordinator."""
+    from streamjob import jobstate as js
+
+    cc = c.checkpoints
+    completed = [h for h in cc.history if h["status"] == "COMPLETED"
+                 and h["kind"] == "checkpoint"]
+    last = completed[-1] if completed else None
+    return {
+        "job_id": c.job_id, "name": c.job.metadata.name,
+        "state": js.public_state(c.state, c.attempt),
+        "scheduler_state": c.state.value,
+        "message": c.message, "parallelism": c.p, "attempt": c.attempt,
+        "restarts": c.restarts, "coordinator_restarts": c.coordinator_restarts,
+        "restored_from": cc.restored_from,
+        "skipped_checkpoints": {str(n): why for n, why in sorted(c.restore_problems.items())},
+        "records_per_second": round(c.records.rate, 1),
+        "records_in": c.records.total(),
+        "last_checkpoint": None if last is None else {
+            k: last[k] for k in ("id", "completed_at", "duration_ms", "size_bytes")},
+        "failed_checkpoints": sum(1 for h in cc.history if h["status"] == "FAILED"),
+        "savepoints": [{k: s[k] for k in ("id", "path", "completed_at", "size_bytes")}
+                       for s in cc.savepoints],
+        "coordinator": {"port": c.port, "api_port": c.api.port if c.api else None,
+                        "pid": os.getpid()},
+        "running_since": c.running_since, "finished_at": c.finished_at,
+        "attempt_running_at": c.attempt_running_at, "last_failure": c.last_failure,
+        "updated_at": time.time(),
+    }
+
+
+def write_status_file(path: str | None, status: dict[str, Any]) -> None:
+    if not path:
+        return
+    tmp = f"{path}.tmp"
+    try:
+        with open(tmp, "w") as f:
+            json.dump(status, f)
+        os.replace(tmp, path)
+    except OSError as err:
+        log.warning("cannot write the status file %s: %s", path, err)
