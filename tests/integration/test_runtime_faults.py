@@ -1,0 +1,79 @@
+"""Issue 11 (worker, task, sink): never lose an epoch, never hang. Real ``streamjob run``
+process trees, faults injected at named worker-side protocol points."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+
+import pytest
+
+from streamjob import faults
+from tests.integration.conftest import assert_exactly_once
+from tests.integration.jobs import check_last_n
+
+pytestmark = pytest.mark.integration
+
+WORDS = 500
+
+
+def _fault_env(tmp_path, spec: str) -> dict[str, str]:
+    return {"STREAMJOB_FAULTS": spec, "STREAMJOB_FAULTS_DIR": str(tmp_path / "faults")}
+
+
+@pytest.mark.parametrize("spec", [
+    "sink.during-commit=kill",
+    "sink.after-pre-commit=kill,skip=3",
+    "worker.after-snapshot-upload=kill,skip=3",
+    "worker.after-snapshot-upload=kill,skip=3;worker.during-restore=kill",
+])
+def test_worker_killed_at_a_protocol_point_keeps_exactly_once(run_job, tmp_path, spec):
+    records = 120_000
+    job = run_job(args={"records": records, "words": WORDS, "rate": 30_000},
+                  env=_fault_env(tmp_path, spec))
+    assert job.wait(240) == 0, job.output()
+    for index in range(spec.count(";") + 1):
+        assert faults.fired(tmp_path / "faults", index) == 1, (spec, job.output()[-3000:])
+    assert job.status()["restarts"] >= 1
+    assert_exactly_once(job.cwd / "output", records, WORDS)
+
+
+def test_declined_delta_after_a_failed_upload_still_commits_its_epoch(run_job, tmp_path):
+    """Incremental, two checkpoints in flight, one state upload fails: the next delta is
+    declined (its base is gone) but its epoch's sink output must still be staged and later
+    committed, in order."""
+    records = 150_000
+    spec = ("storage.put:*/shared/*=stall:0.25,times=100000;"
+            "storage.put:*/shared/*=fail,skip=4")
+    job = run_job(args={"records": records, "words": WORDS, "rate": 30_000},
+                  checkpoint={"incremental": True, "maxDeltas": 5, "interval": "100ms",
+                              "maxConcurrent": 2, "tolerableFailures": 1000},
+                  env=_fault_env(tmp_path, spec))
+    assert job.wait(240) == 0, job.output()
+    assert faults.fired(tmp_path / "faults", 1) == 1, job.output()[-3000:]
+    assert "incremental base of this delta was lost" in job.output(), job.output()[-3000:]
+    assert_exactly_once(job.cwd / "output", records, WORDS)
+
+
+@pytest.mark.parametrize("incremental", [False, True])
+def test_list_and_dict_state_survive_worker_kills_exactly(run_job, incremental):
+    """State values that are a list and a dict, mutated in place by the user function:
+    no post-barrier record may leak into a snapshot (a restore would then skip it)."""
+    records, words = 150_000, 5_000
+    rng = random.Random(os.environ.get("SEED", 11))
+    job = run_job("tests.integration.jobs:last_n", name="lastn",
+                  args={"records": records, "words": words, "rate": 25_000},
+                  checkpoint={"interval": "150ms", "incremental": incremental})
+    job.wait_for(lambda s: s.get("state") == "RUNNING" and s.get("last_checkpoint"),
+                 what="first checkpoint")
+    for kill in range(2):
+        time.sleep(rng.uniform(0.5, 1.5))
+        os.kill(rng.choice(job.workers()), signal.SIGKILL)
+        job.wait_for(lambda s, k=kill: s.get("restarts", 0) >= k + 1 and
+                     s.get("state") == "RUNNING", timeout=120, what=f"restart {kill + 1}")
+    assert job.wait(240) == 0, job.output()
+    result = check_last_n(str(job.cwd / "output"), records, words)
+    assert result["problem_count"] == 0, result
+    assert result["lines"] == records
