@@ -163,3 +163,29 @@ def check_last_n(folder: str, records: int, words: int) -> dict[str, Any]:
         elif any(word(g) != w for g in got) or len(set(got)) != count:
             problems.append(f"{w}: wrong records {got[:5]}")
     return {"lines": total, "problems": problems[:20], "problem_count": len(problems)}
+
+
+def hanging_wordcount(args: dict[str, Any]) -> Pipeline:
+    """Wordcount whose source-side map blocks forever (``time.sleep``) on record ``hang_at``
+    the first time it is seen (a flag file remembers it): the worker must be killed by its
+    watchdog and the job must recover with exact output instead of hanging."""
+    from pathlib import Path
+
+    records, words = int(args["records"]), int(args["words"])
+    hang_at, flag = int(args["hang_at"]), Path(args["flag"])
+    word = word_of(words)
+
+    def maybe_hang(g: int) -> str:
+        if g == hang_at and not flag.exists():
+            flag.write_text("hung\n")
+            time.sleep(3600)
+        return word(g)
+
+    p = Pipeline()
+    (p.source(GeneratorSource(records=records, rate=float(args.get("rate", 0))))
+      .map(maybe_hang)
+      .key_by(str)
+      .count()
+      .map(lambda kv: f"{kv[0]} {kv[1]}")
+      .sink(FileSink(args["output"])))
+    return p

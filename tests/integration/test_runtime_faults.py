@@ -77,3 +77,46 @@ def test_list_and_dict_state_survive_worker_kills_exactly(run_job, incremental):
     result = check_last_n(str(job.cwd / "output"), records, words)
     assert result["problem_count"] == 0, result
     assert result["lines"] == records
+
+
+def test_user_function_that_blocks_forever_is_killed_and_the_job_recovers(run_job, tmp_path):
+    records = 100_000
+    job = run_job("tests.integration.jobs:hanging_wordcount", name="hang",
+                  args={"records": records, "words": WORDS, "rate": 25_000,
+                        "hang_at": 40_000, "flag": str(tmp_path / "hung.flag")},
+                  checkpoint={"timeout": "2s"},
+                  env={"STREAMJOB_CANCEL_TIMEOUT": "3"})
+    assert job.wait(180) == 0, job.output()[-3000:]
+    assert (tmp_path / "hung.flag").exists()
+    assert "watchdog:" in job.output()
+    assert job.status()["restarts"] >= 1
+    assert_exactly_once(job.cwd / "output", records, WORDS)
+
+
+def test_upload_stuck_in_storage_does_not_hang_a_cancel(run_job, tmp_path):
+    """A state upload that never returns: the checkpoint times out, the job restarts, and the
+    worker whose cancel waits for that upload is ended by its watchdog."""
+    records = 100_000
+    job = run_job(args={"records": records, "words": WORDS, "rate": 25_000},
+                  checkpoint={"timeout": "1s", "tolerableFailures": 0},
+                  env={"STREAMJOB_CANCEL_TIMEOUT": "3",
+                       **_fault_env(tmp_path, "storage.put:*/chk-*/t1/*=stall:3600,skip=2")})
+    assert job.wait(180) == 0, job.output()[-3000:]
+    assert faults.fired(tmp_path / "faults", 0) == 1
+    assert "a cancel did not complete" in job.output(), job.output()[-3000:]
+    assert_exactly_once(job.cwd / "output", records, WORDS)
+
+
+def test_sigterm_of_one_worker_restarts_it_and_the_job_completes(run_job):
+    records = 120_000
+    job = run_job(args={"records": records, "words": WORDS, "rate": 30_000})
+    job.wait_for(lambda s: s.get("state") == "RUNNING" and s.get("last_checkpoint"),
+                 what="first checkpoint")
+    victim = job.workers()[0]
+    os.kill(victim, signal.SIGTERM)
+    job.wait_for(lambda s: s.get("restarts", 0) >= 1 and s.get("state") == "RUNNING",
+                 timeout=120, what="a restart after SIGTERM")
+    assert victim not in job.workers()
+    assert job.wait(240) == 0, job.output()[-3000:]
+    assert "SIGTERM; exiting with code 143" in job.output()
+    assert_exactly_once(job.cwd / "output", records, WORDS)
