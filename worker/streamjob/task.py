@@ -13,8 +13,9 @@ import asyncio
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +33,9 @@ from streamjob.windows import MIN_WATERMARK, WatermarkGenerator, WatermarkTracke
 log = logging.getLogger("streamjob.task")
 
 BATCH = 2048
+# Batches handed to the sink's thread and not written yet: beyond this the task waits
+# (backpressure from a slow disk instead of unbounded memory).
+SINK_QUEUE = 8
 
 
 class SinkStagingError(RuntimeError):
@@ -103,9 +107,13 @@ class SubtaskRunner:
         self.chain: list[dict[str, Any]] | None = None
         self.chain_epoch = 0
         self.upload_lock = asyncio.Lock()
-        # The sink's slow work (staging an epoch's output) runs on one thread of its own, in
-        # barrier order, started at the barrier whatever becomes of the checkpoint.
+        # Everything the sink does that may block (writes, the cut at a barrier, staging) runs
+        # on one thread of its own, in the order of the stream: the records submitted before
+        # barrier n are exactly epoch n. Staging starts at the barrier whatever becomes of
+        # the checkpoint.
         self.sink_executor: ThreadPoolExecutor | None = None
+        self.sink_writes: deque[Future[None]] = deque()
+        self.sink_error: BaseException | None = None
         self._build()
         if self.sink_writer is not None:
             self.sink_executor = ThreadPoolExecutor(
@@ -211,7 +219,16 @@ class SubtaskRunner:
                 return
         self.records_out += len(batch)
         if self.sink_writer is not None:
-            self.sink_writer.write(batch)
+            writes = self.sink_writes
+            while writes and writes[0].done():
+                writes.popleft()
+            if self.sink_error is not None:
+                raise SinkStagingError(f"sink write failed: {self.sink_error}")
+            if len(writes) >= SINK_QUEUE:
+                t0 = time.perf_counter()
+                await asyncio.wrap_future(writes.popleft())
+                self.backpressure_seconds += time.perf_counter() - t0
+            writes.append(self.sink_executor.submit(self._sink_write, batch))
         elif self.output is not None:
             await self.output.emit(batch)
 
@@ -393,17 +410,27 @@ class SubtaskRunner:
             await self.output.broadcast_barrier(cid, kind)
         return snap
 
+    def _sink_write(self, batch: list[Any]) -> None:
+        """On the sink's thread. A failed write fails every later stage (and the task)."""
+        if self.sink_error is not None:
+            return
+        try:
+            self.sink_writer.write(batch)
+        except Exception as err:  # noqa: BLE001
+            self.sink_error = err
+
     def _stage(self, cid: int) -> asyncio.Future[None]:
         """Cut the sink's output at barrier ``cid`` and stage it off the loop, in barrier
         order. Staging does not depend on the checkpoint: the records of a closed epoch are
         out of the state of every later snapshot, so they must reach the staging area even
         if this checkpoint is declined, dropped or aborted (a later completed checkpoint then
         commits them). A staging failure fails the job (only a restore brings them back)."""
-        finish = self.sink_writer.pre_commit(cid)
 
         def stage() -> None:
             try:
-                finish()
+                if self.sink_error is not None:
+                    raise self.sink_error
+                self.sink_writer.pre_commit(cid)()
             except Exception as err:  # noqa: BLE001
                 raise SinkStagingError(f"staging output of checkpoint {cid} failed: "
                                        f"{err}") from err
@@ -517,7 +544,8 @@ class SubtaskRunner:
         if self.output is not None:
             self.output.close()
         if self.sink_writer is not None:
-            self.sink_writer.close()
-        if self.sink_executor is not None:
+            # After every write queued before it (on the sink's thread): no write lands in a
+            # file that was closed.
+            await asyncio.wrap_future(self.sink_executor.submit(self.sink_writer.close))
             self.sink_executor.shutdown(wait=False)
 

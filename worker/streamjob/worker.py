@@ -244,7 +244,9 @@ class Worker:
         attempt, p = msg["attempt"], msg["parallelism"]
         spec = self.job.spec
         if self.storage is None:
-            self.storage = open_storage(msg["storage"])
+            # Off the loop: opening S3 storage talks to the server (and may wait for it).
+            self.storage = await asyncio.get_running_loop().run_in_executor(
+                self.executor, open_storage, msg["storage"])
         runners = [
             SubtaskRunner(t, self.index, p, spec.max_parallelism, msg["job_id"], self.storage,
                           self.executor, spec.checkpoint.mode, spec.checkpoint.aligned_timeout,
