@@ -27,12 +27,19 @@ _MISSING = object()
 MUTABLE = frozenset({list, dict, set, bytearray, tuple})
 
 
+# Containers that change in place (a tuple only through what it holds).
+CONTAINERS = frozenset({list, dict, set, bytearray})
+
+
 def is_mutable(value: Any) -> bool:
     """Whether ``value`` is or holds a container that can change in place."""
     t = type(value)
     if t is tuple:
-        return any(type(v) in MUTABLE and is_mutable(v) for v in value)
-    return t in MUTABLE
+        for v in value:
+            if type(v) in MUTABLE and is_mutable(v):
+                return True
+        return False
+    return t in CONTAINERS
 
 
 def copy_value(value: Any) -> Any:
@@ -145,17 +152,9 @@ class ValueState:
 
     def __init__(self, ctx: KeyedContext, table: dict[Any, Any], default: Any, name: str = ""):
         self._ctx, self._table, self._default, self._name = ctx, table, default, name
-        if is_mutable(default):
-            # value() hands out the default itself for a new key: a mutable default must
-            # be copied per key, and the table is frozen deeply.
-            ctx.backend.mutable.add(name)
 
     def value(self) -> Any:
-        v = self._table.get(self._ctx.key, _MISSING)
-        if v is _MISSING:
-            d = self._default
-            return copy_value(d) if type(d) in MUTABLE else d  # a fresh list per key
-        return v
+        return self._table.get(self._ctx.key, self._default)
 
     def update(self, value: Any) -> None:
         self._table[self._ctx.key] = value
@@ -166,6 +165,17 @@ class ValueState:
     def clear(self) -> None:
         self._table.pop(self._ctx.key, None)
         self._ctx.touch()
+
+
+class _MutableDefaultValueState(ValueState):
+    """A value state whose default is a list or dict: each new key gets its own copy (the
+    default itself must never be handed out, mutated and stored under many keys)."""
+
+    __slots__ = ()
+
+    def value(self) -> Any:
+        v = self._table.get(self._ctx.key, _MISSING)
+        return copy_value(self._default) if v is _MISSING else v
 
 
 class MapState:
@@ -225,7 +235,11 @@ class KeyedContext:
             self.backend.dirty.add(self.key)
 
     def value_state(self, name: str, default: Any = None) -> ValueState:
-        return ValueState(self, self.backend.table(name, "value"), default, name)
+        table = self.backend.table(name, "value")
+        if is_mutable(default):
+            self.backend.mutable.add(name)  # frozen deeply (see the module docstring)
+            return _MutableDefaultValueState(self, table, default, name)
+        return ValueState(self, table, default, name)
 
     def map_state(self, name: str) -> MapState:
         return MapState(self, self.backend.table(name, "map"), name)
@@ -273,16 +287,18 @@ class ReduceOperator:
 
     def process_batch(self, batch: list[Any]) -> list[Any]:
         table, key_fn, fn, out = self.table, self.key_fn, self.fn, []
-        mutable = False
+        mutable, containers = False, CONTAINERS
         for record in batch:
             key = key_fn(record)
             acc = table.get(key, _MISSING)
             acc = record if acc is _MISSING else fn(acc, record)
             table[key] = acc
             out.append((key, acc))
-            if type(acc) in MUTABLE:
-                mutable = mutable or is_mutable(acc)
-        if mutable:
+            if type(acc) in containers:
+                mutable = True
+        # Tuples holding a container: judged by the batch's last accumulator (a reduce
+        # function returns one shape), not per record (a tuple scan costs more than reduce).
+        if mutable or (batch and type(acc) is tuple and is_mutable(acc)):
             self.backend.mutable.add("reduce")
         if self.backend.dirty is not None:
             self.backend.dirty.update(map(self.key_fn, batch))
