@@ -120,3 +120,15 @@ def test_sigterm_of_one_worker_restarts_it_and_the_job_completes(run_job):
     assert job.wait(240) == 0, job.output()[-3000:]
     assert "SIGTERM; exiting with code 143" in job.output()
     assert_exactly_once(job.cwd / "output", records, WORDS)
+
+
+def test_unaligned_checkpoints_past_the_inflight_limit_are_declined_not_buffered(run_job):
+    records = 60_000
+    job = run_job("tests.integration.jobs:slow_wordcount", name="slow",
+                  args={"records": records, "words": WORDS, "delay": 0.005},
+                  checkpoint={"mode": "unaligned", "interval": "200ms",
+                              "tolerableFailures": 100000},
+                  env={"STREAMJOB_INFLIGHT_LIMIT": "2000", "STREAMJOB_LOG": "WARNING"})
+    assert job.wait(240) == 0, job.output()[-3000:]
+    assert "in-flight records (unaligned checkpoint declined" in job.output()
+    assert_exactly_once(job.cwd / "output", records, WORDS)

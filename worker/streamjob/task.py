@@ -79,6 +79,7 @@ class SubtaskRunner:
             self.handler = BarrierHandler(parallelism, checkpoint_mode, aligned_timeout)
             self.gate.blocked = self.handler.blocked
             self.gate.wants_priority = self._wants_priority
+            self.gate.on_capture_overflow = self._capture_overflow
         self.output: Output | None = None
         self.backend: KeyedStateBackend | None = None
         self.source = source
@@ -369,6 +370,16 @@ class SubtaskRunner:
                     self._finish(snap)
             elif action.kind == barriers.ABORTED:
                 self._drop(cid, "a newer barrier overtook it")
+
+    def _capture_overflow(self, cid: int) -> None:
+        """Too many in-flight records for unaligned checkpoint ``cid``: decline it rather
+        than hold them all in memory (the gate has dropped the capture)."""
+        reason = (f"more than {self.gate.capture_limit:,} in-flight records (unaligned "
+                  f"checkpoint declined to bound memory)")
+        log.warning("%s: checkpoint %d declined: %s", self.name, cid, reason)
+        self.send("DECLINE", id=cid, task=self.spec.task_id, subtask=self.subtask,
+                  reason=reason)
+        self.on_abort(cid)
 
     def _arrived_unhandled(self, cid: int) -> tuple[int, ...]:
         """Channels whose barrier n sits in their queue but was not handled yet."""
