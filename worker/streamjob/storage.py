@@ -13,7 +13,7 @@ import shutil
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 
 class StorageError(OSError):
@@ -68,6 +68,30 @@ class LocalStorage:
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            tmp = None
+            fsync_dir(path.parent)
+        except (OSError, ValueError, TypeError) as err:
+            raise StorageError(f"cannot write {self.uri}/{key}: {_why(err)}") from None
+        finally:
+            if tmp is not None:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+
+    def put_file(self, key: str, src: BinaryIO) -> None:
+        """``put`` of an open file's whole content (from its start), copied in chunks."""
+        path = self._path(key)
+        tmp = None
+        try:
+            src.seek(0)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            with os.fdopen(fd, "wb") as f:
+                shutil.copyfileobj(src, f, 1 << 20)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
