@@ -19,6 +19,12 @@ pytestmark = pytest.mark.integration
 WORDS = 500
 
 
+def _staged_left(output) -> list[str]:
+    """Staging folders left next to the output (a finished job has committed them all)."""
+    staging = output.with_name(f".{output.name}.staging")
+    return sorted(p.name for p in staging.glob("*/chk-*"))
+
+
 def _fault_env(tmp_path, spec: str) -> dict[str, str]:
     return {"STREAMJOB_FAULTS": spec, "STREAMJOB_FAULTS_DIR": str(tmp_path / "faults")}
 
@@ -38,6 +44,7 @@ def test_worker_killed_at_a_protocol_point_keeps_exactly_once(run_job, tmp_path,
         assert faults.fired(tmp_path / "faults", index) == 1, (spec, job.output()[-3000:])
     assert job.status()["restarts"] >= 1
     assert_exactly_once(job.cwd / "output", records, WORDS)
+    assert _staged_left(job.cwd / "output") == []
 
 
 def test_declined_delta_after_a_failed_upload_still_commits_its_epoch(run_job, tmp_path):
@@ -77,6 +84,7 @@ def test_list_and_dict_state_survive_worker_kills_exactly(run_job, incremental):
     result = check_last_n(str(job.cwd / "output"), records, words)
     assert result["problem_count"] == 0, result
     assert result["lines"] == records
+    assert _staged_left(job.cwd / "output") == []
 
 
 def test_user_function_that_blocks_forever_is_killed_and_the_job_recovers(run_job, tmp_path):
