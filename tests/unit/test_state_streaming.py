@@ -60,3 +60,22 @@ def test_a_failed_put_file_leaves_no_temp_file(tmp_path):
     with pytest.raises(StorageError, match="Input/output"):
         s.put_file("x/y", Broken(b"abc"))
     assert [f for _, _, fs in os.walk(tmp_path) for f in fs] == []
+
+
+def test_restore_reads_are_bounded_per_span(tmp_path, monkeypatch):
+    frozen = _frozen(20_000, 100)
+    kg = lambda k: key_group(k, 128)  # noqa: E731
+    s = LocalStorage(tmp_path)
+    handle = state.write_snapshot(s, "f", frozen, None, kg)
+    reads = []
+    real = s.get_range
+    monkeypatch.setattr(s, "get_range", lambda k, o, n: reads.append(n) or real(k, o, n))
+    monkeypatch.setattr(state, "SPAN_BYTES", 100_000)
+    got = {}
+    for _name, _kind, entries, _deleted in state.read_keyed_state(s, handle, range(128)):
+        got.update(entries)
+    assert got == frozen["t"][1]
+    biggest_section = max(e[2] for e in handle["key_groups"])
+    assert len(reads) > 1 and max(reads) <= max(100_000, biggest_section)
+    assert state._spans([[0, 8, 10], [1, 18, 10], [2, 28, 10]], limit=20) == [
+        [[0, 8, 10], [1, 18, 10]], [[2, 28, 10]]]

@@ -39,6 +39,7 @@ VERSION = 1
 HEADER = MAGIC + struct.pack("<H", VERSION)
 INLINE_LIMIT = 16 * 1024
 SPOOL_BYTES = 16 * 1024 * 1024  # a state file bigger than this is built on disk
+SPAN_BYTES = 16 * 1024 * 1024   # largest ranged read on restore (one section may exceed it)
 
 
 class CorruptStateError(ValueError):
@@ -151,11 +152,14 @@ def read_operator_state(storage: Storage, handle: dict[str, Any]) -> dict[str, A
     return _unpack(storage.get_range(handle["key"], offset, length), crc, handle["key"])
 
 
-def _spans(index: Iterable[list[int]]) -> list[list[list[int]]]:
-    """Group adjacent sections so that one ranged read fetches each run of key groups."""
+def _spans(index: Iterable[list[int]], limit: int | None = None) -> list[list[list[int]]]:
+    """Group adjacent sections so that one ranged read fetches each run of key groups, up to
+    ``limit`` bytes per read (a restore never holds a whole big state file in memory)."""
+    limit = SPAN_BYTES if limit is None else limit
     spans: list[list[list[int]]] = []
     for entry in index:
-        if spans and spans[-1][-1][1] + spans[-1][-1][2] == entry[1]:
+        if (spans and spans[-1][-1][1] + spans[-1][-1][2] == entry[1]
+                and entry[1] + entry[2] - spans[-1][0][1] <= limit):
             spans[-1].append(entry)
         else:
             spans.append([entry])
