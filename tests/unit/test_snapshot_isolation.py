@@ -113,3 +113,19 @@ def test_plain_tables_are_shallow_copies_and_copy_value_shares_immutables():
     t = (1, "x")
     assert copy_value(t) is t
     assert copy_value([t])[0] is t
+
+
+def test_a_table_without_containers_left_goes_back_to_the_cheap_copy():
+    backend, ctx = _ctx()
+    backend.load("acc", "value", {"k": [1, 2]})   # tuples come back from storage as lists
+    st = ctx.value_state("acc")
+    assert "acc" in backend.mutable
+    ctx.key = "k"
+    st.update((1, 3))
+    frozen = backend.freeze()
+    assert frozen["acc"][1] == {"k": (1, 3)}
+    assert "acc" not in backend.mutable
+    st.update([4])                                 # a container again: flagged again
+    frozen = backend.freeze()
+    st.value().append(5)
+    assert frozen["acc"][1] == {"k": [4]}

@@ -95,7 +95,18 @@ class KeyedStateBackend:
         frozen = {}
         for name, table in self.tables.items():
             kind = self.kinds[name]
-            if name in self.mutable:
+            if name in self.mutable and kind == "value":
+                copied, deep = {}, False
+                for k, v in table.items():
+                    if type(v) in MUTABLE and is_mutable(v):
+                        v, deep = copy_value(v), True
+                    copied[k] = v
+                if not deep:
+                    # No container left (say restored lists since replaced by tuples): back
+                    # to the cheap copy until one is stored again (every path flags it).
+                    self.mutable.discard(name)
+                frozen[name] = (kind, copied)
+            elif name in self.mutable:
                 frozen[name] = (kind, {k: copy_value(v) for k, v in table.items()})
             elif kind == "map":
                 frozen[name] = (kind, {k: dict(v) for k, v in table.items()})
