@@ -16,6 +16,7 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
+from streamjob import faults
 from streamjob.connectors.filesink import job_token
 from streamjob.storage import NotFoundError
 
@@ -71,6 +72,8 @@ class S3FileSink:
                     continue
                 self.storage.delete(key)
                 moved += 1
+                if moved == 1:
+                    faults.point("sink.during-commit")
         return moved
 
     def recover(self, job_id: str, checkpoint_id: int | None) -> None:
