@@ -10,12 +10,17 @@ Watermarks travel in order too, but never wait for room: they are tiny and must 
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from streamjob import wire
 from streamjob.keygroups import KeyRouter
+
+# Records an unaligned checkpoint may hold in flight per subtask before it is declined.
+CAPTURE_LIMIT = int(os.environ.get("STREAMJOB_INFLIGHT_LIMIT", 500_000))
 
 CHECKPOINT, SAVEPOINT, FINAL = 0, 1, 2  # barrier kinds; savepoints and final are aligned
 
@@ -62,6 +67,13 @@ class InputGate:
         self.capture: dict[int, dict[int, list[Any]]] = {}
         self.capturing: dict[int, set[int]] = {}
         self.wants_priority = lambda marker: False
+        # In-flight capture reads ahead of the queue capacity (the barrier is behind the
+        # data); it is bounded by records: past the limit the capture is dropped and
+        # ``on_capture_overflow(checkpoint_id)`` declines that checkpoint (memory stays
+        # bounded; the next checkpoint tries again).
+        self.capture_limit = CAPTURE_LIMIT
+        self.captured_records: dict[int, int] = {}
+        self.on_capture_overflow: Callable[[int], None] = lambda checkpoint_id: None
 
     def _read_ahead(self, channel: int) -> bool:
         return any(channel in active for active in self.capturing.values())
@@ -72,10 +84,21 @@ class InputGate:
             self.space.clear()
             await self.space.wait()
         q.append(batch)
+        if self.capturing:
+            self._capture(channel, batch)
+        self.available.set()
+
+    def _capture(self, channel: int, batch: Any) -> None:
+        overflow = []
         for cid, active in self.capturing.items():
             if channel in active:
                 self.capture[cid][channel].append(batch)
-        self.available.set()
+                n = self.captured_records[cid] = self.captured_records.get(cid, 0) + len(batch)
+                if n > self.capture_limit:
+                    overflow.append(cid)
+        for cid in overflow:
+            self.take_capture(cid)
+            self.on_capture_overflow(cid)
 
     def put_watermark(self, channel: int, timestamp: float) -> None:
         # Not captured as in-flight state: a restored subtask starts from the watermark
@@ -112,10 +135,14 @@ class InputGate:
                 active.add(c)
         self.capture[checkpoint_id] = captured
         self.capturing[checkpoint_id] = active
+        self.captured_records[checkpoint_id] = sum(len(b) for bs in captured.values()
+                                                   for b in bs)
         self.space.set()  # readers may now read ahead to find their barriers
 
     def take_capture(self, checkpoint_id: int) -> dict[int, list[Any]]:
         self.capturing.pop(checkpoint_id, None)
+        self.captured_records.pop(checkpoint_id, None)
+        self.space.set()  # a channel that stops reading ahead may have to wait again
         return self.capture.pop(checkpoint_id, {})
 
     def drop_capture(self, checkpoint_id: int) -> None:

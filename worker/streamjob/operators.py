@@ -1,8 +1,18 @@
 """Keyed operators and the keyed state they keep.
 
 State lives in named tables (``dict`` key -> value) owned by one subtask. A snapshot freezes
-the tables with a shallow copy (the synchronous part, milliseconds for typical state) and the
-copy is grouped by key group and written while processing continues.
+the tables (the synchronous part, milliseconds for typical state) and the frozen copy is
+grouped by key group and written while processing continues.
+
+Snapshot isolation: a frozen copy must not change when processing goes on after the barrier.
+Immutable values (int, float, str, bytes, None, tuples of those) are shared at no cost; a
+table that has ever held a mutable container (list, dict, set, bytearray, a tuple holding
+one) is copied *deeply for its containers* at freeze (:func:`copy_value`), so a function that
+appends to the list it got from ``value()`` and then ``update()``s it cannot leak post-barrier
+records into the snapshot. Tables of plain values (counts, sums, strings) keep the C-speed
+``dict.copy()``. The rule for user functions: state values are msgpack types; mutating a
+value in place is allowed, but call ``update()`` (or ``put()``) after mutating it so that
+incremental checkpoints see the change.
 """
 
 from __future__ import annotations
@@ -11,6 +21,44 @@ from collections.abc import Callable
 from typing import Any
 
 _MISSING = object()
+
+# Types whose instances can change after the barrier (tuples may hold such a container):
+# a first, cheap filter (one set lookup); :func:`is_mutable` decides for tuples.
+MUTABLE = frozenset({list, dict, set, bytearray, tuple})
+
+
+# Containers that change in place (a tuple only through what it holds).
+CONTAINERS = frozenset({list, dict, set, bytearray})
+
+
+def is_mutable(value: Any) -> bool:
+    """Whether ``value`` is or holds a container that can change in place."""
+    t = type(value)
+    if t is tuple:
+        for v in value:
+            if type(v) in MUTABLE and is_mutable(v):
+                return True
+        return False
+    return t in CONTAINERS
+
+
+def copy_value(value: Any) -> Any:
+    """A copy of ``value`` that shares nothing mutable with it (containers copied, leaves
+    shared): what a snapshot keeps of a list or dict state value."""
+    t = type(value)
+    if t is list:
+        return [copy_value(v) if type(v) in MUTABLE else v for v in value]
+    if t is dict:
+        return {k: copy_value(v) if type(v) in MUTABLE else v for k, v in value.items()}
+    if t is tuple:
+        if not any(type(v) in MUTABLE for v in value):
+            return value
+        return tuple(copy_value(v) for v in value)
+    if t is set:
+        return set(value)
+    if t is bytearray:
+        return bytes(value)
+    return value
 
 
 class KeyedStateBackend:
@@ -24,6 +72,13 @@ class KeyedStateBackend:
         self.dirty: set[Any] | None = set() if track_changes else None
         self.key_groups: range | None = None
         self.max_parallelism: int | None = None
+        # Tables that have held a mutable value (see the module docstring): frozen deeply.
+        self.mutable: set[str] = set()
+
+    def note_value(self, name: str, value: Any) -> None:
+        """Record that table ``name`` holds ``value`` (cheap: one type test)."""
+        if type(value) in MUTABLE and is_mutable(value):
+            self.mutable.add(name)
 
     def table(self, name: str, kind: str) -> dict[Any, Any]:
         if name in self.tables:
@@ -40,7 +95,20 @@ class KeyedStateBackend:
         frozen = {}
         for name, table in self.tables.items():
             kind = self.kinds[name]
-            if kind == "map":
+            if name in self.mutable and kind == "value":
+                copied, deep = {}, False
+                for k, v in table.items():
+                    if type(v) in MUTABLE and is_mutable(v):
+                        v, deep = copy_value(v), True
+                    copied[k] = v
+                if not deep:
+                    # No container left (say restored lists since replaced by tuples): back
+                    # to the cheap copy until one is stored again (every path flags it).
+                    self.mutable.discard(name)
+                frozen[name] = (kind, copied)
+            elif name in self.mutable:
+                frozen[name] = (kind, {k: copy_value(v) for k, v in table.items()})
+            elif kind == "map":
                 frozen[name] = (kind, {k: dict(v) for k, v in table.items()})
             else:
                 frozen[name] = (kind, table.copy())
@@ -55,11 +123,14 @@ class KeyedStateBackend:
         delta = {}
         for name, table in self.tables.items():
             kind = self.kinds[name]
+            deep = name in self.mutable
             changed, deleted = {}, []
             for k in dirty:
                 v = table.get(k, _MISSING)
                 if v is _MISSING:
                     deleted.append(k)
+                elif deep:
+                    changed[k] = copy_value(v)
                 else:
                     changed[k] = dict(v) if kind == "map" else v
             delta[name] = (kind, changed, deleted)
@@ -73,6 +144,11 @@ class KeyedStateBackend:
              deleted: list[Any] = ()) -> None:
         table = self.table(name, kind)
         table.update(entries)
+        if name not in self.mutable:
+            inner = (v for m in entries.values() for v in m.values()) if kind == "map" \
+                else entries.values()
+            if any(type(v) in MUTABLE and is_mutable(v) for v in inner):
+                self.mutable.add(name)
         for k in deleted:
             table.pop(k, None)
 
@@ -83,16 +159,18 @@ class KeyedStateBackend:
 class ValueState:
     """The value of one state for the current key."""
 
-    __slots__ = ("_ctx", "_table", "_default")
+    __slots__ = ("_ctx", "_table", "_default", "_name")
 
-    def __init__(self, ctx: KeyedContext, table: dict[Any, Any], default: Any):
-        self._ctx, self._table, self._default = ctx, table, default
+    def __init__(self, ctx: KeyedContext, table: dict[Any, Any], default: Any, name: str = ""):
+        self._ctx, self._table, self._default, self._name = ctx, table, default, name
 
     def value(self) -> Any:
         return self._table.get(self._ctx.key, self._default)
 
     def update(self, value: Any) -> None:
         self._table[self._ctx.key] = value
+        if type(value) in MUTABLE and is_mutable(value):
+            self._ctx.backend.mutable.add(self._name)
         self._ctx.touch()
 
     def clear(self) -> None:
@@ -100,13 +178,24 @@ class ValueState:
         self._ctx.touch()
 
 
+class _MutableDefaultValueState(ValueState):
+    """A value state whose default is a list or dict: each new key gets its own copy (the
+    default itself must never be handed out, mutated and stored under many keys)."""
+
+    __slots__ = ()
+
+    def value(self) -> Any:
+        v = self._table.get(self._ctx.key, _MISSING)
+        return copy_value(self._default) if v is _MISSING else v
+
+
 class MapState:
     """A mapping kept per key (for the current key)."""
 
-    __slots__ = ("_ctx", "_table")
+    __slots__ = ("_ctx", "_table", "_name")
 
-    def __init__(self, ctx: KeyedContext, table: dict[Any, Any]):
-        self._ctx, self._table = ctx, table
+    def __init__(self, ctx: KeyedContext, table: dict[Any, Any], name: str = ""):
+        self._ctx, self._table, self._name = ctx, table, name
 
     def _map(self, create: bool) -> dict[Any, Any] | None:
         m = self._table.get(self._ctx.key)
@@ -120,6 +209,8 @@ class MapState:
 
     def put(self, key: Any, value: Any) -> None:
         self._map(True)[key] = value
+        if type(value) in MUTABLE and is_mutable(value):
+            self._ctx.backend.mutable.add(self._name)
         self._ctx.touch()
 
     def remove(self, key: Any) -> None:
@@ -155,10 +246,14 @@ class KeyedContext:
             self.backend.dirty.add(self.key)
 
     def value_state(self, name: str, default: Any = None) -> ValueState:
-        return ValueState(self, self.backend.table(name, "value"), default)
+        table = self.backend.table(name, "value")
+        if is_mutable(default):
+            self.backend.mutable.add(name)  # frozen deeply (see the module docstring)
+            return _MutableDefaultValueState(self, table, default, name)
+        return ValueState(self, table, default, name)
 
     def map_state(self, name: str) -> MapState:
-        return MapState(self, self.backend.table(name, "map"))
+        return MapState(self, self.backend.table(name, "map"), name)
 
 
 class KeyedProcessFunction:
@@ -203,12 +298,19 @@ class ReduceOperator:
 
     def process_batch(self, batch: list[Any]) -> list[Any]:
         table, key_fn, fn, out = self.table, self.key_fn, self.fn, []
+        mutable, containers = False, CONTAINERS
         for record in batch:
             key = key_fn(record)
             acc = table.get(key, _MISSING)
             acc = record if acc is _MISSING else fn(acc, record)
             table[key] = acc
             out.append((key, acc))
+            if type(acc) in containers:
+                mutable = True
+        # Tuples holding a container: judged by the batch's last accumulator (a reduce
+        # function returns one shape), not per record (a tuple scan costs more than reduce).
+        if mutable or (batch and type(acc) is tuple and is_mutable(acc)):
+            self.backend.mutable.add("reduce")
         if self.backend.dirty is not None:
             self.backend.dirty.update(map(self.key_fn, batch))
         return out

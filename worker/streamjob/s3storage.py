@@ -24,7 +24,7 @@ import io
 import os
 import re
 from collections.abc import Callable, Mapping
-from typing import TypeVar
+from typing import BinaryIO, TypeVar
 from urllib.parse import urlsplit
 
 import urllib3
@@ -268,6 +268,32 @@ class S3Storage:
                 io.BytesIO(data),
                 len(data),
                 metadata={SHA256_META: digest},
+                part_size=self.part_size,
+                num_parallel_uploads=self.parallel_uploads,
+            )
+
+        self._call("put", key, upload)
+
+    def put_file(self, key: str, f: BinaryIO) -> None:
+        """Upload an open file from its start without reading it into memory: one pass for
+        the checksum, then a multipart upload that holds at most ``parallel_uploads`` parts
+        of ``part_size`` in memory."""
+        name = self._name(key)
+
+        def upload() -> None:
+            f.seek(0)
+            h = hashlib.sha256()
+            length = 0
+            while chunk := f.read(MiB):
+                h.update(chunk)
+                length += len(chunk)
+            f.seek(0)
+            self._client.put_object(
+                self.bucket,
+                name,
+                f,
+                length,
+                metadata={SHA256_META: h.hexdigest()},
                 part_size=self.part_size,
                 num_parallel_uploads=self.parallel_uploads,
             )

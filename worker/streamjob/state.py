@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import struct
+import tempfile
 import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, BinaryIO
 
 import msgpack
 
@@ -36,6 +38,8 @@ MAGIC = b"SJSNAP"
 VERSION = 1
 HEADER = MAGIC + struct.pack("<H", VERSION)
 INLINE_LIMIT = 16 * 1024
+SPOOL_BYTES = 16 * 1024 * 1024  # a state file bigger than this is built on disk
+SPAN_BYTES = 16 * 1024 * 1024   # largest ranged read on restore (one section may exceed it)
 
 
 class CorruptStateError(ValueError):
@@ -55,6 +59,16 @@ def encode_snapshot(frozen: dict[str, tuple[Any, ...]],
 
     ``frozen`` maps a table to ``(kind, entries)`` (a full snapshot) or to
     ``(kind, entries, deleted_keys)`` (a delta: sections then carry the deletions too)."""
+    out = io.BytesIO()
+    handle = encode_snapshot_to(out, frozen, operator_state, kg_of)
+    return out.getvalue(), handle
+
+
+def encode_snapshot_to(out: BinaryIO, frozen: dict[str, tuple[Any, ...]],
+                       operator_state: dict[str, Any] | None,
+                       kg_of: Callable[[Any], int]) -> dict[str, Any]:
+    """Write a state file to ``out`` one key-group section at a time (never the whole file
+    in memory) and return its handle."""
     groups: dict[int, list[Any]] = defaultdict(list)
     for name, item in frozen.items():
         kind, table = item[0], item[1]
@@ -70,40 +84,50 @@ def encode_snapshot(frozen: dict[str, tuple[Any, ...]],
                 groups[kg].append((name, kind, per_kg[kg]))
             else:
                 groups[kg].append((name, kind, per_kg.get(kg, []), per_kg_del.get(kg, [])))
-    parts = [HEADER]
+    digest = hashlib.sha256(HEADER)
+    out.write(HEADER)
     offset = len(HEADER)
     kg_index = []
     packer = msgpack.Packer(use_bin_type=True)
     for kg in sorted(groups):
-        blob = packer.pack(groups[kg])
+        blob = packer.pack(groups.pop(kg))
         kg_index.append([kg, offset, len(blob), zlib.crc32(blob)])
-        parts.append(blob)
+        out.write(blob)
+        digest.update(blob)
         offset += len(blob)
     op = None
     if operator_state:
         blob = packer.pack(operator_state)
         op = [offset, len(blob), zlib.crc32(blob)]
-        parts.append(blob)
+        out.write(blob)
+        digest.update(blob)
         offset += len(blob)
-    data = b"".join(parts)
-    handle = {"format": VERSION, "size": len(data), "sha256": hashlib.sha256(data).hexdigest(),
-              "key_groups": kg_index, "operator": op,
-              "keys": sum(len(t[1]) for t in frozen.values())}
-    return data, handle
+    return {"format": VERSION, "size": offset, "sha256": digest.hexdigest(),
+            "key_groups": kg_index, "operator": op,
+            "keys": sum(len(t[1]) for t in frozen.values())}
 
 
 def write_snapshot(storage: Storage, key: str,
                    frozen: dict[str, tuple[str, dict[Any, Any]]],
                    operator_state: dict[str, Any] | None,
                    kg_of: Callable[[Any], int]) -> dict[str, Any]:
-    """Write a subtask's snapshot and return its handle (inline when tiny and unkeyed)."""
+    """Write a subtask's snapshot and return its handle (inline when tiny and unkeyed).
+
+    The file is built section by section in a spooled temporary file (memory up to
+    ``SPOOL_BYTES``, then disk) and streamed to storage when the backend can (``put_file``)."""
     if not any(t[1] or (len(t) > 2 and t[2]) for t in frozen.values()):
         blob = msgpack.packb(operator_state or {}, use_bin_type=True)
         if len(blob) <= INLINE_LIMIT:
             return {"format": VERSION, "inline": base64.b64encode(blob).decode("ascii"),
                     "crc32": zlib.crc32(blob), "size": 0, "key_groups": [], "keys": 0}
-    data, handle = encode_snapshot(frozen, operator_state, kg_of)
-    storage.put(key, data)
+    with tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES) as f:
+        handle = encode_snapshot_to(f, frozen, operator_state, kg_of)
+        put_file = getattr(storage, "put_file", None)
+        if put_file is not None:
+            put_file(key, f)
+        else:  # a backend without streaming (or wrapped for fault injection)
+            f.seek(0)
+            storage.put(key, f.read())
     handle["key"] = key
     return handle
 
@@ -128,11 +152,14 @@ def read_operator_state(storage: Storage, handle: dict[str, Any]) -> dict[str, A
     return _unpack(storage.get_range(handle["key"], offset, length), crc, handle["key"])
 
 
-def _spans(index: Iterable[list[int]]) -> list[list[list[int]]]:
-    """Group adjacent sections so that one ranged read fetches each run of key groups."""
+def _spans(index: Iterable[list[int]], limit: int | None = None) -> list[list[list[int]]]:
+    """Group adjacent sections so that one ranged read fetches each run of key groups, up to
+    ``limit`` bytes per read (a restore never holds a whole big state file in memory)."""
+    limit = SPAN_BYTES if limit is None else limit
     spans: list[list[list[int]]] = []
     for entry in index:
-        if spans and spans[-1][-1][1] + spans[-1][-1][2] == entry[1]:
+        if (spans and spans[-1][-1][1] + spans[-1][-1][2] == entry[1]
+                and entry[1] + entry[2] - spans[-1][0][1] <= limit):
             spans[-1].append(entry)
         else:
             spans.append([entry])

@@ -13,7 +13,7 @@ import shutil
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 
 class StorageError(OSError):
@@ -58,7 +58,11 @@ class LocalStorage:
         return self.root.joinpath(*parts)
 
     def put(self, key: str, data: bytes) -> None:
+        """Atomic and durable: a temp file in the same folder, fsynced, renamed over the key,
+        then the folder fsynced (so the rename survives a power loss). A failed put leaves no
+        temp file behind."""
         path = self._path(key)
+        tmp = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
@@ -67,16 +71,48 @@ class LocalStorage:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
-        except OSError as err:
-            raise StorageError(f"cannot write {self.uri}/{key}: {err.strerror}") from None
+            tmp = None
+            fsync_dir(path.parent)
+        except (OSError, ValueError, TypeError) as err:
+            raise StorageError(f"cannot write {self.uri}/{key}: {_why(err)}") from None
+        finally:
+            if tmp is not None:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+
+    def put_file(self, key: str, src: BinaryIO) -> None:
+        """``put`` of an open file's whole content (from its start), copied in chunks."""
+        path = self._path(key)
+        tmp = None
+        try:
+            src.seek(0)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            with os.fdopen(fd, "wb") as f:
+                shutil.copyfileobj(src, f, 1 << 20)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            tmp = None
+            fsync_dir(path.parent)
+        except (OSError, ValueError, TypeError) as err:
+            raise StorageError(f"cannot write {self.uri}/{key}: {_why(err)}") from None
+        finally:
+            if tmp is not None:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
 
     def get(self, key: str) -> bytes:
         try:
             return self._path(key).read_bytes()
         except FileNotFoundError:
             raise NotFoundError(f"{self.uri}/{key} does not exist") from None
-        except OSError as err:
-            raise StorageError(f"cannot read {self.uri}/{key}: {err.strerror}") from None
+        except (OSError, ValueError) as err:
+            raise StorageError(f"cannot read {self.uri}/{key}: {_why(err)}") from None
 
     def get_range(self, key: str, offset: int, length: int) -> bytes:
         try:
@@ -85,19 +121,26 @@ class LocalStorage:
                 return f.read(length)
         except FileNotFoundError:
             raise NotFoundError(f"{self.uri}/{key} does not exist") from None
+        except (OSError, ValueError) as err:
+            raise StorageError(f"cannot read {self.uri}/{key}: {_why(err)}") from None
 
     def size(self, key: str) -> int | None:
         try:
             return self._path(key).stat().st_size
         except FileNotFoundError:
             return None
+        except (OSError, ValueError) as err:
+            raise StorageError(f"cannot stat {self.uri}/{key}: {_why(err)}") from None
 
     def list(self, prefix: str) -> list[str]:
         base = self._path(prefix)
-        if not base.exists():
-            return []
-        if base.is_file():
-            return [prefix]
+        try:
+            if not base.exists():
+                return []
+            if base.is_file():
+                return [prefix]
+        except (OSError, ValueError) as err:
+            raise StorageError(f"cannot list {self.uri}/{prefix}: {_why(err)}") from None
         out = []
         for dirpath, _dirs, files in os.walk(base):
             for name in files:
@@ -112,17 +155,37 @@ class LocalStorage:
             self._path(key).unlink()
         except FileNotFoundError:
             pass
+        except (OSError, ValueError) as err:
+            raise StorageError(f"cannot delete {self.uri}/{key}: {_why(err)}") from None
 
     def delete_prefix(self, prefix: str) -> None:
         path = self._path(prefix)
-        if path.is_dir():
-            # Rename first so that a crash mid-delete never leaves a half-deleted folder
-            # that still looks like a checkpoint.
-            trash = path.with_name(f".tmp-del-{uuid.uuid4().hex}")
-            os.replace(path, trash)
-            shutil.rmtree(trash, ignore_errors=True)
-        elif path.exists():
-            path.unlink()
+        try:
+            if path.is_dir():
+                # Rename first so that a crash mid-delete never leaves a half-deleted folder
+                # that still looks like a checkpoint.
+                trash = path.with_name(f".tmp-del-{uuid.uuid4().hex}")
+                os.replace(path, trash)
+                shutil.rmtree(trash, ignore_errors=True)
+            elif path.exists():
+                path.unlink()
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError) as err:
+            raise StorageError(f"cannot delete {self.uri}/{prefix}: {_why(err)}") from None
+
+
+def _why(err: BaseException) -> str:
+    return getattr(err, "strerror", None) or str(err) or type(err).__name__
+
+
+def fsync_dir(path: str | Path) -> None:
+    """Make the entries of a folder (a rename into it) durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def open_storage(uri: str) -> Storage:

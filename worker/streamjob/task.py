@@ -13,12 +13,13 @@ import asyncio
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from streamjob import barriers, state
+from streamjob import barriers, faults, state
 from streamjob.barriers import BarrierHandler
 from streamjob.channels import CHECKPOINT, FINAL, SAVEPOINT, InputGate, Marker, Output, Watermark
 from streamjob.checkpoints import checkpoint_dir, savepoint_path, shared_dir
@@ -32,6 +33,9 @@ from streamjob.windows import MIN_WATERMARK, WatermarkGenerator, WatermarkTracke
 log = logging.getLogger("streamjob.task")
 
 BATCH = 2048
+# Batches handed to the sink's thread and not written yet: beyond this the task waits
+# (backpressure from a slow disk instead of unbounded memory).
+SINK_QUEUE = 8
 
 
 class SinkStagingError(RuntimeError):
@@ -50,7 +54,7 @@ class Snapshot:
     buffered_records: int
     frozen: dict[str, Any]
     operator_state: dict[str, Any]
-    sink_finish: Callable[[], None] | None
+    staged: asyncio.Future[None] | None  # the sink's output of this epoch, being staged
     unaligned: bool = False
     delta: bool = False
     savepoint: bool = False
@@ -75,6 +79,7 @@ class SubtaskRunner:
             self.handler = BarrierHandler(parallelism, checkpoint_mode, aligned_timeout)
             self.gate.blocked = self.handler.blocked
             self.gate.wants_priority = self._wants_priority
+            self.gate.on_capture_overflow = self._capture_overflow
         self.output: Output | None = None
         self.backend: KeyedStateBackend | None = None
         self.source = source
@@ -103,7 +108,17 @@ class SubtaskRunner:
         self.chain: list[dict[str, Any]] | None = None
         self.chain_epoch = 0
         self.upload_lock = asyncio.Lock()
+        # Everything the sink does that may block (writes, the cut at a barrier, staging) runs
+        # on one thread of its own, in the order of the stream: the records submitted before
+        # barrier n are exactly epoch n. Staging starts at the barrier whatever becomes of
+        # the checkpoint.
+        self.sink_executor: ThreadPoolExecutor | None = None
+        self.sink_writes: deque[Future[None]] = deque()
+        self.sink_error: BaseException | None = None
         self._build()
+        if self.sink_writer is not None:
+            self.sink_executor = ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix=f"sink-{spec.task_id}-{subtask}")
 
     # -- construction -------------------------------------------------------------------
 
@@ -170,6 +185,8 @@ class SubtaskRunner:
                     for name, table_kind, entries, deleted in state.read_keyed_state(
                             self.storage, handle, own_range):
                         self.backend.load(name, table_kind, entries, deleted)
+                if old_index == 0:
+                    faults.point("worker.during-restore")  # one state file read, not all
             self._restore_watermark(watermarks, own_range)
         if self.source is not None:
             split_ids = self.source.split_ids()
@@ -203,7 +220,16 @@ class SubtaskRunner:
                 return
         self.records_out += len(batch)
         if self.sink_writer is not None:
-            self.sink_writer.write(batch)
+            writes = self.sink_writes
+            while writes and writes[0].done():
+                writes.popleft()
+            if self.sink_error is not None:
+                raise SinkStagingError(f"sink write failed: {self.sink_error}")
+            if len(writes) >= SINK_QUEUE:
+                t0 = time.perf_counter()
+                await asyncio.wrap_future(writes.popleft())
+                self.backpressure_seconds += time.perf_counter() - t0
+            writes.append(self.sink_executor.submit(self._sink_write, batch))
         elif self.output is not None:
             await self.output.emit(batch)
 
@@ -345,6 +371,16 @@ class SubtaskRunner:
             elif action.kind == barriers.ABORTED:
                 self._drop(cid, "a newer barrier overtook it")
 
+    def _capture_overflow(self, cid: int) -> None:
+        """Too many in-flight records for unaligned checkpoint ``cid``: decline it rather
+        than hold them all in memory (the gate has dropped the capture)."""
+        reason = (f"more than {self.gate.capture_limit:,} in-flight records (unaligned "
+                  f"checkpoint declined to bound memory)")
+        log.warning("%s: checkpoint %d declined: %s", self.name, cid, reason)
+        self.send("DECLINE", id=cid, task=self.spec.task_id, subtask=self.subtask,
+                  reason=reason)
+        self.on_abort(cid)
+
     def _arrived_unhandled(self, cid: int) -> tuple[int, ...]:
         """Channels whose barrier n sits in their queue but was not handled yet."""
         return tuple(c for c, q in enumerate(self.gate.queues)
@@ -375,15 +411,52 @@ class SubtaskRunner:
             op_state["splits"] = self.reader.positions()
         if self.tracker is not None and self.tracker.current > MIN_WATERMARK:
             op_state["watermark"] = self.tracker.current
-        finish = self.sink_writer.pre_commit(cid) if self.sink_writer is not None else None
+        staged = self._stage(cid) if self.sink_writer is not None else None
         sync_ms = (time.perf_counter() - t0) * 1000
         snap = Snapshot(cid, directory, first, alignment_ms, sync_ms, buffered, frozen,
-                        op_state, finish, unaligned)
+                        op_state, staged, unaligned)
         snap.delta, snap.savepoint, snap.base_epoch = delta, savepoint, self.chain_epoch
         self.pending[cid] = snap
         if self.output is not None:
             await self.output.broadcast_barrier(cid, kind)
         return snap
+
+    def _sink_write(self, batch: list[Any]) -> None:
+        """On the sink's thread. A failed write fails every later stage (and the task)."""
+        if self.sink_error is not None:
+            return
+        try:
+            self.sink_writer.write(batch)
+        except Exception as err:  # noqa: BLE001
+            self.sink_error = err
+
+    def _stage(self, cid: int) -> asyncio.Future[None]:
+        """Cut the sink's output at barrier ``cid`` and stage it off the loop, in barrier
+        order. Staging does not depend on the checkpoint: the records of a closed epoch are
+        out of the state of every later snapshot, so they must reach the staging area even
+        if this checkpoint is declined, dropped or aborted (a later completed checkpoint then
+        commits them). A staging failure fails the job (only a restore brings them back)."""
+
+        def stage() -> None:
+            try:
+                if self.sink_error is not None:
+                    raise self.sink_error
+                self.sink_writer.pre_commit(cid)()
+            except Exception as err:  # noqa: BLE001
+                raise SinkStagingError(f"staging output of checkpoint {cid} failed: "
+                                       f"{err}") from err
+            faults.point("sink.after-pre-commit")
+
+        fut = asyncio.wrap_future(self.sink_executor.submit(stage))
+
+        def done(f: asyncio.Future[None]) -> None:
+            self.uploads.discard(f)
+            if not f.cancelled() and f.exception() is not None:
+                self.send("FAILED", reason=f"{self.name}: {f.exception()}")
+
+        self.uploads.add(fut)
+        fut.add_done_callback(done)
+        return fut
 
     def _finish(self, snap: Snapshot) -> None:
         """Upload off the processing thread, then ack."""
@@ -394,26 +467,25 @@ class SubtaskRunner:
                   else f"{snap.directory}/{self.spec.task_id}")
         key = f"{folder}/{self.subtask}-{snap.checkpoint_id}-{uuid.uuid4().hex[:12]}"
 
-        def upload() -> tuple[dict[str, Any], float]:
-            snap.async_start = time.time()
-            t0 = time.perf_counter()
-            self._stage_output(snap)
-            handle = state.write_snapshot(self.storage, key, snap.frozen, snap.operator_state,
-                                          self._kg_of)
-            return handle, (time.perf_counter() - t0) * 1000
+        def upload() -> dict[str, Any]:
+            return state.write_snapshot(self.storage, key, snap.frozen, snap.operator_state,
+                                        self._kg_of)
 
         async def run() -> None:
+            snap.async_start = time.time()
+            t0 = time.perf_counter()
+            if snap.staged is not None:
+                # The ack promises the epoch's output is staged (durable) before commit.
+                try:
+                    await snap.staged
+                except Exception:  # noqa: BLE001 - reported as FAILED by _stage
+                    return
             # Uploads of one subtask go in checkpoint order: a delta needs its base first.
             async with self.upload_lock:
                 try:
                     if snap.delta and snap.base_epoch != self.chain_epoch:
                         raise RuntimeError("the incremental base of this delta was lost")
-                    handle, async_ms = await loop.run_in_executor(self.executor, upload)
-                except SinkStagingError as err:
-                    # The records are out of the state but not staged: only a restore from
-                    # the last checkpoint can bring them back.
-                    self.send("FAILED", reason=f"{self.name}: {err}")
-                    return
+                    handle = await loop.run_in_executor(self.executor, upload)
                 except Exception as err:  # noqa: BLE001 - any storage failure declines
                     if shared and not snap.savepoint:
                         self.chain, self.chain_epoch = None, self.chain_epoch + 1
@@ -430,6 +502,8 @@ class SubtaskRunner:
                     else:
                         self.chain = [plain]
                     handle["state_size"] = sum(h.get("size", 0) for h in self.chain)
+            async_ms = (time.perf_counter() - t0) * 1000
+            faults.point("worker.after-snapshot-upload")
             inflight = sum(len(b) for _, bs in snap.operator_state.get("inflight", [])
                            for b in bs)
             self.send("ACK", id=snap.checkpoint_id, task=self.spec.task_id, subtask=self.subtask,
@@ -451,34 +525,14 @@ class SubtaskRunner:
         self.uploads.add(task)
         task.add_done_callback(self.uploads.discard)
 
-    def _stage_output(self, snap: Snapshot) -> None:
-        if snap.sink_finish is not None:
-            finish, snap.sink_finish = snap.sink_finish, None
-            try:
-                finish()
-            except Exception as err:  # noqa: BLE001
-                raise SinkStagingError(f"staging output of checkpoint {snap.checkpoint_id} "
-                                       f"failed: {err}") from err
-
     def _drop(self, cid: int, why: str) -> None:
         snap = self.pending.pop(cid, None)
         if self.gate is not None:
             self.gate.drop_capture(cid)
         if snap is not None:
+            # Its sink output is being staged already (see _stage): the next completed
+            # checkpoint commits it.
             log.info("%s: checkpoint %d dropped: %s", self.name, cid, why)
-            if snap.sink_finish is not None:
-                # The sink already cut its output at this barrier: stage it anyway so that
-                # the next completed checkpoint commits it (dropping it would lose records).
-                async def stage() -> None:
-                    try:
-                        await asyncio.get_running_loop().run_in_executor(
-                            self.executor, self._stage_output, snap)
-                    except SinkStagingError as err:
-                        self.send("FAILED", reason=f"{self.name}: {err}")
-
-                task = asyncio.ensure_future(stage())
-                self.uploads.add(task)
-                task.add_done_callback(self.uploads.discard)
 
     def on_trigger(self, trig: dict[str, Any]) -> None:
         if self.gate is None:
@@ -501,5 +555,8 @@ class SubtaskRunner:
         if self.output is not None:
             self.output.close()
         if self.sink_writer is not None:
-            self.sink_writer.close()
+            # After every write queued before it (on the sink's thread): no write lands in a
+            # file that was closed.
+            await asyncio.wrap_future(self.sink_executor.submit(self.sink_writer.close))
+            self.sink_executor.shutdown(wait=False)
 

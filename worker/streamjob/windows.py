@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from streamjob.keygroups import key_group, key_group_range
-from streamjob.operators import KeyedStateBackend
+from streamjob.operators import MUTABLE, KeyedStateBackend, is_mutable
 
 MIN_WATERMARK = -math.inf  # nothing known yet
 MAX_WATERMARK = math.inf   # end of input: every window may fire
@@ -127,6 +127,7 @@ class WindowOperator:
                  name: str = "window"):
         self.backend = backend
         self.table = backend.table(name, "map")
+        self.table_name = name
         self.key_fn, self.timestamp_fn, self.size = key_fn, timestamp_fn, size
         self.value_fn, self.combine = value_fn, combine
         self.watermark: float = MIN_WATERMARK
@@ -178,13 +179,17 @@ class WindowOperator:
                 windows = table[key] = {}
             acc = windows.get(start, _MISSING)
             if acc is _MISSING:
-                windows[start] = value_fn(record)
+                acc = windows[start] = value_fn(record)
+                if type(acc) in MUTABLE and is_mutable(acc):
+                    self.backend.mutable.add(self.table_name)  # snapshot copies it deeply
                 keys = index.get(start)
                 if keys is None:
                     keys = index[start] = {}
                 keys[key] = None
             else:
-                windows[start] = combine(acc, value_fn(record))
+                acc = windows[start] = combine(acc, value_fn(record))
+                if type(acc) in MUTABLE and is_mutable(acc):
+                    self.backend.mutable.add(self.table_name)  # snapshot copies it deeply
             if dirty is not None:
                 dirty.add(key)
         self.late_records += late

@@ -6,6 +6,18 @@ subtasks, restores their state, connects its output channels and reports RUNNING
 it tears the attempt down (waiting for uploads in progress, so nothing stale lands in
 storage later) and waits for the next DEPLOY. If the coordinator goes away the worker exits:
 whoever runs it (``streamjob run`` or the operator) starts a new one.
+
+Exit codes: 0 only after a SHUTDOWN from the coordinator (the job is over); 3 when the
+coordinator went away; 4 when the watchdog found the worker stuck (below); 143 on SIGTERM
+(128 + 15); anything else is a crash. Whoever runs workers restarts one that exits non-zero
+while the job is not over.
+
+Watchdog: user code runs on the event loop, so a user function that blocks (``sleep``, a hung
+socket) would leave the coordinator's CANCEL unanswered forever. A thread checks that the
+loop keeps turning: if it has not turned for ``STREAMJOB_CANCEL_TIMEOUT`` seconds (default 30)
+while a message from the coordinator waits unread (or the coordinator has gone), or if a
+cancel has not completed within that time (an upload stuck in storage), the process exits
+with code 4 so that it is restarted and the job recovers from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -14,7 +26,9 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -35,6 +49,74 @@ from streamjob.task import SubtaskRunner
 log = logging.getLogger("streamjob.worker")
 
 EXIT_COORDINATOR_LOST = 3
+EXIT_WATCHDOG = 4
+EXIT_SIGTERM = 128 + signal.SIGTERM
+CANCEL_TIMEOUT_ENV = "STREAMJOB_CANCEL_TIMEOUT"
+DEFAULT_CANCEL_TIMEOUT = 30.0
+
+
+def cancel_timeout() -> float:
+    try:
+        value = float(os.environ.get(CANCEL_TIMEOUT_ENV, DEFAULT_CANCEL_TIMEOUT))
+    except ValueError:
+        value = DEFAULT_CANCEL_TIMEOUT
+    return value if value > 0 else DEFAULT_CANCEL_TIMEOUT
+
+
+class Watchdog:
+    """A thread that ends the process when its event loop is stuck (see the module doc)."""
+
+    def __init__(self, index: int, timeout: float, interval: float = 0.25):
+        self.index, self.timeout, self.interval = index, timeout, interval
+        self.beat = time.monotonic()
+        self.cancel_since: float | None = None
+        self.ctrl: socket.socket | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="watchdog", daemon=True)
+
+    def start(self, ctrl_writer: asyncio.StreamWriter) -> None:
+        sock = ctrl_writer.get_extra_info("socket")
+        if sock is not None:
+            # Our own handle on the control socket, only ever peeked at.
+            self.ctrl = socket.socket(fileno=os.dup(sock.fileno()))
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def heartbeat(self) -> None:
+        while True:
+            self.beat = time.monotonic()
+            await asyncio.sleep(self.interval)
+
+    def _coordinator_waiting(self) -> bool:
+        """Bytes from the coordinator that nobody has read, or the connection closed."""
+        if self.ctrl is None:
+            return True
+        try:
+            return self.ctrl.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) is not None
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+
+    def check(self, now: float) -> str | None:
+        """Why the process must end now, or None."""
+        since = self.cancel_since
+        if since is not None and now - since > self.timeout:
+            return f"a cancel did not complete within {self.timeout:g}s"
+        if now - self.beat > self.timeout and self._coordinator_waiting():
+            return (f"the event loop has been blocked for {now - self.beat:.0f}s (a user "
+                    f"function that does not return?) while the coordinator waits")
+        return None
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.interval):
+            why = self.check(time.monotonic())
+            if why is not None:
+                print(f"streamjob worker {self.index}: watchdog: {why}; exiting with code "
+                      f"{EXIT_WATCHDOG} to be restarted", file=sys.stderr, flush=True)
+                os._exit(EXIT_WATCHDOG)
 
 
 class Deployment:
@@ -67,6 +149,7 @@ class Worker:
         self.storage = None
         self.port = 0
         self.deploy_task: asyncio.Task[None] | None = None
+        self.watchdog = Watchdog(index, cancel_timeout())
         # Shared by the job's processes: peers must present it on data channels too.
         self.token = os.environ.get("STREAMJOB_WORKER_TOKEN", "")
         if metrics_port is not None:
@@ -91,6 +174,8 @@ class Worker:
         self.send("HELLO", host=self.advertise, port=self.port, pid=os.getpid(),
                   token=self.token)
         stats = asyncio.ensure_future(self._report_stats())
+        beat = asyncio.ensure_future(self.watchdog.heartbeat())
+        self.watchdog.start(self.ctrl_writer)
         try:
             while True:
                 try:
@@ -102,6 +187,8 @@ class Worker:
                 if await self._handle(msg):
                     return 0
         finally:
+            self.watchdog.stop()
+            beat.cancel()
             stats.cancel()
             server.close()
 
@@ -159,7 +246,9 @@ class Worker:
         attempt, p = msg["attempt"], msg["parallelism"]
         spec = self.job.spec
         if self.storage is None:
-            self.storage = open_storage(msg["storage"])
+            # Off the loop: opening S3 storage talks to the server (and may wait for it).
+            self.storage = await asyncio.get_running_loop().run_in_executor(
+                self.executor, open_storage, msg["storage"])
         runners = [
             SubtaskRunner(t, self.index, p, spec.max_parallelism, msg["job_id"], self.storage,
                           self.executor, spec.checkpoint.mode, spec.checkpoint.aligned_timeout,
@@ -216,6 +305,13 @@ class Worker:
                 self.send("FAILED", reason=f"{runner.name} failed: {type(err).__name__}: {err}")
 
     async def _cancel(self) -> None:
+        self.watchdog.cancel_since = time.monotonic()
+        try:
+            await self._cancel_attempt()
+        finally:
+            self.watchdog.cancel_since = None
+
+    async def _cancel_attempt(self) -> None:
         if self.deploy_task is not None:
             self.deploy_task.cancel()
             await asyncio.gather(self.deploy_task, return_exceptions=True)
@@ -294,7 +390,9 @@ def run_worker(job: StreamJob, index: int, coordinator: str, bind: str = "127.0.
                metrics_port: int | None = None) -> int:
     logging.basicConfig(level=os.environ.get("STREAMJOB_LOG", "WARNING"),
                         format=f"%(asctime)s worker-{index} %(levelname)s %(message)s")
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # SIGTERM is not the end of the job (only the coordinator's SHUTDOWN is): exit non-zero so
+    # that whoever runs the worker starts it again. os._exit: also while user code blocks.
+    signal.signal(signal.SIGTERM, _on_sigterm)
     worker = Worker(job, index, coordinator, bind, advertise, search_path, metrics_port)
     profile_dir = os.environ.get("STREAMJOB_PROFILE")
     if profile_dir:  # for performance work: one cProfile file per worker process
@@ -302,9 +400,15 @@ def run_worker(job: StreamJob, index: int, coordinator: str, bind: str = "127.0.
 
         profiler = cProfile.Profile()
         signal.signal(signal.SIGTERM, lambda *_: (profiler.disable(), profiler.dump_stats(
-            f"{profile_dir}/worker-{index}-{os.getpid()}.prof"), sys.exit(0)))
+            f"{profile_dir}/worker-{index}-{os.getpid()}.prof"), _on_sigterm()))
         try:
             return profiler.runcall(asyncio.run, worker.main())
         finally:
             profiler.dump_stats(f"{profile_dir}/worker-{index}-{os.getpid()}.prof")
     return asyncio.run(worker.main())
+
+
+def _on_sigterm(*_: Any) -> None:
+    print(f"streamjob worker (pid {os.getpid()}): SIGTERM; exiting with code {EXIT_SIGTERM}",
+          file=sys.stderr, flush=True)
+    os._exit(EXIT_SIGTERM)

@@ -35,11 +35,16 @@ class Source(Protocol):
 
 
 class SinkWriter(Protocol):
+    """``write``, ``pre_commit`` (and the function it returns) and ``close`` are called on
+    one thread of the subtask's own, never on the event loop, in stream order: the batches
+    written before ``pre_commit(n)`` are exactly the output of epoch n. They may block.
+    ``commit`` runs on another thread, for checkpoints whose pre-commit has finished."""
+
     def write(self, batch: list[Any]) -> None: ...
 
     def pre_commit(self, checkpoint_id: int) -> Callable[[], None]:
-        """Synchronous part at barrier n: close what was staged since the last barrier;
-        returns the slow part (flush to durable storage) to run off the processing thread."""
+        """At barrier n: close what was written since the last barrier; returns the part that
+        makes it durable (both run right after each other, on the sink's thread)."""
         ...
 
     def commit(self, checkpoint_id: int) -> None:

@@ -21,6 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
+from streamjob import faults
+
 _STAGED = re.compile(r"^chk-(\d+)$")
 _PART = re.compile(r"^part-([0-9a-f]{8})-(\d+)-(\d+)$")
 
@@ -62,22 +64,37 @@ class FileSink:
         return {int(m.group(1)): p for p in base.iterdir() if (m := _STAGED.match(p.name))}
 
     def commit(self, token: str, checkpoint_id: int, subtask: int | None = None) -> int:
-        """Rename staged files of checkpoints <= n into the output folder; returns how many."""
+        """Rename staged files of checkpoints <= n into the output folder; returns how many.
+
+        A staging folder that commit leaves empty is removed (by whichever subtask empties
+        it), so the staging area holds only what is not committed yet and the cost of a
+        commit stays flat however many checkpoints the job has taken."""
         self.output.mkdir(parents=True, exist_ok=True)
         moved = 0
         for n, folder in sorted(self._staged_dirs(token).items()):
-            if n > checkpoint_id or not folder.is_dir():
+            if n > checkpoint_id:
                 continue
-            for f in sorted(folder.iterdir()):
-                m = _PART.match(f.name)
+            try:
+                names = sorted(os.listdir(folder))
+            except FileNotFoundError:
+                continue  # emptied and removed by another subtask meanwhile
+            for name in names:
+                m = _PART.match(name)
                 if m and (subtask is None or int(m.group(2)) == subtask):
                     try:
-                        os.replace(f, self.output / f.name)
+                        os.replace(folder / name, self.output / name)
                     except FileNotFoundError:
                         continue  # committed meanwhile (idempotent)
                     moved += 1
+                    if moved == 1:
+                        faults.point("sink.during-commit")
             if subtask is None:
                 shutil.rmtree(folder, ignore_errors=True)
+            else:
+                try:
+                    folder.rmdir()  # only if empty: other subtasks' files stay staged
+                except OSError:
+                    pass
         if moved:
             _fsync_dir(self.output)
         return moved
@@ -130,8 +147,15 @@ class FileSinkWriter:
             f.flush()
             os.fsync(f.fileno())
             f.close()
-            target_dir.mkdir(parents=True, exist_ok=True)
-            os.replace(path, target_dir / name)
+            for attempt in range(3):
+                target_dir.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.replace(path, target_dir / name)
+                    break
+                except FileNotFoundError:
+                    # A commit removed the (then empty) folder between mkdir and rename.
+                    if attempt == 2 or not path.exists():
+                        raise
             _fsync_dir(target_dir)
 
         return finish

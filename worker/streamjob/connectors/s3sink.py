@@ -1,7 +1,8 @@
 """The transactional file sink on S3 (MinIO): the same two-phase commit as the local one.
 
-Between barriers, lines are buffered in a spooled temporary file. At barrier n the buffer
-is uploaded (off the processing thread) to ``<out>.staging``-style keys
+Between barriers, lines are buffered in a spooled temporary file (in memory up to 64 MiB,
+then on disk). At barrier n the buffer is streamed (multipart, off the processing thread) to
+``<out>.staging``-style keys
 ``<parent>/.<name>.staging/<job>/chk-<n>/part-<job>-<subtask>-<n>``; when checkpoint n
 completes each staged object is copied to ``<out>/part-...`` (an object appears whole or not
 at all) and the staged copy deleted. A restore from n commits what was staged up to n and
@@ -15,6 +16,7 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
+from streamjob import faults
 from streamjob.connectors.filesink import job_token
 from streamjob.storage import NotFoundError
 
@@ -70,6 +72,8 @@ class S3FileSink:
                     continue
                 self.storage.delete(key)
                 moved += 1
+                if moved == 1:
+                    faults.point("sink.during-commit")
         return moved
 
     def recover(self, job_id: str, checkpoint_id: int | None) -> None:
@@ -104,9 +108,12 @@ class S3FileSinkWriter:
                f"part-{self.token}-{self.subtask}-{checkpoint_id}")
 
         def finish() -> None:
-            buf.seek(0)
-            self.sink.storage.put(key, buf.read())
-            buf.close()
+            # Streamed from the spooled file (on disk past 64 MiB): an epoch's output is
+            # never held in memory whole, nor copied again by the upload.
+            try:
+                self.sink.storage.put_file(key, buf)
+            finally:
+                buf.close()
 
         return finish
 

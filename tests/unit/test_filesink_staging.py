@@ -1,0 +1,57 @@
+"""Issue 11, item 3: the file sink's staging area holds only what is not committed yet."""
+
+from __future__ import annotations
+
+import os
+
+from streamjob.connectors.filesink import FileSink, job_token
+
+
+def _staged_entries(sink: FileSink, token: str) -> list[str]:
+    base = sink.staging / token
+    return sorted(e for e in os.listdir(base) if e != "inprogress") if base.is_dir() else []
+
+
+def test_staging_area_stays_empty_after_many_checkpoints(tmp_path):
+    sink = FileSink(str(tmp_path / "out"))
+    writers = [sink.create_writer(s, "job") for s in range(2)]
+    token = job_token("job")
+    n_checkpoints = 300
+    for n in range(1, n_checkpoints + 1):
+        for w in writers:
+            w.write([f"{w.subtask} {n}"])
+            w.pre_commit(n)()
+        if n % 7 == 0:
+            continue  # a checkpoint that never completes: the next commit takes it along
+        for w in writers:
+            w.commit(n)
+    for w in writers:
+        w.commit(n_checkpoints)
+    assert _staged_entries(sink, token) == []
+    assert len(os.listdir(sink.output)) == 2 * n_checkpoints
+
+
+def test_a_folder_with_another_subtasks_files_is_kept_until_that_one_commits(tmp_path):
+    sink = FileSink(str(tmp_path / "out"))
+    a, b = sink.create_writer(0, "job"), sink.create_writer(1, "job")
+    token = job_token("job")
+    for w in (a, b):
+        w.write(["x"])
+        w.pre_commit(1)()
+    a.commit(1)
+    assert _staged_entries(sink, token) == ["chk-1"]
+    b.commit(1)
+    assert _staged_entries(sink, token) == []
+    assert sorted(os.listdir(sink.output)) == [f"part-{token}-0-1", f"part-{token}-1-1"]
+
+
+def test_staging_after_a_commit_removed_the_folder_still_lands(tmp_path):
+    sink = FileSink(str(tmp_path / "out"))
+    w = sink.create_writer(0, "job")
+    w.write(["x"])
+    finish = w.pre_commit(3)
+    (sink.staging / job_token("job") / "chk-3").mkdir(parents=True)
+    w.commit(3)            # removes the empty chk-3 folder
+    finish()               # must recreate it
+    w.commit(3)
+    assert os.listdir(sink.output) == [f"part-{job_token('job')}-0-3"]
