@@ -159,9 +159,13 @@ def test_worker_lost_while_deploying_starts_a_new_attempt(run_job, tmp_path):
     assert_exactly_once(job.cwd / "output", RECORDS, WORDS)
 
 
-def test_corrupt_state_file_falls_back_to_the_previous_checkpoint(run_job, tmp_path):
-    """Issue 11.5: a restore the workers report failed tries the older retained checkpoint
-    and says which one it skipped and why."""
+def test_corrupt_state_file_never_rewrites_committed_output(run_job, tmp_path):
+    """Issue 11.5 and 11.8: the newest checkpoint's state is bit-flipped after its output was
+    committed. The workers detect it; the coordinator skips that checkpoint, but restoring
+    the older one would write the newer one's committed output again: the job fails with
+    the reason (never a hang, never a silent rewrite), committed output untouched. A rerun
+    with --allow-fresh-start resumes the same job from the older checkpoint, moves the
+    later committed output aside (kept) and ends exactly once."""
     job = run_job(args={"records": RECORDS, "words": WORDS, "rate": 30_000},
                   checkpoint={"retained": 3},
                   env=fault_env(tmp_path, "coordinator.before-deploy=stall:2,skip=1"))
@@ -175,12 +179,25 @@ def test_corrupt_state_file_falls_back_to_the_previous_checkpoint(run_job, tmp_p
     data = bytearray(victim.read_bytes())
     data[len(data) // 2] ^= 0xFF               # same size: only the workers can notice
     victim.write_bytes(bytes(data))
-    assert job.wait() == 0, job.output()
+    output = job.cwd / "output"
+    assert job.wait() == 1, job.output()
     status = job.status()
-    assert status["state"] == "FINISHED"
+    assert status["state"] == "FAILED", status
     assert status["skipped_checkpoints"][str(newest)].startswith("restore failed:")
+    assert "cannot restore without rewriting committed output" in status["message"]
     assert f"skipping checkpoint {newest}" in job.output()
-    assert_exactly_once(job.cwd / "output", RECORDS, WORDS)
+    committed = {p.name: p.read_bytes() for p in output.glob("part-*")}
+    assert any(p.endswith(f"-{newest}") for p in committed), sorted(committed)
+
+    rerun = run_job(args={"records": RECORDS, "words": WORDS, "rate": 0},
+                    checkpoint={"retained": 3}, extra=["--allow-fresh-start"])
+    assert rerun.wait() == 0, rerun.output()
+    assert rerun.status()["job_id"] == s["job_id"]
+    assert "moved aside" in rerun.output()
+    assert_exactly_once(output, RECORDS, WORDS)
+    kept = {p.name: p.read_bytes()
+            for p in (job.cwd / ".output.superseded").rglob("part-*")}
+    assert kept and all(committed[name] == data for name, data in kept.items())
 
 
 def test_a_deploy_that_never_reaches_running_times_out_and_retries(run_job, tmp_path):

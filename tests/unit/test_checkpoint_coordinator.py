@@ -57,6 +57,19 @@ def ack(cc, storage, cid: int) -> str:
     return key
 
 
+class RecordingSink:
+    """A sink with nothing committed after any checkpoint; records recover calls."""
+
+    def __init__(self, recovered: list[tuple[str, int]]):
+        self.recovered = recovered
+
+    def recover(self, job_id: str, checkpoint_id: int) -> None:
+        self.recovered.append((job_id, checkpoint_id))
+
+    def committed_after(self, job_id: str, checkpoint_id: int) -> list[str]:
+        return []
+
+
 def test_a_failover_during_the_metadata_write_restores_that_checkpoint(tmp_path: Path):
     storage = SlowMetadataStorage(tmp_path)
     attempt = [0]
@@ -76,8 +89,7 @@ def test_a_failover_during_the_metadata_write_restores_that_checkpoint(tmp_path:
         # The job fails over now: the restore preparation must wait for the completion.
         attempt[0] += 1
         cc.abort_all("job restarting")
-        plan_future = cc.prepare_restore({}, False, None,
-                                         lambda job, n: recovered.append((job, n)))
+        plan_future = cc.prepare_restore({}, False, None, RecordingSink(recovered))
         await asyncio.sleep(0.2)
         assert not plan_future.done()
         storage.release.set()
@@ -170,16 +182,6 @@ def test_a_non_storage_error_in_the_restore_is_logged_and_counted_not_a_silent_h
     assert any("PermissionError" in r.getMessage() or r.exc_info for r in caplog.records)
 
 
-@pytest.mark.parametrize("reason,counts", [
-    ("worker 0 could not start: checksum mismatch in job/chk-4/t1/0-ab", True),
-    ("worker 1 could not start: Connect call failed ('127.0.0.1', 4000)", False),
-    ("t1[0] failed: ValueError: boom", False)])
-def test_which_worker_failures_blame_the_restored_checkpoint(reason, counts):
-    from streamjob.coordinator import is_restore_failure
-
-    assert is_restore_failure(reason) is counts
-
-
 def test_a_stop_savepoint_is_acknowledged_only_with_its_marker_and_in_its_attempt(
         tmp_path: Path):
     storage = SlowMetadataStorage(tmp_path)
@@ -212,3 +214,43 @@ def test_a_stop_savepoint_is_acknowledged_only_with_its_marker_and_in_its_attemp
     assert (tmp_path / JOB / "stop").is_file()
     assert summary["id"] == 2 and [pc.checkpoint_id for pc in finals] == [2]
     assert b'"savepoint_id": 2' in (tmp_path / JOB / "stop").read_bytes()
+
+
+def test_a_restore_behind_committed_output_fails_or_sets_it_aside_when_allowed(
+        tmp_path: Path):
+    """Checkpoint 2's state file is gone after its output was committed: restoring 1 would
+    write 2's output again. Without --allow-fresh-start that fails with the reason; with it
+    the committed output of 2 is moved aside (kept) before the replay."""
+    from streamjob.connectors import FileSink
+    from streamjob.connectors.filesink import job_token
+
+    storage = LocalStorage(tmp_path / "ckpt")
+    sink = FileSink(str(tmp_path / "out"))
+    writer = sink.create_writer(0, JOB)
+    for cid in (1, 2):
+        storage.put(f"{JOB}/chk-{cid}/t0/0-state", b"x" * 100)
+        body = {"format": ckpt.FORMAT, "version": ckpt.VERSION, "job_id": JOB,
+                "checkpoint_id": cid, "max_parallelism": 128, "kind": "checkpoint",
+                "tasks": {"t0": {"name": "source", "subtasks": [
+                    {"format": 1, "key": f"{JOB}/chk-{cid}/t0/0-state", "size": 100}]}}}
+        storage.put(f"{JOB}/chk-{cid}/_metadata", ckpt.encode_metadata(body))
+        writer.write([f"epoch {cid}"])
+        writer.pre_commit(cid)()
+        writer.commit(cid)
+    storage.delete(f"{JOB}/chk-2/t0/0-state")
+    part2 = tmp_path / "out" / f"part-{job_token(JOB)}-0-2"
+
+    async def plan(allow: bool):
+        cc = make(storage, [0])
+        cc.owner.start()
+        return await cc.prepare_restore({}, allow, None, sink)
+
+    refused = asyncio.run(plan(False))
+    assert refused.choice.error is not None and "state file" in refused.choice.error
+    assert refused.body is None
+    assert part2.read_text() == "epoch 2\n"        # untouched
+    allowed = asyncio.run(plan(True))
+    assert allowed.choice.error is None and allowed.body["checkpoint_id"] == 1
+    assert not part2.exists()
+    [kept] = (tmp_path / ".out.superseded").iterdir()
+    assert (kept / part2.name).read_text() == "epoch 2\n"

@@ -72,3 +72,29 @@ def test_file_sink_recover_commits_what_was_staged_up_to_the_checkpoint(tmp_path
     # crash before the notification: the restore from 5 must commit it
     sink.recover("job-2", 5)
     assert [p.read_text() for p in (tmp_path / "out").glob("part-*")] == ["x\n"]
+
+
+def test_file_sink_never_deletes_committed_output_and_sets_it_aside_only_when_asked(
+        tmp_path: Path):
+    sink = FileSink(str(tmp_path / "out"))
+    w = sink.create_writer(0, "job-3")
+    for cid, line in [(1, "a"), (2, "b"), (3, "c")]:
+        w.write([line])
+        w.pre_commit(cid)()
+    w.commit(3)
+    w.close()
+    token = job_token("job-3")
+    committed = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert committed == [f"part-{token}-0-{n}" for n in (1, 2, 3)]
+    # A restore from 1 (2 and 3 unrestorable): recover leaves committed parts alone ...
+    sink.recover("job-3", 1)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == committed
+    # ... and names them, so that the coordinator can refuse to replay over them.
+    assert [Path(p).name for p in sink.committed_after("job-3", 1)] == committed[1:]
+    assert sink.committed_after("other-job", 1) == []
+    kept = Path(sink.set_aside("job-3", 1))
+    assert kept.parent == tmp_path / ".out.superseded"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == committed[:1]
+    assert {p.name: p.read_text() for p in kept.iterdir()} == {
+        committed[1]: "b\n", committed[2]: "c\n"}
+    assert sink.set_aside("job-3", 1) is None

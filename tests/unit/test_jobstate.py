@@ -108,3 +108,15 @@ def test_missing_or_resized_state_files_are_found_before_a_deploy():
     assert js.missing_or_short(handles, sizes.get) is None
     assert "c has 2 bytes" in js.missing_or_short(handles, {**sizes, "c": 2}.get)
     assert "b is missing" in js.missing_or_short(handles, {"a": 10, "c": 3}.get)
+
+
+def test_a_restore_behind_committed_output_fails_unless_explicitly_allowed():
+    later = ["out/part-ab-0-7", "out/part-ab-1-7"]
+    skipped = [(7, "state file job/chk-7/t1/0-x is missing")]
+    error = js.rewind_error(6, later, skipped, allow_fresh_start=False)
+    assert error is not None
+    assert "checkpoint 6" in error and "checkpoint 7: state file" in error
+    assert "2 output file(s)" in error and "--allow-fresh-start" in error
+    assert js.rewind_error(6, later, skipped, allow_fresh_start=True) is None
+    assert js.rewind_error(6, [], skipped, allow_fresh_start=False) is None
+    assert "the beginning" in js.rewind_error(0, later, [], allow_fresh_start=False)

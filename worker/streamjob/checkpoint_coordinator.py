@@ -235,7 +235,11 @@ class CheckpointCoordinator:
         current = pc.attempt == self.attempt()
         if (pc.final and current) or pc.stop:
             self.on_final(pc)  # a stop whose marker is written is honoured in any attempt
-        if current:
+        if current and (not pc.savepoint or pc.stop):
+            # An intermediate savepoint commits no side effects (as in Flink): its staged
+            # output is committed by the next checkpoint, or dropped and replayed if the job
+            # restores from an older one, so committed output never runs ahead of the
+            # checkpoints a failover can restore.
             self.broadcast("NOTIFY", id=pc.checkpoint_id, final=pc.final or pc.stop)
         for fut in pc.waiters:
             if not fut.done():
@@ -359,16 +363,15 @@ class CheckpointCoordinator:
 
     def prepare_restore(self, problems: dict[int, str], allow_fresh_start: bool,
                         savepoint_body: dict[str, Any] | None,
-                        recover: Callable[[str, int], None]) -> asyncio.Future[RestorePlan]:
+                        sink: Any) -> asyncio.Future[RestorePlan]:
         """Through the owner (after every completion asked for before it): choose the
         restore point, make the sink's output match it, remove incomplete folders."""
         known = dict(problems)
         return self.owner.submit("restore preparation", lambda: self.io(
-            self._prepare_restore, known, allow_fresh_start, savepoint_body, recover))
+            self._prepare_restore, known, allow_fresh_start, savepoint_body, sink))
 
     def _prepare_restore(self, problems: dict[int, str], allow_fresh_start: bool,
-                         savepoint_body: dict[str, Any] | None,
-                         recover: Callable[[str, int], None]) -> RestorePlan:
+                         savepoint_body: dict[str, Any] | None, sink: Any) -> RestorePlan:
         ids = ckpt.list_checkpoint_ids(self.storage, self.job_id)
         self.next_id = max(self.next_id, max([0, *ids]) + 1)
         completed = [n for n, done in ids.items() if done]
@@ -404,11 +407,17 @@ class CheckpointCoordinator:
         else:
             body = savepoint_body
             restore_id = 0
-            if completed:
-                log.error("starting %s from the beginning although storage holds checkpoints "
-                          "(--allow-fresh-start): committed output of this job is replaced",
-                          self.job_id)
-        recover(self.job_id, restore_id)
+        committed_after = sink.committed_after(self.job_id, restore_id)
+        error = js.rewind_error(restore_id, committed_after, choice.skipped, allow_fresh_start)
+        if error is not None:
+            return RestorePlan(js.RestoreChoice(choice.checkpoint_id, choice.skipped, error),
+                               None, problems)
+        if committed_after:
+            kept = sink.set_aside(self.job_id, restore_id)
+            log.error("restarting %s behind committed output (--allow-fresh-start): %d output "
+                      "file(s) of checkpoints after %d moved aside to %s (kept), replaying "
+                      "from there", self.job_id, len(committed_after), restore_id, kept)
+        sink.recover(self.job_id, restore_id)
         for n, done in ckpt.list_checkpoint_ids(self.storage, self.job_id).items():
             if not done and n not in self.pending and n not in self.completing:
                 self.storage.delete_prefix(ckpt.checkpoint_dir(self.job_id, n))

@@ -53,12 +53,6 @@ class WorkerConn:
     idle: bool = True      # not part of a running attempt: ready to be deployed
 
 
-def is_restore_failure(reason: str) -> bool:
-    """A worker's FAILED during a deploy that blames the state it restores (a missing,
-    truncated or corrupt file), not a peer it could not reach."""
-    return "could not start" in reason and "onnect" not in reason
-
-
 class Coordinator:
     def __init__(self, job: StreamJob, job_id: str, storage: Storage, bind: str = "127.0.0.1",
                  port: int = 0, status_file: str | None = None,
@@ -348,7 +342,9 @@ class Coordinator:
             self.records.on_stats(w.index, msg["tasks"])
         elif t == "FAILED":
             if (self.state is JobState.DEPLOYING and self.deploying_from is not None
-                    and is_restore_failure(msg["reason"])):
+                    and msg.get("restore_failed")):
+                # The worker found the checkpoint's state missing or corrupt (not a peer it
+                # could not reach): the next deploy tries an older checkpoint.
                 self.restore_problems[self.deploying_from] = (
                     f"restore failed: {msg['reason']}")
             self._failover(msg["reason"])
@@ -445,7 +441,7 @@ class Coordinator:
             try:
                 plan = await self.checkpoints.prepare_restore(
                     self.restore_problems, self.allow_fresh_start, self.savepoint_body,
-                    self.pipeline.sink_connector.recover)
+                    self.pipeline.sink_connector)
                 break
             except StorageError as err:
                 # Storage down: wait (bounded by the DEPLOYING deadline) and say why.

@@ -172,6 +172,25 @@ def choose_restore(completed: Iterable[int], problems: dict[int, str],
     return RestoreChoice(None, tuple(skipped))
 
 
+def rewind_error(restore_id: int, committed_after: list[str],
+                 skipped: Iterable[tuple[int, str]], allow_fresh_start: bool) -> str | None:
+    """Committed output is never deleted or rewritten: a restore from checkpoint n while
+    output of later checkpoints is committed (a newer checkpoint turned out unrestorable
+    after its output was committed) would write those records again. That fails the job
+    with the reason, unless the user explicitly allows it (the sink then moves that output
+    aside, kept, before the replay)."""
+    if not committed_after or allow_fresh_start:
+        return None
+    why = "; ".join(f"checkpoint {n}: {r}" for n, r in skipped) or "no newer checkpoint"
+    where = "checkpoint " + str(restore_id) if restore_id else "the beginning"
+    shown = ", ".join(committed_after[:3]) + (" …" if len(committed_after) > 3 else "")
+    return (f"cannot restore without rewriting committed output: the newest restorable point "
+            f"is {where} ({why}), but {len(committed_after)} output file(s) of later "
+            f"checkpoints are committed ({shown}); repair the newer checkpoint, or start "
+            "with --allow-fresh-start to move that output aside (kept) and replay from "
+            f"{where}")
+
+
 def missing_or_short(handles: Iterable[dict[str, Any]],
                      size_of: Callable[[str], int | None]) -> str | None:
     """First state file a checkpoint needs that is absent or not of the size its handle says

@@ -147,10 +147,16 @@ class RunFolder:
             os.close(self.lock_fd)
             self.lock_fd = None
 
-    def previous(self) -> dict[str, Any] | None:
-        """run.json of the last run if it never ended (else None)."""
+    def previous(self, failed_too: bool = False) -> dict[str, Any] | None:
+        """run.json of the last run if it never ended (else None); with ``failed_too`` also
+        a run that failed (``--allow-fresh-start`` resumes a job that refused to restore
+        behind its committed output)."""
         info = read_json(self.run_file)
-        if not info or info.get("state") != "running" or not info.get("job_id"):
+        if not info or not info.get("job_id"):
+            return None
+        if failed_too and info.get("state") == "failed":
+            return info
+        if info.get("state") != "running":
             return None
         status = read_json(self.path / "status.json") or {}
         if status.get("job_id") == info["job_id"] and status.get("state") in OVER:
@@ -471,7 +477,7 @@ def run_local(manifest: str, args: dict[str, Any], parallelism: int | None,
 
     folder = RunFolder(RUNS / name)
     folder.lock(name)  # held until this process exits
-    previous = folder.previous()
+    previous = folder.previous(failed_too=allow_fresh_start)
     resume = previous is not None and previous.get("storage") == job.spec.storage and \
         previous.get("from_savepoint") == from_savepoint
     if previous is not None and not resume:
@@ -482,7 +488,10 @@ def run_local(manifest: str, args: dict[str, Any], parallelism: int | None,
     data = job.model_dump(by_alias=True, exclude_none=True, mode="json")
     (folder.path / "job.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     write_secret(folder.path / "api-token", secrets.token_urlsafe(24))
-    if resume:
+    if resume and previous.get("state") == "failed":
+        _log(f"resuming the failed run {job_id} (--allow-fresh-start): it may restore behind "
+             "its committed output, which is then moved aside and kept")
+    elif resume:
         _log(f"resuming the unfinished run {job_id} (its streamjob run, pid "
              f"{previous.get('supervisor_pid')}, is gone) from its latest checkpoint")
     _log(f"running {name} as {job_id}: parallelism {spec.parallelism}, "

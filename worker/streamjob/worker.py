@@ -43,7 +43,8 @@ from streamjob.channels import (
     limit_socket_buffers,
 )
 from streamjob.manifest import StreamJob, import_pipeline
-from streamjob.storage import open_storage
+from streamjob.state import CorruptStateError
+from streamjob.storage import NotFoundError, open_storage
 from streamjob.task import SubtaskRunner
 
 log = logging.getLogger("streamjob.worker")
@@ -262,7 +263,14 @@ class Worker:
             for r in runners:
                 task_state = restore["tasks"].get(r.spec.task_id) if restore else None
                 kind = restore.get("kind", "checkpoint") if restore else "checkpoint"
-                await loop.run_in_executor(self.executor, r.restore, task_state, kind)
+                try:
+                    await loop.run_in_executor(self.executor, r.restore, task_state, kind)
+                except (CorruptStateError, NotFoundError) as err:
+                    # The checkpoint itself is bad: the coordinator tries an older one.
+                    log.error("worker %d: cannot restore %s: %s", self.index, r.name, err)
+                    self.send("FAILED", reason=f"worker {self.index} could not restore "
+                                               f"{r.name}: {err}", restore_failed=True)
+                    return
             # Channels parked before this DEPLOY arrived belong to it now.
             parked, self.parked = self.parked, []
             for a, task_index, sender, reader, writer in parked:

@@ -59,7 +59,18 @@ class Sink(Protocol):
 
     def recover(self, job_id: str, checkpoint_id: int | None) -> None:
         """Before a restore from checkpoint n: commit what was staged up to n and drop what
-        was staged (or committed) after it, so replayed records are written once."""
+        was staged after it (those records are replayed). Committed output is never
+        touched."""
+        ...
+
+    def committed_after(self, job_id: str, checkpoint_id: int) -> list[str]:
+        """Committed output of checkpoints after n (exists only when a newer checkpoint
+        cannot be restored): a restore from n would write it again."""
+        ...
+
+    def set_aside(self, job_id: str, checkpoint_id: int) -> str | None:
+        """Move the committed output of checkpoints after n out of the output, to a kept
+        folder (returned); only when the user allows a restart behind committed output."""
         ...
 
 

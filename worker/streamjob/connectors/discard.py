@@ -13,6 +13,12 @@ class DiscardSink:
     def recover(self, job_id: str, checkpoint_id: int | None) -> None:
         pass
 
+    def committed_after(self, job_id: str, checkpoint_id: int) -> list[str]:
+        return []  # nothing to rewrite: output is not transactional
+
+    def set_aside(self, job_id: str, checkpoint_id: int) -> str | None:
+        return None
+
 
 class DiscardWriter:
     def __init__(self) -> None:

@@ -5,7 +5,7 @@ moved to ``<output>.staging/<job>/chk-<n>/`` (pre-commit, fsynced before the sub
 When checkpoint n completes, every staged file up to n is renamed into the output folder as
 ``part-<job>-<subtask>-<n>``: only then can a reader see it. A restore from checkpoint n
 commits what was staged up to n and deletes what was staged after it, so replayed records
-appear exactly once.
+appear exactly once. Committed parts are never deleted or rewritten.
 
 Renames within one file system are atomic, so a part file is either whole or absent.
 """
@@ -107,13 +107,30 @@ class FileSink:
             if n > upto:
                 shutil.rmtree(folder, ignore_errors=True)
         shutil.rmtree(self.staging / token / "inprogress", ignore_errors=True)
-        # Parts committed after the checkpoint we restore from (possible only when a newer
-        # checkpoint's _metadata was lost or corrupt) would be written again by the replay.
-        if self.output.is_dir():
-            for f in self.output.iterdir():
-                m = _PART.match(f.name)
-                if m and m.group(1) == token and int(m.group(3)) > upto:
-                    f.unlink()
+
+    def _parts_after(self, job_id: str, checkpoint_id: int) -> list[Path]:
+        token = job_token(job_id)
+        if not self.output.is_dir():
+            return []
+        return sorted(f for f in self.output.iterdir()
+                      if (m := _PART.match(f.name)) and m.group(1) == token
+                      and int(m.group(3)) > checkpoint_id)
+
+    def committed_after(self, job_id: str, checkpoint_id: int) -> list[str]:
+        return [str(f) for f in self._parts_after(job_id, checkpoint_id)]
+
+    def set_aside(self, job_id: str, checkpoint_id: int) -> str | None:
+        parts = self._parts_after(job_id, checkpoint_id)
+        if not parts:
+            return None
+        kept = self.output.with_name(f".{self.output.name}.superseded") / (
+            f"{job_token(job_id)}-after-{checkpoint_id}-{uuid.uuid4().hex[:6]}")
+        kept.mkdir(parents=True)
+        for f in parts:
+            os.replace(f, kept / f.name)
+        _fsync_dir(kept)
+        _fsync_dir(self.output)
+        return str(kept)
 
 
 class FileSinkWriter:

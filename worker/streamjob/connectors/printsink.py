@@ -15,6 +15,12 @@ class PrintSink:
     def recover(self, job_id: str, checkpoint_id: int | None) -> None:
         pass
 
+    def committed_after(self, job_id: str, checkpoint_id: int) -> list[str]:
+        return []  # nothing to rewrite: output is not transactional
+
+    def set_aside(self, job_id: str, checkpoint_id: int) -> str | None:
+        return None
+
 
 class PrintWriter:
     def write(self, batch: list[Any]) -> None:

@@ -6,13 +6,14 @@ then on disk). At barrier n the buffer is streamed (multipart, off the processin
 ``<parent>/.<name>.staging/<job>/chk-<n>/part-<job>-<subtask>-<n>``; when checkpoint n
 completes each staged object is copied to ``<out>/part-...`` (an object appears whole or not
 at all) and the staged copy deleted. A restore from n commits what was staged up to n and
-deletes what was staged, or committed, after it.
+deletes what was staged after it; committed output is never touched.
 """
 
 from __future__ import annotations
 
 import re
 import tempfile
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -83,10 +84,25 @@ class S3FileSink:
         for n, _sub, key in self._staged(token):
             if n > upto:
                 self.storage.delete(key)
-        for key in self.storage.list(f"{self.output}/"):
-            m = _PART.match(key.rsplit("/", 1)[1])
-            if m and m.group(1) == token and int(m.group(3)) > upto:
-                self.storage.delete(key)
+
+    def committed_after(self, job_id: str, checkpoint_id: int) -> list[str]:
+        token = job_token(job_id)
+        return [key for key in self.storage.list(f"{self.output}/")
+                if (m := _PART.match(key.rsplit("/", 1)[1])) and m.group(1) == token
+                and int(m.group(3)) > checkpoint_id]
+
+    def set_aside(self, job_id: str, checkpoint_id: int) -> str | None:
+        keys = self.committed_after(job_id, checkpoint_id)
+        if not keys:
+            return None
+        parent, _, name = self.output.rpartition("/")
+        kept = (f"{parent}/" if parent else "") + (
+            f".{name}.superseded/{job_token(job_id)}-after-{checkpoint_id}-"
+            f"{uuid.uuid4().hex[:6]}")
+        for key in keys:  # copied first, deleted after: kept in one place at least
+            self.storage.copy(key, f"{kept}/{key.rsplit('/', 1)[1]}")
+            self.storage.delete(key)
+        return f"{self.bucket_uri}/{kept}"
 
 
 class S3FileSinkWriter:
