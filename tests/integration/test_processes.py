@@ -101,7 +101,7 @@ def test_coordinator_refuses_workers_without_the_job_token(tmp_path: Path):
     coord = subprocess.Popen([sys.executable, "-m", "streamjob", "coordinator", "--job-id",
                               "tok-1", "--port", str(port), "--api-port", "0"], env=env)
     try:
-        def hello(token: str) -> bytes:
+        def hello(worker: int, token: str) -> socket.socket:
             deadline = time.monotonic() + 30
             while True:
                 try:
@@ -111,18 +111,29 @@ def test_coordinator_refuses_workers_without_the_job_token(tmp_path: Path):
                     if time.monotonic() > deadline:
                         raise
                     time.sleep(0.1)
-            with s:
-                s.sendall(wire.control("HELLO", attempt=-1, worker=0, host="127.0.0.1",
-                                       port=1, pid=1, token=token))
-                s.settimeout(1.0)
-                try:
-                    return s.recv(100) or b"closed"
-                except TimeoutError:
-                    return b"open"
+            s.sendall(wire.control("HELLO", attempt=-1, worker=worker, host="127.0.0.1",
+                                   port=1, pid=1, token=token))
+            s.settimeout(30)
+            return s
 
-        assert hello("wrong") == b"closed"
-        assert hello("") == b"closed"
-        assert hello("s3cret") == b"open"  # accepted, waiting for the second worker
+        def read_exactly(s: socket.socket, n: int) -> bytes:
+            buf = b""
+            while len(buf) < n:
+                chunk = s.recv(n - len(buf))
+                if not chunk:
+                    raise ConnectionError("closed by the coordinator")
+                buf += chunk
+            return buf
+
+        for token in ("wrong", ""):
+            with hello(0, token) as refused:
+                assert refused.recv(100) == b""  # closed, nothing sent
+        # Accepted: with both workers in, the coordinator deploys to each of them.
+        with hello(0, "s3cret") as w0, hello(1, "s3cret") as w1:
+            for w in (w0, w1):
+                length, _kind = wire.HEADER.unpack(read_exactly(w, wire.HEADER.size))
+                msg = wire.unpack_control(read_exactly(w, length))
+                assert msg["type"] == "DEPLOY" and msg["parallelism"] == 2, msg
     finally:
         coord.kill()
         coord.wait()
