@@ -53,25 +53,35 @@ def test_too_many_failed_checkpoints_restart_the_job_exactly_once(run_job):
     assert job.status()["state"] == "FAILED"
 
 
-def test_corrupt_metadata_falls_back_to_the_previous_checkpoint(run_job):
+def test_corrupt_metadata_falls_back_to_the_previous_checkpoint(run_job, tmp_path: Path):
+    """The newest checkpoint's ``_metadata`` is corrupt and its output not yet committed
+    (the coordinator stalls after writing it, before telling the sinks, and dies there):
+    the restarted coordinator skips it with a log line and restores the one before it,
+    exactly once. (With its output already committed the job fails instead: see
+    test_coordinator_faults.)"""
+    from streamjob import faults
+
     records = 200_000
     job = run_job(args={"records": records, "words": WORDS, "rate": 30_000},
-                  checkpoint={"retained": 3})
-    s = job.wait_for(lambda s: (s.get("last_checkpoint") or {}).get("id", 0) >= 3,
-                     what="three checkpoints")
-    coordinator = job.coordinator()
-    os.kill(coordinator, signal.SIGSTOP)  # freeze it: no checkpoint completes meanwhile
+                  checkpoint={"retained": 3},
+                  env={faults.ENV: "coordinator.after-metadata=stall:30,skip=3",
+                       faults.DIR_ENV: str(tmp_path / "faults")})
+    deadline = time.monotonic() + 90
+    while not faults.fired(tmp_path / "faults"):
+        assert time.monotonic() < deadline and job.proc.poll() is None, job.output()[-3000:]
+        time.sleep(0.02)
+    coordinator = job.coordinator()  # stalled: _metadata written, nothing committed yet
     try:
-        chk = sorted((job.checkpoints() / s["job_id"]).glob("chk-*/_metadata"),
+        chk = sorted((job.checkpoints() / job.status()["job_id"]).glob("chk-*/_metadata"),
                      key=lambda p: int(p.parent.name[4:]))
         newest = chk[-1]
         newest.write_bytes(newest.read_bytes()[:-40] + b"garbage")
     finally:
         os.kill(coordinator, signal.SIGKILL)
-    bad_id = int(newest.parent.name[4:])
+    bad_id, previous = (int(p.parent.name[4:]) for p in (newest, chk[-2]))
     job.wait_for(lambda s: s.get("coordinator", {}).get("pid") not in (None, coordinator)
                  and s.get("state") == "RUNNING", what="the restarted coordinator")
-    assert job.status()["restored_from"] < bad_id
+    assert job.status()["restored_from"] == previous
     assert job.wait() == 0, job.output()
     assert f"skipping checkpoint {bad_id}" in job.output()
     assert_exactly_once(job.cwd / "output", records, WORDS)
