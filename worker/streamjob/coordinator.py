@@ -28,7 +28,8 @@ from streamjob.storage import Storage, StorageError
 
 log = logging.getLogger("streamjob.coordinator")
 
-EXIT_FINISHED, EXIT_FAILED = 0, 2
+from streamjob.names import EXIT_FAILED, EXIT_FINISHED  # noqa: E402
+
 HISTORY = 50
 
 

@@ -35,7 +35,7 @@ from streamjob.task import SubtaskRunner
 
 log = logging.getLogger("streamjob.worker")
 
-EXIT_COORDINATOR_LOST = 3
+from streamjob.names import EXIT_COORDINATOR_LOST  # noqa: E402
 
 
 class Deployment:
