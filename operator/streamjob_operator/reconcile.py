@@ -9,6 +9,8 @@ thread waits behind a savepoint.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import hmac
 import logging
 import secrets
 import threading
@@ -207,6 +209,15 @@ def _finalize_once(namespace: str, name: str, settings: Settings,
     finally:
         rec.flush()
     return rec.status.operation is None
+
+
+def api_token(settings: Settings, uid: str) -> str | None:
+    """The job's API token derived from the operator's key (HMAC-SHA256 of the job's uid), so
+    that the operator never reads Secrets; None without a key (then it reads the Secret)."""
+    if not settings.token_key:
+        return None
+    return hmac.new(settings.token_key.encode(), f"streamjob-api:{uid}".encode(),
+                    hashlib.sha256).hexdigest()
 
 
 def _now_iso() -> str:
@@ -650,13 +661,17 @@ class Reconciler:
 
     def ensure_support_objects(self) -> None:
         owner = self.body
-        token = secrets.token_urlsafe(32)
-        kube.create(builders.token_secret(self.job, token, owner=owner))
+        token = api_token(self.settings, self.uid) or secrets.token_urlsafe(32)
+        kube.create(builders.token_secret(self.job, token, secrets.token_urlsafe(32),
+                                          owner=owner))
         kube.create(builders.coordinator_service(self.job, owner=owner))
         if self.settings.network_policy:
             kube.create(builders.network_policy(self.job, self.settings, owner=owner))
 
     def token(self) -> str:
+        derived = api_token(self.settings, self.uid)
+        if derived:
+            return derived                 # no need to read any Secret (no RBAC for it)
         cached = _tokens.get(self.uid)
         if cached:
             return cached
