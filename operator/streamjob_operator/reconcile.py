@@ -20,6 +20,7 @@ from typing import Any
 
 import kopf
 
+from streamjob import faults
 from streamjob.manifest import StreamJob
 from streamjob_operator import builders, kube, names
 from streamjob_operator import operation as ops
@@ -301,6 +302,10 @@ class Reconciler:
         if version:
             meta["resourceVersion"] = version
         self.raw_status.update(data)
+        op = self.status.operation
+        if op is not None:
+            # fault point for tests: the operator dies right after recording this step
+            faults.point(f"operator.{op.type.value}.{op.step.value}")
 
     # ------------------------------------------------------------------ entry
     def run(self) -> None:

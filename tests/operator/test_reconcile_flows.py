@@ -8,6 +8,7 @@ finish and failure.
 from __future__ import annotations
 
 import copy
+import threading
 import time
 from typing import Any
 
@@ -616,3 +617,31 @@ def test_a_savepoint_that_never_answers_times_out_and_rolls_back(cluster, monkey
     cluster.reconcile()
     assert cluster.status["operation"]["step"] == "rolling-back"
     assert "RescaleRolledBack" in cluster.warnings()
+
+
+def test_a_rescale_whose_savepoint_hangs_returns_at_once_and_goes_on_when_answered(
+        cluster, monkeypatch):
+    """No reconcile waits for a savepoint: kopf's threads stay free for every other job."""
+    running(cluster)
+    monkeypatch.setattr(REQUESTS, "inline", False)
+    answer = threading.Event()
+    real = cluster.coordinator.savepoint
+
+    def slow(stop: bool, timeout: float) -> str:
+        answer.wait(10)
+        return real(stop, timeout)
+
+    cluster.coordinator.savepoint = slow
+    cluster.update_spec(parallelism=3)
+    start = time.monotonic()
+    cluster.reconcile()
+    cluster.reconcile()                                   # the timer: returns at once too
+    assert time.monotonic() - start < 1.0
+    assert cluster.status["operation"]["step"] == "savepoint-requested"
+    answer.set()                                          # the answer triggers a reconcile
+    deadline = time.monotonic() + 10
+    while cluster.status.get("operation", {}).get("step") != "pods-started" and \
+            time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert cluster.status["operation"]["step"] == "pods-started"
+    assert cluster.status["parallelism"] == 3
