@@ -496,6 +496,9 @@ class Reconciler:
         if latest.phase == "Failed":
             self.pending_error = f"the coordinator failed: {latest.describe()}"
             return Outcome.SAVEPOINT_REFUSED
+        if latest.phase != "Running" and req is None:
+            self.pending_error = "the coordinator is not running yet"
+            return Outcome.SAVEPOINT_REFUSED      # nothing to stop, no savepoint to take
         try:
             view = self.client(pods).job()
         except CoordinatorUnavailable as err:

@@ -645,3 +645,11 @@ def test_a_rescale_whose_savepoint_hangs_returns_at_once_and_goes_on_when_answer
         time.sleep(0.05)
     assert cluster.status["operation"]["step"] == "pods-started"
     assert cluster.status["parallelism"] == 3
+
+
+def test_suspending_a_job_whose_coordinator_never_ran_does_not_wait_for_a_savepoint(cluster):
+    cluster.reconcile()                                   # pods exist, none runs yet
+    cluster.update_spec(state="suspended")
+    cluster.reconcile()
+    assert cluster.status["phase"] == "Suspended" and cluster.pods == {}
+    assert cluster.coordinator.savepoints == []
