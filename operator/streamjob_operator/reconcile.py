@@ -392,8 +392,13 @@ class Reconciler:
             raise Retry(f"savepointNonce {nonce} waits for the job to be Running")
         ident = ("nonce", nonce, self.status.deployment.revision if self.status.deployment
                  else 0)
-        req = REQUESTS.get(self.key, ident) or REQUESTS.start(
-            self.key, ident, self.savepoint_call(stop=False), self.trigger())
+        req = REQUESTS.get(self.key, ident)
+        if req is None:
+            try:
+                call = self.savepoint_call(stop=False)
+            except CoordinatorUnavailable as err:
+                raise Retry(f"savepointNonce {nonce} waits: {err}") from None
+            req = REQUESTS.start(self.key, ident, call, self.trigger())
         if req.done.is_set():
             REQUESTS.forget(self.key)
             if req.uri:
@@ -516,11 +521,16 @@ class Reconciler:
             return Outcome.SAVEPOINT_REFUSED
         # not asked yet (or asked by an operator that restarted): ask now; the attempt is
         # written to status first so that its answer can be told from an older one's
+        try:
+            call = self.savepoint_call(stop=True)
+        except CoordinatorUnavailable as err:
+            log.debug("%s: %s", self.key, err)
+            return None
         op = op.model_copy(update={"attempt": op.attempt + 1})
         self.status.operation = op
         self.flush()
-        req = REQUESTS.start(self.key, (op.type.value, op.started_at, op.attempt),
-                             self.savepoint_call(stop=True), self.trigger())
+        req = REQUESTS.start(self.key, (op.type.value, op.started_at, op.attempt), call,
+                             self.trigger())
         return self.observe_savepoint(op) if req.done.is_set() else None
 
     def take(self, op: Operation, outcome: Outcome, ex: ops.Exit) -> None:
