@@ -120,7 +120,7 @@ class LeaderElector:
             try:
                 if self.try_acquire():
                     return
-            except (ApiException, OSError) as err:
+            except Exception as err:  # noqa: BLE001 - API server unreachable: keep waiting
                 log.warning("lease %s/%s: %s", self.namespace, self.name, err)
             if not logged:
                 log.info("%s waits for the lease %s/%s (another replica acts)", self.me,
@@ -139,7 +139,7 @@ class LeaderElector:
                         continue
                     log.error("%s lost the lease %s/%s to another replica", self.me,
                               self.namespace, self.name)
-                except (ApiException, OSError) as err:
+                except Exception as err:  # noqa: BLE001 - any failure: retry until too late
                     if self.clock() - self.renewed_at < self.duration - self.renew_every:
                         log.warning("lease renewal failed, retrying: %s", err)
                         continue
@@ -159,5 +159,5 @@ class LeaderElector:
             if lease is not None and holder is not None and holder.identity == self.me:
                 lease.spec.holder_identity = None
                 self.coordination.replace_namespaced_lease(self.name, self.namespace, lease)
-        except (ApiException, OSError) as err:
+        except Exception as err:  # noqa: BLE001 - best effort on the way out
             log.debug("could not release the lease: %s", err)
