@@ -400,7 +400,6 @@ class Reconciler:
                 raise Retry(f"savepointNonce {nonce} waits: {err}") from None
             req = REQUESTS.start(self.key, ident, call, self.trigger())
         if req.done.is_set():
-            REQUESTS.forget(self.key)
             if req.uri:
                 self.record_savepoint(req.uri, "savepointNonce", nonce)
                 self.status.observed_savepoint_nonce = nonce
@@ -534,10 +533,10 @@ class Reconciler:
         return self.observe_savepoint(op) if req.done.is_set() else None
 
     def take(self, op: Operation, outcome: Outcome, ex: ops.Exit) -> None:
+        # (a finished request is not forgotten here: if the write of the next step meets a
+        # conflict, the pass is decided again and must find the answer, not ask twice)
         now = self.clock()
         kind = op.type
-        if ex.step is None or ex.step != op.step:
-            REQUESTS.forget(self.key)
         why = getattr(self, "pending_error", "") or f"{op.step} {outcome}"
         uri = getattr(self, "pending_savepoint", None) or op.savepoint
         label = kind.value

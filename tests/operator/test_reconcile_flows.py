@@ -653,3 +653,38 @@ def test_suspending_a_job_whose_coordinator_never_ran_does_not_wait_for_a_savepo
     cluster.reconcile()
     assert cluster.status["phase"] == "Suspended" and cluster.pods == {}
     assert cluster.coordinator.savepoints == []
+
+
+def test_a_conflict_on_the_write_after_the_savepoint_answer_does_not_ask_twice(cluster):
+    """The answer is kept until the next step is written: a 409 on that write re-reads and
+    finds it again, even when the coordinator does not list its savepoints."""
+    running(cluster)
+    cluster.coordinator.completed = _NoList()
+    real = cluster.patch_status
+
+    def conflict_once_on_taken(ns: str, name: str, status: dict, rv: str | None = None) -> str:
+        if (status.get("operation") or {}).get("step") == "savepoint-taken" and \
+                not getattr(cluster, "_conflicted", False):
+            cluster._conflicted = True
+            cluster.bump()
+            raise kube.Conflict("changed")
+        return real(ns, name, status, rv)
+
+    import pytest as _pytest
+    mp = _pytest.MonkeyPatch()
+    mp.setattr(kube, "patch_status", conflict_once_on_taken)
+    try:
+        cluster.update_spec(parallelism=3)
+        cluster.reconcile()
+    finally:
+        mp.undo()
+    assert cluster._conflicted
+    assert cluster.coordinator.savepoints == [True]
+    assert cluster.status["operation"]["step"] == "pods-started"
+
+
+class _NoList(list):
+    """A coordinator that keeps no savepoint list (older API)."""
+
+    def append(self, item: object) -> None:
+        pass
