@@ -569,15 +569,22 @@ def _helm() -> str | None:
     return os.environ.get("HELM") or (str(built[-1]) if built else None)
 
 
-@pytest.mark.skipif(_helm() is None, reason="no helm binary (helm/build-helm.sh)")
-def test_rbac_matrix_by_subject_access_review_with_the_charts_rbac(cluster):
+@pytest.fixture(scope="module")
+def chart_rbac(cluster) -> str:
+    """The chart's ServiceAccount and RBAC (watching NS, released in SYSTEM), applied."""
+    if _helm() is None:
+        pytest.skip("no helm binary (helm/build-helm.sh)")
     out = subprocess.run([_helm(), "template", "rel", str(REPO / "helm" / "streamjob"),
                           "-n", SYSTEM, "--set", f"watchNamespaces={{{NS}}}"],
                          check=True, capture_output=True, text=True, timeout=120).stdout
     docs = [d for d in yaml.safe_load_all(out) if d and d["kind"] in (
         "ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding")]
     kubectl(cluster, "apply", "-f", "-", stdin="\n---\n".join(yaml.safe_dump(d) for d in docs))
-    user = f"system:serviceaccount:{SYSTEM}:rel-streamjob"
+    return "rel-streamjob"
+
+
+def test_rbac_matrix_by_subject_access_review_with_the_charts_rbac(cluster, chart_rbac):
+    user = f"system:serviceaccount:{SYSTEM}:{chart_rbac}"
     wrong = []
     for verb, group, resource, name, ns_key, allowed in rbac_matrix.MATRIX:
         resource_name, _, sub = resource.partition("/")
@@ -599,3 +606,37 @@ def test_rbac_matrix_by_subject_access_review_with_the_charts_rbac(cluster):
         if bool(answer["status"].get("allowed")) is not allowed:
             wrong.append((verb, group, resource, name, namespace, allowed))
     assert wrong == []
+
+
+def test_the_operator_does_its_work_with_nothing_but_the_charts_rbac(cluster, coords, operators,
+                                                                     chart_rbac, tmp_path):
+    """The operator as the chart's ServiceAccount (a real token from the TokenRequest API):
+    lease, deploy, failover, rescale, final savepoint, delete; no request is forbidden."""
+    token = kubectl(cluster, "-n", SYSTEM, "create", "token", chart_rbac,
+                    "--duration=1h").stdout.strip()
+    config = yaml.safe_load(cluster.kubeconfig.read_text())
+    config["users"] = [{"name": "admin", "user": {"token": token}}]
+    kubeconfig = tmp_path / "sa-kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump(config))
+    op = operators(name="op-rbac", KUBECONFIG=str(kubeconfig),
+                   STREAMJOB_OPERATOR_LEADER_ELECTION="true",
+                   STREAMJOB_OPERATOR_LEASE_DURATION="4", STREAMJOB_OPERATOR_LEASE_RENEW="1")
+    name = "rbac"
+    bring_up(cluster, coords, name, [op],
+             annotations={"streamjob.dev/savepoint-on-delete": "true"})
+    victim, uid = next((n, p["metadata"]["uid"]) for n, p in pods(cluster, name).items()
+                       if "worker-0" in n)
+    kubectl(cluster, "-n", NS, "delete", "pod", victim, "--wait=false")
+    wait_for("replaced", lambda: any(n.startswith(f"{name}-worker-0-")
+                                     and p["metadata"]["uid"] != uid
+                                     for n, p in pods(cluster, name).items()), ops=[op])
+    run_pending(cluster, name)
+    coords.job(name)["attempt"] = 1
+    wait_for("Running", lambda: status(cluster, name).get("phase") == "Running", ops=[op])
+    scale(cluster, name, 3)
+    new_revision_runs(cluster, coords, name, 3, [op])
+    kubectl(cluster, "-n", NS, "delete", "sj", name, "--wait=false")
+    wait_for("job gone", lambda: not job(cluster, name), ops=[op])
+    assert ("Normal", "FinalSavepoint") in events(cluster, name)
+    text = op.text()
+    assert "Forbidden" not in text and " 403" not in text, text[-3000:]
