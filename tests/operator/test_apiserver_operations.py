@@ -507,6 +507,7 @@ def test_two_replicas_one_acts_and_the_other_takes_over_when_it_dies(cluster, co
             + time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime(time.time() + 60)) + '"}}')
     wait_for("b stops", lambda: b.proc.poll() is not None, timeout=20, ops=[b])
     assert b.proc.returncode == 3
+    kubectl(cluster, "-n", SYSTEM, "delete", "lease", "streamjob-operator")
 
 
 # ------------------------------------------------------------------ 3. conditional writes
@@ -612,6 +613,7 @@ def test_the_operator_does_its_work_with_nothing_but_the_charts_rbac(cluster, co
                                                                      chart_rbac, tmp_path):
     """The operator as the chart's ServiceAccount (a real token from the TokenRequest API):
     lease, deploy, failover, rescale, final savepoint, delete; no request is forbidden."""
+    kubectl(cluster, "-n", SYSTEM, "delete", "lease", "streamjob-operator", "--ignore-not-found")
     token = kubectl(cluster, "-n", SYSTEM, "create", "token", chart_rbac,
                     "--duration=1h").stdout.strip()
     config = yaml.safe_load(cluster.kubeconfig.read_text())
