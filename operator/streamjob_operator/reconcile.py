@@ -450,6 +450,7 @@ class Reconciler:
             if op is None:
                 return
             outcome = self.observe_step(op)
+            op = self.status.operation or op          # observing may have counted an attempt
             if outcome is None and ops.timed_out(op, self.clock(), self.limits()):
                 outcome = Outcome.TIMEOUT
             if outcome is None:
@@ -484,7 +485,9 @@ class Reconciler:
         if req is not None and req.uri:
             self.pending_savepoint = req.uri
             return Outcome.SAVEPOINT_DONE
-        if req is not None and req.refused:
+        if req is not None and req.refused and op.attempt <= 1:
+            # refused, and no earlier request (of an operator before a restart) can still be
+            # pending on the coordinator: the job was not stopped and will not be
             self.pending_error = req.error
             return Outcome.SAVEPOINT_REFUSED
         pods = self.pods()
@@ -514,12 +517,16 @@ class Reconciler:
             return Outcome.SAVEPOINT_DONE
         if view.state != "RUNNING":
             return None                    # stopping, or restarting: wait (timeout applies)
-        if req is not None:
-            # asked, no answer, and the job runs on without a new savepoint: it was aborted
-            self.pending_error = req.error or "the savepoint was not taken"
-            return Outcome.SAVEPOINT_REFUSED
-        # not asked yet (or asked by an operator that restarted): ask now; the attempt is
-        # written to status first so that its answer can be told from an older one's
+        if req is not None and req.refused:
+            # refused, but an earlier request may still be pending and stop the job later:
+            # never abandon then; wait (its savepoint shows up in the list) or time out
+            self.pending_error = req.error
+            return None
+        # not asked yet, asked by an operator that restarted, or asked without an answer
+        # (timeout, connection lost) while the job runs on: ask (again). Any savepoint that
+        # completes since the operation started counts, so asking twice is harmless; the
+        # step's timeout bounds the retries. The attempt is written to status first so that
+        # its answer can be told from an older one's.
         try:
             call = self.savepoint_call(stop=True)
         except CoordinatorUnavailable as err:

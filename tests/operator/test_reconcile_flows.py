@@ -688,3 +688,37 @@ class _NoList(list):
 
     def append(self, item: object) -> None:
         pass
+
+
+def test_a_savepoint_request_without_an_answer_is_asked_again_never_abandoned(cluster):
+    """No answer (HTTP timeout) while the job runs on: a stop may still be pending, so the
+    rescale is not dropped (a late stop would then look like a finished job); it asks again."""
+    running(cluster)
+    real = cluster.coordinator.savepoint
+    calls = []
+
+    def first_times_out(stop: bool, timeout: float) -> str:
+        calls.append(stop)
+        if len(calls) == 1:
+            raise CoordinatorUnavailable("timed out")
+        return real(stop, timeout)
+
+    cluster.coordinator.savepoint = first_times_out
+    cluster.update_spec(parallelism=3)
+    cluster.reconcile()
+    assert "RescalePostponed" not in cluster.warnings()
+    assert cluster.status["operation"]["step"] == "pods-started"
+    assert cluster.status["operation"]["attempt"] == 2 and len(calls) == 2
+
+
+def test_a_refusal_after_a_restart_waits_for_the_earlier_request(cluster):
+    running(cluster)
+    cluster.coordinator.kill_operator_during_savepoint = True
+    cluster.update_spec(parallelism=3)
+    cluster.reconcile_until_killed()
+    cluster.coordinator.completed.clear()                 # as if it were still in progress
+    cluster.coordinator.state = "RUNNING"
+    cluster.coordinator.savepoint_fails = True            # the second request is refused
+    cluster.reconcile()
+    assert cluster.status["operation"]["step"] == "savepoint-requested"   # not abandoned
+    assert cluster.status["phase"] == "Rescaling"
