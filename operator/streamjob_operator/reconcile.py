@@ -97,7 +97,7 @@ def reconcile(namespace: str, name: str, settings: Settings, *, wait: bool = Tru
         for _ in range(5 + CONFLICT_RETRIES):
             _dirty.discard(key)
             try:
-                with METRICS.reconcile_pass(Retry):
+                with METRICS.reconcile_pass((Retry, kube.Conflict)):
                     _reconcile_once(namespace, name, settings, emit or post_event)
             except kube.Conflict:
                 # someone wrote the job since we read it: read it again and decide again
