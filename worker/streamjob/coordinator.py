@@ -28,8 +28,7 @@ from streamjob.storage import Storage, StorageError
 
 log = logging.getLogger("streamjob.coordinator")
 
-from streamjob.names import EXIT_FAILED, EXIT_FINISHED  # noqa: E402
-
+EXIT_FINISHED, EXIT_FAILED = 0, 2
 HISTORY = 50
 
 

@@ -24,8 +24,9 @@ import yaml
 
 from streamjob import checkpoints as ckpt
 from streamjob.manifest import StreamJob, import_pipeline, load_manifest
-from streamjob.names import EXIT_RUN_FAILED as EXIT_FAILED  # noqa: E402
 from streamjob.storage import StorageError, open_storage
+
+EXIT_FAILED = 1
 
 
 def _die_with_parent() -> None:

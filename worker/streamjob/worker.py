@@ -35,7 +35,7 @@ from streamjob.task import SubtaskRunner
 
 log = logging.getLogger("streamjob.worker")
 
-from streamjob.names import EXIT_COORDINATOR_LOST  # noqa: E402
+EXIT_COORDINATOR_LOST = 3
 
 
 class Deployment:
