@@ -34,6 +34,7 @@ def _security_context(settings: Settings) -> tuple[k8s.V1PodSecurityContext,
         seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault"))
     container = k8s.V1SecurityContext(
         run_as_non_root=True, allow_privilege_escalation=False, privileged=False,
+        read_only_root_filesystem=True,    # the one writable path is /tmp (an emptyDir)
         capabilities=k8s.V1Capabilities(drop=["ALL"]),
         seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault"))
     return pod, container
@@ -101,10 +102,12 @@ def _pod(job: StreamJob, settings: Settings, *, role: str, subtask: int | None,
 
 
 def _worker_token_env(job: StreamJob) -> k8s.V1EnvVar:
-    """Workers present this token to the coordinator; other pods cannot join the job."""
+    """Workers present this data-plane token to the coordinator; other pods cannot join the
+    job. It is not the API token: a worker (or whoever reads its environment) cannot call the
+    coordinator API, and people with the API token are not workers."""
     return k8s.V1EnvVar(name="STREAMJOB_WORKER_TOKEN", value_from=k8s.V1EnvVarSource(
         secret_key_ref=k8s.V1SecretKeySelector(
-            name=names.token_secret_name(job.metadata.name), key=names.TOKEN_KEY)))
+            name=names.token_secret_name(job.metadata.name), key=names.WORKER_TOKEN_KEY)))
 
 
 def _metrics(settings: Settings, command: list[str],
@@ -171,15 +174,18 @@ def coordinator_service(job: StreamJob, owner: Mapping[str, Any] | None = None) 
     return _owned(svc, owner)
 
 
-def token_secret(job: StreamJob, token: str,
+def token_secret(job: StreamJob, token: str, worker_token: str,
                  owner: Mapping[str, Any] | None = None) -> k8s.V1Secret:
-    """The per-job Secret holding the coordinator API's bearer token."""
+    """The per-job Secret: the coordinator API's bearer token (key ``token``: people, the
+    operator) and the data-plane token of the workers (key ``worker-token``)."""
+    if token == worker_token:
+        raise ValueError("the API token and the workers' token must differ")
     name = job.metadata.name
     secret = k8s.V1Secret(
         api_version="v1", kind="Secret", type="Opaque",
         metadata=k8s.V1ObjectMeta(name=names.token_secret_name(name),
                                   namespace=job.metadata.namespace, labels=names.job_labels(name)),
-        string_data={names.TOKEN_KEY: token})
+        string_data={names.TOKEN_KEY: token, names.WORKER_TOKEN_KEY: worker_token})
     return _owned(secret, owner)
 
 
@@ -187,7 +193,8 @@ def network_policy(job: StreamJob, settings: Settings,
                    owner: Mapping[str, Any] | None = None) -> k8s.V1NetworkPolicy:
     """Only this job's pods reach its pods; the operator reaches the coordinator API.
 
-    With job metrics on, their port is open to every peer (Prometheus runs wherever it runs).
+    With job metrics on, their port is open to pods of the monitoring namespace only
+    (``settings.monitoring_namespace``; without one, to no other pod).
     """
     name = job.metadata.name
     same_job = k8s.V1NetworkPolicyPeer(pod_selector=k8s.V1LabelSelector(
@@ -202,9 +209,11 @@ def network_policy(job: StreamJob, settings: Settings,
         k8s.V1NetworkPolicyIngressRule(_from=[operator_peer], ports=[
             k8s.V1NetworkPolicyPort(port=names.API_PORT, protocol="TCP")]),
     ]
-    if settings.job_metrics_port:
-        ingress.append(k8s.V1NetworkPolicyIngressRule(ports=[
-            k8s.V1NetworkPolicyPort(port=settings.job_metrics_port, protocol="TCP")]))
+    if settings.job_metrics_port and settings.monitoring_namespace:
+        ingress.append(k8s.V1NetworkPolicyIngressRule(
+            _from=[k8s.V1NetworkPolicyPeer(namespace_selector=k8s.V1LabelSelector(
+                match_labels={"kubernetes.io/metadata.name": settings.monitoring_namespace}))],
+            ports=[k8s.V1NetworkPolicyPort(port=settings.job_metrics_port, protocol="TCP")]))
     policy = k8s.V1NetworkPolicy(
         api_version="networking.k8s.io/v1", kind="NetworkPolicy",
         metadata=k8s.V1ObjectMeta(name=names.network_policy_name(name),

@@ -41,6 +41,17 @@ class Settings:
     metrics_port: int | None = None
     #: job pods serve Prometheus metrics on this port (coordinator and workers; off when None)
     job_metrics_port: int | None = None
+    #: namespace whose pods (Prometheus) may scrape the job pods' metrics port
+    monitoring_namespace: str | None = None
+    #: act only while holding the Lease (several replicas: exactly one acts)
+    leader_election: bool = False
+    lease_duration: float = 15.0
+    lease_renew: float = 5.0
+    #: liveness endpoint port (/healthz); 0: none
+    health_port: int = 8080
+    #: secret key the per-job API tokens are derived from (HMAC of the job's uid); when unset,
+    #: the operator reads each job's token from its Secret instead
+    token_key: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -71,4 +82,20 @@ class Settings:
             log_level=(get("LOG_LEVEL", "INFO") or "INFO").upper(),
             metrics_port=int(get("METRICS_PORT", "") or 0) or None,
             job_metrics_port=int(get("JOB_METRICS_PORT", "") or 0) or None,
+            monitoring_namespace=get("MONITORING_NAMESPACE") or None,
+            leader_election=(get("LEADER_ELECTION", "false") or "false").lower() == "true",
+            lease_duration=float(get("LEASE_DURATION", "15") or 15),
+            lease_renew=float(get("LEASE_RENEW", "5") or 5),
+            health_port=int(get("HEALTH_PORT", "8080") or 0),
+            token_key=_read_key(get("TOKEN_KEY_FILE")) or get("TOKEN_KEY") or None,
         )
+
+
+def _read_key(path: str | None) -> str | None:
+    if not path:
+        return None
+    try:
+        with open(path) as f:
+            return f.read().strip() or None
+    except OSError:
+        return None

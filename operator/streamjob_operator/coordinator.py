@@ -17,6 +17,24 @@ class CoordinatorUnavailable(RuntimeError):
     """The coordinator did not answer (not started yet, restarting, or unreachable)."""
 
 
+class CoordinatorRefused(CoordinatorUnavailable):
+    """The coordinator answered with an HTTP error (4xx/5xx): it did not do what was asked.
+
+    ``reason`` is the API's ``error`` field (``message`` in older answers)."""
+
+    def __init__(self, text: str, status: int, reason: str) -> None:
+        super().__init__(text)
+        self.status = status
+        self.reason = reason
+
+
+def error_reason(payload: Any) -> str:
+    """The refusal reason of an error answer: ``{"error": ...}`` (or ``{"message": ...}``)."""
+    if not isinstance(payload, dict):
+        return ""
+    return str(payload.get("error") or payload.get("message") or "")[:200]
+
+
 @dataclass(frozen=True)
 class JobView:
     state: str
@@ -26,6 +44,8 @@ class JobView:
     restored_from: int | None = None
     last_checkpoint: dict[str, Any] | None = None
     message: str = ""
+    #: completed savepoints of the running coordinator: {id, path, completed_at, size_bytes}
+    savepoints: tuple[dict[str, Any], ...] = ()
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> JobView:
@@ -33,7 +53,14 @@ class JobView:
                    attempt=int(data.get("attempt") or 0), restarts=int(data.get("restarts") or 0),
                    restored_from=data.get("restored_from"),
                    last_checkpoint=data.get("last_checkpoint"),
-                   message=str(data.get("message") or ""))
+                   message=str(data.get("message") or ""),
+                   savepoints=tuple(s for s in data.get("savepoints") or ()
+                                    if isinstance(s, dict) and s.get("path")))
+
+    def savepoint_since(self, since: float) -> str | None:
+        """The newest savepoint completed at or after ``since`` (epoch seconds), if any."""
+        done = [s for s in self.savepoints if float(s.get("completed_at") or 0) >= since]
+        return str(done[-1]["path"]) if done else None
 
 
 class CoordinatorClient:
@@ -58,12 +85,12 @@ class CoordinatorClient:
         except urllib.error.HTTPError as err:
             detail = ""
             try:
-                detail = str(json.loads(err.read() or b"{}").get("message", ""))[:200]
-            except (ValueError, AttributeError):
+                detail = error_reason(json.loads(err.read() or b"{}"))
+            except (ValueError, OSError):
                 pass
-            raise CoordinatorUnavailable(
+            raise CoordinatorRefused(
                 f"{method} {self.base_url}{path}: HTTP {err.code}"
-                + (f" ({detail})" if detail else "")) from None
+                + (f" ({detail})" if detail else ""), err.code, detail) from None
         except (urllib.error.URLError, OSError, ValueError) as err:
             reason = getattr(err, "reason", err)
             raise CoordinatorUnavailable(f"{method} {self.base_url}{path}: {reason}") from None

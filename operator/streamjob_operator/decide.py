@@ -22,11 +22,16 @@ class Op(enum.StrEnum):
     RESCALE = "rescale"        # parallelism changed: stop with savepoint, new pods
     SAVEPOINT = "savepoint"    # savepointNonce changed: savepoint, job keeps running
     HEAL = "heal"              # converge pods, watch the coordinator, settle phases
+    CONTINUE = "continue"      # take the next step of status.operation (it was recorded first)
 
 
-def next_operation(spec: StreamJobSpec, status: JobStatus) -> Op:
+def next_operation(spec: StreamJobSpec, status: JobStatus, now: float | None = None) -> Op:
     phase = Phase(status.phase) if status.phase else None
     dep = status.deployment
+    if status.operation is not None:
+        return Op.CONTINUE                  # an operation in flight finishes (or rolls back) first
+    postponed = (now is not None and status.postponed_until is not None
+                 and now < status.postponed_until)
     if dep is None:
         return Op.SUSPEND if spec.state == "suspended" else Op.DEPLOY
     if spec.state == "suspended":
@@ -37,9 +42,12 @@ def next_operation(spec: StreamJobSpec, status: JobStatus) -> Op:
         return Op.RESTART
     if phase == Phase.RESCALING:
         return Op.HEAL                      # a rollout in flight settles before anything else
-    if spec_hash(spec) != dep.spec_hash:
+    if spec_hash(spec) != dep.spec_hash and not (postponed and phase == Phase.RUNNING
+                                                 and spec.upgrade_mode == "savepoint"):
         return Op.UPGRADE
     if phase in (Phase.FINISHED, Phase.FAILED):
+        return Op.HEAL
+    if postponed:
         return Op.HEAL
     if spec.parallelism != dep.parallelism and spec.parallelism != status.failed_rescale:
         return Op.RESCALE

@@ -16,9 +16,9 @@ from typing import Any
 
 from streamjob_operator import names
 
-#: coordinator exit codes (the runtime's contract)
-EXIT_FINISHED = 0
-EXIT_FAILED = 2
+#: coordinator exit codes (the runtime's contract, from ``streamjob.names``)
+EXIT_FINISHED = names.EXIT_FINISHED
+EXIT_FAILED = names.EXIT_FAILED
 
 
 class Mode(enum.Enum):

@@ -90,14 +90,33 @@ def get_job(namespace: str, name: str) -> dict[str, Any] | None:
         raise
 
 
-def patch_status(namespace: str, name: str, status: dict[str, Any]) -> None:
-    """Merge-patch the StreamJob's status (``None`` values remove fields)."""
+class Conflict(Exception):
+    """The object changed since it was read (HTTP 409 on a resourceVersion precondition)."""
+
+
+def patch_status(namespace: str, name: str, status: dict[str, Any],
+                 resource_version: str | None = None) -> str | None:
+    """Merge-patch the StreamJob's status (``None`` values remove fields).
+
+    With ``resource_version`` the patch carries it as a precondition (optimistic concurrency):
+    the API server refuses it with 409 if anyone wrote the object since it was read, and
+    :class:`Conflict` is raised so the caller re-reads and decides again. Returns the object's
+    new resourceVersion (None if the job is gone).
+    """
+    body: dict[str, Any] = {"status": status}
+    if resource_version:
+        body["metadata"] = {"resourceVersion": resource_version}
     try:
-        custom().patch_namespaced_custom_object_status(
-            names.GROUP, names.VERSION, namespace, names.PLURAL, name, {"status": status})
+        result = custom().patch_namespaced_custom_object_status(
+            names.GROUP, names.VERSION, namespace, names.PLURAL, name, body)
     except ApiException as err:
-        if err.status != 404:               # the job is gone: nothing to report on
-            raise
+        if err.status == 404:               # the job is gone: nothing to report on
+            return None
+        if err.status == 409:
+            raise Conflict(f"{namespace}/{name} changed since it was read") from None
+        raise
+    return (result.get("metadata") or {}).get("resourceVersion") if isinstance(result, dict) \
+        else None
 
 
 def read_secret_key(namespace: str, name: str, key: str) -> str | None:

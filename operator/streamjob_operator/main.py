@@ -12,13 +12,12 @@ import kopf
 
 from streamjob_operator import kube, names
 from streamjob_operator.config import Settings
-from streamjob_operator.coordinator import CoordinatorUnavailable
-from streamjob_operator.reconcile import Retry, forget, lock_for, reconcile
+from streamjob_operator.reconcile import Retry, finalize, forget, reconcile
 
 log = logging.getLogger(__name__)
 
 SETTINGS = Settings.from_env()
-ANNOTATION_SAVEPOINT_ON_DELETE = "streamjob.dev/savepoint-on-delete"
+ANNOTATION_SAVEPOINT_ON_DELETE = names.ANNOTATION_SAVEPOINT_ON_DELETE
 SJ = (names.GROUP, names.VERSION, names.PLURAL)
 
 
@@ -69,30 +68,8 @@ def on_pod_event(namespace: str, labels: dict[str, str], **_: Any) -> None:
 
 
 @kopf.on.delete(*SJ)
-def on_delete(namespace: str, name: str, uid: str, annotations: dict[str, str],
-              status: dict[str, Any], **_: Any) -> None:
-    with lock_for(namespace, name):
-        if annotations.get(ANNOTATION_SAVEPOINT_ON_DELETE) == "true" \
-                and status.get("phase") == "Running":
-            _final_savepoint(namespace, name)
-        for pod in kube.list_pods(namespace, name):
-            kube.delete_pod(namespace, pod.metadata.name, grace_seconds=5)
+def on_delete(namespace: str, name: str, uid: str, **_: Any) -> None:
+    # the final savepoint (if asked for) runs in the background; kopf calls again until done
+    if not finalize(namespace, name, SETTINGS):
+        raise kopf.TemporaryError("waiting for the final savepoint", delay=2)
     forget(namespace, name, uid)
-
-
-def _final_savepoint(namespace: str, name: str) -> None:
-    from streamjob_operator.model import JobStatus, parse_job
-    from streamjob_operator.reconcile import Reconciler, post_event
-
-    body = kube.get_job(namespace, name)
-    if body is None:
-        return
-    rec = Reconciler(body, parse_job(body), JobStatus.from_body(body.get("status")), SETTINGS,
-                     post_event)
-    try:
-        uri = rec.client().savepoint(stop=True, timeout=SETTINGS.savepoint_timeout)
-    except CoordinatorUnavailable as err:
-        post_event(body, "Warning", "FinalSavepointFailed", f"final savepoint failed: {err}")
-        return
-    post_event(body, "Normal", "FinalSavepoint", f"final savepoint {uri}")
-    log.info("%s/%s: final savepoint %s", namespace, name, uri)

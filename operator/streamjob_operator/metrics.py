@@ -97,8 +97,10 @@ class OperatorMetrics:
         r.register(self.phases)
 
     @contextmanager
-    def reconcile_pass(self, retry: type[BaseException]) -> Iterator[None]:
-        """Count one pass: ``retry`` exceptions are retries, any other one an error."""
+    def reconcile_pass(self, retry: type[BaseException] | tuple[type[BaseException], ...]
+                       ) -> Iterator[None]:
+        """Count one pass: ``retry`` exceptions (and status conflicts) are retries, any other
+        one an error."""
         start = time.perf_counter()
         try:
             yield

@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from streamjob.manifest import ManifestError, StreamJob, StreamJobSpec, parse_manifest
+from streamjob_operator.operation import Operation
 
 
 class InvalidSpec(ValueError):
@@ -37,14 +38,6 @@ class Deployment(_Camel):
     coordinator_crashes: int = Field(0, alias="coordinatorCrashes")
 
 
-class Rescale(_Camel):
-    source: int = Field(alias="from")
-    target: int = Field(alias="to")
-    savepoint: str | None = None
-    since: float = 0.0
-    rollback: bool = False
-
-
 class Savepoint(_Camel):
     path: str
     at: str
@@ -56,7 +49,10 @@ class JobStatus(_Camel):
     phase: str | None = None
     message: str = ""
     deployment: Deployment | None = None
-    rescale: Rescale | None = None
+    #: the multi-step operation in flight (see ``operation``): written before each step acts
+    operation: Operation | None = None
+    #: a refused savepoint postpones rescale/upgrade/savepointNonce until then (epoch s)
+    postponed_until: float | None = Field(None, alias="postponedUntil")
     #: parallelism whose rescale failed and was rolled back; not retried until spec changes
     failed_rescale: int | None = Field(None, alias="failedRescale")
     observed_savepoint_nonce: int | None = Field(None, alias="observedSavepointNonce")

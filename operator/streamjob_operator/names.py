@@ -2,45 +2,42 @@
 
 from __future__ import annotations
 
-import hashlib
+from streamjob.names import (  # the one home of shared names (runtime module)
+    API_PORT,
+    EXIT_FAILED,
+    EXIT_FINISHED,
+    GROUP,
+    KIND,
+    LABEL_INCARNATION,
+    LABEL_JOB,
+    LABEL_MANAGED_BY,
+    LABEL_REVISION,
+    LABEL_ROLE,
+    LABEL_SUBTASK,
+    MANAGED_BY,
+    PLURAL,
+    ROLE_COORDINATOR,
+    ROLE_WORKER,
+    RPC_PORT,
+    TOKEN_KEY,
+    VERSION,
+    WORKER_TOKEN_KEY,
+    fit,
+    token_secret_name,
+)
 
-GROUP = "streamjob.dev"
-VERSION = "v1alpha1"
-PLURAL = "streamjobs"
-KIND = "StreamJob"
+__all__ = ["API_PORT", "EXIT_FAILED", "EXIT_FINISHED", "GROUP", "KIND", "LABEL_INCARNATION",
+           "LABEL_JOB", "LABEL_MANAGED_BY", "LABEL_REVISION", "LABEL_ROLE", "LABEL_SUBTASK",
+           "MANAGED_BY", "PLURAL", "ROLE_COORDINATOR", "ROLE_WORKER", "RPC_PORT", "TOKEN_KEY",
+           "VERSION", "WORKER_TOKEN_KEY", "fit", "token_secret_name"]
 
-LABEL_JOB = "streamjob.dev/job"
-LABEL_ROLE = "streamjob.dev/role"
-LABEL_SUBTASK = "streamjob.dev/subtask"
-LABEL_REVISION = "streamjob.dev/revision"
-LABEL_INCARNATION = "streamjob.dev/incarnation"
-LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
-MANAGED_BY = "streamjob-operator"
 ANNOTATION_COORDINATOR = "streamjob.dev/coordinator-address"
-
-ROLE_COORDINATOR = "coordinator"
-ROLE_WORKER = "worker"
-
-RPC_PORT = 6123
-API_PORT = 8081
-
-TOKEN_KEY = "token"
-
-
-def fit(name: str, limit: int = 63) -> str:
-    """``name`` cut to ``limit`` characters with a stable hash suffix when it is too long."""
-    if len(name) <= limit:
-        return name
-    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
-    return f"{name[:limit - 9].rstrip('-')}-{digest}"
+ANNOTATION_SAVEPOINT_ON_DELETE = "streamjob.dev/savepoint-on-delete"
+LEASE_NAME = "streamjob-operator"
 
 
 def service_name(job: str) -> str:
     return fit(f"{job}-coordinator")
-
-
-def token_secret_name(job: str) -> str:
-    return fit(f"{job}-api-token", 253)
 
 
 def network_policy_name(job: str) -> str:

@@ -9,6 +9,8 @@ thread waits behind a savepoint.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import hmac
 import logging
 import secrets
 import threading
@@ -18,8 +20,11 @@ from typing import Any
 
 import kopf
 
+from streamjob import faults
 from streamjob.manifest import StreamJob
 from streamjob_operator import builders, kube, names
+from streamjob_operator import operation as ops
+from streamjob_operator.background import REQUESTS
 from streamjob_operator.config import Settings
 from streamjob_operator.coordinator import CoordinatorClient, CoordinatorUnavailable, JobView
 from streamjob_operator.decide import next_operation
@@ -36,11 +41,11 @@ from streamjob_operator.model import (
     Deployment,
     InvalidSpec,
     JobStatus,
-    Rescale,
     Savepoint,
     parse_job,
     spec_hash,
 )
+from streamjob_operator.operation import Action, Kind, Operation, Outcome, Step
 from streamjob_operator.phases import Event, Phase, conditions, transition
 
 log = logging.getLogger(__name__)
@@ -48,6 +53,12 @@ log = logging.getLogger(__name__)
 ACTIVE = (Phase.PENDING, Phase.RUNNING, Phase.RECOVERING, Phase.RESCALING)
 MAX_SAVEPOINTS_LISTED = 10
 RETRY_DELAY = 5.0
+#: a refused savepoint postpones the rescale/upgrade/savepoint that needed it this long
+POSTPONE_SECONDS = 15.0
+#: a savepoint completed this long before the operation started still counts (clock skew)
+CLOCK_SKEW = 2.0
+#: status writes that meet a conflict are re-read and decided again this many times
+CONFLICT_RETRIES = 5
 
 
 class Retry(Exception):
@@ -82,20 +93,41 @@ def reconcile(namespace: str, name: str, settings: Settings, *, wait: bool = Tru
             raise Retry(f"{key} is busy with a long operation")
         return
     try:
-        for _ in range(5):
+        conflicts = 0
+        for _ in range(5 + CONFLICT_RETRIES):
             _dirty.discard(key)
-            with METRICS.reconcile_pass(Retry):
-                _reconcile_once(namespace, name, settings, emit or post_event)
+            try:
+                with METRICS.reconcile_pass((Retry, kube.Conflict)):
+                    _reconcile_once(namespace, name, settings, emit or post_event)
+            except kube.Conflict:
+                # someone wrote the job since we read it: read it again and decide again
+                conflicts += 1
+                if conflicts > CONFLICT_RETRIES:
+                    raise Retry(f"{key}: status kept changing under us", delay=1) from None
+                log.debug("%s: conflict, reading the job again", key)
+                continue
             if key not in _dirty:
                 break
     finally:
         lock.release()
 
 
+def _trigger(namespace: str, name: str, settings: Settings,
+             emit: Callable[..., None]) -> Callable[[], None]:
+    """What a background savepoint runs when its answer arrives: reconcile the job again."""
+    def again() -> None:
+        try:
+            reconcile(namespace, name, settings, wait=True, emit=emit)
+        except Retry as err:
+            log.info("%s/%s: %s", namespace, name, err)
+    return again
+
+
 def forget(namespace: str, name: str, uid: str | None) -> None:
     with _guard:
         _locks.pop(f"{namespace}/{name}", None)
         _tokens.pop(uid or "", None)
+    REQUESTS.forget(f"{namespace}/{name}")
     METRICS.job_phase(namespace, name, None)
 
 
@@ -123,9 +155,70 @@ def _reconcile_once(namespace: str, name: str, settings: Settings,
                           changed=status.phase != Phase.FAILED.value)
         kube.patch_status(namespace, name, {"phase": Phase.FAILED.value, "message": str(err),
                                             "observedGeneration": body["metadata"].get(
-                                                "generation")})
+                                                "generation")},
+                          body["metadata"].get("resourceVersion"))
         return
     Reconciler(body, job, status, settings, emit).run()
+
+
+def finalize(namespace: str, name: str, settings: Settings,
+             emit: Callable[..., None] | None = None) -> bool:
+    """The delete handler's work: the final savepoint if the job asks for one (annotation
+    ``streamjob.dev/savepoint-on-delete: "true"``), recorded as ``status.operation`` so that a
+    restarted operator resumes it, then the pods. False: not yet (call again in a moment)."""
+    emit = emit or post_event
+    with lock_for(namespace, name):
+        for _ in range(CONFLICT_RETRIES):
+            try:
+                done = _finalize_once(namespace, name, settings, emit)
+                break
+            except kube.Conflict:
+                continue
+        else:
+            return False
+        if not done:
+            return False
+        for pod in kube.list_pods(namespace, name):
+            kube.delete_pod(namespace, pod.metadata.name, grace_seconds=5)
+    return True
+
+
+def _finalize_once(namespace: str, name: str, settings: Settings,
+                   emit: Callable[..., None]) -> bool:
+    body = kube.get_job(namespace, name)
+    if body is None:
+        return True
+    status = JobStatus.from_body(body.get("status"))
+    op = status.operation
+    resuming = op is not None and op.type == Kind.SAVEPOINT_ON_DELETE
+    wanted = ((body["metadata"].get("annotations") or {}).get(
+        names.ANNOTATION_SAVEPOINT_ON_DELETE) == "true"
+        and status.phase == Phase.RUNNING.value and status.deployment is not None
+        and op is None)
+    if not resuming and not wanted:
+        return True
+    try:
+        job = parse_job(body)
+    except InvalidSpec:
+        return True
+    rec = Reconciler(body, job, status, settings, emit)
+    try:
+        if resuming:
+            rec.op_continue()
+        else:
+            rec.begin(Kind.SAVEPOINT_ON_DELETE)
+    finally:
+        rec.flush()
+    return rec.status.operation is None
+
+
+def api_token(settings: Settings, uid: str) -> str | None:
+    """The job's API token derived from the operator's key (HMAC-SHA256 of the job's uid), so
+    that the operator never reads Secrets; None without a key (then it reads the Secret)."""
+    if not settings.token_key:
+        return None
+    return hmac.new(settings.token_key.encode(), f"streamjob-api:{uid}".encode(),
+                    hashlib.sha256).hexdigest()
 
 
 def _now_iso() -> str:
@@ -157,6 +250,10 @@ class Reconciler:
         self.raw_status: dict[str, Any] = dict(body.get("status") or {})
         self.extra: dict[str, Any] = {}
         self.written: dict[str, Any] | None = None
+        #: what heal() saw of a rollout in flight (operation steps pods-started/rolling-back)
+        self.observed: Outcome | None = None
+        self.pending_error = ""
+        self.pending_savepoint: str | None = None
 
     # ------------------------------------------------------------------ plumbing
     @property
@@ -200,12 +297,19 @@ class Reconciler:
                        for c in data["conditions"]]
         if comparable == before and conds_before == conds_after:
             return
-        kube.patch_status(self.namespace, self.name, data)
+        meta = self.body["metadata"]
+        version = kube.patch_status(self.namespace, self.name, data, meta.get("resourceVersion"))
+        if version:
+            meta["resourceVersion"] = version
         self.raw_status.update(data)
+        op = self.status.operation
+        if op is not None:
+            # fault point for tests: the operator dies right after recording this step
+            faults.point(f"operator.{op.type.value}.{op.step.value}")
 
     # ------------------------------------------------------------------ entry
     def run(self) -> None:
-        op = next_operation(self.spec, self.status)
+        op = next_operation(self.spec, self.status, self.clock())
         log.debug("%s/%s: %s", self.namespace, self.name, op)
         try:
             getattr(self, f"op_{op.value}")()
@@ -222,25 +326,18 @@ class Reconciler:
                       + (f" from savepoint {start}" if start else ""))
 
     def op_suspend(self) -> None:
-        uri, why = None, ""
-        if self.status.deployment is not None and self.phase in ACTIVE:
-            try:
-                uri = self.client().savepoint(stop=True, timeout=self.settings.savepoint_timeout)
-            except CoordinatorUnavailable as err:
-                why = str(err)
-        if uri:
-            self.record_savepoint(uri, "suspend")
-            self.extra["resumeFrom"] = uri
-            message = f"suspended with savepoint {uri}"
-        elif self.status.deployment is None:
+        dep = self.status.deployment
+        if dep is not None and self.phase in ACTIVE:
+            self.begin(Kind.SUSPEND)
+            return
+        if dep is None:
             message = "suspended before it was deployed"
         else:
             self.extra["resumeFrom"] = None
-            message = ("suspended without a savepoint"
-                       + (f" ({why})" if why else "") + "; resume restores the latest checkpoint")
+            message = "suspended; resume restores the latest checkpoint"
         self.to(Event.SUSPENDED, message)
         self.flush()
-        if self.status.deployment is not None:
+        if dep is not None:
             self.heal()
 
     def op_resume(self) -> None:
@@ -256,7 +353,6 @@ class Reconciler:
         assert dep is not None
         self.status.observed_restart_nonce = self.spec.restart_nonce
         self.status.failed_rescale = None
-        self.status.rescale = None
         self.roll_out(self.spec.parallelism, dep.from_savepoint, dep.job_id, Event.RESTARTED,
                       "restarted (restartNonce) from the latest checkpoint")
 
@@ -270,14 +366,7 @@ class Reconciler:
                           "upgraded (stateless): started with empty state")
             return
         if mode == "savepoint" and self.phase == Phase.RUNNING:
-            try:
-                uri = self.client().savepoint(stop=True, timeout=self.settings.savepoint_timeout)
-            except CoordinatorUnavailable as err:
-                self.status.message = f"upgrade waits: savepoint failed ({err})"
-                raise Retry(self.status.message) from None
-            self.record_savepoint(uri, "upgrade")
-            self.roll_out(p, uri, self.fresh_job_id(), Event.RESTARTED,
-                          f"upgraded from savepoint {uri}")
+            self.begin(Kind.UPGRADE, target=p)
             return
         self.roll_out(p, dep.from_savepoint, dep.job_id, Event.RESTARTED,
                       "upgraded from the latest checkpoint (last-state)")
@@ -285,7 +374,7 @@ class Reconciler:
     def op_rescale(self) -> None:
         dep = self.status.deployment
         assert dep is not None
-        source, target = dep.parallelism, self.spec.parallelism
+        target = self.spec.parallelism
         if self.phase != Phase.RUNNING:
             if self.phase == Phase.PENDING and not self.raw_status.get("lastCheckpoint"):
                 self.roll_out(target, dep.from_savepoint, dep.job_id, Event.DEPLOYED,
@@ -293,35 +382,276 @@ class Reconciler:
                 return
             self.status.message = f"rescale to {target} waits for the job to be Running"
             raise Retry(self.status.message)
-        self.status.rescale = Rescale(source=source, target=target, since=self.clock())
-        self.to(Event.RESCALE_STARTED, f"rescaling {source} -> {target}: taking a savepoint")
-        self.flush()
-        try:
-            uri = self.client().savepoint(stop=True, timeout=self.settings.savepoint_timeout)
-        except CoordinatorUnavailable as err:
-            self.status.rescale = None
-            self.to(Event.JOB_RUNNING, f"rescale to {target} postponed: savepoint failed ({err})")
-            self.emit(self.body, "Warning", "RescalePostponed", self.status.message)
-            raise Retry(self.status.message, delay=15) from None
-        self.record_savepoint(uri, "rescale")
-        self.status.rescale = Rescale(source=source, target=target, savepoint=uri,
-                                      since=self.clock())
-        self.roll_out(target, uri, self.fresh_job_id(), Event.RESCALE_STARTED,
-                      f"rescaling {source} -> {target} from savepoint {uri}")
+        self.begin(Kind.RESCALE, target=target)
 
     def op_savepoint(self) -> None:
+        """savepointNonce: a savepoint without stop, in the background (the job keeps running;
+        an operator that restarts before the answer simply asks again)."""
         nonce = self.spec.savepoint_nonce
         if self.phase != Phase.RUNNING:
             raise Retry(f"savepointNonce {nonce} waits for the job to be Running")
-        try:
-            uri = self.client().savepoint(stop=False, timeout=self.settings.savepoint_timeout)
-        except CoordinatorUnavailable as err:
-            self.emit(self.body, "Warning", "SavepointFailed", f"savepoint failed: {err}")
-            raise Retry(f"savepoint failed: {err}", delay=15) from None
-        self.record_savepoint(uri, "savepointNonce", nonce)
-        self.status.observed_savepoint_nonce = nonce
-        self.emit(self.body, "Normal", "SavepointCompleted", f"savepoint {uri}")
+        ident = ("nonce", nonce, self.status.deployment.revision if self.status.deployment
+                 else 0)
+        req = REQUESTS.get(self.key, ident)
+        if req is None:
+            try:
+                call = self.savepoint_call(stop=False)
+            except CoordinatorUnavailable as err:
+                raise Retry(f"savepointNonce {nonce} waits: {err}") from None
+            req = REQUESTS.start(self.key, ident, call, self.trigger())
+        if req.done.is_set():
+            if req.uri:
+                self.record_savepoint(req.uri, "savepointNonce", nonce)
+                self.status.observed_savepoint_nonce = nonce
+                self.emit(self.body, "Normal", "SavepointCompleted", f"savepoint {req.uri}")
+            else:
+                self.status.postponed_until = self.clock() + POSTPONE_SECONDS
+                self.emit(self.body, "Warning", "SavepointFailed", f"savepoint failed: "
+                          f"{req.error}")
         self.heal()
+
+    # ------------------------------------------------------------------ multi-step operations
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    def limits(self) -> ops.Limits:
+        return ops.Limits(savepoint_timeout=self.settings.savepoint_timeout,
+                          rollout_timeout=self.settings.rollout_timeout)
+
+    def trigger(self) -> Callable[[], None]:
+        return _trigger(self.namespace, self.name, self.settings, self.emit)
+
+    def savepoint_call(self, stop: bool) -> Callable[[], str]:
+        client = self.client()             # resolved now: the URL of this revision's coordinator
+        timeout = self.settings.savepoint_timeout
+        return lambda: client.savepoint(stop=stop, timeout=timeout)
+
+    def begin(self, kind: Kind, target: int | None = None) -> None:
+        """Record a new operation in status (its intent), then take its first step."""
+        dep = self.status.deployment
+        assert dep is not None
+        op = ops.start(kind, self.clock(), source=dep.parallelism, target=target,
+                       revision=dep.revision)
+        self.status.operation = op
+        self.status.postponed_until = None
+        if kind == Kind.RESCALE:
+            self.to(Event.RESCALE_STARTED,
+                    f"rescaling {op.source} -> {op.target}: taking a savepoint")
+        else:
+            self.status.message = f"{kind.value}: taking a savepoint"
+        self.flush()                       # the intent is in status before anything is asked
+        self.op_continue()
+
+    def op_continue(self) -> None:
+        """Take the steps of ``status.operation`` that can be taken now (one exit each)."""
+        for _ in range(8):
+            op = self.status.operation
+            if op is None:
+                return
+            outcome = self.observe_step(op)
+            op = self.status.operation or op          # observing may have counted an attempt
+            if outcome is None and ops.timed_out(op, self.clock(), self.limits()):
+                outcome = Outcome.TIMEOUT
+            if outcome is None:
+                return                     # waiting: the answer, a pod event or the timer
+            ex = ops.exit_for(op, outcome)
+            if ex is None:
+                return
+            log.info("%s: %s %s --%s--> %s (%s)", self.key, op.type, op.step, outcome,
+                     ex.step, ex.action)
+            self.take(op, outcome, ex)
+            self.flush()
+
+    def observe_step(self, op: Operation) -> Outcome | None:
+        if op.step == Step.SAVEPOINT_REQUESTED:
+            return self.observe_savepoint(op)
+        if op.step == Step.SAVEPOINT_TAKEN:
+            return Outcome.PROCEED
+        if op.step == Step.PODS_STOPPED:
+            self.heal()
+            return Outcome.PODS_GONE if not self.pods() else None
+        self.observed = None               # pods-started, rolling-back: heal() observes
+        self.heal()
+        return self.observed
+
+    def observe_savepoint(self, op: Operation) -> Outcome | None:
+        """Where the stop-savepoint stands: answered here, or (after a restart) as the
+        coordinator shows it: in its savepoint list, or by having exited."""
+        ident = (op.type.value, op.started_at, op.attempt)
+        req = REQUESTS.get(self.key, ident)
+        if req is not None and not req.done.is_set():
+            return None
+        if req is not None and req.uri:
+            self.pending_savepoint = req.uri
+            return Outcome.SAVEPOINT_DONE
+        if req is not None and req.refused and op.attempt <= 1:
+            # refused, and no earlier request (of an operator before a restart) can still be
+            # pending on the coordinator: the job was not stopped and will not be
+            self.pending_error = req.error
+            return Outcome.SAVEPOINT_REFUSED
+        pods = self.pods()
+        coordinators = [p for p in pods if p.role == names.ROLE_COORDINATOR
+                        and p.revision == op.revision]
+        latest = max(coordinators, key=lambda p: p.incarnation, default=None)
+        if latest is None or latest.phase == "Succeeded" or latest.deleting:
+            # the coordinator stopped (exit 0 after the stop-savepoint) or is gone, and the
+            # answer that carried the savepoint's path was lost (the operator restarted)
+            self.pending_error = ("the coordinator stopped but the savepoint's path was not "
+                                  "recorded (the operator restarted while it was taken)")
+            return Outcome.STOPPED_UNKNOWN
+        if latest.phase == "Failed":
+            self.pending_error = f"the coordinator failed: {latest.describe()}"
+            return Outcome.SAVEPOINT_REFUSED
+        if latest.phase != "Running" and req is None:
+            self.pending_error = "the coordinator is not running yet"
+            return Outcome.SAVEPOINT_REFUSED      # nothing to stop, no savepoint to take
+        try:
+            view = self.client(pods).job()
+        except CoordinatorUnavailable as err:
+            log.debug("%s: %s", self.key, err)
+            return None
+        uri = view.savepoint_since(op.started_at - CLOCK_SKEW)
+        if uri:
+            self.pending_savepoint = uri
+            return Outcome.SAVEPOINT_DONE
+        if view.state != "RUNNING":
+            return None                    # stopping, or restarting: wait (timeout applies)
+        if req is not None and req.refused:
+            # refused, but an earlier request may still be pending and stop the job later:
+            # never abandon then; wait (its savepoint shows up in the list) or time out
+            self.pending_error = req.error
+            return None
+        # not asked yet, asked by an operator that restarted, or asked without an answer
+        # (timeout, connection lost) while the job runs on: ask (again). Any savepoint that
+        # completes since the operation started counts, so asking twice is harmless; the
+        # step's timeout bounds the retries. The attempt is written to status first so that
+        # its answer can be told from an older one's.
+        try:
+            call = self.savepoint_call(stop=True)
+        except CoordinatorUnavailable as err:
+            log.debug("%s: %s", self.key, err)
+            return None
+        op = op.model_copy(update={"attempt": op.attempt + 1})
+        self.status.operation = op
+        self.flush()
+        req = REQUESTS.start(self.key, (op.type.value, op.started_at, op.attempt), call,
+                             self.trigger())
+        return self.observe_savepoint(op) if req.done.is_set() else None
+
+    def take(self, op: Operation, outcome: Outcome, ex: ops.Exit) -> None:
+        # (a finished request is not forgotten here: if the write of the next step meets a
+        # conflict, the pass is decided again and must find the answer, not ask twice)
+        now = self.clock()
+        kind = op.type
+        why = getattr(self, "pending_error", "") or f"{op.step} {outcome}"
+        uri = getattr(self, "pending_savepoint", None) or op.savepoint
+        label = kind.value
+        match ex.action:
+            case Action.NEXT:
+                self.record_savepoint(uri, label)
+                self.status.operation = op.at(ex.step, now, savepoint=uri)
+                self.status.message = f"{label}: savepoint {uri} taken"
+            case Action.ROLL_OUT:
+                assert op.savepoint
+                self.status.operation = op.at(ex.step, now)
+                if kind == Kind.RESCALE:
+                    self.roll_out(op.target, op.savepoint, self.fresh_job_id(),
+                                  Event.RESCALE_STARTED, f"rescaling {op.source} -> {op.target} "
+                                  f"from savepoint {op.savepoint}")
+                else:
+                    self.roll_out(self.spec.parallelism, op.savepoint, self.fresh_job_id(),
+                                  Event.RESTARTED, f"upgraded from savepoint {op.savepoint}")
+            case Action.ROLL_OUT_LAST_STATE:
+                dep = self.status.deployment
+                assert dep is not None
+                self.status.operation = op.at(ex.step, now)
+                self.emit(self.body, "Warning", "UpgradeWithoutSavepoint",
+                          f"upgrade: {why}; upgrading from the latest checkpoint")
+                self.roll_out(self.spec.parallelism, dep.from_savepoint, dep.job_id,
+                              Event.RESTARTED, f"upgraded from the latest checkpoint ({why})")
+            case Action.STOP_PODS:
+                self.status.operation = op.at(ex.step, now)
+                self.extra["resumeFrom"] = uri if outcome == Outcome.PROCEED else None
+                if outcome == Outcome.PROCEED:
+                    message = f"suspended with savepoint {uri}"
+                else:
+                    message = (f"suspended without a savepoint ({why}); resume restores the "
+                               "latest checkpoint")
+                    self.emit(self.body, "Warning", "SuspendWithoutSavepoint", message)
+                self.to(Event.SUSPENDED, message)
+                self.flush()
+                self.heal()
+            case Action.ROLL_BACK:
+                self.status.failed_rescale = op.target
+                self.status.operation = op.at(ex.step, now)
+                message = (f"rescale to {op.target} failed ({why}); rolling back to "
+                           f"{op.source} from savepoint {op.savepoint}")
+                self.emit(self.body, "Warning", "RescaleFailed", message)
+                self.roll_out(op.source, op.savepoint, self.fresh_job_id(), Event.ROLLED_BACK,
+                              message)
+            case Action.ROLL_BACK_LAST_STATE:
+                dep = self.status.deployment
+                assert dep is not None
+                self.status.operation = op.at(ex.step, now, savepoint=None)
+                message = (f"rescale to {op.target} interrupted ({why}); back at "
+                           f"{op.source} from the latest checkpoint; the rescale is retried")
+                self.emit(self.body, "Warning", "RescaleRolledBack", message)
+                self.roll_out(op.source, dep.from_savepoint, dep.job_id, Event.ROLLED_BACK,
+                              message)
+            case Action.ABANDON:
+                self.status.operation = None
+                self.status.postponed_until = now + POSTPONE_SECONDS
+                message = f"{label} to {op.target} postponed: savepoint failed ({why})" \
+                    if kind == Kind.RESCALE else f"{label} waits: savepoint failed ({why})"
+                self.emit(self.body, "Warning", "RescalePostponed" if kind == Kind.RESCALE
+                          else "UpgradePostponed", message)
+                self.to(Event.JOB_RUNNING, message)
+                self.status.message = message
+            case Action.DONE:
+                self.status.operation = None
+                self.finish_operation(op, outcome, ex, why, uri)
+            case Action.FAIL:
+                self.status.operation = None
+                self.to(Event.JOB_FAILED, f"{label} failed and cannot roll back: {why}",
+                        warning=True)
+                self.heal()
+        self.pending_error = ""
+        self.pending_savepoint = None
+
+    def finish_operation(self, op: Operation, outcome: Outcome, ex: ops.Exit, why: str,
+                         uri: str | None) -> None:
+        dep = self.status.deployment
+        if op.type == Kind.SAVEPOINT_ON_DELETE:
+            if outcome == Outcome.SAVEPOINT_DONE and uri:
+                self.record_savepoint(uri, op.type.value)
+                self.status.message = f"final savepoint {uri}"
+                self.emit(self.body, "Normal", "FinalSavepoint", f"final savepoint {uri}")
+                log.info("%s: final savepoint %s", self.key, uri)
+            else:
+                self.status.message = f"deleted without a final savepoint ({why})"
+                self.emit(self.body, "Warning", "FinalSavepointFailed",
+                          f"final savepoint failed: {why}")
+        elif op.type == Kind.RESCALE:
+            if op.step == Step.ROLLING_BACK:
+                source = (f"savepoint {op.savepoint}" if op.savepoint
+                          else "the latest checkpoint")
+                message = (f"rescale to {op.target} failed; running at {op.source} again "
+                           f"from {source}")
+            else:
+                self.status.failed_rescale = None
+                message = f"rescaled {op.source} -> {op.target} from savepoint {op.savepoint}"
+            self.to(Event.JOB_RUNNING, message)
+        elif op.type == Kind.UPGRADE:
+            if outcome == Outcome.RUNNING:
+                self.to(Event.JOB_RUNNING, f"running at parallelism {dep.parallelism}"
+                        if dep else "running")
+            else:
+                self.emit(self.body, "Warning", "UpgradeStalled",
+                          f"the upgraded pods do not run after "
+                          f"{self.settings.rollout_timeout:g}s")
+        elif op.type == Kind.SUSPEND and ex.warning:
+            self.emit(self.body, "Warning", "SuspendStalled", "pods are still terminating")
 
     # ------------------------------------------------------------------ helpers
     def record_savepoint(self, uri: str, reason: str, nonce: int | None = None) -> None:
@@ -355,13 +685,17 @@ class Reconciler:
 
     def ensure_support_objects(self) -> None:
         owner = self.body
-        token = secrets.token_urlsafe(32)
-        kube.create(builders.token_secret(self.job, token, owner=owner))
+        token = api_token(self.settings, self.uid) or secrets.token_urlsafe(32)
+        kube.create(builders.token_secret(self.job, token, secrets.token_urlsafe(32),
+                                          owner=owner))
         kube.create(builders.coordinator_service(self.job, owner=owner))
         if self.settings.network_policy:
             kube.create(builders.network_policy(self.job, self.settings, owner=owner))
 
     def token(self) -> str:
+        derived = api_token(self.settings, self.uid)
+        if derived:
+            return derived                 # no need to read any Secret (no RBAC for it)
         cached = _tokens.get(self.uid)
         if cached:
             return cached
@@ -429,19 +763,30 @@ class Reconciler:
     def op_heal(self) -> None:
         self.heal()
 
+    def in_rollout(self) -> bool:
+        op = self.status.operation
+        return op is not None and op.step in (Step.PODS_STARTED, Step.ROLLING_BACK)
+
     def heal(self) -> None:
         dep = self.status.deployment
         if dep is None:
             return
+        op = self.status.operation
+        if op is not None and op.step in (Step.SAVEPOINT_REQUESTED, Step.SAVEPOINT_TAKEN):
+            return              # the old pods stop by themselves; their exit is the operation's
         pods = self.pods()
         plan = self.plan(pods)
         if self.mode() is Mode.RUN:
             if plan.outcome == "finished":
+                if self.in_rollout():
+                    self.observed = Outcome.RUNNING    # it ran (and already finished)
+                    return
                 self.to(Event.JOB_FINISHED, "the job finished")
                 plan = self.plan(pods)
             elif plan.outcome == "failed":
-                if self.phase == Phase.RESCALING:
-                    self.rollback(plan.outcome_message)
+                if self.in_rollout():
+                    self.observed = Outcome.FAILED
+                    self.pending_error = plan.outcome_message
                     return
                 self.to(Event.JOB_FAILED, f"the job failed: {plan.outcome_message}", warning=True)
                 plan = self.plan(pods)
@@ -451,6 +796,10 @@ class Reconciler:
                 crashes = dep.coordinator_crashes + 1
                 lost = next(p for p in plan.replaced if p.role == names.ROLE_COORDINATOR)
                 if crashes > allowed:
+                    if self.in_rollout():
+                        self.observed = Outcome.FAILED
+                        self.pending_error = lost.describe()
+                        return
                     self.to(Event.JOB_FAILED, f"the coordinator crashed {crashes} times, more "
                             f"than restartStrategy.maxAttempts={allowed} ({lost.describe()})",
                             warning=True)
@@ -478,14 +827,14 @@ class Reconciler:
             self.observe(pods, plan)
 
     def observe(self, pods: list[PodInfo], plan: PodPlan) -> None:
-        """Copy the coordinator's view into status and settle Pending/Recovering/Rescaling."""
+        """Copy the coordinator's view into status and settle Pending/Recovering; tell a
+        rollout in flight (``self.observed``) when its revision runs."""
         dep = self.status.deployment
         assert dep is not None
         try:
             view = self.client(pods).job()
         except CoordinatorUnavailable as err:
             log.debug("%s/%s: %s", self.namespace, self.name, err)
-            self.check_rollout_timeout()
             return
         self.copy_view(view)
         current = [p for p in pods if p.revision == dep.revision and p.alive
@@ -498,7 +847,10 @@ class Reconciler:
                     if view.message else "the coordinator restarts the job from its latest "
                     "checkpoint", warning=True)
         elif view.state == "RUNNING" and all_running:
-            if self.phase == Phase.RECOVERING:
+            if self.in_rollout():
+                if view.parallelism in (None, dep.parallelism):
+                    self.observed = Outcome.RUNNING
+            elif self.phase == Phase.RECOVERING:
                 since = self.status.recovering_since_attempt
                 if since is not None and view.attempt <= since:
                     return                            # the restore has not happened yet
@@ -506,24 +858,8 @@ class Reconciler:
                             if view.restored_from is not None else "restarted")
                 self.status.recovering_since_attempt = None
                 self.to(Event.JOB_RUNNING, f"running again, {restored}")
-            elif self.phase == Phase.RESCALING:
-                if view.parallelism not in (None, dep.parallelism):
-                    return
-                rescale = self.status.rescale
-                if rescale is not None and rescale.rollback:
-                    message = (f"rescale to {rescale.target} failed; running at "
-                               f"{rescale.source} again from savepoint {rescale.savepoint}")
-                else:
-                    self.status.failed_rescale = None
-                    message = f"running at parallelism {dep.parallelism}"
-                    if rescale is not None:
-                        message = (f"rescaled {rescale.source} -> {rescale.target} from "
-                                   f"savepoint {rescale.savepoint}")
-                self.status.rescale = None
-                self.to(Event.JOB_RUNNING, message)
-            elif self.phase == Phase.PENDING:
+            elif self.phase in (Phase.PENDING, Phase.RESCALING):
                 self.to(Event.JOB_RUNNING, f"running at parallelism {dep.parallelism}")
-        self.check_rollout_timeout()
 
     def copy_view(self, view: JobView) -> None:
         self.status.attempt = view.attempt
@@ -535,29 +871,3 @@ class Reconciler:
                 "id": int(chk["id"]), "completedAt": _iso(chk.get("completed_at")),
                 "durationMs": int(chk.get("duration_ms") or 0),
                 "sizeBytes": int(chk.get("size_bytes") or 0)}
-
-    def check_rollout_timeout(self) -> None:
-        rescale = self.status.rescale
-        if self.phase != Phase.RESCALING or rescale is None:
-            return
-        if self.clock() - rescale.since > self.settings.rollout_timeout:
-            self.rollback(f"pods at parallelism {self.status.deployment.parallelism} not "
-                          f"running after {self.settings.rollout_timeout:g}s")
-
-    def rollback(self, why: str) -> None:
-        rescale = self.status.rescale
-        dep = self.status.deployment
-        assert dep is not None
-        if rescale is None or rescale.rollback or not rescale.savepoint:
-            self.status.rescale = None
-            self.to(Event.JOB_FAILED, f"rescale failed and cannot roll back: {why}",
-                    warning=True)
-            self.heal()
-            return
-        self.status.failed_rescale = rescale.target
-        self.status.rescale = rescale.model_copy(update={"rollback": True, "since": self.clock()})
-        self.emit(self.body, "Warning", "RescaleFailed",
-                  f"rescale to {rescale.target} failed ({why}); rolling back")
-        self.roll_out(rescale.source, rescale.savepoint, self.fresh_job_id(), Event.ROLLED_BACK,
-                      f"rescale to {rescale.target} failed ({why}); rolling back to "
-                      f"{rescale.source} from savepoint {rescale.savepoint}")

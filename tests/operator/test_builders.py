@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from kubernetes.client import ApiClient
 from sj_bodies import streamjob_body
 
@@ -62,6 +63,17 @@ def test_api_token_and_storage_credentials_are_secret_references_never_values(bo
     assert token["valueFrom"]["secretKeyRef"] == {"name": "wc-api-token", "key": "token"}
 
 
+def test_workers_and_coordinator_share_a_data_plane_token_that_is_not_the_api_token(body):
+    job = parse_job(body)
+    for pod in (builders.coordinator_pod(job, DEP, 0, SETTINGS),
+                builders.worker_pod(job, DEP, 1, 0, "x", SETTINGS)):
+        env = env_of(plain(pod))
+        assert env["STREAMJOB_WORKER_TOKEN"]["valueFrom"]["secretKeyRef"] == {
+            "name": "wc-api-token", "key": "worker-token"}
+    worker_env = env_of(plain(builders.worker_pod(job, DEP, 1, 0, "x", SETTINGS)))
+    assert "STREAMJOB_API_TOKEN" not in worker_env          # workers cannot call the API
+
+
 def test_no_storage_secret_means_no_credential_env():
     job = parse_job(streamjob_body(storageSecret=None))
     env = env_of(plain(builders.worker_pod(job, DEP, 0, 0, "x", SETTINGS)))
@@ -94,6 +106,12 @@ def test_pods_are_non_root_without_capabilities_or_escalation(body):
         assert sc["allowPrivilegeEscalation"] is False
         assert sc["capabilities"] == {"drop": ["ALL"]}
         assert sc["privileged"] is False
+        assert sc["readOnlyRootFilesystem"] is True
+        assert sc["runAsNonRoot"] is True
+        # the one writable path: /tmp (also $HOME), an emptyDir
+        assert spec["containers"][0]["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}]
+        assert spec["volumes"] == [{"name": "tmp", "emptyDir": {}}]
+        assert env_of(plain(pod))["HOME"]["value"] == "/tmp"
 
 
 def test_pods_get_resources_and_image_from_the_spec(body):
@@ -112,7 +130,7 @@ def test_everything_is_owned_by_the_streamjob(body):
     objs = [builders.coordinator_pod(job, DEP, 0, SETTINGS, owner=body),
             builders.worker_pod(job, DEP, 0, 0, "x", SETTINGS, owner=body),
             builders.coordinator_service(job, owner=body),
-            builders.token_secret(job, "t0ken", owner=body),
+            builders.token_secret(job, "t0ken", "w0rker", owner=body),
             builders.network_policy(job, SETTINGS, owner=body)]
     for obj in objs:
         refs = plain(obj)["metadata"]["ownerReferences"]
@@ -130,10 +148,22 @@ def test_service_selects_the_coordinator_on_rpc_and_api_ports(body):
                                                                       ("api", 8081)}
 
 
-def test_token_secret_holds_the_token(body):
-    secret = plain(builders.token_secret(parse_job(body), "s3cr3t"))
-    assert secret["stringData"] == {"token": "s3cr3t"}
+def test_token_secret_holds_the_api_token_and_a_different_worker_token(body):
+    secret = plain(builders.token_secret(parse_job(body), "s3cr3t", "w0rker"))
+    assert secret["stringData"] == {"token": "s3cr3t", "worker-token": "w0rker"}
     assert secret["metadata"]["name"] == "wc-api-token"
+    with pytest.raises(ValueError):
+        builders.token_secret(parse_job(body), "same", "same")
+
+
+def test_the_api_token_is_derived_from_the_operator_key_so_no_secret_is_read():
+    from streamjob_operator.reconcile import api_token
+
+    keyed = Settings(token_key="k" * 32)
+    assert api_token(keyed, "uid-1") == api_token(keyed, "uid-1")
+    assert api_token(keyed, "uid-1") != api_token(keyed, "uid-2")
+    assert api_token(Settings(token_key="other"), "uid-1") != api_token(keyed, "uid-1")
+    assert api_token(Settings(), "uid-1") is None
 
 
 def test_network_policy_admits_only_the_jobs_pods_and_the_operator(body):
@@ -159,11 +189,13 @@ def test_long_job_names_still_give_valid_dns_labels():
     assert names.fit("x" * 80) != names.fit("x" * 79 + "y")
 
 
-def test_job_metrics_port_adds_the_flag_a_named_port_and_a_policy_rule(body):
+def test_job_metrics_port_adds_the_flag_a_named_port_and_a_rule_for_the_monitoring_namespace(
+        body):
     job = parse_job(body)
     assert all(r.get("ports") != [{"port": 9249, "protocol": "TCP"}] for r in
                plain(builders.network_policy(job, SETTINGS))["spec"]["ingress"])
-    settings = Settings(default_image="streamjob:default", job_metrics_port=9249)
+    settings = Settings(default_image="streamjob:default", job_metrics_port=9249,
+                        monitoring_namespace="monitoring")
     for pod in (builders.coordinator_pod(job, DEP, 1, settings),
                 builders.worker_pod(job, DEP, 0, 1, "10.0.0.9", settings)):
         c = plain(pod)["spec"]["containers"][0]
@@ -171,7 +203,12 @@ def test_job_metrics_port_adds_the_flag_a_named_port_and_a_policy_rule(body):
         assert args[args.index("--metrics-port") + 1] == "9249"
         assert {"name": "metrics", "containerPort": 9249} in c["ports"]
     rules = plain(builders.network_policy(job, settings))["spec"]["ingress"]
-    assert {"ports": [{"port": 9249, "protocol": "TCP"}]} in rules   # from any peer
+    assert {"from": [{"namespaceSelector": {"matchLabels": {
+        "kubernetes.io/metadata.name": "monitoring"}}}],
+        "ports": [{"port": 9249, "protocol": "TCP"}]} in rules   # only from monitoring
     assert len(rules) == 3
+    assert all(r.get("from") for r in rules)                    # no rule admits any peer
+    unnamed = Settings(default_image="streamjob:default", job_metrics_port=9249)
+    assert len(plain(builders.network_policy(job, unnamed))["spec"]["ingress"]) == 2
     plain_worker = plain(builders.worker_pod(job, DEP, 0, 1, "10.0.0.9", SETTINGS))
     assert "--metrics-port" not in plain_worker["spec"]["containers"][0]["args"]

@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import rbac_matrix
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
@@ -50,20 +51,32 @@ def test_chart_lints_cleanly():
 def test_default_rbac_is_namespaced_and_least_privilege():
     docs = template()
     assert by_kind(docs, "ClusterRole") == [] and by_kind(docs, "ClusterRoleBinding") == []
-    (role,) = by_kind(docs, "Role")
+    role = next(r for r in by_kind(docs, "Role") if r["metadata"]["name"] == "rel-streamjob")
     assert role["metadata"]["namespace"] == "sj-system"
     verbs = {(g, r): set(rule["verbs"]) for rule in role["rules"]
              for g in rule["apiGroups"] for r in rule["resources"]}
-    assert verbs[("", "pods")] == {"get", "list", "watch", "create", "delete"}
-    assert verbs[("", "secrets")] == {"get", "create", "delete"}         # no list, no watch
+    assert verbs[("", "pods")] == {"list", "watch", "create", "delete"}
+    assert verbs[("", "secrets")] == {"create"}                 # never read, listed or deleted
     assert ("", "*") not in verbs and all("*" not in v for v in verbs.values())
-    assert verbs[("streamjob.dev", "streamjobs/status")] == {"get", "patch", "update"}
+    assert verbs[("streamjob.dev", "streamjobs/status")] == {"patch"}
+
+
+@pytest.mark.parametrize("row", rbac_matrix.MATRIX, ids=lambda r: " ".join(
+    str(x) for x in r[:5]))
+def test_rbac_matrix_static_check_of_the_rendered_roles(row):
+    """The `kubectl auth can-i` matrix, evaluated on the rendered Roles (the same matrix runs
+    as SubjectAccessReviews against a real API server in test_apiserver_operations.py)."""
+    verb, group, resource, name, ns_key, allowed = row
+    docs = template("--set", "watchNamespaces={jobs}")
+    roles = by_kind(docs, "Role")
+    namespace = {"jobs": "jobs", "system": "sj-system"}.get(ns_key, ns_key)
+    assert rbac_matrix.allowed_by(roles, verb, group, resource, name, namespace) is allowed
 
 
 def test_one_role_per_watched_namespace():
     docs = template("--set", "watchNamespaces={team-a,team-b}")
-    assert sorted(r["metadata"]["namespace"] for r in by_kind(docs, "Role")) == [
-        "team-a", "team-b"]
+    assert sorted(r["metadata"]["namespace"] for r in by_kind(docs, "Role")
+                  if not r["metadata"]["name"].endswith("-leader")) == ["team-a", "team-b"]
     binding = by_kind(docs, "RoleBinding")[0]
     assert binding["subjects"][0]["namespace"] == "sj-system"
     (dep,) = by_kind(docs, "Deployment")
@@ -74,7 +87,8 @@ def test_one_role_per_watched_namespace():
 
 def test_cluster_wide_mode_uses_a_cluster_role():
     docs = template("--set", "clusterWide=true")
-    assert len(by_kind(docs, "ClusterRole")) == 1 and by_kind(docs, "Role") == []
+    assert len(by_kind(docs, "ClusterRole")) == 1
+    assert [r["metadata"]["name"] for r in by_kind(docs, "Role")] == ["rel-streamjob-leader"]
 
 
 def test_operator_deployment_settings_come_from_values():
@@ -92,13 +106,46 @@ def test_operator_deployment_settings_come_from_values():
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert c["securityContext"]["allowPrivilegeEscalation"] is False
-    assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"]["type"] == "Recreate"
+    assert dep["spec"]["replicas"] == 1
+    assert env["STREAMJOB_OPERATOR_LEADER_ELECTION"] == "true"
+    assert env["STREAMJOB_OPERATOR_TOKEN_KEY_FILE"] == "/etc/streamjob/token-key/key"
+
+
+def test_several_replicas_need_leader_election():
+    docs = template("--set", "replicas=3")
+    (dep,) = by_kind(docs, "Deployment")
+    assert dep["spec"]["replicas"] == 3 and dep["spec"]["strategy"]["type"] == "RollingUpdate"
+    leader = next(r for r in by_kind(docs, "Role") if r["metadata"]["name"].endswith("-leader"))
+    assert leader["metadata"]["namespace"] == "sj-system"
+    assert leader["rules"][0]["resourceNames"] == ["streamjob-operator"]
+    result = subprocess.run([HELM, "template", "rel", str(CHART), "--set",
+                             "replicas=2,leaderElection.enabled=false"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "leaderElection" in result.stderr
+    (dep,) = by_kind(template("--set", "leaderElection.enabled=false"), "Deployment")
+    assert dep["spec"]["strategy"]["type"] == "Recreate"
+
+
+def test_the_token_key_is_a_secret_mounted_read_only_into_the_operator():
+    docs = template()
+    (secret,) = [s for s in by_kind(docs, "Secret") if s["metadata"]["name"].endswith(
+        "-token-key")]
+    assert len(secret["data"]["key"]) >= 48
+    (dep,) = by_kind(docs, "Deployment")
+    pod = dep["spec"]["template"]["spec"]
+    vol = next(v for v in pod["volumes"] if v["name"] == "token-key")
+    assert vol["secret"]["secretName"] == secret["metadata"]["name"]
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "token-key")
+    assert mount["readOnly"] is True
 
 
 def test_minio_is_optional_and_its_secret_fits_storage_secret():
-    assert by_kind(template(), "Secret") == []
+    def secrets(docs):
+        return [s for s in by_kind(docs, "Secret")
+                if not s["metadata"]["name"].endswith("-token-key")]
+    assert secrets(template()) == []
     docs = template("--set", "minio.enabled=true")
-    (secret,) = by_kind(docs, "Secret")
+    (secret,) = secrets(docs)
     assert set(secret["stringData"]) == {"AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
                                          "AWS_SECRET_ACCESS_KEY"}
     assert len(secret["stringData"]["AWS_SECRET_ACCESS_KEY"]) == 32
@@ -161,6 +208,7 @@ def test_job_pod_metrics_and_their_pod_monitor():
                     "metrics.jobPods.podMonitor.enabled=true,watchNamespaces={team-a,team-b}")
     (dep,) = by_kind(docs, "Deployment")
     assert env_of(dep)["STREAMJOB_OPERATOR_JOB_METRICS_PORT"] == "9300"
+    assert env_of(dep)["STREAMJOB_OPERATOR_MONITORING_NAMESPACE"] == "monitoring"
     (pm,) = by_kind(docs, "PodMonitor")
     assert pm["spec"]["namespaceSelector"] == {"matchNames": ["team-a", "team-b"]}
     # the labels the operator puts on every job pod (names.job_labels)

@@ -109,7 +109,7 @@ def api(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """An in-memory API with one StreamJob jobs/wc (no pods ever run)."""
     state: dict[str, Any] = {"body": streamjob_body()}
 
-    def patch_status(ns: str, name: str, status: dict[str, Any]) -> None:
+    def patch_status(ns: str, name: str, status: dict[str, Any], rv: Any = None) -> None:
         state["body"].setdefault("status", {}).update(status)
 
     monkeypatch.setattr(kube, "get_job", lambda ns, name: state["body"])

@@ -7,15 +7,14 @@ forwards a local port to the pod's API port through the API server (``pods/portf
 ``kubernetes.stream.portforward``: no kubectl, no Service of type LoadBalancer/NodePort).
 
 The caller needs ``get`` on ``secrets``, ``list`` on ``pods`` and ``create`` on
-``pods/portforward`` in the job's namespace. Names and labels mirror
-``streamjob_operator.names`` (the operator package is not needed here; a test keeps them equal).
+``pods/portforward`` in the job's namespace. Names and labels come from
+``streamjob.names``, which the operator imports too.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
-import hashlib
 import logging
 import select
 import socket
@@ -25,15 +24,18 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-LABEL_JOB = "streamjob.dev/job"
-LABEL_ROLE = "streamjob.dev/role"
-LABEL_REVISION = "streamjob.dev/revision"
-LABEL_INCARNATION = "streamjob.dev/incarnation"
-LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
-MANAGED_BY = "streamjob-operator"
-ROLE_COORDINATOR = "coordinator"
-API_PORT = 8081
-TOKEN_KEY = "token"
+from streamjob.names import (  # noqa: E402
+    API_PORT,
+    LABEL_INCARNATION,
+    LABEL_JOB,
+    LABEL_MANAGED_BY,
+    LABEL_REVISION,
+    LABEL_ROLE,
+    MANAGED_BY,
+    ROLE_COORDINATOR,
+    TOKEN_KEY,
+    token_secret_name,
+)
 
 
 class KubeAccessError(Exception):
@@ -46,17 +48,6 @@ def parse_target(text: str) -> tuple[str, str]:
     if not sep or not namespace or not name or "/" in name:
         raise KubeAccessError(f"--kube wants NAMESPACE/NAME, not {text!r}")
     return namespace, name
-
-
-def _fit(name: str, limit: int) -> str:
-    if len(name) <= limit:
-        return name
-    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
-    return f"{name[:limit - 9].rstrip('-')}-{digest}"
-
-
-def token_secret_name(job: str) -> str:
-    return _fit(f"{job}-api-token", 253)
 
 
 def coordinator_selector(job: str) -> str:

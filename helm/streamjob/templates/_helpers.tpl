@@ -35,28 +35,38 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 {{- end -}}
 
-{{/* The permissions of the operator: its own resources, the pods/services/secrets/policies
-     it creates for jobs, and events. Nothing cluster-scoped. */}}
+{{/* The permissions of the operator in each watched namespace: exactly what it calls.
+     StreamJobs: kopf lists/watches them and patches finalizers and its annotations, the
+     operator reads one and patches its status; streamjobs/finalizers: update is what owner
+     references with blockOwnerDeletion need. Pods: listed/watched, created, deleted (never
+     patched). Services, Secrets, NetworkPolicies: only created (a 409 on create is success;
+     the StreamJob owns them, so the garbage collector deletes them). No get/list/watch on
+     Secrets: the API token is derived from the operator's key, never read back. Events:
+     create. Nothing cluster-scoped. */}}
 {{- define "streamjob.rules" -}}
 - apiGroups: [streamjob.dev]
   resources: [streamjobs]
-  verbs: [get, list, watch, patch, update]
+  verbs: [get, list, watch, patch]
 - apiGroups: [streamjob.dev]
   resources: [streamjobs/status]
-  verbs: [get, patch, update]
+  verbs: [patch]
 - apiGroups: [streamjob.dev]
   resources: [streamjobs/finalizers]
   verbs: [update]
 - apiGroups: [""]
   resources: [pods]
-  verbs: [get, list, watch, create, delete]
+  verbs: [list, watch, create, delete]
 - apiGroups: [""]
   resources: [services, secrets]
-  verbs: [get, create, delete]
+  verbs: [create]
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]
-  verbs: [get, create, delete]
+  verbs: [create]
 - apiGroups: ["", events.k8s.io]
   resources: [events]
-  verbs: [create, patch]
+  verbs: [create]
+{{- end -}}
+
+{{- define "streamjob.tokenKeySecret" -}}
+{{- printf "%s-token-key" (include "streamjob.fullname" .) | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
