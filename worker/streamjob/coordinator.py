@@ -36,11 +36,11 @@ from streamjob.jobstate import JobState
 from streamjob.jobstatus import RecordCounter, status_document, write_status_file
 from streamjob.manifest import StreamJob, import_pipeline
 from streamjob.metrics import CoordinatorMetrics
+from streamjob.names import EXIT_FAILED, EXIT_FINISHED
 from streamjob.storage import Storage, StorageError
 
 log = logging.getLogger("streamjob.coordinator")
 
-EXIT_FINISHED, EXIT_FAILED = 0, 2
 
 
 @dataclass

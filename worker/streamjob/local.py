@@ -40,9 +40,10 @@ import yaml
 
 from streamjob import checkpoints as ckpt
 from streamjob.manifest import ManifestError, StreamJob, import_pipeline, load_manifest
+from streamjob.names import EXIT_FAILED as COORDINATOR_FAILED
+from streamjob.names import EXIT_RUN_FAILED as EXIT_FAILED
 from streamjob.storage import Storage, StorageError, _open_backend, open_storage
 
-EXIT_FAILED = 1
 OVER = ("FINISHED", "STOPPED", "FAILED")  # coordinator states after which nothing restarts
 RUNS = Path(".streamjob/runs")
 
@@ -399,7 +400,7 @@ class LocalRun:
                     self._record(status["state"].lower())
                     _log(f"{self.job.metadata.name}: {status.get('message', 'finished')}")
                     return 0
-                if code == 2:
+                if code == COORDINATOR_FAILED:
                     self.stop_workers(1.0)
                     self._record("failed")
                     _log(f"{self.job.metadata.name} failed: {status.get('message', 'see above')}")

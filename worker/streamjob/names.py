@@ -36,8 +36,10 @@ WORKER_TOKEN_KEY = "worker-token"
 #: exit codes of ``streamjob coordinator`` (the operator reads them from the pod's status)
 EXIT_FINISHED = 0          # finished, or stopped with a savepoint
 EXIT_FAILED = 2            # failed for good (restart strategy exhausted, bad pipeline, ...)
-#: exit code of ``streamjob worker`` when it lost its coordinator
-EXIT_COORDINATOR_LOST = 3
+#: exit codes of ``streamjob worker``: 0 only after the coordinator's SHUTDOWN; any other
+#: exit is restarted by whoever runs it (``streamjob run``, the operator)
+EXIT_COORDINATOR_LOST = 3  # lost its coordinator
+EXIT_WATCHDOG = 4          # its event loop was stuck past the cancel timeout
 #: exit code of ``streamjob run`` (local supervisor) when the job failed
 EXIT_RUN_FAILED = 1
 

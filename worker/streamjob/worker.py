@@ -43,14 +43,13 @@ from streamjob.channels import (
     limit_socket_buffers,
 )
 from streamjob.manifest import StreamJob, import_pipeline
+from streamjob.names import EXIT_COORDINATOR_LOST, EXIT_WATCHDOG
 from streamjob.state import CorruptStateError
 from streamjob.storage import NotFoundError, open_storage
 from streamjob.task import SubtaskRunner
 
 log = logging.getLogger("streamjob.worker")
 
-EXIT_COORDINATOR_LOST = 3
-EXIT_WATCHDOG = 4
 EXIT_SIGTERM = 128 + signal.SIGTERM
 CANCEL_TIMEOUT_ENV = "STREAMJOB_CANCEL_TIMEOUT"
 DEFAULT_CANCEL_TIMEOUT = 30.0
