@@ -219,3 +219,14 @@ def test_a_deploy_that_never_reaches_running_times_out_and_retries(run_job, tmp_
         os.kill(second, signal.SIGCONT)
     assert job.wait() == 0, job.output()
     assert_exactly_once(job.cwd / "output", RECORDS, WORDS)
+
+
+def test_coordinator_starting_during_a_storage_outage_waits_for_it(run_job, tmp_path):
+    """A coordinator (re)started while storage is down waits for it (bounded) instead of
+    failing the job: the soak found "cannot start: injected outage" here."""
+    job = run_job(args={"records": 50_000, "words": WORDS, "rate": 50_000},
+                  env=fault_env(tmp_path, "storage.get:*/coordinator.json=outage:3"))
+    assert job.wait() == 0, job.output()
+    assert faults.fired(tmp_path / "faults") == 1
+    assert "cannot read the job's state in storage yet" in job.output()
+    assert_exactly_once(job.cwd / "output", 50_000, WORDS)

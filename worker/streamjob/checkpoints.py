@@ -34,6 +34,11 @@ class CorruptMetadataError(ValueError):
     pass
 
 
+class UnusableRestoreError(StorageError):
+    """The savepoint to start from does not exist or does not fit the job: retrying cannot
+    help (unlike storage that is down for a moment)."""
+
+
 def encode_metadata(body: dict[str, Any]) -> bytes:
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
     digest = hashlib.sha256(canonical.encode()).hexdigest()
@@ -103,19 +108,20 @@ def resolve_savepoint(storage: Storage, uri_or_path: str) -> tuple[str, dict[str
     if path.startswith(root + "/"):
         path = path[len(root) + 1:]
     elif "://" in path:
-        raise StorageError(f"savepoint {uri_or_path} is not under the job's storage {root}")
+        raise UnusableRestoreError(f"savepoint {uri_or_path} is not under the job's storage "
+                                   f"{root}")
     path = path.rstrip("/").removesuffix("/" + METADATA)
     try:
         return path, read_metadata(storage, path)
     except NotFoundError:
-        raise StorageError(f"no savepoint at {root}/{path} (its _metadata does not exist)"
-                           ) from None
+        raise UnusableRestoreError(f"no savepoint at {root}/{path} (its _metadata does not "
+                                   "exist)") from None
 
 
 def check_compatible(body: dict[str, Any], max_parallelism: int) -> None:
     """Key groups are fixed by maxParallelism: state taken with another m cannot be split."""
     if body.get("max_parallelism") != max_parallelism:
-        raise StorageError(
+        raise UnusableRestoreError(
             f"cannot restore checkpoint {body.get('checkpoint_id')}: it was taken with "
             f"maxParallelism {body.get('max_parallelism')}, the job has {max_parallelism}; "
             "keep maxParallelism unchanged for the life of the state")

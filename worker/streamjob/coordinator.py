@@ -165,8 +165,8 @@ class Coordinator:
         self._wake = asyncio.Event()
         self.checkpoints.owner.start()
         try:
-            stopped = await self._load_durable_facts()
-        except Exception as err:  # noqa: BLE001 - unreachable storage, bad savepoint
+            stopped = await self._load_durable_facts_with_retry()
+        except Exception as err:  # noqa: BLE001 - storage down for too long, bad savepoint
             log.error("job failed: %s", err)
             self._finish(JobState.FAILED, f"cannot start: {err}", EXIT_FAILED)
             return self.exit_code
@@ -192,6 +192,26 @@ class Coordinator:
             await self.api.stop()
         self._write_status()
         return self.exit_code
+
+    async def _load_durable_facts_with_retry(self) -> dict[str, Any] | None:
+        """Storage that is down when this coordinator starts (a restart during an outage) is
+        waited for, as a deploy waits for it, within the deploy deadline; a savepoint that
+        does not exist or fit is final at once."""
+        deadline = time.monotonic() + js.deadline(JobState.DEPLOYING, self.cfg.timeout,
+                                                  self.deploy_timeout)
+        backoff = 0.2
+        while True:
+            try:
+                return await self._load_durable_facts()
+            except ckpt.UnusableRestoreError:
+                raise
+            except StorageError as err:
+                if time.monotonic() + backoff > deadline:
+                    raise
+                # No status yet: its readers take a status as "listening on this port".
+                log.warning("cannot read the job's state in storage yet: %s", err)
+                await asyncio.sleep(backoff)
+                backoff = min(5.0, backoff * 2)
 
     async def _load_durable_facts(self) -> dict[str, Any] | None:
         """Restart counters, an acknowledged stop, the savepoint to start from."""
