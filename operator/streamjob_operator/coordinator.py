@@ -13,6 +13,19 @@ from dataclasses import dataclass
 from typing import Any
 
 
+def stop_savepoint(termination_message: str | None) -> str | None:
+    """The savepoint a coordinator stopped with, from its pod's termination message (JSON
+    ``{"state": "STOPPED", "savepoint": URI}``); None for anything else."""
+    try:
+        doc = json.loads(termination_message or "")
+    except ValueError:
+        return None
+    if not isinstance(doc, dict) or doc.get("state") != "STOPPED":
+        return None
+    savepoint = doc.get("savepoint")
+    return savepoint if isinstance(savepoint, str) and savepoint else None
+
+
 class CoordinatorUnavailable(RuntimeError):
     """The coordinator did not answer (not started yet, restarting, or unreachable)."""
 

@@ -26,7 +26,12 @@ from streamjob_operator import builders, kube, names
 from streamjob_operator import operation as ops
 from streamjob_operator.background import REQUESTS
 from streamjob_operator.config import Settings
-from streamjob_operator.coordinator import CoordinatorClient, CoordinatorUnavailable, JobView
+from streamjob_operator.coordinator import (
+    CoordinatorClient,
+    CoordinatorUnavailable,
+    JobView,
+    stop_savepoint,
+)
 from streamjob_operator.decide import next_operation
 from streamjob_operator.desired import (
     DeploymentSpec,
@@ -494,6 +499,13 @@ class Reconciler:
         coordinators = [p for p in pods if p.role == names.ROLE_COORDINATOR
                         and p.revision == op.revision]
         latest = max(coordinators, key=lambda p: p.incarnation, default=None)
+        stopped_at = stop_savepoint(latest.message) if latest is not None and \
+            latest.phase == "Succeeded" else None
+        if stopped_at:
+            # the answer was lost (the operator restarted) but the coordinator said where it
+            # stopped in its termination message: go forward from that savepoint
+            self.pending_savepoint = stopped_at
+            return Outcome.SAVEPOINT_DONE
         if latest is None or latest.phase == "Succeeded" or latest.deleting:
             # the coordinator stopped (exit 0 after the stop-savepoint) or is gone, and the
             # answer that carried the savepoint's path was lost (the operator restarted)

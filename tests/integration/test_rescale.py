@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -72,12 +73,18 @@ def test_restore_at_any_parallelism_from_a_savepoint(run_job, new_p):
     assert_exactly_once(job.cwd / "output", records, WORDS)
 
 
-def test_restoring_with_another_max_parallelism_is_refused(run_job):
+def test_restoring_with_another_max_parallelism_is_refused(run_job, tmp_path):
     args = {"records": 50_000, "words": WORDS, "rate": 20_000}
-    job = run_job(args=args, parallelism=2, name="mp")
+    # In a pod the coordinator says how it ended in its termination message (here a file
+    # standing in for /dev/termination-log): the operator learns the stop's savepoint there.
+    termination_log = tmp_path / "termination-log"
+    termination_log.touch()
+    job = run_job(args=args, parallelism=2, name="mp",
+                  env={"STREAMJOB_TERMINATION_LOG": str(termination_log)})
     job.wait_for(lambda s: s.get("state") == "RUNNING", what="running")
     uri = savepoint(job, stop=True)
     assert job.wait() == 0
+    assert json.loads(termination_log.read_text())["savepoint"] == uri
     job2 = run_job(args=args, parallelism=2, name="mp", max_parallelism=64,
                    extra=["--from-savepoint", uri])
     assert job2.wait() == 2

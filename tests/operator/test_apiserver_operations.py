@@ -258,11 +258,14 @@ def run_pending(cluster, name: str) -> None:
             play_kubelet(cluster, pod_name)
 
 
-def exit_all(cluster, name: str, code: int = 0) -> None:
-    """The coordinator stopped with its savepoint: every pod of the job exits."""
+def exit_all(cluster, name: str, code: int = 0, coordinator_message: str = "") -> None:
+    """The coordinator stopped with its savepoint: every pod of the job exits (the
+    coordinator with ``coordinator_message`` as its termination message)."""
     for pod_name, pod in pods(cluster, name).items():
         if (pod.get("status") or {}).get("phase") in ("Pending", "Running", None):
-            play_kubelet(cluster, pod_name, "Succeeded" if code == 0 else "Failed", code)
+            is_coordinator = pod["metadata"]["labels"]["streamjob.dev/role"] == "coordinator"
+            play_kubelet(cluster, pod_name, "Succeeded" if code == 0 else "Failed", code,
+                         coordinator_message if is_coordinator else "")
 
 
 def revision_pods(cluster, name: str, revision: int, role: str | None = None) -> list[str]:
@@ -344,14 +347,15 @@ def release(coords: Coordinators, name: str) -> None:
 
 
 # ------------------------------------------------------------------ 1. restarts mid-operation
-@pytest.mark.parametrize("what", ["exited", "still-up", "never-taken"])
+@pytest.mark.parametrize("what", ["exited", "exited-told", "still-up", "never-taken"])
 def test_rescale_operator_killed_while_the_savepoint_is_in_flight(cluster, coords, operators,
                                                                    what):
     """The reported bug: the operator killed while the stop-savepoint is in flight. Before the
     fix: "exited" (the savepoint completed, the coordinator exited 0) ended Finished at 2 with
     no savepoint; "never-taken" (the request died with the operator, the job ran on) ended
     "rescaled 2 -> 3 from savepoint None" while it ran at 2. Now the job ends at 3, after a
-    rollback with a Warning when the savepoint's path is lost."""
+    rollback with a Warning when the savepoint's path is lost; "exited-told": the coordinator
+    named its savepoint in its termination message, so the rescale goes forward from it."""
     coordinator_exited = what == "exited"
     name = f"rs-flight-{what}"
     op = operators(name="a")
@@ -367,6 +371,8 @@ def test_rescale_operator_killed_while_the_savepoint_is_in_flight(cluster, coord
         taken = coords.complete_savepoint(name, stop=True)   # the savepoint did complete
     if coordinator_exited:
         exit_all(cluster, name, 0)
+    if what == "exited-told":
+        exit_all(cluster, name, 0, json.dumps({"state": "STOPPED", "savepoint": taken}))
     op = operators(name="b")
     if coordinator_exited:
         # back at 2 from the latest checkpoint, with a Warning; then the rescale again, to 3
@@ -379,8 +385,9 @@ def test_rescale_operator_killed_while_the_savepoint_is_in_flight(cluster, coord
     assert len(revision_pods(cluster, name, st["deployment"]["revision"], "worker")) == 3
     # never claimed a rescale that did not happen
     assert not [m for m in event_messages(cluster, name) if "savepoint None" in m]
-    if what == "still-up":                 # forward from the savepoint taken before the kill
+    if what in ("still-up", "exited-told"):  # forward from the savepoint taken before the kill
         assert st["deployment"]["fromSavepoint"] == taken
+        assert ("Warning", "RescaleRolledBack") not in events(cluster, name)
         assert len(coords.posts(name)) == 1
 
 

@@ -28,3 +28,13 @@ def test_the_runtime_exit_codes_agree_with_the_one_home():
                                                                     names.EXIT_FAILED)
     assert worker.EXIT_COORDINATOR_LOST == names.EXIT_COORDINATOR_LOST
     assert local.EXIT_FAILED == names.EXIT_RUN_FAILED
+
+
+def test_the_savepoint_a_coordinator_stopped_with_is_read_from_its_termination_message():
+    from streamjob_operator.coordinator import stop_savepoint
+
+    uri = "s3://b/c/job-1/savepoints/sp-7"
+    assert stop_savepoint(f'{{"state": "STOPPED", "savepoint": "{uri}"}}') == uri
+    for other in ("", None, "Error: boom", '{"state": "FINISHED", "message": "done"}',
+                  '{"state": "STOPPED"}', '["STOPPED"]'):
+        assert stop_savepoint(other) is None

@@ -15,6 +15,7 @@ it, honours an acknowledged stop (``<job>/stop``) and continues the restart coun
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import time
@@ -289,7 +290,25 @@ class Coordinator:
         self.finished_at = time.time()
         log.warning("job %s: %s", state.value.lower(), message) if code else log.info(message)
         self._write_status()
+        self._write_termination_message()
         self.done.set()
+
+    def _write_termination_message(self) -> None:
+        """In Kubernetes the pod's termination message (``/dev/termination-log``) tells the
+        operator how the job ended, and after a stop which savepoint holds it, even when the
+        operator restarted while the stop was answered."""
+        path = os.environ.get("STREAMJOB_TERMINATION_LOG", "/dev/termination-log")
+        if not os.path.exists(path):
+            return  # not in a pod
+        doc: dict[str, Any] = {"state": self.state.value, "message": self.message[:1000]}
+        if self.state is JobState.STOPPED and self.stop_after is not None:
+            doc["savepoint"] = (f"{self.storage.uri.rstrip('/')}/"
+                                f"{ckpt.savepoint_path(self.job_id, str(self.stop_after))}")
+        try:
+            with open(path, "w") as f:
+                json.dump(doc, f)
+        except OSError as err:
+            log.warning("cannot write the termination message to %s: %s", path, err)
 
     # -- workers ---------------------------------------------------------------------------
 
