@@ -54,16 +54,7 @@ def completed_ids(job, job_id: str) -> list[int]:
     return sorted(n for n, done in ckpt.list_checkpoint_ids(storage, job_id).items() if done)
 
 
-@pytest.mark.parametrize("point", ["coordinator.after-last-ack", "coordinator.after-metadata"])
-def test_coordinator_killed_at_a_completion_point_keeps_exactly_once(run_job, tmp_path, point):
-    job = run_job(args={"records": RECORDS, "words": WORDS, "rate": 40_000},
-                  env=fault_env(tmp_path, f"{point}=kill,skip=2"))
-    assert job.wait() == 0, job.output()
-    assert faults.fired(tmp_path / "faults") == 1
-    assert "fault injected" in job.output() and "restarting it" in job.output()
-    s = job.status()
-    assert s["state"] == "FINISHED" and s["coordinator_restarts"] == 1
-    assert_exactly_once(job.cwd / "output", RECORDS, WORDS)
+# Kills at after-last-ack and after-metadata: test_fault_points.py.
 
 
 def test_failover_while_metadata_is_written_restores_that_checkpoint(run_job, tmp_path):

@@ -149,7 +149,7 @@ def test_coordinator_killed_after_last_ack(run_job, tmp_path):
     s = finish(job, tmp_path, point)
     assert_fired(tmp_path, point, job)
     assert "restarting it" in job.output()
-    assert s["state"] == "FINISHED"
+    assert s["state"] == "FINISHED" and s["coordinator_restarts"] == 1
     assert_exactly_once(job.cwd / "output", RECORDS, WORDS)
 
 
