@@ -343,7 +343,10 @@ def main() -> int:
         rng.shuffle(kills)
         cfg = configs[i % len(configs)]
         storage = storages[(i + i // len(configs)) % len(storages)]
-        res, _ = one_run(i, base, cfg, storage, kills, i % 3 == 2, rng, opts.run_seconds,
+        # Every third run has an outage; the pattern shifts by one each pass over the
+        # configurations, so that every configuration gets its outages (not a fixed third).
+        outage = (i + i // len(configs)) % 3 == 2
+        res, _ = one_run(i, base, cfg, storage, kills, outage, rng, opts.run_seconds,
                          opts.hang_seconds)
         worker_left -= res.worker_kills
         coord_left -= res.coordinator_kills
