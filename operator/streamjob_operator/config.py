@@ -92,10 +92,16 @@ class Settings:
 
 
 def _read_key(path: str | None) -> str | None:
+    """The token key from its file. A file that is named but unreadable or empty is an error
+    at start-up, not a silent fallback to reading Secrets (which the chart's RBAC forbids)."""
     if not path:
         return None
     try:
         with open(path) as f:
-            return f.read().strip() or None
-    except OSError:
-        return None
+            key = f.read().strip()
+    except OSError as err:
+        raise ValueError(f"{PREFIX}TOKEN_KEY_FILE={path}: cannot read it: {err.strerror}"
+                         ) from None
+    if not key:
+        raise ValueError(f"{PREFIX}TOKEN_KEY_FILE={path} is empty")
+    return key

@@ -109,6 +109,10 @@ def test_operator_deployment_settings_come_from_values():
     assert dep["spec"]["replicas"] == 1
     assert env["STREAMJOB_OPERATOR_LEADER_ELECTION"] == "true"
     assert env["STREAMJOB_OPERATOR_TOKEN_KEY_FILE"] == "/etc/streamjob/token-key/key"
+    # The key file is root-owned: the non-root operator reads it through its group only.
+    (key_volume,) = [v for v in pod["volumes"] if v["name"] == "token-key"]
+    assert key_volume["secret"]["defaultMode"] == 0o440
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"]
 
 
 def test_several_replicas_need_leader_election():

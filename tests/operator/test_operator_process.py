@@ -107,3 +107,20 @@ def test_a_savepoint_request_never_holds_the_caller_and_reports_when_done():
     refused = requests.start("ns/other", ("x",), lambda: (_ for _ in ()).throw(
         CoordinatorRefused("HTTP 409", 409, "no")))
     assert refused.done.wait(5) and refused.refused and refused.uri is None
+
+
+def test_a_token_key_file_that_cannot_be_read_stops_the_operator_at_start(tmp_path):
+    """Named but unreadable or empty: a clear error, never a silent fallback to reading the
+    jobs' Secrets (which the chart's RBAC forbids: every reconcile would then fail)."""
+    import pytest
+
+    from streamjob_operator.config import Settings
+
+    key = tmp_path / "key"
+    with pytest.raises(ValueError, match="TOKEN_KEY_FILE=.*cannot read it"):
+        Settings.from_env({"STREAMJOB_OPERATOR_TOKEN_KEY_FILE": str(key)})
+    key.write_text("\n")
+    with pytest.raises(ValueError, match="is empty"):
+        Settings.from_env({"STREAMJOB_OPERATOR_TOKEN_KEY_FILE": str(key)})
+    key.write_text("k" * 48 + "\n")
+    assert Settings.from_env({"STREAMJOB_OPERATOR_TOKEN_KEY_FILE": str(key)}).token_key == "k" * 48
