@@ -49,3 +49,26 @@ def test_s3_sink_stages_and_commits_an_epoch_without_reading_it_whole(minio_serv
     keys = sink.storage.list(f"{sink.output}/")
     assert len(keys) == 1
     assert sink.storage.get(keys[0]).decode().splitlines() == lines
+
+
+def test_s3_sink_never_deletes_committed_output_and_sets_it_aside_only_when_asked(
+        minio_server, bucket_uri, monkeypatch):
+    for k, v in minio_server.env.items():
+        monkeypatch.setenv(k, v)
+    sink = S3FileSink(f"{bucket_uri}/set-aside/out")
+    w = sink.create_writer(0, "job-s")
+    for cid in (1, 2, 3):
+        w.write([f"epoch {cid}"])
+        w.pre_commit(cid)()
+    w.commit(3)
+    committed = sink.storage.list(f"{sink.output}/")
+    assert len(committed) == 3
+    sink.recover("job-s", 1)                      # a restore from 1 leaves them alone
+    assert sink.storage.list(f"{sink.output}/") == committed
+    assert sink.committed_after("job-s", 1) == committed[1:]
+    kept = sink.set_aside("job-s", 1)
+    assert kept.startswith(f"{bucket_uri}/set-aside/.out.superseded/")
+    assert sink.storage.list(f"{sink.output}/") == committed[:1]
+    kept_keys = sink.storage.list(kept.removeprefix(f"{sink.bucket_uri}/") + "/")
+    assert sorted(sink.storage.get(k).decode() for k in kept_keys) == ["epoch 2\n",
+                                                                         "epoch 3\n"]
