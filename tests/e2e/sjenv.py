@@ -52,6 +52,19 @@ def s3_env(server) -> dict[str, str]:
             if k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
 
 
+
+def poll_until(condition, timeout: float, interval: float = 0.3) -> bool:
+    """Whether ``condition()`` became true within ``timeout`` seconds (checked every
+    ``interval``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if condition():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+
+
 @dataclass
 class Release:
     name: str
@@ -195,15 +208,18 @@ class Jobs:
         return [p for p in self.pods(name, role) if p.metadata.deletion_timestamp is None]
 
     def wait(self, name: str, pred, timeout: float, what: str) -> dict[str, Any]:
-        t0 = time.monotonic()
         body: dict[str, Any] = {}
-        while time.monotonic() - t0 < timeout:
+
+        def check() -> bool:
+            nonlocal body
             body = self.get(name)
-            if pred(body):
-                return body
-            time.sleep(0.3)
-        raise AssertionError(f"StreamJob {self.ns}/{name} not {what} after {timeout:.0f} s: "
-                             f"status={body.get('status')} events={self.events(name)[-10:]}")
+            return pred(body)
+
+        if not poll_until(check, timeout):
+            raise AssertionError(f"StreamJob {self.ns}/{name} not {what} after {timeout:.0f} "
+                                 f"s: status={body.get('status')} "
+                                 f"events={self.events(name)[-10:]}")
+        return body
 
     def wait_ready(self, name: str, timeout: float = 240) -> dict[str, Any]:
         return self.wait(name, is_ready, timeout, "Ready")

@@ -92,7 +92,17 @@ def test_pod_deletion_seen_by_watch_within_a_second(kube, namespace):
 
     t = threading.Thread(target=watch_pods, daemon=True)
     t.start()
-    time.sleep(1.0)  # let the watch connect
+    # The watch is connected once it sees a change we make: label the pod, wait for that
+    # event, and drop whatever came before it.
+    kube.core.patch_namespaced_pod("victim", namespace,
+                                   {"metadata": {"labels": {"watched": "yes"}}})
+    deadline = time.monotonic() + 60
+    while True:
+        _, _typ, seen = events.get(timeout=max(0.1, deadline - time.monotonic()))
+        if (seen.metadata.labels or {}).get("watched") == "yes":
+            break
+    while not events.empty():
+        events.get_nowait()
     t_delete = time.monotonic()
     kube.core.delete_namespaced_pod("victim", namespace)
     first_at, typ, obj = events.get(timeout=5)

@@ -19,6 +19,7 @@ from sjenv import (
     helm_install,
     helm_uninstall,
     is_ready,
+    poll_until,
     s3_env,
     start_minio,
     storage_secret,
@@ -148,10 +149,8 @@ def _scenario(jobs: Jobs, minio, name: str, rec: PhaseRecorder) -> None:
     body = jobs.wait(name, lambda b: (b.get("status") or {}).get("phase") == "Suspended",
                      180, "Suspended")
     assert "savepoint" in body["status"]["message"], body["status"]
-    t0 = time.monotonic()
-    while jobs.pods(name) and time.monotonic() - t0 < 60:
-        time.sleep(0.5)
-    assert not jobs.pods(name), [p.metadata.name for p in jobs.pods(name)]
+    assert poll_until(lambda: not jobs.pods(name), 60, 0.5), [
+        p.metadata.name for p in jobs.pods(name)]
     jobs.patch(name, {"spec": {"state": "running"}})
     body = jobs.wait_ready(name)
     assert "savepoint" in (body["status"]["deployment"].get("fromSavepoint") or ""), body["status"]
@@ -174,23 +173,16 @@ def _scenario(jobs: Jobs, minio, name: str, rec: PhaseRecorder) -> None:
     jobs.delete(name)
     from kubernetes.client.rest import ApiException
 
-    t0 = time.monotonic()
-    gone = False
-    while time.monotonic() - t0 < 120 and not gone:
+    def gone() -> bool:
         try:
             jobs.get(name)
-            time.sleep(0.5)
         except ApiException as err:
             assert err.status == 404
-            gone = True
-    assert gone, jobs.get(name).get("metadata")
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < 60:
-        left = _owned_left(jobs, name)
-        if not left:
-            break
-        time.sleep(1)
-    assert not _owned_left(jobs, name)
+            return True
+        return False
+
+    assert poll_until(gone, 120, 0.5), jobs.get(name).get("metadata")
+    assert poll_until(lambda: not _owned_left(jobs, name), 60, 1.0), _owned_left(jobs, name)
 
 
 def _assert_not_finished(body) -> None:

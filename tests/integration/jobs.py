@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -78,7 +79,7 @@ def late_windowsum(args: dict[str, Any]) -> Pipeline:
 
 
 def hanging_wordcount(args: dict[str, Any]) -> Pipeline:
-    """Wordcount whose source-side map blocks forever (``time.sleep``) on record ``hang_at``
+    """Wordcount whose source-side map blocks forever (an Event never set) on record ``hang_at``
     the first time it is seen (a flag file remembers it): the worker must be killed by its
     watchdog and the job must recover with exact output instead of hanging."""
     from pathlib import Path
@@ -90,7 +91,7 @@ def hanging_wordcount(args: dict[str, Any]) -> Pipeline:
     def maybe_hang(g: int) -> str:
         if g == hang_at and not flag.exists():
             flag.write_text("hung\n")
-            time.sleep(3600)
+            threading.Event().wait()  # blocks forever, like a hung call
         return word(g)
 
     p = Pipeline()
