@@ -7,9 +7,13 @@ import contextlib
 import json
 import os
 import shlex
+import shutil
 import signal
 import socket
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 CACHE_ROOT = Path(
@@ -57,6 +61,23 @@ def write_state(path: Path, state: dict) -> None:
         json.dump(state, f)
 
 
+def down(path: Path, name: str, is_ours, grace: float) -> None:
+    """What ``scripts/<server> down`` does: stop the process the state file names (if it is
+    still ours: ``is_ours(pid)``), remove its data folder and log, then the state file."""
+    if not path.exists():
+        print(f"{name} is not up (no state file)", file=sys.stderr)
+        return
+    state = json.loads(path.read_text())
+    pid = state["pid"]
+    if pid_alive(pid) and is_ours(pid):
+        stop_pid(pid, grace)
+    shutil.rmtree(state["data_dir"], ignore_errors=True)
+    with contextlib.suppress(OSError):
+        Path(state["log"]).unlink()
+    path.unlink()
+    print(f"{name} (pid {pid}) stopped", file=sys.stderr)
+
+
 def exports(env: dict[str, str]) -> str:
     """``export K=V`` lines for ``eval "$(scripts/... up)"``."""
     return "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
@@ -71,3 +92,98 @@ def parse_exports(text: str) -> dict[str, str]:
         key, _, value = line.removeprefix("export ").partition("=")
         env[key] = shlex.split(value)[0]
     return env
+
+
+class ServerProcess:
+    """The lifecycle a server child process shares (MinIO, Kafka): signals, the port it frees,
+    its log. Subclasses set ``address``, ``port``, ``log_path``, ``proc`` and define
+    ``start(timeout)`` and ``close()``."""
+
+    address: str
+    port: int | None
+    log_path: Path
+    proc: subprocess.Popen | None
+    stop_grace = 10.0  # seconds a graceful stop may take before SIGKILL
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self, timeout: float = 60.0) -> ServerProcess:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def _terminate(self, sig: int, grace: float) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(sig)
+        if sig != signal.SIGKILL:
+            proc.send_signal(signal.SIGCONT)  # in case it was paused
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def stop(self, grace: float | None = None) -> None:
+        """Graceful stop (SIGTERM); ``start()`` again reuses port and data."""
+        self._terminate(signal.SIGTERM, self.stop_grace if grace is None else grace)
+        self._wait_port_free()
+
+    def kill(self) -> None:
+        """SIGKILL, as in a crash; ``start()`` again reuses port and data."""
+        self._terminate(signal.SIGKILL, 10)
+        self._wait_port_free()
+
+    def pause(self) -> None:
+        """SIGSTOP: the server keeps its connections but answers nothing (a hung server)."""
+        if self.running():
+            self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after ``pause()``."""
+        if self.running():
+            self.proc.send_signal(signal.SIGCONT)
+
+    def restart(self, timeout: float = 60.0) -> ServerProcess:
+        self.stop()
+        return self.start(timeout)
+
+    def _wait_port_free(self, timeout: float = 5.0) -> None:
+        if self.port is None:
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                if s.connect_ex((self.address, self.port)) != 0:
+                    return
+            time.sleep(0.05)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @classmethod
+    def session(cls) -> Iterator:
+        """Generator for a pytest fixture: one started server, closed at the end."""
+        server = cls()
+        try:
+            server.start()
+            yield server
+        finally:
+            server.close()

@@ -47,7 +47,15 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from daemons import CACHE_ROOT, exports, free_port, pid_alive, stop_pid, write_state
+from daemons import (
+    CACHE_ROOT,
+    ServerProcess,
+    down,
+    exports,
+    free_port,
+    pid_alive,
+    write_state,
+)
 
 VERSION = "4.4.0"
 SCALA = "2.13"
@@ -234,13 +242,15 @@ logger.coord.level = INFO
 """
 
 
-class KafkaServer:
+class KafkaServer(ServerProcess):
     """One Kafka node (broker + KRaft controller) on 127.0.0.1, or on ``address`` (e.g. the
     cluster node's address, which pods and this machine both reach).
 
     ``stop()`` then ``start()`` brings the broker back on the same port with the same data
     (a broker restart); ``close()`` also removes the data folder when this object made it.
     """
+
+    stop_grace = 30.0  # a controlled shutdown writes its metadata snapshot
 
     def __init__(self, data_dir: str | Path | None = None, *, port: int | None = None,
                  address: str = "127.0.0.1", log_path: str | Path | None = None):
@@ -261,13 +271,6 @@ class KafkaServer:
     @property
     def env(self) -> dict[str, str]:
         return {"KAFKA_BOOTSTRAP_SERVERS": self.bootstrap}
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc else None
-
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -349,43 +352,11 @@ class KafkaServer:
             s.settimeout(1)
             return s.connect_ex((self.address, self.port)) == 0
 
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def _terminate(self, sig: int, grace: float) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(sig)
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-    def stop(self, grace: float = 30.0) -> None:
-        """Controlled shutdown (SIGTERM); ``start()`` again reuses port and data."""
-        self._terminate(signal.SIGTERM, grace)
-
-    def kill(self) -> None:
-        """SIGKILL, as in a crash; ``start()`` again reuses port and data."""
-        self._terminate(signal.SIGKILL, 10)
-
     def close(self) -> None:
         """Stop and remove the data folder if this object created it."""
         self.stop()
         if self._own_data:
             shutil.rmtree(self.data_dir, ignore_errors=True)
-
-    def __enter__(self) -> KafkaServer:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"KafkaServer(bootstrap={self.address}:{self.port}, data_dir={self.data_dir})"
@@ -427,12 +398,7 @@ def probe_transactions(bootstrap: str, timeout: float) -> None:
 
 def kafka_session() -> Iterator[KafkaServer]:
     """Generator for a pytest fixture: one started broker, closed at the end."""
-    server = KafkaServer()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.close()
+    yield from KafkaServer.session()
 
 
 # -- command line (scripts/kafka) ---------------------------------------------------------
@@ -507,17 +473,7 @@ def cmd_status(_args) -> int:
 
 
 def cmd_down(_args) -> int:
-    path = state_file()
-    if not path.exists():
-        print("Kafka is not up (no state file)", file=sys.stderr)
-        return 0
-    state = json.loads(path.read_text())
-    pid = state["pid"]
-    if pid_alive(pid) and _pid_is_kafka(pid):
-        stop_pid(pid, grace=30)
-    shutil.rmtree(state["data_dir"], ignore_errors=True)
-    path.unlink()
-    print(f"Kafka (pid {pid}) stopped", file=sys.stderr)
+    down(state_file(), "Kafka", _pid_is_kafka, grace=30)
     return 0
 
 

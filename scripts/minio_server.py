@@ -36,7 +36,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -46,7 +45,15 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from daemons import CACHE_ROOT, exports, free_port, pid_alive, stop_pid, write_state
+from daemons import (
+    CACHE_ROOT,
+    ServerProcess,
+    down,
+    exports,
+    free_port,
+    pid_alive,
+    write_state,
+)
 
 MODULE = "github.com/minio/minio"
 # The community MinIO repository stopped cutting releases after RELEASE.2025-10-15T17-29-55Z
@@ -121,7 +128,7 @@ def build(version: str = VERSION, *, quiet: bool = False) -> Path:
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-class MinioServer:
+class MinioServer(ServerProcess):
     """One MinIO server process on 127.0.0.1 (or ``address``, e.g. a bridge IP pods reach).
 
     ``stop()`` followed by ``start()`` brings the server back on the same port with the same
@@ -166,13 +173,6 @@ class MinioServer:
             "AWS_SECRET_ACCESS_KEY": self.secret_key,
             "AWS_REGION": "us-east-1",
         }
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc else None
-
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -246,60 +246,6 @@ class MinioServer:
                                  f" log {self.log_path}:\n{self.log_tail()}")
             time.sleep(0.1)
 
-    def log_tail(self, lines: int = 20) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def _terminate(self, sig: int, grace: float) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(sig)
-        if sig != signal.SIGKILL:
-            proc.send_signal(signal.SIGCONT)  # in case it was paused
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-    def stop(self, grace: float = 10.0) -> None:
-        """Graceful stop (SIGTERM); ``start()`` again reuses port, data and credentials."""
-        self._terminate(signal.SIGTERM, grace)
-        self._wait_port_free()
-
-    def kill(self) -> None:
-        """SIGKILL, as in a crash; ``start()`` again reuses port, data and credentials."""
-        self._terminate(signal.SIGKILL, 5)
-        self._wait_port_free()
-
-    def pause(self) -> None:
-        """SIGSTOP: the server keeps its connections but answers nothing (a hung server)."""
-        if self.running():
-            self.proc.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        """SIGCONT after ``pause()``."""
-        if self.running():
-            self.proc.send_signal(signal.SIGCONT)
-
-    def restart(self, timeout: float = 60.0) -> MinioServer:
-        self.stop()
-        return self.start(timeout)
-
-    def _wait_port_free(self, timeout: float = 5.0) -> None:
-        if self.port is None:
-            return
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-                if s.connect_ex((self.address, self.port)) != 0:
-                    return
-            time.sleep(0.05)
-
     def close(self) -> None:
         """Stop and remove the data folder and log if this object created them."""
         self.stop()
@@ -308,24 +254,13 @@ class MinioServer:
             with contextlib.suppress(OSError):
                 self.log_path.unlink()
 
-    def __enter__(self) -> MinioServer:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
     def __repr__(self) -> str:  # never the secret
         return f"MinioServer(endpoint=http://{self.address}:{self.port}, data_dir={self.data_dir})"
 
 
 def minio_session() -> Iterator[MinioServer]:
     """Generator for a pytest fixture: one started server, closed at the end."""
-    server = MinioServer()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.close()
+    yield from MinioServer.session()
 
 
 # -- command line (scripts/minio) ---------------------------------------------------------
@@ -369,19 +304,7 @@ def cmd_up(args) -> int:
 
 
 def cmd_down(_args) -> int:
-    path = state_file()
-    if not path.exists():
-        print("MinIO is not up (no state file)", file=sys.stderr)
-        return 0
-    state = json.loads(path.read_text())
-    pid = state["pid"]
-    if pid_alive(pid) and _pid_is_minio(pid):
-        stop_pid(pid, grace=10)
-    shutil.rmtree(state["data_dir"], ignore_errors=True)
-    with contextlib.suppress(OSError):
-        Path(state["log"]).unlink()
-    path.unlink()
-    print(f"MinIO (pid {pid}) stopped", file=sys.stderr)
+    down(state_file(), "MinIO", _pid_is_minio, grace=10)
     return 0
 
 
