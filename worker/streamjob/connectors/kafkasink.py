@@ -354,6 +354,7 @@ class TransactionalWriter(_Writer):
             ready = sorted(n for n in self.pending if n <= checkpoint_id)
         for n in ready:
             slot = self.pending[n]
+            faults.point("sink.before-commit")
             slot.producer.commit_transaction(self.sink.timeout)
             faults.point("sink.during-commit")
             with self.lock:

@@ -109,10 +109,8 @@ class PartitionWatermarks:
 
 
 class KafkaSource:
-    rate = 0.0
-
     def __init__(self, topics: str | list[str], bootstrap: str, start: str | int = "earliest",
-                 bounded: bool = False, group_id: str | None = None,
+                 bounded: bool = False, group_id: str | None = None, rate: float = 0,
                  value_deserializer: Callable[[bytes | None], Any] = utf8,
                  event_time: str | Callable[[Any], int] | None = None,
                  max_out_of_orderness: int = 0, idle_timeout: float = 5.0,
@@ -131,6 +129,7 @@ class KafkaSource:
         if event_time is not None and event_time != "kafka" and not callable(event_time):
             raise ValueError('event_time must be "kafka", a function of the record, or None')
         self.bootstrap, self.start, self.bounded = bootstrap, start, bool(bounded)
+        self.rate = float(rate)  # records/s for the whole job (tests, demos); 0: no limit
         self.group_id, self.value_deserializer = group_id, value_deserializer
         self.event_time, self.max_out_of_orderness = event_time, int(max_out_of_orderness)
         self.idle_timeout, self.watermark_interval = float(idle_timeout), watermark_interval

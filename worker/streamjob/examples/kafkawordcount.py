@@ -39,6 +39,7 @@ def build(args: dict[str, Any]) -> Pipeline:
     p = Pipeline()
     (p.source(KafkaSource(str(args.get("input", "words")), brokers, start=start,
                           bounded=truthy(args.get("bounded", False)),
+                          rate=float(args.get("rate", 0)),
                           group_id=args.get("group") or None), "Source: kafka")
       .flat_map(str.split, "Split")
       .key_by(str)
