@@ -107,9 +107,8 @@ def test_output_of_a_completed_checkpoint_left_in_an_open_transaction_is_committ
     job = start(run_job, kafka, src, out, 3, rate=6000, env=env)
     assert job.wait() == 0, job.output()
     assert "fault injected" in job.output()
-    assert "re-produced" in job.output()
-    assert job.status()["restarts"] >= 1 or job.status()["coordinator_restarts"] >= 1
     assert_exactly_once(kafka, out, ws)
+    assert "re-produced" in job.output()  # the path under test was taken
 
 
 def test_stop_with_savepoint_then_resume_at_p5_then_p2_is_exactly_once(run_job, kafka):
