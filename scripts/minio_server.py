@@ -46,16 +46,14 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+from daemons import CACHE_ROOT, exports, free_port, pid_alive, stop_pid, write_state
+
 MODULE = "github.com/minio/minio"
 # The community MinIO repository stopped cutting releases after RELEASE.2025-10-15T17-29-55Z
 # (commit 9e49d5e7a648). The Go module proxy reachable here refuses that tag and its
 # pseudo-version; it serves the final commit of the repository, which is that release plus
 # eleven commits (README changes and a few bug fixes). Pin that exact version.
 VERSION = "v0.0.0-20260212201848-7aac2a2c5b7c"
-
-CACHE_ROOT = Path(
-    os.environ.get("STREAMJOB_CACHE") or Path.home() / ".cache" / "streamjob"
-).expanduser()
 
 
 class MinioError(RuntimeError):
@@ -121,12 +119,6 @@ def build(version: str = VERSION, *, quiet: bool = False) -> Path:
 
 # Talk to 127.0.0.1 directly even where http_proxy is set.
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def free_port(address: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((address, 0))
-        return s.getsockname()[1]
 
 
 class MinioServer:
@@ -342,32 +334,12 @@ def state_file() -> Path:
     return Path(os.environ.get("STREAMJOB_MINIO_STATE") or CACHE_ROOT / "run" / "minio.json")
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (exited, not yet reaped by its parent) is not alive
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
 def _pid_is_minio(pid: int) -> bool:
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
     return bool(cmdline) and cmdline[0].endswith(b"minio") and b"server" in cmdline
-
-
-def _exports(env: dict[str, str]) -> str:
-    import shlex
-
-    return "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
 
 
 def cmd_build(_args) -> int:
@@ -379,23 +351,20 @@ def cmd_up(args) -> int:
     path = state_file()
     if path.exists():
         state = json.loads(path.read_text())
-        if _pid_alive(state["pid"]) and _pid_is_minio(state["pid"]):
+        if pid_alive(state["pid"]) and _pid_is_minio(state["pid"]):
             print(f"MinIO already up (pid {state['pid']})", file=sys.stderr)
-            sys.stdout.write(_exports(state["env"]))
+            sys.stdout.write(exports(state["env"]))
             return 0
         # Left over from a server that is gone: clear it away.
         shutil.rmtree(state["data_dir"], ignore_errors=True)
         path.unlink()
     server = MinioServer(port=args.port)
     server.start(timeout=args.timeout, detach=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump({"pid": server.pid, "data_dir": str(server.data_dir),
-                   "log": str(server.log_path), "env": server.env}, f)
+    write_state(path, {"pid": server.pid, "data_dir": str(server.data_dir),
+                       "log": str(server.log_path), "env": server.env})
     print(f"MinIO up on {server.endpoint} (pid {server.pid}, data {server.data_dir},"
           f" log {server.log_path})", file=sys.stderr)
-    sys.stdout.write(_exports(server.env))
+    sys.stdout.write(exports(server.env))
     return 0
 
 
@@ -406,15 +375,8 @@ def cmd_down(_args) -> int:
         return 0
     state = json.loads(path.read_text())
     pid = state["pid"]
-    if _pid_alive(pid) and _pid_is_minio(pid):
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        while _pid_alive(pid) and time.monotonic() < deadline:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, os.WNOHANG)
-            time.sleep(0.1)
-        if _pid_alive(pid):
-            os.kill(pid, signal.SIGKILL)
+    if pid_alive(pid) and _pid_is_minio(pid):
+        stop_pid(pid, grace=10)
     shutil.rmtree(state["data_dir"], ignore_errors=True)
     with contextlib.suppress(OSError):
         Path(state["log"]).unlink()

@@ -3,27 +3,18 @@
 from __future__ import annotations
 
 import os
-import shlex
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+from daemons import parse_exports
 
 from streamjob.s3storage import S3Storage
 
 pytestmark = pytest.mark.integration
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "minio"
-
-
-def _parse_exports(text: str) -> dict[str, str]:
-    env = {}
-    for line in text.splitlines():
-        assert line.startswith("export "), line
-        key, _, value = line.removeprefix("export ").partition("=")
-        env[key] = shlex.split(value)[0]
-    return env
 
 
 def test_up_prints_exports_and_down_stops(tmp_path, minio_server):  # built by the fixture
@@ -33,7 +24,7 @@ def test_up_prints_exports_and_down_stops(tmp_path, minio_server):  # built by t
     up = subprocess.run([str(SCRIPT), "up"], env=run_env, capture_output=True, text=True,
                         timeout=90)
     assert up.returncode == 0, up.stderr
-    env = _parse_exports(up.stdout)
+    env = parse_exports(up.stdout)
     try:
         assert set(env) >= {"AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
         assert env["AWS_ENDPOINT_URL"].startswith("http://127.0.0.1:")
@@ -44,7 +35,7 @@ def test_up_prints_exports_and_down_stops(tmp_path, minio_server):  # built by t
 
         again = subprocess.run([str(SCRIPT), "up"], env=run_env, capture_output=True,
                                text=True, timeout=30)
-        assert again.returncode == 0 and _parse_exports(again.stdout) == env
+        assert again.returncode == 0 and parse_exports(again.stdout) == env
         pid = __import__("json").loads(state.read_text())["pid"]
     finally:
         down = subprocess.run([str(SCRIPT), "down"], env=run_env, capture_output=True,
