@@ -107,13 +107,58 @@ def read_topic(bootstrap: str, topic: str, committed: bool = True,
         c.close()
 
 
-if __name__ == "__main__":
+def produce_words(bootstrap: str, source: str, sink: str, records: int, words: int = 1000,
+                  partitions: int = 8) -> None:
+    """Create the two topics (if missing) and write ``records`` words to ``source``."""
+    from confluent_kafka import KafkaException, Producer
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    from streamjob.examples.wordcount import word_of
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for fut in admin.create_topics([NewTopic(source, partitions, 1),
+                                     NewTopic(sink, partitions, 1)]).values():
+        try:
+            fut.result(30)
+        except KafkaException as err:
+            if "already exists" not in str(err):
+                raise
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20,
+                         "enable.idempotence": True})
+    word = word_of(words)
+    for g in range(records):
+        while True:
+            try:
+                producer.produce(source, word(g).encode(), partition=g % partitions)
+                break
+            except BufferError:
+                producer.poll(0.1)
+    if producer.flush(60):
+        raise RuntimeError(f"not every word reached {source} at {bootstrap}")
+
+
+def main(argv: list[str]) -> int:
+    """``produce INPUT OUTPUT RECORDS`` or ``check INPUT OUTPUT``, on
+    ``$KAFKA_BOOTSTRAP_SERVERS``."""
     import json
+
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "")
+    if len(argv) < 3 or argv[0] not in ("produce", "check") or not bootstrap:
+        print("usage: KAFKA_BOOTSTRAP_SERVERS=HOST:PORT python -m "
+              "streamjob.examples.kafkawordcount produce INPUT OUTPUT RECORDS | "
+              "check INPUT OUTPUT")
+        return 2
+    if argv[0] == "produce":
+        produce_words(bootstrap, argv[1], argv[2], int(argv[3]))
+        print(f"{argv[3]} words in {argv[1]} at {bootstrap}")
+        return 0
+    words = [w for line in read_topic(bootstrap, argv[1]) for w in line.split()]
+    result = check_counts(read_topic(bootstrap, argv[2]), words)
+    print(json.dumps(result))
+    return 0 if result["duplicates"] == result["missing"] == result["unexpected"] == 0 else 1
+
+
+if __name__ == "__main__":
     import sys
 
-    # python -m streamjob.examples.kafkawordcount BOOTSTRAP INPUT OUTPUT: check the output
-    bootstrap, source, sink = sys.argv[1:4]
-    words = [w for line in read_topic(bootstrap, source) for w in line.split()]
-    result = check_counts(read_topic(bootstrap, sink), words)
-    print(json.dumps(result))
-    sys.exit(0 if result["duplicates"] == result["missing"] == result["unexpected"] == 0 else 1)
+    sys.exit(main(sys.argv[1:]))
