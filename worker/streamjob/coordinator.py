@@ -378,7 +378,7 @@ class Coordinator:
             if len(self.committed) == self.p and self.final_id is not None:
                 self._on_all_committed()
         elif t == "STATS":
-            self.records.on_stats(w.index, msg["tasks"])
+            self.records.on_stats(w.index, msg["tasks"], msg.get("lag"))
         elif t == "FAILED":
             if (self.state is JobState.DEPLOYING and self.deploying_from is not None
                     and msg.get("restore_failed")):

@@ -21,17 +21,25 @@ class RecordCounter:
     def __init__(self, source_task: str):
         self.source_task = source_task
         self.latest: dict[int, dict[str, list[int]]] = {}
+        self.lag: dict[int, dict[str, int]] = {}  # per worker: split -> records not read
         self.base = 0
         self.rate = 0.0
         self._mark: tuple[float, int] | None = None
 
-    def on_stats(self, worker: int, tasks: dict[str, list[int]]) -> None:
+    def on_stats(self, worker: int, tasks: dict[str, list[int]],
+                 lag: dict[str, int] | None = None) -> None:
         self.latest[worker] = tasks
+        if lag is not None:
+            self.lag[worker] = lag
+
+    def source_lag(self) -> dict[str, int]:
+        return {split: n for per_worker in self.lag.values() for split, n in per_worker.items()}
 
     def new_attempt(self) -> None:
         """Subtasks of the next attempt count from 0: keep the total cumulative."""
         self.base += self.current()
         self.latest = {}
+        self.lag = {}
 
     def current(self) -> int:
         return sum(v.get(self.source_task, [0, 0])[0] for v in self.latest.values())
@@ -71,6 +79,7 @@ def status_document(c: Any) -> dict[str, Any]:
         "skipped_checkpoints": {str(n): why for n, why in sorted(c.restore_problems.items())},
         "records_per_second": round(c.records.rate, 1),
         "records_in": c.records.total(),
+        "source_lag": c.records.source_lag(),
         "last_checkpoint": None if last is None else {
             k: last[k] for k in ("id", "completed_at", "duration_ms", "size_bytes")},
         "failed_checkpoints": sum(1 for h in cc.history if h["status"] == "FAILED"),

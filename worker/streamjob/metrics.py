@@ -37,14 +37,25 @@ class WorkerCollector:
         late = CounterMetricFamily("streamjob_late_records",
                                    "Records dropped because their event-time window had fired",
                                    labels=["task", "subtask"])
+        lag = GaugeMetricFamily("streamjob_source_lag_records",
+                                "Records of a source split (Kafka partition) not read yet",
+                                labels=["task", "subtask", "split"])
+        bad = CounterMetricFamily("streamjob_source_bad_records",
+                                  "Source records that could not be deserialized",
+                                  labels=["task", "subtask"])
         for r in self.runners():
             labels = [r.spec.task_id, str(r.subtask)]
             rin.add_metric(labels, r.records_in)
             rout.add_metric(labels, r.records_out)
             bp.add_metric(labels, r.backpressure_seconds)
             late.add_metric(labels, r.late_records)
+            reader_lag = getattr(r.reader, "lag", None)
+            if reader_lag is not None:
+                for split, n in sorted(reader_lag().items()):
+                    lag.add_metric([*labels, split], n)
+                bad.add_metric(labels, r.reader.bad_records)
         up = GaugeMetricFamily("streamjob_worker_index", "Index of this worker", value=self.worker)
-        return [rin, rout, bp, late, up]
+        return [rin, rout, bp, late, lag, bad, up]
 
 
 def serve_worker_metrics(port: int, runners: Callable[[], Iterable[Any]], worker: int,

@@ -149,6 +149,9 @@ class Pipeline:
         if self.source_connector is not None:
             raise PipelineError("a pipeline has exactly one source")
         self.source_connector = source
+        # A source that makes its own watermarks (KafkaSource(event_time=fn)) names how
+        # windows read its records' event time.
+        self.watermarks = getattr(source, "watermarks", None)
         self.tasks.append(TaskSpec(0, None, [Step("source", name or
                                                   f"Source: {type(source).__name__}", source)]))
         return Stream(self)

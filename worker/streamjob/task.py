@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import uuid
 from collections import deque
@@ -28,7 +29,13 @@ from streamjob.keygroups import key_group, key_group_range
 from streamjob.operators import KeyedStateBackend
 from streamjob.pipeline import TaskSpec
 from streamjob.storage import Storage
-from streamjob.windows import MIN_WATERMARK, WatermarkGenerator, WatermarkTracker, restored_floors
+from streamjob.windows import (
+    MAX_WATERMARK,
+    MIN_WATERMARK,
+    WatermarkGenerator,
+    WatermarkTracker,
+    restored_floors,
+)
 
 log = logging.getLogger("streamjob.task")
 
@@ -84,6 +91,8 @@ class SubtaskRunner:
         self.backend: KeyedStateBackend | None = None
         self.source = source
         self.reader = None
+        self.source_watermarks = False  # the reader makes watermarks (per split)
+        self.source_snapshots: dict[int, dict[str, Any]] = {}  # positions until complete
         self.sink_writer = None
         self.transforms: list[Callable[[Any], Any]] = []
         # Event time: the source's watermark generator; the watermark of a gate task (min
@@ -165,6 +174,7 @@ class SubtaskRunner:
     def restore(self, task_state: dict[str, Any] | None, kind: str = "checkpoint") -> None:
         """Load this subtask's share of a checkpoint (any parallelism it was taken at)."""
         positions: dict[str, Any] = {}
+        sink_states: list[dict[str, Any]] = []
         if task_state is not None:
             same_parallelism = len(task_state["subtasks"]) == self.p
             own_range = key_group_range(self.subtask, self.p, self.m)
@@ -172,6 +182,9 @@ class SubtaskRunner:
             for old_index, handle in enumerate(task_state["subtasks"]):
                 op_state = state.read_operator_state(self.storage, handle)
                 positions.update(op_state.get("splits", {}))
+                if "sink" in op_state and old_index % self.p == self.subtask:
+                    # What the sink had not committed yet (one new subtask per old one).
+                    sink_states.append(op_state["sink"])
                 watermarks.append(op_state.get("watermark"))
                 if same_parallelism and old_index == self.subtask:
                     for _channel, batches in op_state.get("inflight", []):
@@ -188,11 +201,18 @@ class SubtaskRunner:
                 if old_index == 0:
                     faults.point("worker.during-restore")  # one state file read, not all
             self._restore_watermark(watermarks, own_range)
+        restore_sink = getattr(self.sink_writer, "restore", None)
+        if restore_sink is not None:
+            restore_sink(sink_states)
         if self.source is not None:
             split_ids = self.source.split_ids()
             mine = assign_splits(split_ids, self.subtask, self.p)
-            self.reader = self.source.create_reader(
-                {s: positions.get(s, self.source.initial_position(s)) for s in mine})
+            own = {s: positions.get(s, self.source.initial_position(s)) for s in mine}
+            if hasattr(self.source, "discovery_interval"):  # finds splits while running
+                self.reader = self.source.create_reader(own, self.subtask, self.p)
+            else:
+                self.reader = self.source.create_reader(own)
+            self.source_watermarks = callable(getattr(self.reader, "watermark", None))
 
     def _restore_watermark(self, old: list[float | None], own_range: range) -> None:
         """Start from the watermark of the snapshot: windows it had fired (and cleared) must
@@ -286,6 +306,8 @@ class SubtaskRunner:
                 if self.watermark_gen is not None:
                     # End of input: a finished source must not hold event time back.
                     await self._emit_watermark(self.watermark_gen.finish())
+                elif self.source_watermarks:
+                    await self._emit_watermark(MAX_WATERMARK)
                 self.source_finished = True
                 self.send("SOURCE_FINISHED", subtask=self.subtask)
                 continue
@@ -294,6 +316,8 @@ class SubtaskRunner:
             await self.push(batch)
             if self.watermark_gen is not None:
                 await self._emit_watermark(self.watermark_gen.next_watermark(time.monotonic()))
+            elif self.source_watermarks:
+                await self._emit_watermark(self.reader.watermark(time.monotonic()))
             await asyncio.sleep(0)  # let control messages and readers run
 
     async def _emit_watermark(self, watermark: float | None) -> None:
@@ -305,6 +329,9 @@ class SubtaskRunner:
         push what they emit down the rest of the chain, then forward the watermark."""
         watermark = self.tracker.update(channel, timestamp)
         if watermark is None:
+            return
+        if math.isnan(watermark):  # every input idle: tell downstream, fire nothing
+            await self._emit_watermark(watermark)
             return
         for index, op in self.timers:
             fired = op.on_watermark(watermark)
@@ -409,6 +436,8 @@ class SubtaskRunner:
         op_state: dict[str, Any] = {}
         if self.reader is not None:
             op_state["splits"] = self.reader.positions()
+            if hasattr(self.reader, "notify_checkpoint_complete") and kind != SAVEPOINT:
+                self.source_snapshots[cid] = op_state["splits"]
         if self.tracker is not None and self.tracker.current > MIN_WATERMARK:
             op_state["watermark"] = self.tracker.current
         staged = self._stage(cid) if self.sink_writer is not None else None
@@ -430,22 +459,23 @@ class SubtaskRunner:
         except Exception as err:  # noqa: BLE001
             self.sink_error = err
 
-    def _stage(self, cid: int) -> asyncio.Future[None]:
+    def _stage(self, cid: int) -> asyncio.Future[Any]:
         """Cut the sink's output at barrier ``cid`` and stage it off the loop, in barrier
         order. Staging does not depend on the checkpoint: the records of a closed epoch are
         out of the state of every later snapshot, so they must reach the staging area even
         if this checkpoint is declined, dropped or aborted (a later completed checkpoint then
         commits them). A staging failure fails the job (only a restore brings them back)."""
 
-        def stage() -> None:
+        def stage() -> Any:
             try:
                 if self.sink_error is not None:
                     raise self.sink_error
-                self.sink_writer.pre_commit(cid)()
+                sink_state = self.sink_writer.pre_commit(cid)()
             except Exception as err:  # noqa: BLE001
                 raise SinkStagingError(f"staging output of checkpoint {cid} failed: "
                                        f"{err}") from err
             faults.point("sink.after-pre-commit")
+            return sink_state
 
         fut = asyncio.wrap_future(self.sink_executor.submit(stage))
 
@@ -477,9 +507,11 @@ class SubtaskRunner:
             if snap.staged is not None:
                 # The ack promises the epoch's output is staged (durable) before commit.
                 try:
-                    await snap.staged
+                    sink_state = await snap.staged
                 except Exception:  # noqa: BLE001 - reported as FAILED by _stage
                     return
+                if sink_state is not None:  # what a restore needs to finish the commit
+                    snap.operator_state["sink"] = sink_state
             # Uploads of one subtask go in checkpoint order: a delta needs its base first.
             async with self.upload_lock:
                 try:
@@ -545,6 +577,11 @@ class SubtaskRunner:
         self._drop(cid, "aborted by the coordinator")
 
     async def on_complete(self, cid: int) -> None:
+        positions = self.source_snapshots.pop(cid, None)
+        for older in [n for n in self.source_snapshots if n < cid]:
+            del self.source_snapshots[older]
+        if positions is not None:
+            self.reader.notify_checkpoint_complete(cid, positions)
         if self.sink_writer is not None:
             await asyncio.get_running_loop().run_in_executor(
                 self.executor, self.sink_writer.commit, cid)
@@ -552,6 +589,9 @@ class SubtaskRunner:
     async def close(self) -> None:
         if self.uploads:
             await asyncio.gather(*self.uploads, return_exceptions=True)
+        close_reader = getattr(self.reader, "close", None)
+        if close_reader is not None:
+            close_reader()
         if self.output is not None:
             self.output.close()
         if self.sink_writer is not None:

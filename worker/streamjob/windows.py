@@ -31,6 +31,9 @@ from streamjob.operators import MUTABLE, KeyedStateBackend, is_mutable
 
 MIN_WATERMARK = -math.inf  # nothing known yet
 MAX_WATERMARK = math.inf   # end of input: every window may fire
+# "No records for a while": the channel is left out of the minimum until its next watermark
+# (Flink's idleness). NaN travels as a plain float; test with math.isnan.
+IDLE = math.nan
 
 _MISSING = object()
 
@@ -85,19 +88,33 @@ class WatermarkGenerator:
 
 class WatermarkTracker:
     """The watermark of a subtask with ``n`` input channels: the minimum of the last
-    watermark received on each. It only moves forward; ``current`` may start at a restored
-    value (the watermark the subtask had when its checkpoint was taken)."""
+    watermark received on each channel that is not idle (:data:`IDLE`). It only moves
+    forward; ``current`` may start at a restored value (the watermark the subtask had when
+    its checkpoint was taken)."""
 
     def __init__(self, num_channels: int, current: float = MIN_WATERMARK):
         self.channels: list[float] = [MIN_WATERMARK] * num_channels
+        self.idle: set[int] = set()
         self.current = current
 
     def update(self, channel: int, watermark: float) -> float | None:
-        """Record a channel's watermark; the subtask's new watermark if it advanced."""
-        if watermark <= self.channels[channel]:
+        """Record a channel's watermark; the subtask's new watermark if it advanced, or
+        :data:`IDLE` when every channel has just become idle."""
+        if math.isnan(watermark):
+            if channel in self.idle:
+                return None
+            self.idle.add(channel)
+        elif channel in self.idle:
+            self.idle.discard(channel)
+            self.channels[channel] = max(self.channels[channel], watermark)
+        elif watermark <= self.channels[channel]:
             return None
-        self.channels[channel] = watermark
-        low = min(self.channels)
+        else:
+            self.channels[channel] = watermark
+        active = [w for c, w in enumerate(self.channels) if c not in self.idle]
+        if not active:
+            return IDLE  # every input idle: so is this subtask's output
+        low = min(active)
         if low <= self.current:
             return None
         self.current = low

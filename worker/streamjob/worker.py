@@ -238,7 +238,7 @@ class Worker:
             d = self.deployment
             if d is not None:
                 self.send("STATS", tasks={r.spec.task_id: [r.records_in, r.records_out]
-                                          for r in d.runners})
+                                          for r in d.runners}, lag=_source_lag(d.runners))
 
     # -- deploy and cancel ---------------------------------------------------------------
 
@@ -379,6 +379,16 @@ class Worker:
         except (asyncio.IncompleteReadError, ConnectionError):
             # The sender is gone; the coordinator sees the lost worker and restarts the job.
             return
+
+
+def _source_lag(runners: list[SubtaskRunner]) -> dict[str, int]:
+    """Records not read yet per source split (Kafka partitions), for the autoscaler."""
+    out: dict[str, int] = {}
+    for r in runners:
+        lag = getattr(r.reader, "lag", None)
+        if lag is not None:
+            out.update(lag())
+    return out
 
 
 async def _connect_with_retry(host: str, port: int, timeout: float):

@@ -23,6 +23,11 @@ class SourceReader(Protocol):
         """Position of every split this reader owns (its checkpointed state)."""
         ...
 
+    # Optional: ``watermark(now) -> float | None`` (the reader makes watermarks itself, per
+    # split, possibly ``windows.IDLE``); ``notify_checkpoint_complete(n, positions)`` (after
+    # checkpoint n completed, with the positions it holds); ``close()``. A source with a
+    # ``discovery_interval`` gets ``create_reader(positions, subtask, parallelism)``.
+
 
 class Source(Protocol):
     rate: float  # records/s for the whole job; 0 = as fast as possible
@@ -42,9 +47,12 @@ class SinkWriter(Protocol):
 
     def write(self, batch: list[Any]) -> None: ...
 
-    def pre_commit(self, checkpoint_id: int) -> Callable[[], None]:
+    def pre_commit(self, checkpoint_id: int) -> Callable[[], dict[str, Any] | None]:
         """At barrier n: close what was written since the last barrier; returns the part that
-        makes it durable (both run right after each other, on the sink's thread)."""
+        makes it durable (both run right after each other, on the sink's thread). What that
+        part returns (msgpack-able, or None) goes into the subtask's snapshot n and is given
+        back to ``restore`` (optional) of the writer that takes over after a restore: the
+        state a sink needs to finish commits that a crash interrupted."""
         ...
 
     def commit(self, checkpoint_id: int) -> None:
