@@ -47,6 +47,14 @@ def start_minio(core):
     return MinioServer(address=node_ip(core)).start()
 
 
+def start_kafka(core):
+    """A KafkaServer (scripts/kafka_server.py) listening on and advertising the node's
+    InternalIP, so pods and this process reach the same broker address."""
+    from kafka_server import KafkaServer
+
+    return KafkaServer(address=node_ip(core)).start()
+
+
 def s3_env(server) -> dict[str, str]:
     return {k: v for k, v in server.env.items()
             if k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
