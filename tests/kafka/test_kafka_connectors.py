@@ -197,3 +197,19 @@ def test_undeserializable_records_are_counted_and_go_to_the_dead_letter_topic(ru
     assert sorted(int(v) for v in kafka.values(out)) == list(range(100))
     assert sorted(kafka.values(dlq, until=lambda v: len(v) >= 3)) == sorted(bad)
     assert "cannot deserialize" in job.output()
+
+
+def test_a_silent_partition_and_a_subtask_without_partitions_do_not_stall_windows(run_job,
+                                                                                  kafka):
+    """p=3 on 2 partitions: subtask 2 owns none; partition 1 never gets a record. The job is
+    unbounded (no end-of-input watermark), yet the windows up to the data's event time fire."""
+    src, out = kafka.create(2, prefix="events"), kafka.create(1, prefix="windows")
+    kafka.produce(src, [f"{ts} a" for ts in range(4500)], partition=0)
+    job = run_job("tests.kafka.kafkajobs:event_windows", name="ev", parallelism=3,
+                  args={"brokers": kafka.bootstrap, "input": src, "output": out, "idle": 1.0})
+    expected = {f"{start} a 1000" for start in (0, 1000, 2000, 3000)}
+    got = kafka.values(out, until=lambda v: expected <= set(v), timeout=90)
+    assert job.proc.poll() is None  # still running: fired by watermarks, not by the end
+    assert sorted(got) == sorted(expected)  # each once; the window at 4000 is still open
+    savepoint(job)
+    assert job.wait() == 0, job.output()
