@@ -40,8 +40,8 @@ def fill(kafka, n: int, partitions: int = 8, seed: int = 1) -> tuple[str, str, l
 
 
 def start(run_job, kafka, src: str, out: str, p: int, name: str = "kwc", extra=None,
-          env=None, **args):
-    return run_job(WORDCOUNT, name=name, parallelism=p, extra=extra, env=env,
+          env=None, restart=None, **args):
+    return run_job(WORDCOUNT, name=name, parallelism=p, extra=extra, env=env, restart=restart,
                    args={"brokers": kafka.bootstrap, "input": src, "output": out,
                          "bounded": True, **args})
 
@@ -213,3 +213,19 @@ def test_a_silent_partition_and_a_subtask_without_partitions_do_not_stall_window
     assert sorted(got) == sorted(expected)  # each once; the window at 4000 is still open
     savepoint(job)
     assert job.wait() == 0, job.output()
+
+
+def test_broker_killed_and_restarted_mid_run_keeps_exactly_once(run_job, fresh_kafka):
+    from tests.kafka.topics import Topics
+
+    kafka = Topics(fresh_kafka.bootstrap)
+    n = 60_000
+    src, out, ws = fill(kafka, n)
+    job = start(run_job, kafka, src, out, 3, rate=6000, restart={"maxAttempts": 50})
+    job.wait_for(lambda s: running_with_checkpoint(s) and s.get("records_in", 0) > n // 4,
+                 what="a quarter read")
+    fresh_kafka.kill()
+    fresh_kafka.start()
+    assert job.wait(300) == 0, job.output()
+    assert job.status()["state"] == "FINISHED"
+    assert_exactly_once(kafka, out, ws)
