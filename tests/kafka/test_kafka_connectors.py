@@ -68,12 +68,29 @@ def savepoint(job, stop: bool = True) -> str:
 
 
 def test_clean_bounded_run_finishes_and_commits_every_count_once(run_job, kafka):
+    from confluent_kafka import Consumer, TopicPartition
+
     src, out, ws = fill(kafka, 20_000)
-    job = start(run_job, kafka, src, out, 3)
+    group = f"wc-{uuid.uuid4().hex[:6]}"
+    job = start(run_job, kafka, src, out, 3, rate=10_000, group=group)
+    # Lag per partition in the job status (from the workers' readers) while it runs.
+    lag = job.wait_for(lambda s: len(s.get("source_lag") or {}) == 8, what="lag of 8 "
+                       "partitions")["source_lag"]
+    assert set(lag) == {f"{src}:{p}" for p in range(8)}
+    assert all(isinstance(v, int) and v >= 0 for v in lag.values())
     assert job.wait() == 0, job.output()
     assert job.status()["state"] == "FINISHED"
     assert job.status()["records_in"] == 20_000
     assert_exactly_once(kafka, out, ws)
+    # The group's offsets were committed after checkpoints (monitoring): at the end offsets.
+    c = Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": group})
+    try:
+        committed = c.committed([TopicPartition(src, p) for p in range(8)], timeout=10)
+        ends = [c.get_watermark_offsets(TopicPartition(src, p), timeout=10)[1]
+                for p in range(8)]
+    finally:
+        c.close()
+    assert [tp.offset for tp in committed] == ends
 
 
 def test_killed_workers_and_coordinator_at_p3_on_8_partitions_keep_exactly_once(run_job, kafka):
