@@ -376,7 +376,7 @@ class KafkaReader:
         from confluent_kafka import TopicPartition
 
         out = {}
-        for split, p in self.pos.items():
+        for split, p in list(self.pos.items()):  # also read by the metrics thread
             topic, partition = parse_split(split)
             try:
                 _, high = self.consumer.get_watermark_offsets(
