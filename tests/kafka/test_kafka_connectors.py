@@ -40,8 +40,8 @@ def fill(kafka, n: int, partitions: int = 8, seed: int = 1) -> tuple[str, str, l
 
 
 def start(run_job, kafka, src: str, out: str, p: int, name: str = "kwc", extra=None,
-          env=None, **args):
-    return run_job(WORDCOUNT, name=name, parallelism=p, extra=extra, env=env,
+          env=None, restart=None, **args):
+    return run_job(WORDCOUNT, name=name, parallelism=p, extra=extra, env=env, restart=restart,
                    args={"brokers": kafka.bootstrap, "input": src, "output": out,
                          "bounded": True, **args})
 
@@ -68,12 +68,29 @@ def savepoint(job, stop: bool = True) -> str:
 
 
 def test_clean_bounded_run_finishes_and_commits_every_count_once(run_job, kafka):
+    from confluent_kafka import Consumer, TopicPartition
+
     src, out, ws = fill(kafka, 20_000)
-    job = start(run_job, kafka, src, out, 3)
+    group = f"wc-{uuid.uuid4().hex[:6]}"
+    job = start(run_job, kafka, src, out, 3, rate=10_000, group=group)
+    # Lag per partition in the job status (from the workers' readers) while it runs.
+    lag = job.wait_for(lambda s: len(s.get("source_lag") or {}) == 8, what="lag of 8 "
+                       "partitions")["source_lag"]
+    assert set(lag) == {f"{src}:{p}" for p in range(8)}
+    assert all(isinstance(v, int) and v >= 0 for v in lag.values())
     assert job.wait() == 0, job.output()
     assert job.status()["state"] == "FINISHED"
     assert job.status()["records_in"] == 20_000
     assert_exactly_once(kafka, out, ws)
+    # The group's offsets were committed after checkpoints (monitoring): at the end offsets.
+    c = Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": group})
+    try:
+        committed = c.committed([TopicPartition(src, p) for p in range(8)], timeout=10)
+        ends = [c.get_watermark_offsets(TopicPartition(src, p), timeout=10)[1]
+                for p in range(8)]
+    finally:
+        c.close()
+    assert [tp.offset for tp in committed] == ends
 
 
 def test_killed_workers_and_coordinator_at_p3_on_8_partitions_keep_exactly_once(run_job, kafka):
@@ -197,3 +214,35 @@ def test_undeserializable_records_are_counted_and_go_to_the_dead_letter_topic(ru
     assert sorted(int(v) for v in kafka.values(out)) == list(range(100))
     assert sorted(kafka.values(dlq, until=lambda v: len(v) >= 3)) == sorted(bad)
     assert "cannot deserialize" in job.output()
+
+
+def test_a_silent_partition_and_a_subtask_without_partitions_do_not_stall_windows(run_job,
+                                                                                  kafka):
+    """p=3 on 2 partitions: subtask 2 owns none; partition 1 never gets a record. The job is
+    unbounded (no end-of-input watermark), yet the windows up to the data's event time fire."""
+    src, out = kafka.create(2, prefix="events"), kafka.create(1, prefix="windows")
+    kafka.produce(src, [f"{ts} a" for ts in range(4500)], partition=0)
+    job = run_job("tests.kafka.kafkajobs:event_windows", name="ev", parallelism=3,
+                  args={"brokers": kafka.bootstrap, "input": src, "output": out, "idle": 1.0})
+    expected = {f"{start} a 1000" for start in (0, 1000, 2000, 3000)}
+    got = kafka.values(out, until=lambda v: expected <= set(v), timeout=90)
+    assert job.proc.poll() is None  # still running: fired by watermarks, not by the end
+    assert sorted(got) == sorted(expected)  # each once; the window at 4000 is still open
+    savepoint(job)
+    assert job.wait() == 0, job.output()
+
+
+def test_broker_killed_and_restarted_mid_run_keeps_exactly_once(run_job, fresh_kafka):
+    from tests.kafka.topics import Topics
+
+    kafka = Topics(fresh_kafka.bootstrap)
+    n = 60_000
+    src, out, ws = fill(kafka, n)
+    job = start(run_job, kafka, src, out, 3, rate=6000, restart={"maxAttempts": 50})
+    job.wait_for(lambda s: running_with_checkpoint(s) and s.get("records_in", 0) > n // 4,
+                 what="a quarter read")
+    fresh_kafka.kill()
+    fresh_kafka.start()
+    assert job.wait(300) == 0, job.output()
+    assert job.status()["state"] == "FINISHED"
+    assert_exactly_once(kafka, out, ws)

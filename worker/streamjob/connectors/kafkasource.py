@@ -50,6 +50,7 @@ from streamjob.windows import IDLE, MIN_WATERMARK, WatermarkStrategy
 log = logging.getLogger("streamjob.kafka")
 
 STARTS = ("earliest", "latest", "group")
+_TOPIC_GONE = (3, 29)  # UNKNOWN_TOPIC_OR_PART, TOPIC_AUTHORIZATION_FAILED
 
 
 def split_id(topic: str, partition: int) -> str:
@@ -173,6 +174,7 @@ class KafkaReader:
         self.by_tp: dict[tuple[str, int], str] = {}
         self.done: set[str] = set()
         self.bad_records = 0
+        self.transient_errors = 0
         self.dead_letter = None
         now = time.monotonic()
         self.watermarks = (PartitionWatermarks([], source.max_out_of_orderness,
@@ -281,8 +283,16 @@ class KafkaReader:
                     if split is not None:
                         self._at_end_of_partition(split, m.offset())
                     continue
-                raise KafkaConnectError(f"Kafka at {self.source.bootstrap}, {m.topic()}: "
-                                        f"{err.str()}")
+                if err.fatal() or err.code() in _TOPIC_GONE:
+                    raise KafkaConnectError(f"Kafka at {self.source.bootstrap}, topic "
+                                            f"{m.topic()}: {err.str()}")
+                # Transient (a broker restarting): the client reconnects and resumes at our
+                # position; checkpoints and the sink's timeouts bound how long we wait.
+                self.transient_errors += 1
+                if self.transient_errors <= 5 or self.transient_errors % 100 == 0:
+                    log.warning("kafka source %d: %s (%d so far)", self.subtask, err.str(),
+                                self.transient_errors)
+                continue
             if split is None or split in self.done:
                 continue
             p = pos[split]
@@ -366,7 +376,7 @@ class KafkaReader:
         from confluent_kafka import TopicPartition
 
         out = {}
-        for split, p in self.pos.items():
+        for split, p in list(self.pos.items()):  # also read by the metrics thread
             topic, partition = parse_split(split)
             try:
                 _, high = self.consumer.get_watermark_offsets(
