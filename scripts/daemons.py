@@ -3,6 +3,7 @@ the cache root, free ports, the state file ``up`` leaves for ``down``, export li
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -12,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,6 +41,14 @@ def pid_alive(pid: int) -> bool:
         return stat.rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
         return True
+
+
+def cmdline(pid: int) -> list[bytes]:
+    """The arguments of process ``pid`` ([] if it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return []
 
 
 def stop_pid(pid: int, grace: float) -> None:
@@ -78,6 +88,30 @@ def down(path: Path, name: str, is_ours, grace: float) -> None:
     print(f"{name} (pid {pid}) stopped", file=sys.stderr)
 
 
+def cli(prog: str, description: str, build_help: str, up_help: str, up_timeout: float,
+        handlers: dict, error: type[Exception], argv: list[str] | None = None,
+        *, extra=None) -> int:
+    """The ``build | up | down`` command line of a server script; ``extra(sub, up)`` adds
+    more subcommands and ``up`` options. ``handlers`` maps each subcommand to its function;
+    an ``error`` it raises is printed as one line and exits 1."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("build", help=build_help)
+    up = sub.add_parser("up", help=up_help)
+    up.add_argument("--port", type=int, default=None, help="port (default: a free one)")
+    up.add_argument("--timeout", type=float, default=up_timeout,
+                    help="seconds to wait for ready")
+    sub.add_parser("down", help="stop what `up` started and remove its data")
+    if extra is not None:
+        extra(sub, up)
+    args = parser.parse_args(argv)
+    try:
+        return handlers[args.command](args)
+    except error as err:
+        print(f"{prog}: {err}", file=sys.stderr)
+        return 1
+
+
 def exports(env: dict[str, str]) -> str:
     """``export K=V`` lines for ``eval "$(scripts/... up)"``."""
     return "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
@@ -105,6 +139,14 @@ class ServerProcess:
     proc: subprocess.Popen | None
     stop_grace = 10.0  # seconds a graceful stop may take before SIGKILL
 
+    def __init__(self, data_dir: str | Path | None, *, port: int | None, address: str,
+                 prefix: str):
+        self.address = address
+        self._own_data = data_dir is None  # close() removes only a folder it made
+        self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix=prefix))
+        self.port = port
+        self.proc = None
+
     @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
@@ -117,6 +159,21 @@ class ServerProcess:
 
     def close(self) -> None:
         raise NotImplementedError
+
+    def _start_on_a_port(self, spawn, error: type[Exception]) -> None:
+        """``spawn()`` on ``self.port``; without a port set, on a free one, up to three tries
+        (a free port can be taken by another process before the server binds it)."""
+        fixed = self.port is not None
+        for attempt in range(1 if fixed else 3):
+            if not fixed:
+                self.port = free_port(self.address)
+            try:
+                spawn()
+                return
+            except error:
+                self._terminate(signal.SIGKILL, 10)
+                if fixed or attempt == 2:
+                    raise
 
     def log_tail(self, lines: int = 20) -> str:
         try:

@@ -29,7 +29,6 @@ missing topic gets an error instead of a fresh empty topic, as a production brok
 
 from __future__ import annotations
 
-import argparse
 import base64
 import contextlib
 import fcntl
@@ -37,7 +36,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -50,6 +48,8 @@ from pathlib import Path
 from daemons import (
     CACHE_ROOT,
     ServerProcess,
+    cli,
+    cmdline,
     down,
     exports,
     free_port,
@@ -254,13 +254,9 @@ class KafkaServer(ServerProcess):
 
     def __init__(self, data_dir: str | Path | None = None, *, port: int | None = None,
                  address: str = "127.0.0.1", log_path: str | Path | None = None):
-        self.address = address
-        self._own_data = data_dir is None
-        self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="streamjob-kafka-"))
-        self.port = port
+        super().__init__(data_dir, port=port, address=address, prefix="streamjob-kafka-")
         self.controller_port: int | None = None
         self.log_path = Path(log_path) if log_path else self.data_dir / "server.log"
-        self.proc: subprocess.Popen | None = None
 
     @property
     def bootstrap(self) -> str:
@@ -281,21 +277,15 @@ class KafkaServer(ServerProcess):
             return self
         java = java_binary()
         libs = build()
-        fixed = self.port is not None
-        last: KafkaError | None = None
-        for _ in range(1 if fixed else 3):  # a free port can be taken before Kafka binds it
-            if not fixed:
-                self.port = free_port(self.address)
-            if self.controller_port is None or not fixed:
+        restart = self.port is not None and self.controller_port is not None
+
+        def spawn() -> None:
+            if not restart:  # a restart keeps both ports, so clients find the broker again
                 self.controller_port = free_port("127.0.0.1")
-            try:
-                self._spawn(java, libs, timeout, detach)
-                return self
-            except KafkaError as err:
-                last = err
-                self._terminate(signal.SIGKILL, 10)
-        assert last is not None
-        raise last
+            self._spawn(java, libs, timeout, detach)
+
+        self._start_on_a_port(spawn, KafkaError)
+        return self
 
     def _config_dir(self) -> Path:
         return self.data_dir / "config"
@@ -412,11 +402,7 @@ def state_file() -> Path:
 
 
 def _pid_is_kafka(pid: int) -> bool:
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return b"kafka.Kafka" in cmdline
+    return b"kafka.Kafka" in cmdline(pid)
 
 
 def _live_state() -> dict | None:
@@ -477,25 +463,18 @@ def cmd_down(_args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="scripts/kafka", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("build", help=f"resolve kafka_{SCALA}:{VERSION} into {cache_dir()}")
-    up = sub.add_parser("up", help="start (KRaft, one node); print export lines to eval")
+def _more_options(sub, up) -> None:
     up.add_argument("--address", default=os.environ.get("STREAMJOB_KAFKA_ADDRESS"),
                     help="address to listen on and advertise (default 127.0.0.1)")
-    up.add_argument("--port", type=int, default=None, help="port (default: a free one)")
-    up.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for ready")
     sub.add_parser("status", help="say whether the broker `up` started is running (exit 1 if not)")
-    sub.add_parser("down", help="stop what `up` started and remove its data")
-    args = parser.parse_args(argv)
-    handler = {"build": cmd_build, "up": cmd_up, "status": cmd_status,
-               "down": cmd_down}[args.command]
-    try:
-        return handler(args)
-    except KafkaError as err:
-        print(f"scripts/kafka: {err}", file=sys.stderr)
-        return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli("scripts/kafka", __doc__.split("\n")[0],
+               f"resolve kafka_{SCALA}:{VERSION} into {cache_dir()}",
+               "start (KRaft, one node); print export lines to eval", 120.0,
+               {"build": cmd_build, "up": cmd_up, "status": cmd_status, "down": cmd_down},
+               KafkaError, argv, extra=_more_options)
 
 
 if __name__ == "__main__":

@@ -28,14 +28,12 @@ For a pytest fixture in any test folder (with ``scripts/`` on ``sys.path``)::
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import fcntl
 import json
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -48,9 +46,10 @@ from pathlib import Path
 from daemons import (
     CACHE_ROOT,
     ServerProcess,
+    cli,
+    cmdline,
     down,
     exports,
-    free_port,
     pid_alive,
     write_state,
 )
@@ -146,15 +145,11 @@ class MinioServer(ServerProcess):
         log_path: str | Path | None = None,
         address: str = "127.0.0.1",
     ):
-        self.address = address
-        self._own_data = data_dir is None
-        self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="streamjob-minio-"))
-        self.port = port
+        super().__init__(data_dir, port=port, address=address, prefix="streamjob-minio-")
         self.access_key = access_key or "sj" + secrets.token_hex(8)
         self.secret_key = secret_key or secrets.token_urlsafe(30)
         self.log_path = Path(log_path) if log_path else self.data_dir.with_name(
             self.data_dir.name + ".log")
-        self.proc: subprocess.Popen | None = None
 
     # -- settings ---------------------------------------------------------------------
 
@@ -181,20 +176,8 @@ class MinioServer(ServerProcess):
         if self.running():
             return self
         binary = build()
-        fixed_port = self.port is not None
-        attempts = 1 if fixed_port else 3
-        last_error: Exception | None = None
-        for _ in range(attempts):
-            if not fixed_port:
-                self.port = free_port(self.address)
-            try:
-                self._spawn(binary, timeout, detach)
-                return self
-            except MinioError as err:
-                last_error = err
-                self._terminate(signal.SIGKILL, 5)
-        assert last_error is not None
-        raise last_error
+        self._start_on_a_port(lambda: self._spawn(binary, timeout, detach), MinioError)
+        return self
 
     def _spawn(self, binary: Path, timeout: float, detach: bool) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -270,11 +253,8 @@ def state_file() -> Path:
 
 
 def _pid_is_minio(pid: int) -> bool:
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return bool(cmdline) and cmdline[0].endswith(b"minio") and b"server" in cmdline
+    args = cmdline(pid)
+    return bool(args) and args[0].endswith(b"minio") and b"server" in args
 
 
 def cmd_build(_args) -> int:
@@ -309,20 +289,10 @@ def cmd_down(_args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="scripts/minio", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("build", help=f"go install {MODULE}@{VERSION} into {cache_dir()}")
-    up = sub.add_parser("up", help="start on 127.0.0.1; print export lines to eval")
-    up.add_argument("--port", type=int, default=None, help="port (default: a free one)")
-    up.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for ready")
-    sub.add_parser("down", help="stop what `up` started and remove its data")
-    args = parser.parse_args(argv)
-    handler = {"build": cmd_build, "up": cmd_up, "down": cmd_down}[args.command]
-    try:
-        return handler(args)
-    except MinioError as err:
-        print(f"scripts/minio: {err}", file=sys.stderr)
-        return 1
+    return cli("scripts/minio", __doc__.split("\n")[0],
+               f"go install {MODULE}@{VERSION} into {cache_dir()}",
+               "start on 127.0.0.1; print export lines to eval", 60.0,
+               {"build": cmd_build, "up": cmd_up, "down": cmd_down}, MinioError, argv)
 
 
 if __name__ == "__main__":

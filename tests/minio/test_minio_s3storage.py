@@ -155,7 +155,7 @@ def test_missing_credentials(minio_server, bucket_uri):
 
 
 def test_unreachable_endpoint_fails_fast(minio_server, bucket_uri):
-    from minio_server import free_port
+    from daemons import free_port
 
     endpoint = f"http://127.0.0.1:{free_port()}"
     env = dict(minio_server.env, AWS_ENDPOINT_URL=endpoint)
