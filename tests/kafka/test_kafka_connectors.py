@@ -246,3 +246,20 @@ def test_broker_killed_and_restarted_mid_run_keeps_exactly_once(run_job, fresh_k
     assert job.wait(300) == 0, job.output()
     assert job.status()["state"] == "FINISHED"
     assert_exactly_once(kafka, out, ws)
+
+
+def test_partitions_added_while_running_are_discovered_and_read_once(run_job, kafka):
+    from confluent_kafka.admin import NewPartitions
+
+    src, out = kafka.create(2, prefix="words"), kafka.create(4, prefix="counts")
+    first, later = words(1000, seed=5), words(1500, seed=6)
+    kafka.produce(src, first, keys=[str(g) for g in range(1000)])
+    job = start(run_job, kafka, src, out, 3, bounded=False, discovery=0.5)
+    kafka.values(out, until=lambda v: len(v) >= 1000, timeout=90)
+    kafka.admin.create_partitions([NewPartitions(src, 5)])[src].result(30)
+    for part in (2, 3, 4):
+        kafka.produce(src, later[(part - 2) * 500:(part - 1) * 500], partition=part)
+    assert_exactly_once(kafka, out, first + later)
+    assert job.proc.poll() is None
+    savepoint(job)
+    assert job.wait() == 0, job.output()

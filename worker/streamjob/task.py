@@ -209,7 +209,7 @@ class SubtaskRunner:
             mine = assign_splits(split_ids, self.subtask, self.p)
             own = {s: positions.get(s, self.source.initial_position(s)) for s in mine}
             if hasattr(self.source, "discovery_interval"):  # finds splits while running
-                self.reader = self.source.create_reader(own, self.subtask, self.p)
+                self.reader = self.source.create_reader(own, self.subtask, self.p, split_ids)
             else:
                 self.reader = self.source.create_reader(own)
             self.source_watermarks = callable(getattr(self.reader, "watermark", None))

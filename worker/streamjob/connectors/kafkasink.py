@@ -278,11 +278,20 @@ class TransactionalWriter(_Writer):
 
         out = {}
         for group in sorted(groups):
-            c = Consumer(client_config(self.sink.bootstrap, {"group.id": group,
-                                                             "enable.auto.commit": False}))
+            # read_uncommitted: the group's committed offsets only, without waiting for
+            # "stable" offsets (librdkafka's read_committed consumers ask the broker to hold
+            # the answer while any transaction with offsets for the group is open). After
+            # the fencing every transaction of our ids has finished, so committed is final.
+            c = Consumer(client_config(self.sink.bootstrap, {
+                "group.id": group, "enable.auto.commit": False,
+                "isolation.level": "read_uncommitted"}))
             try:
                 got = c.committed([TopicPartition(self.sink.topic, 0)], timeout=self.sink.timeout)
                 out[group] = got[0].offset
+            except Exception as err:  # noqa: BLE001 - KafkaException, a timeout
+                raise KafkaConnectError(f"cannot read the commit marker of {group} at "
+                                        f"{self.sink.bootstrap} within "
+                                        f"{self.sink.timeout:g}s: {err}") from None
             finally:
                 c.close()
         return out

@@ -151,14 +151,17 @@ class KafkaSource:
     def initial_position(self, split: str) -> dict[str, Any]:
         return {"start": self.start, "bounded": self.bounded}
 
-    def create_reader(self, positions: dict[str, Any], subtask: int = 0,
-                      parallelism: int = 1) -> KafkaReader:
-        return KafkaReader(self, positions, subtask, parallelism)
+    def create_reader(self, positions: dict[str, Any], subtask: int = 0, parallelism: int = 1,
+                      split_ids: list[str] | None = None) -> KafkaReader:
+        """``split_ids``: every split of the job when the attempt started (those of other
+        subtasks too): only partitions outside it are new to discovery."""
+        return KafkaReader(self, positions, subtask, parallelism,
+                           list(positions) if split_ids is None else split_ids)
 
 
 class KafkaReader:
     def __init__(self, source: KafkaSource, positions: dict[str, Any], subtask: int,
-                 parallelism: int):
+                 parallelism: int, split_ids: list[str]):
         from confluent_kafka import Consumer
 
         self.source, self.subtask, self.p = source, subtask, parallelism
@@ -184,6 +187,7 @@ class KafkaReader:
         self.idle = False
         self.emitted_at = -math.inf
         self.next_discovery = now + source.discovery_interval
+        self.known: set[str] = set(split_ids) | set(positions)  # owned here or elsewhere
         self._assign(positions)
 
     # -- splits -------------------------------------------------------------------------
@@ -241,13 +245,23 @@ class KafkaReader:
         except KafkaConnectError as err:
             log.warning("kafka source: partition discovery failed: %s", err)
             return
-        new = {s: {"start": "earliest", "bounded": False}
-               for t in self.source.topics for p in range(counts[t])
-               if (s := split_id(t, p)) not in self.pos
-               and discovered_owner(s, self.p) == self.subtask}
-        if new and not self.source.bounded:
-            log.info("kafka source %d: new partitions %s", self.subtask, sorted(new))
-            self._assign(new)
+        for t in self.source.topics:
+            for p in range(counts[t]):
+                split = split_id(t, p)
+                if split in self.known:
+                    continue
+                if discovered_owner(split, self.p) == self.subtask:
+                    try:
+                        # This client learns of new partitions only on a metadata refresh
+                        # (every 5 minutes by default): ask for one now.
+                        self.consumer.list_topics(t, timeout=self.source.timeout)
+                        self._assign({split: {"start": "earliest", "bounded": False}})
+                    except Exception as err:  # noqa: BLE001 - no metadata yet: next time
+                        self.pos.pop(split, None)
+                        log.info("kafka source %d: %s; next time", self.subtask, err)
+                        continue
+                    log.info("kafka source %d: reading new partition %s", self.subtask, split)
+                self.known.add(split)
 
     def positions(self) -> dict[str, Any]:
         return {s: dict(p) for s, p in self.pos.items()}

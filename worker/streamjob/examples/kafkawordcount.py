@@ -4,8 +4,9 @@ another topic, exactly once.
 Args: ``brokers`` (bootstrap servers, default ``$KAFKA_BOOTSTRAP_SERVERS``), ``input``,
 ``output`` (topic names), ``bounded`` (true: stop at the end offsets seen when the job starts,
 then commit and exit), ``guarantee`` (exactly-once | at-least-once), ``start`` (earliest |
-latest | group | a timestamp in ms). Each output line is keyed by its word, so all the counts
-of a word are in one partition, in order.
+latest | group | a timestamp in ms), ``discovery`` (seconds between looks for new
+partitions), ``rate`` (records/s, 0: no limit). Each output line is keyed by its word, so
+all the counts of a word are in one partition, in order.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def build(args: dict[str, Any]) -> Pipeline:
     (p.source(KafkaSource(str(args.get("input", "words")), brokers, start=start,
                           bounded=truthy(args.get("bounded", False)),
                           rate=float(args.get("rate", 0)),
+                          discovery_interval=float(args.get("discovery", 10)),
                           group_id=args.get("group") or None), "Source: kafka")
       .flat_map(str.split, "Split")
       .key_by(str)
