@@ -801,6 +801,39 @@ def machine() -> str:
             f"{platform.release()}, Python {platform.python_version()}")
 
 
+_LOG_LINE = re.compile(
+    r"^(?P<system>\S+)\s+(?P<job>\w+) p=(?P<p>\d+) ckpt=(?P<ckpt>on|off)\s+round \d+: "
+    r"start-up\s+(?P<s0>[\d.]+)s \(job\s+(?P<j0>[\d.]+)s\);\s+(?P<n1>[\d,]+) records job\s+"
+    r"(?P<j1>[\d.]+)s;\s+(?P<n>[\d,]+) records\s+(?P<s>[\d.]+)s \(job\s+(?P<j>[\d.]+)s, cpu\s+"
+    r"(?P<c>[\d.]+)s; marginal\s+[\d,]+/s,\s+(?P<pc>[\d,]+)/CPU-s\)\s*(?P<err>.*)$")
+
+
+def results_from_log(path: Path) -> list[Result]:
+    """The results of the rounds a run logged (its stderr), for a run stopped before its
+    end: the same medians, from figures rounded to 0.1 s (the CPU time of the fifth run is
+    recovered from the logged per-CPU-second rate)."""
+    found: dict[tuple[str, str, int, bool], Result] = {}
+    for line in path.read_text().splitlines():
+        m = _LOG_LINE.match(line)
+        if not m:
+            continue
+        key = (m["system"], m["job"], int(m["p"]), m["ckpt"] == "on")
+        n = int(m["n"].replace(",", ""))
+        r = found.setdefault(key, Result(*key, n, checked=m["system"] != "flink-sql-bh"))
+        if m["err"]:
+            r.ok, r.error = False, m["err"]
+            continue
+        extra = n - int(m["n1"].replace(",", ""))
+        r.startups.append(float(m["s0"]))
+        r.startup_jobs.append(float(m["j0"]))
+        r.small_jobs.append(float(m["j1"]))
+        r.seconds.append(float(m["s"]))
+        r.job_secs.append(float(m["j"]))
+        r.cpu_secs.append(float(m["c"]))
+        r.small_cpus.append(float(m["c"]) - extra / max(1, int(m["pc"].replace(",", ""))))
+    return list(found.values())
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -820,7 +853,15 @@ def main() -> int:
                     help="Python that creates the peer venvs (bytewax 0.21 needs 3.8-3.12)")
     ap.add_argument("--work", type=Path, help="scratch folder (default: a temporary one)")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--from-log", type=Path,
+                    help="print the table of the rounds logged by an earlier (stopped) run")
     a = ap.parse_args()
+    if a.from_log:
+        for line in a.from_log.read_text().splitlines()[:2]:
+            print(line)
+        print()
+        print(table(results_from_log(a.from_log), []))
+        return 0
 
     runs = a.runs or (1 if a.quick else 3)
     scale = a.scale * (0.25 if a.quick else 1.0)
