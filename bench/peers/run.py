@@ -37,7 +37,6 @@ import json
 import os
 import platform
 import re
-import resource
 import shutil
 import signal
 import socket
@@ -56,6 +55,9 @@ REPO = HERE.parent.parent
 sys.path.insert(0, str(HERE))
 
 import gen  # noqa: E402
+
+sys.path.insert(0, str(REPO))
+from bench.cpu import become_subreaper, children_cpu, reap_orphans  # noqa: E402
 
 CACHE = Path(os.environ.get("STREAMJOB_PEERS_CACHE", Path.home() / ".cache/streamjob/peers"))
 BYTEWAX_SPEC = "bytewax==0.21.1"
@@ -265,36 +267,6 @@ def stop_group(proc: subprocess.Popen) -> None:
     except ProcessLookupError:
         pass
     proc.wait()
-
-
-def become_subreaper() -> bool:
-    """Make processes orphaned by a run (a JVM whose Python parent exited first, say) our
-    children, so that reaping them adds their CPU time to RUSAGE_CHILDREN (Linux only)."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
-    except (OSError, AttributeError):
-        return False
-
-
-def reap_orphans(timeout: float = 10.0) -> None:
-    """Wait for every child left by a run (killed with its group just before)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            time.sleep(0.01)
-
-
-def children_cpu() -> float:
-    """User + system CPU seconds of every reaped descendant so far."""
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
 
 
 def dir_mb(path: Path) -> float | None:
