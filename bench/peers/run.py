@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Side-by-side benchmark of streamjob against Bytewax, PyFlink DataStream and Flink SQL.
 
-    python bench/peers/run.py            # full run, about 30 minutes on 2 cores
+    python bench/peers/run.py            # full run (3 rounds), about an hour on 2 cores
     python bench/peers/run.py --quick    # one round, smaller inputs, p=1 only
     python bench/peers/run.py --systems bytewax,flink-sql --jobs count
 
