@@ -2,7 +2,12 @@
 
 Run by ``run.py`` inside the PyFlink virtual environment; Python only submits the SQL. The
 records come from Flink's ``datagen`` sequence and are turned into words by the same arithmetic
-as ``gen.py``. Results go to stdout through Flink's ``print`` connector.
+(and the same per-record string formatting) as ``gen.py``. Results are the same text lines the
+other systems write (``<word> <count>``, ``<window_start_ms> <word> <sum>``), written through
+Flink's buffered ``filesystem`` connector (``raw`` format: one line per row) into
+``--output``, or into Flink's ``blackhole`` connector (``--sink blackhole``: the cost of
+Flink's processing alone; nothing to check). Flink's ``print`` connector is not used: it makes
+one ``write(2)`` per row, while every other system here buffers its output.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ import gen  # noqa: E402
 
 def main() -> None:
     ap = gen.flink_arguments()
+    ap.add_argument("--sink", choices=["filesystem", "blackhole"], default="filesystem")
+    ap.add_argument("--output", default="out")
     a = ap.parse_args()
 
     from pyflink.table import EnvironmentSettings, TableEnvironment
@@ -49,20 +56,26 @@ def main() -> None:
           'fields.g.start' = '0',
           'fields.g.end' = '{a.records - 1}'
         )""")
+    if a.sink == "filesystem":
+        sink = (f"'connector' = 'filesystem', 'format' = 'raw', "
+                f"'path' = 'file://{os.path.abspath(a.output)}'")
+    else:
+        sink = "'connector' = 'blackhole'"
+    t_env.execute_sql(f"CREATE TABLE out_lines (line STRING) WITH ({sink})")
     if a.job == "count":
-        t_env.execute_sql("CREATE TABLE out_rows (word STRING, cnt BIGINT) "
-                          "WITH ('connector' = 'print')")
         # One output row per input record with the word's running count, like the other
         # systems: an unbounded OVER window in processing order.
-        query = """INSERT INTO out_rows
-            SELECT word, COUNT(*) OVER (PARTITION BY word ORDER BY pt
-                                        ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
-            FROM records"""
+        query = """INSERT INTO out_lines
+            SELECT CONCAT(word, ' ', CAST(cnt AS STRING)) FROM (
+              SELECT word, COUNT(*) OVER (PARTITION BY word ORDER BY pt
+                                          ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
+                     AS cnt
+              FROM records)"""
     else:
-        t_env.execute_sql("CREATE TABLE out_rows (window_start TIMESTAMP(3), word STRING, "
-                          "total BIGINT) WITH ('connector' = 'print')")
-        query = """INSERT INTO out_rows
-            SELECT window_start, word, SUM(v)
+        query = """INSERT INTO out_lines
+            SELECT CONCAT(CAST(TIMESTAMPDIFF(SECOND, TIMESTAMP '1970-01-01 00:00:00',
+                                             window_start) * 1000 AS STRING),
+                          ' ', word, ' ', CAST(SUM(v) AS STRING))
             FROM TABLE(TUMBLE(TABLE records, DESCRIPTOR(ts), INTERVAL '1' SECOND))
             GROUP BY window_start, window_end, word"""
     result = t_env.execute_sql(query)

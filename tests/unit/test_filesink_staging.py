@@ -55,3 +55,20 @@ def test_staging_after_a_commit_removed_the_folder_still_lands(tmp_path):
     finish()               # must recreate it
     w.commit(3)
     assert os.listdir(sink.output) == [f"part-{job_token('job')}-0-3"]
+
+
+def test_committed_file_holds_one_line_per_record_whatever_the_record_type(tmp_path):
+    sink = FileSink(str(tmp_path / "out"))
+    w = sink.create_writer(0, "job")
+    w.write(["w1 1", "w2 1"])      # strings: joined as they are
+    w.write([])
+    w.write(["w1 2", 7, None, ("a", 1)])  # mixed: each formatted like str()
+    w.pre_commit(1)()
+    w.commit(1)
+    (part,) = (tmp_path / "out").iterdir()
+    assert part.read_text() == "w1 1\nw2 1\nw1 2\n7\nNone\n('a', 1)\n"
+    formatted = FileSink(str(tmp_path / "out2"), fmt=lambda r: f"<{r}>").create_writer(0, "job")
+    formatted.write(["a", 1])
+    formatted.pre_commit(1)()
+    formatted.commit(1)
+    assert next((tmp_path / "out2").iterdir()).read_text() == "<a>\n<1>\n"

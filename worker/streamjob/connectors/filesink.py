@@ -39,6 +39,17 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def lines(batch: list[Any], fmt: Callable[[Any], str]) -> str:
+    """The text of a non-empty batch, one line per record. Records that are already
+    strings are joined as they are (one C call, about 5x cheaper than formatting each)."""
+    if fmt is str:
+        try:
+            return "\n".join(batch) + "\n"
+        except TypeError:  # not all strings: format each
+            return "".join([f"{r}\n" for r in batch])
+    return "".join([f"{fmt(r)}\n" for r in batch])
+
+
 class FileSink:
     """``FileSink("out")`` writes to a local folder, ``FileSink("s3://bucket/out")`` to S3."""
 
@@ -146,11 +157,8 @@ class FileSinkWriter:
             self.inprogress_dir.mkdir(parents=True, exist_ok=True)
             self.path = self.inprogress_dir / f"{self.subtask}-{uuid.uuid4().hex}"
             self.file = open(self.path, "w", encoding="utf-8", buffering=1 << 20)  # noqa: SIM115
-        fmt = self.fmt
-        if fmt is str:
-            self.file.write("".join([f"{r}\n" for r in batch]))
-        else:
-            self.file.write("".join([f"{fmt(r)}\n" for r in batch]))
+        if batch:
+            self.file.write(lines(batch, self.fmt))
 
     def pre_commit(self, checkpoint_id: int) -> Callable[[], None]:
         f, path = self.file, self.path

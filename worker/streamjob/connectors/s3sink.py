@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from streamjob import faults
-from streamjob.connectors.filesink import job_token
+from streamjob.connectors.filesink import job_token, lines
 from streamjob.storage import NotFoundError
 
 _STAGED = re.compile(r"^chk-(\d+)/part-([0-9a-f]{8})-(\d+)-(\d+)$")
@@ -113,8 +113,8 @@ class S3FileSinkWriter:
     def write(self, batch: list[Any]) -> None:
         if self.buffer is None:
             self.buffer = tempfile.SpooledTemporaryFile(max_size=64 << 20)  # noqa: SIM115
-        fmt = self.sink.fmt
-        self.buffer.write("".join([f"{fmt(r)}\n" for r in batch]).encode())
+        if batch:
+            self.buffer.write(lines(batch, self.sink.fmt).encode())
 
     def pre_commit(self, checkpoint_id: int) -> Callable[[], None]:
         buf, self.buffer = self.buffer, None
