@@ -28,42 +28,7 @@ class NotFoundError(StorageError):
 class Storage(Protocol):
     uri: str
 
-    def put(self, key: str, data: bytes) -> None:
-        """Atomic and durable (see :meth:`_write_atomically`)."""
-        self._write_atomically(key, lambda f: f.write(data))
-
-    def put_file(self, key: str, src: BinaryIO) -> None:
-        """``put`` of an open file's whole content (from its start), copied in chunks."""
-        def copy(f: BinaryIO) -> None:
-            src.seek(0)
-            shutil.copyfileobj(src, f, 1 << 20)
-
-        self._write_atomically(key, copy)
-
-    def _write_atomically(self, key: str, write: Callable[[BinaryIO], object]) -> None:
-        """A temp file in the same folder, fsynced, renamed over the key, then the folder
-        fsynced (so the rename survives a power loss). A failed write leaves no temp file
-        behind."""
-        path = self._path(key)
-        tmp = None
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-            with os.fdopen(fd, "wb") as f:
-                write(f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-            tmp = None
-            fsync_dir(path.parent)
-        except (OSError, ValueError, TypeError) as err:
-            raise StorageError(f"cannot write {self.uri}/{key}: {_why(err)}") from None
-        finally:
-            if tmp is not None:
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
+    def put(self, key: str, data: bytes) -> None: ...
 
     def get(self, key: str) -> bytes: ...
 
@@ -94,40 +59,28 @@ class LocalStorage:
         return self.root.joinpath(*parts)
 
     def put(self, key: str, data: bytes) -> None:
-        """Atomic and durable: a temp file in the same folder, fsynced, renamed over the key,
-        then the folder fsynced (so the rename survives a power loss). A failed put leaves no
-        temp file behind."""
-        path = self._path(key)
-        tmp = None
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-            tmp = None
-            fsync_dir(path.parent)
-        except (OSError, ValueError, TypeError) as err:
-            raise StorageError(f"cannot write {self.uri}/{key}: {_why(err)}") from None
-        finally:
-            if tmp is not None:
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
+        """Atomic and durable (see :meth:`_write_atomically`)."""
+        self._write_atomically(key, lambda f: f.write(data))
 
     def put_file(self, key: str, src: BinaryIO) -> None:
         """``put`` of an open file's whole content (from its start), copied in chunks."""
+        def copy(f: BinaryIO) -> None:
+            src.seek(0)
+            shutil.copyfileobj(src, f, 1 << 20)
+
+        self._write_atomically(key, copy)
+
+    def _write_atomically(self, key: str, write: Callable[[BinaryIO], object]) -> None:
+        """A temp file in the same folder, fsynced, renamed over the key, then the folder
+        fsynced (so the rename survives a power loss). A failed write leaves no temp file
+        behind."""
         path = self._path(key)
         tmp = None
         try:
-            src.seek(0)
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
             with os.fdopen(fd, "wb") as f:
-                shutil.copyfileobj(src, f, 1 << 20)
+                write(f)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
