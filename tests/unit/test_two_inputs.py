@@ -162,3 +162,42 @@ def test_watermark_is_the_minimum_over_the_channels_of_both_inputs(tmp_path, mar
 
     asyncio.run(main())
     assert runner.tracker.current == expected
+
+
+class Expire(CoProcessFunction):
+    """Shared state and timers: a first-input record opens the key until event time + 10; a
+    second-input record is matched while it is open, and sent to a side output otherwise."""
+
+    def open(self, ctx):
+        self.ctx = ctx
+        self.until = ctx.value_state("until", None)
+
+    def process1(self, key, value, out):
+        self.until.update(value[1] + 10)
+        self.ctx.timers.register_event_time(value[1] + 10)
+
+    def process2(self, key, value, out):
+        if self.until.value() is not None:
+            out.append(("matched", key, value[1]))
+        else:
+            out.side("unmatched", value)
+
+    def on_timer(self, ts, key, out):
+        self.until.clear()
+        out.append(("closed", key, ts))
+        out.side("closed", key)
+
+
+def test_co_process_function_timers_fire_on_the_watermark_and_may_emit_side_outputs():
+    from streamjob.operators import CoProcessOperatorFactory, KeyedStateBackend
+
+    backend = KeyedStateBackend()
+    backend.key_groups, backend.max_parallelism = range(128), 128
+    op = CoProcessOperatorFactory(Expire(), (itemgetter(0), itemgetter(0))).create(backend)
+    assert op.process_batch([("a", 100), ("b", 105)]) == []
+    assert op.process_batch2([("a", 1), ("c", 2)]) == [("matched", "a", 1)]
+    assert op.on_watermark(109) == []
+    assert op.on_watermark(110) == [("closed", "a", 110)]
+    assert op.process_batch2([("a", 3), ("b", 4)]) == [("matched", "b", 4)]
+    assert op.on_watermark(200) == [("closed", "b", 115)]
+    assert op.side_outputs == {"unmatched": [("c", 2), ("a", 3)], "closed": ["a", "b"]}
