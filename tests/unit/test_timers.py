@@ -175,8 +175,8 @@ def test_a_function_without_timers_costs_no_state_and_no_timer_service():
 
 def test_processing_timers_fire_from_the_task_loop_without_input():
     """A gate task with no input at all still fires a due processing-time timer."""
-    from streamjob.operators import ProcessOperatorFactory
     from streamjob.jobgraph import Exchange, InputEdge, Step, TaskSpec
+    from streamjob.operators import ProcessOperatorFactory
 
     class Once(KeyedProcessFunction):
         def open(self, ctx):
