@@ -178,6 +178,7 @@ def test_task_metrics_show_a_cpu_bound_task_busy_and_its_source_backpressured(ru
     assert source["backpressured_ratio"] >= 0.5, json.dumps(body)
     assert source["busy_ratio"] < 0.4, source
     assert source["backlog"] > 0 and counting["backlog"] is None
+    assert source["backlog_growth_per_s"] > 0  # it reads well below 200k/s
     # Records flow at a rate the spin allows (50 us each: at most ~20k/s per subtask).
     assert 100 < counting["records_in_per_s"] <= 2 * 20_000 * 1.2, counting
     assert source["records_out_per_s"] > 100

@@ -69,6 +69,18 @@ def test_a_restarted_subtask_starts_a_new_series():
     assert r.records_in_per_s == 100.0 and r.busy_ratio == 0.1
 
 
+def test_backlog_growth_is_the_change_per_second_over_the_window():
+    m = TaskMetrics()
+    for t in range(1, 21):  # falls behind by 300 records a second
+        m.on_stats(t, 0, {"t0": [1000 * t, 1000 * t, 0.5 * t, 0.5 * t, float(t), 300 * t]})
+    r = m.subtask("t0", 0, 10)
+    assert r.backlog == 6000 and r.backlog_growth_per_s == 300.0
+    # measured from the start, the origin's backlog is not known: no growth yet
+    m2 = TaskMetrics()
+    m2.on_stats(1.0, 0, {"t0": [10, 10, 0.1, 0.1, 1.0, 5]})
+    assert m2.subtask("t0", 0, 10).backlog_growth_per_s is None
+
+
 def test_task_aggregates_max_ratios_and_sums_rates_and_backlog():
     m = TaskMetrics()
     feed(m, 0, "t0", 15, (3000, 3000, 0.2, 0.7), backlog=100)
@@ -79,6 +91,7 @@ def test_task_aggregates_max_ratios_and_sums_rates_and_backlog():
     source, count = tasks
     assert source["id"] == "t0" and source["inputs"] == [] and count["inputs"] == ["t0"]
     assert source["records_in_per_s"] == 4000.0 and source["backlog"] == 150
+    assert source["backlog_growth_per_s"] == 0.0 and count["backlog_growth_per_s"] is None
     assert source["backpressured_ratio"] == 0.9 and source["busy_ratio"] == 0.2
     assert count["busy_ratio"] == 0.95 and count["backlog"] is None
     assert [s["index"] for s in count["subtasks"]] == [0, 1]

@@ -9,7 +9,9 @@ differences between them into what the dashboard draws and the autoscaler decide
 - ``busy_ratio``: time spent processing records per second (Flink's busyTimeMsPerSecond);
 - ``backpressured_ratio``: time blocked sending downstream per second;
 - ``idle_ratio``: the rest (waiting for input, or a rate-limited source waiting for its pace);
-- ``backlog``: a source's records behind (Kafka lag; a generator behind its rate), else None.
+- ``backlog``: a source's records behind (Kafka lag; a generator behind its rate), else None;
+  ``backlog_growth_per_s`` its change per second over the window (records arriving faster
+  than the source reads them: arrival rate = ``records_in_per_s + backlog_growth_per_s``).
 
 A task's ratios are the maximum over its subtasks (one hot subtask is what slows a job),
 rates and backlog are sums. Rates use the workers' own clocks (``elapsed_s``), so a late
@@ -69,12 +71,14 @@ class SubtaskRates:
     backpressured_ratio: float
     idle_ratio: float
     backlog: int | None
+    backlog_growth_per_s: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {"index": self.index, "records_in_per_s": self.records_in_per_s,
                 "records_out_per_s": self.records_out_per_s, "busy_ratio": self.busy_ratio,
                 "backpressured_ratio": self.backpressured_ratio,
-                "idle_ratio": self.idle_ratio, "backlog": self.backlog}
+                "idle_ratio": self.idle_ratio, "backlog": self.backlog,
+                "backlog_growth_per_s": self.backlog_growth_per_s}
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,8 @@ def rates(index: int, base: Sample, last: Sample) -> SubtaskRates:
     span = last.elapsed_s - base.elapsed_s
     if span <= 0:
         return SubtaskRates(index, 0.0, 0.0, 0.0, 0.0, 1.0, last.backlog)
+    growth = (None if last.backlog is None or base.backlog is None
+              else round((last.backlog - base.backlog) / span, 1))
 
     def ratio(a: float, b: float) -> float:
         return min(1.0, max(0.0, (b - a) / span))
@@ -107,7 +113,8 @@ def rates(index: int, base: Sample, last: Sample) -> SubtaskRates:
         index,
         round(max(0, last.records_in - base.records_in) / span, 1),
         round(max(0, last.records_out - base.records_out) / span, 1),
-        round(busy, 3), round(bp, 3), round(max(0.0, 1.0 - busy - bp), 3), last.backlog)
+        round(busy, 3), round(bp, 3), round(max(0.0, 1.0 - busy - bp), 3), last.backlog,
+        growth)
 
 
 class TaskMetrics:
@@ -158,6 +165,8 @@ class TaskMetrics:
             subs = [r for i in range(parallelism)
                     if (r := self.subtask(info.id, i, window)) is not None]
             backlogs = [r.backlog for r in subs if r.backlog is not None]
+            growths = [r.backlog_growth_per_s for r in subs
+                       if r.backlog_growth_per_s is not None]
             out.append({
                 "id": info.id, "name": info.name, "inputs": list(info.inputs),
                 "parallelism": parallelism,
@@ -166,6 +175,7 @@ class TaskMetrics:
                 "busy_ratio": max((r.busy_ratio for r in subs), default=0.0),
                 "backpressured_ratio": max((r.backpressured_ratio for r in subs), default=0.0),
                 "backlog": sum(backlogs) if backlogs else None,
+                "backlog_growth_per_s": round(sum(growths), 1) if growths else None,
                 "subtasks": [r.as_dict() for r in subs],
             })
         return out
