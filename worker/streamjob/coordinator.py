@@ -60,6 +60,13 @@ class WorkerConn:
     idle: bool = True      # not part of a running attempt: ready to be deployed
 
 
+def superseded_job_ids(env: str, job_id: str) -> list[str]:
+    """``STREAMJOB_SUPERSEDED_JOB_IDS`` (comma-separated, set by the operator): job ids of
+    earlier revisions; never this job's own id, never a path."""
+    ids = [i.strip() for i in env.split(",")]
+    return [i for i in ids if i and i != job_id and "/" not in i and i not in (".", "..")]
+
+
 class Coordinator:
     def __init__(self, job: StreamJob, job_id: str, storage: Storage, bind: str = "127.0.0.1",
                  port: int = 0, status_file: str | None = None,
@@ -120,6 +127,8 @@ class Coordinator:
             executor=self.executor, broadcast=self.broadcast, attempt=lambda: self.attempt,
             on_failure=self._failover, on_final=self._on_final,
             write_status=self._write_status)
+        self.checkpoints.superseded = superseded_job_ids(
+            os.environ.get("STREAMJOB_SUPERSEDED_JOB_IDS", ""), job_id)
 
     # -- entry points used by the API --------------------------------------------------------
 
@@ -231,8 +240,8 @@ class Coordinator:
         await self.checkpoints.save_counters(self._counters())
         stop = await self.io(self.checkpoints.read_json, STOP_MARKER)
         if stop is None and self.from_savepoint:
-            _, self.savepoint_body = await self.io(ckpt.resolve_savepoint, self.storage,
-                                                   self.from_savepoint)
+            self.checkpoints.keep, self.savepoint_body = await self.io(
+                ckpt.resolve_savepoint, self.storage, self.from_savepoint)
             ckpt.check_compatible(self.savepoint_body, self.spec.max_parallelism)
             log.info("restoring from savepoint %s", self.from_savepoint)
         return stop
