@@ -152,11 +152,16 @@ def test_task_metrics_show_a_cpu_bound_task_busy_and_its_source_backpressured(ru
     assert call(port, "/api/v1/tasks?window=soon", token)[0] == 400
 
     def measured():
+        # The spinning task is busy nearly all the time; its source, which could read 200k/s,
+        # waits for room downstream most of the time. (Polled until a window shows it: on a
+        # loaded machine a window may also hold a checkpoint or a scheduling hiccup.)
         code, body = call(port, "/api/v1/tasks?window=3", token)
         assert code == 200
         source, counting = body["tasks"]
-        if len(counting["subtasks"]) < 2 or counting["busy_ratio"] < 0.8:
-            return None
+        if len(counting["subtasks"]) < 2 or counting["busy_ratio"] < 0.8 or \
+                min(s["busy_ratio"] for s in counting["subtasks"]) < 0.6 or \
+                source["backpressured_ratio"] < 0.5 or source["backlog_growth_per_s"] is None:
+            return None  # (no growth yet: the window does not span two reports)
         return body
 
     deadline = time.monotonic() + 90
@@ -172,11 +177,8 @@ def test_task_metrics_show_a_cpu_bound_task_busy_and_its_source_backpressured(ru
     assert [t["id"] for t in body["tasks"]] == ["t0", "t1"]
     assert counting["inputs"] == ["t0"] and source["inputs"] == []
     assert "Spin" in counting["name"]
-    # The spinning task is busy nearly all the time; its source, which could read 200k/s,
-    # waits for room downstream most of the time and falls behind its rate.
-    assert all(s["busy_ratio"] >= 0.6 for s in counting["subtasks"]), counting
-    assert source["backpressured_ratio"] >= 0.5, json.dumps(body)
     assert source["busy_ratio"] < 0.4, source
+    assert all(s["idle_ratio"] < 0.4 for s in counting["subtasks"]), counting
     assert source["backlog"] > 0 and counting["backlog"] is None
     assert source["backlog_growth_per_s"] > 0  # it reads well below 200k/s
     # Records flow at a rate the spin allows (50 us each: at most ~20k/s per subtask).

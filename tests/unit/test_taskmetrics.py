@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from streamjob.pipeline import Exchange, Step, TaskSpec
+from streamjob.jobgraph import Exchange, InputEdge, Step, TaskSpec
 from streamjob.taskmetrics import (
     MAX_WINDOW,
     Sample,
@@ -146,10 +146,14 @@ def test_window_is_clamped():
     assert clamp_window(float("nan")) == 10.0
 
 
-def test_job_graph_is_the_chain_of_tasks():
-    specs = [TaskSpec(0, None, [Step("source", "Source")]),
-             TaskSpec(1, Exchange("keyed"), [Step("keyed", "Count"), Step("map", "Fmt")]),
-             TaskSpec(2, Exchange("rebalance"), [Step("sink", "Sink")])]
-    assert job_graph(specs) == [TaskInfo("t0", "Source", ()),
-                                TaskInfo("t1", "Count -> Fmt", ("t0",)),
-                                TaskInfo("t2", "Sink", ("t1",))]
+def test_job_graph_lists_the_tasks_that_feed_each_task():
+    keyed, rebalance = Exchange("keyed", str), Exchange("rebalance")
+    specs = [TaskSpec(0, [], [Step("source", "Source")]),
+             TaskSpec(1, [], [Step("source", "Other")]),
+             TaskSpec(2, [InputEdge(0, keyed), InputEdge(1, keyed, side=1)],
+                      [Step("co_keyed", "Join"), Step("map", "Fmt")]),
+             TaskSpec(3, [InputEdge(2, rebalance), InputEdge(2, rebalance, tag="late")],
+                      [Step("sink", "Sink")])]
+    assert job_graph(specs) == [TaskInfo("t0", "Source", ()), TaskInfo("t1", "Other", ()),
+                                TaskInfo("t2", "Join -> Fmt", ("t0", "t1")),
+                                TaskInfo("t3", "Sink", ("t2",))]

@@ -33,6 +33,7 @@ from streamjob.checkpoint_coordinator import (
     CheckpointCoordinator,
     PendingCheckpoint,
 )
+from streamjob.jobgraph import source_tasks
 from streamjob.jobstate import JobState
 from streamjob.jobstatus import (
     RecordCounter,
@@ -58,6 +59,13 @@ class WorkerConn:
     port: int
     pid: int | None
     idle: bool = True      # not part of a running attempt: ready to be deployed
+
+
+def superseded_job_ids(env: str, job_id: str) -> list[str]:
+    """``STREAMJOB_SUPERSEDED_JOB_IDS`` (comma-separated, set by the operator): job ids of
+    earlier revisions; never this job's own id, never a path."""
+    ids = [i.strip() for i in env.split(",")]
+    return [i for i in ids if i and i != job_id and "/" not in i and i not in (".", "..")]
 
 
 class Coordinator:
@@ -93,14 +101,15 @@ class Coordinator:
         self.coordinator_restarts = 0
         self.workers: dict[int, WorkerConn] = {}
         self.running: set[int] = set()
-        self.sources_finished: set[int] = set()
+        self.sources_finished: set[tuple[str, int]] = set()  # (source task, subtask)
         self.committed: set[int] = set()
         self.final_id: int | None = None
         self.stop_after: int | None = None
         self.restore_problems: dict[int, str] = {}
         self.deploying_from: int | None = None
         self.savepoint_body: dict[str, Any] | None = None
-        self.records = RecordCounter(self.pipeline.tasks[0].task_id)
+        self.source_tasks = [t.task_id for t in source_tasks(self.pipeline.tasks)]
+        self.records = RecordCounter(self.source_tasks)
         self.task_metrics = TaskMetrics()
         self.graph = job_graph(self.pipeline.tasks)
         self.done: asyncio.Event | None = None  # created in run(), inside the event loop
@@ -120,6 +129,8 @@ class Coordinator:
             executor=self.executor, broadcast=self.broadcast, attempt=lambda: self.attempt,
             on_failure=self._failover, on_final=self._on_final,
             write_status=self._write_status)
+        self.checkpoints.superseded = superseded_job_ids(
+            os.environ.get("STREAMJOB_SUPERSEDED_JOB_IDS", ""), job_id)
 
     # -- entry points used by the API --------------------------------------------------------
 
@@ -231,8 +242,8 @@ class Coordinator:
         await self.checkpoints.save_counters(self._counters())
         stop = await self.io(self.checkpoints.read_json, STOP_MARKER)
         if stop is None and self.from_savepoint:
-            _, self.savepoint_body = await self.io(ckpt.resolve_savepoint, self.storage,
-                                                   self.from_savepoint)
+            self.checkpoints.keep, self.savepoint_body = await self.io(
+                ckpt.resolve_savepoint, self.storage, self.from_savepoint)
             ckpt.check_compatible(self.savepoint_body, self.spec.max_parallelism)
             log.info("restoring from savepoint %s", self.from_savepoint)
         return stop
@@ -380,7 +391,7 @@ class Coordinator:
             self.checkpoints.abort(msg["id"], f"declined by {msg['task']}[{msg['subtask']}]: "
                                               f"{msg['reason']}", count=True)
         elif t == "SOURCE_FINISHED":
-            self.sources_finished.add(msg["subtask"])
+            self.sources_finished.add((msg.get("task", self.source_tasks[0]), msg["subtask"]))
         elif t == "COMMITTED":
             self.committed.add(w.index)
             if len(self.committed) == self.p and self.final_id is not None:
@@ -547,7 +558,8 @@ class Coordinator:
             return
         if self.state is not JobState.RUNNING:
             return
-        if len(self.sources_finished) == self.p and self.final_id is None:
+        if (len(self.sources_finished) == self.p * len(self.source_tasks)
+                and self.final_id is None):
             if not any(pc.final for pc in self.checkpoints.pending.values()) and \
                     not self.checkpoints.completing:
                 self.checkpoints.trigger(final=True)

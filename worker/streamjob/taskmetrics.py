@@ -182,10 +182,8 @@ class TaskMetrics:
 
 
 def job_graph(task_specs: Iterable[Any]) -> list[TaskInfo]:
-    """Tasks and their input edges from the pipeline's task list: today a chain, each task
-    (but the source) reads the one before it."""
-    out: list[TaskInfo] = []
-    for spec in task_specs:
-        inputs = (out[-1].id,) if out and spec.exchange is not None else ()
-        out.append(TaskInfo(spec.task_id, spec.name, inputs))
-    return out
+    """Tasks and the tasks that feed them, from the pipeline's job graph (``jobgraph.py``):
+    a source has none; several edges from one task (main and side outputs) count once."""
+    return [TaskInfo(spec.task_id, spec.name,
+                     tuple(dict.fromkeys(f"t{edge.source}" for edge in spec.inputs)))
+            for spec in task_specs]
