@@ -20,7 +20,10 @@ exists below ``maxParallelism``, and clamped to ``[minParallelism, maxParallelis
 Then the guards, so that the job does not flap (:func:`decide`):
 
 - no decision while the job is not RUNNING, a checkpoint is in progress or a restore is
-  going on, nor before every subtask has reported (the numbers would be half a story);
+  going on, nor before every subtask has reported (the numbers would be half a story). A job
+  that cannot keep up may checkpoint back to back (slow alignment): after checkpoints have
+  been in progress at every poll for ``max(stabilization, metricsWindow)`` it is decided
+  anyway (the metrics are still right; waiting longer would only leave it behind);
 - after every rescale, ``scaleUpCooldown`` before another scale-up and ``scaleDownInterval``
   before a scale-down (the window must see the new parallelism only);
 - a recommendation must hold for ``stabilization`` (the same direction at every poll) before
@@ -54,6 +57,16 @@ class Policy:
     scale_down_interval: float = 60.0
     max_scale_down_factor: float = 0.5
     key_groups: int = 128
+
+
+def policy_from_spec(spec: Any, key_groups: int) -> Policy:
+    """The policy of a manifest's ``spec.autoscaler`` (``streamjob.manifest.AutoscalerSpec``)."""
+    return Policy(
+        min_parallelism=spec.min_parallelism, max_parallelism=spec.max_parallelism,
+        target_utilization=float(spec.target_utilization), metrics_window=spec.metrics_window,
+        stabilization=spec.stabilization, catch_up=spec.catch_up_duration,
+        scale_up_cooldown=spec.scale_up_cooldown, scale_down_interval=spec.scale_down_interval,
+        max_scale_down_factor=float(spec.max_scale_down_factor), key_groups=key_groups)
 
 
 # ---------------------------------------------------------------------------- the DS2 model
@@ -172,10 +185,13 @@ class Memory:
     bound: int | None = None
     #: when the last rescale (by the autoscaler or anyone) was applied
     last_rescale_at: float | None = None
+    #: since when every poll found a checkpoint in progress
+    checkpointing_since: float | None = None
 
     def dump(self) -> dict[str, Any]:
         return {"direction": self.direction, "since": self.since, "bound": self.bound,
-                "lastRescaleAt": self.last_rescale_at}
+                "lastRescaleAt": self.last_rescale_at,
+                "checkpointingSince": self.checkpointing_since}
 
     @classmethod
     def load(cls, data: Mapping[str, Any] | None) -> Memory:
@@ -183,7 +199,8 @@ class Memory:
         direction = data.get("direction")
         return cls(direction=direction if direction in ("up", "down") else None,
                    since=_opt_float(data.get("since")), bound=_opt_int(data.get("bound")),
-                   last_rescale_at=_opt_float(data.get("lastRescaleAt")))
+                   last_rescale_at=_opt_float(data.get("lastRescaleAt")),
+                   checkpointing_since=_opt_float(data.get("checkpointingSince")))
 
 
 def _opt_float(v: Any) -> float | None:
@@ -259,11 +276,20 @@ def decide(now: float, metrics: Metrics, current: int, memory: Memory,
         return wait(f"job is {metrics.state or 'unknown'}, not RUNNING")
     if metrics.restoring:
         return wait("a restore is in progress")
+    note = ""
     if metrics.checkpoint_in_progress:
-        return wait("a checkpoint is in progress")
+        since = memory.checkpointing_since if memory.checkpointing_since is not None else now
+        memory = replace(memory, checkpointing_since=since)
+        patience = max(policy.stabilization, policy.metrics_window)
+        if now - since < patience:
+            return wait("a checkpoint is in progress")
+        note = f" (checkpoints back to back for {now - since:.0f}s: decided anyway)"
+    else:
+        memory = replace(memory, checkpointing_since=None)
     if not metrics.tasks or any(len(t.get("subtasks") or ()) < current for t in metrics.tasks):
         return wait("not every subtask has reported metrics yet")
     p, need, basis, inputs = recommend(metrics, current, policy)
+    basis += note
     reason = f"{basis} → {p}"
 
     def out(action: Action, why: str, mem: Memory, target: int | None = None) -> Decision:
@@ -292,7 +318,7 @@ def decide(now: float, metrics: Metrics, current: int, memory: Memory,
     target = held.bound
     if target == current:
         return out("none", reason, replace(held, direction=None, since=None, bound=None))
-    applied = Memory(last_rescale_at=now)
+    applied = Memory(last_rescale_at=now)  # (and a fresh start for everything else)
     if target != p:  # the recommendation moved while it held: the most cautious one
         reason = (f"{basis} → {target} ({'lowest' if direction == 'up' else 'highest'} "
                   f"recommendation of the last {now - held.since:.0f}s; now {p})")

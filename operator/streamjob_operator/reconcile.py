@@ -896,14 +896,7 @@ class Reconciler:
         if spec is None or not spec.enabled:
             return
         assert dep is not None
-        policy = auto.Policy(
-            min_parallelism=spec.min_parallelism, max_parallelism=spec.max_parallelism,
-            target_utilization=float(spec.target_utilization),
-            metrics_window=spec.metrics_window, stabilization=spec.stabilization,
-            catch_up=spec.catch_up_duration, scale_up_cooldown=spec.scale_up_cooldown,
-            scale_down_interval=spec.scale_down_interval,
-            max_scale_down_factor=float(spec.max_scale_down_factor),
-            key_groups=self.spec.max_parallelism)
+        policy = auto.policy_from_spec(spec, self.spec.max_parallelism)
         state = self.status.autoscaler or AutoscalerStatus()
         memory = auto.Memory.load(state.memory)
         # any rollout (the autoscaler's, a manual change, a restart) restarts the cooldown

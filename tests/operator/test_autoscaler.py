@@ -95,7 +95,7 @@ def test_no_decision_without_trustworthy_metrics():
     for m, why in [
         (metrics(good, state="RESTARTING"), "not RUNNING"),
         (metrics(good, restoring=True), "restore"),
-        (metrics(good, checkpoint=True), "checkpoint"),
+
         (metrics([task("t0", [], 1, 1000, 0.5)]), "reported"),  # 1 of 2 subtasks
     ]:
         d = decide(100.0, m, 2, Memory(), Policy())
@@ -207,8 +207,23 @@ def test_a_recommendation_back_at_current_resets_the_hold():
     assert d.action == "hold"  # the stabilization starts again
 
 
+def test_a_checkpoint_in_progress_defers_the_decision_unless_they_run_back_to_back():
+    m = metrics([task("t0", [], 1, 9_000, 0.05), task("t1", ["t0"], 1, 9_000, 0.99)],
+                checkpoint=True)
+    policy = Policy(stabilization=10, metrics_window=5)
+    d = decide(100.0, m, 1, Memory(), policy)
+    assert d.action == "wait" and "checkpoint" in d.reason
+    d = decide(105.0, m, 1, d.memory, policy)
+    assert d.action == "wait" and d.memory.checkpointing_since == 100.0
+    d = decide(110.0, m, 1, d.memory, policy)   # 10 s of checkpoints at every poll
+    assert d.action == "hold" and "back to back for 10s" in d.reason
+    calm = metrics(list(m.tasks))                # a poll between checkpoints resets it
+    d = decide(111.0, calm, 1, d.memory, policy)
+    assert d.action == "hold" and d.memory.checkpointing_since is None
+
+
 def test_memory_round_trips_through_status():
-    mem = Memory("up", 12.5, 4, 3.0)
+    mem = Memory("up", 12.5, 4, 3.0, 7.0)
     assert Memory.load(mem.dump()) == mem
     assert Memory.load(None) == Memory()
     assert Memory.load({"direction": "sideways", "bound": "x"}) == Memory()
