@@ -257,7 +257,7 @@ class Coordinator:
                     self.job_id, sp, stop.get("path"))
         self.stop_after = self.final_id = sp
         try:
-            await self.io(self.pipeline.sink_connector.recover, self.job_id, sp)
+            await self.io(self.pipeline.sinks.recover, self.job_id, sp)
         except Exception as err:  # noqa: BLE001
             self._finish(JobState.FAILED, f"stopped with savepoint {sp} but could not commit "
                          f"the output: {err}", EXIT_FAILED)
@@ -489,7 +489,7 @@ class Coordinator:
             try:
                 plan = await self.checkpoints.prepare_restore(
                     self.restore_problems, self.allow_fresh_start, self.savepoint_body,
-                    self.pipeline.sink_connector)
+                    self.pipeline.sinks)
                 break
             except StorageError as err:
                 # Storage down: wait (bounded by the DEPLOYING deadline) and say why.

@@ -39,12 +39,29 @@ class Exchange:
 
 
 @dataclass
+class SideOutput:
+    """A second output of step ``step`` of a task (records the operator hands to its side
+    output ``tag``), through ``steps`` (map, filter, flat_map) into a sink of its own, in the
+    same task and subtask, committed with the same checkpoints as the main output."""
+
+    tag: str
+    step: int
+    steps: list[Step] = field(default_factory=list)
+
+    @property
+    def sink(self) -> Any:
+        last = self.steps[-1] if self.steps else None
+        return last.fn if last is not None and last.kind == "sink" else None
+
+
+@dataclass
 class TaskSpec:
     """One chain of operators: a task. ``exchange`` says how records reach it (None: source)."""
 
     index: int
     exchange: Exchange | None
     steps: list[Step] = field(default_factory=list)
+    side_outputs: list[SideOutput] = field(default_factory=list)
 
     @property
     def task_id(self) -> str:
@@ -98,6 +115,32 @@ class Stream:
         self.sink(PrintSink(), "Sink: print")
 
 
+class SideStream:
+    """The records of an operator's side output (for example a window's ``late_records()``):
+    ``map``, ``filter``, ``flat_map``, then a ``sink`` (no exchange: it stays in the task)."""
+
+    def __init__(self, side: SideOutput):
+        self._side = side
+
+    def _add(self, step: Step) -> SideStream:
+        if self._side.sink is not None:
+            raise PipelineError("nothing can follow a sink")
+        self._side.steps.append(step)
+        return self
+
+    def map(self, fn: Callable[[Any], Any], name: str = "Map") -> SideStream:
+        return self._add(Step("map", name, fn))
+
+    def filter(self, fn: Callable[[Any], bool], name: str = "Filter") -> SideStream:
+        return self._add(Step("filter", name, fn))
+
+    def flat_map(self, fn: Callable[[Any], Iterable[Any]], name: str = "FlatMap") -> SideStream:
+        return self._add(Step("flat_map", name, fn))
+
+    def sink(self, sink: Any, name: str | None = None) -> None:
+        self._add(Step("sink", name or f"Sink: {type(sink).__name__}", sink))
+
+
 class KeyedStream:
     def __init__(self, pipeline: Pipeline):
         self._p = pipeline
@@ -112,19 +155,26 @@ class KeyedStream:
         return self._p._add(Step("keyed", name or f"Keyed {type(fn).__name__}",
                                  ProcessOperatorFactory(fn)))
 
-    def window(self, size_ms: int, timestamp: Callable[[Any], int] | None = None) -> Any:
-        """Tumbling event-time windows of ``size_ms``; finish with ``.reduce(fn)`` or
-        ``.sum(value_fn)``. Each record's event time is read with the source's
-        ``assign_timestamps`` function (records must still carry it) unless ``timestamp``
-        gives another one for the records as they reach the window."""
-        from streamjob.windows import WindowedStream
+    def window(self, assigner: Any, timestamp: Callable[[Any], int] | None = None) -> Any:
+        """Event-time windows: ``assigner`` is ``TumblingEventTimeWindows(size)`` (or just
+        the size in ms), ``SlidingEventTimeWindows(size, slide)`` or
+        ``EventTimeSessionWindows(gap)`` (``streamjob.windows``); then optionally
+        ``.allowed_lateness(ms)``, and ``.sum(value_fn)``, ``.reduce(fn)`` or
+        ``.aggregate(create, add, merge, result)``. Each record's event time is read with the
+        source's ``assign_timestamps`` function (records must still carry it) unless
+        ``timestamp`` gives another one for the records as they reach the window."""
+        from streamjob.windows.assigners import TumblingEventTimeWindows
+        from streamjob.windows.stream import WindowedStream
 
-        if int(size_ms) <= 0:
-            raise PipelineError(f"window size must be a positive number of ms, got {size_ms}")
+        if isinstance(assigner, int | float):
+            if int(assigner) <= 0:
+                raise PipelineError(f"window size must be a positive number of ms, got "
+                                    f"{assigner}")
+            assigner = TumblingEventTimeWindows(int(assigner))
         if self._p.watermarks is None:
             raise PipelineError("window(...) needs event time: call "
                                 "assign_timestamps(...) right after source(...)")
-        return WindowedStream(self, int(size_ms), timestamp or self._p.watermarks.timestamp_fn)
+        return WindowedStream(self, assigner, timestamp or self._p.watermarks.timestamp_fn)
 
     def reduce(self, fn: Callable[[Any, Any], Any], name: str = "Keyed reduce") -> Stream:
         """Emit ``(key, acc)`` after each record, ``acc = fn(acc, record)``."""
@@ -179,6 +229,23 @@ class Pipeline:
             raise PipelineError("an exchange must follow an operator")
         self.tasks.append(TaskSpec(len(self.tasks), exchange))
 
+    def side_output(self, task: TaskSpec, step: int, tag: str, name: str) -> SideStream:
+        """The stream of side output ``tag`` of step ``step`` of ``task``."""
+        if any(o.step == step and o.tag == tag for o in task.side_outputs):
+            raise PipelineError(f"{name}: this side output was taken already")
+        side = SideOutput(tag, step)
+        task.side_outputs.append(side)
+        return SideStream(side)
+
+    @property
+    def sinks(self) -> Any:
+        """Every sink of the job, the main one first (side outputs' sinks after it), as one
+        object the coordinator recovers (``sideoutput.SinkGroup``)."""
+        from streamjob.sideoutput import SinkGroup
+
+        return SinkGroup([self.sink_connector, *(o.sink for t in self.tasks
+                                                  for o in t.side_outputs)])
+
     @property
     def sink_connector(self) -> Any:
         last = self.tasks[-1].steps[-1] if self.tasks and self.tasks[-1].steps else None
@@ -193,6 +260,17 @@ class Pipeline:
                                     "after it")
         if self.sink_connector is None:
             raise PipelineError("the pipeline must end with a sink")
+        folders = [getattr(self.sink_connector, "output", None)]
+        for task in self.tasks:
+            for side in task.side_outputs:
+                if side.sink is None:
+                    raise PipelineError(f"the side output {side.tag!r} of "
+                                        f"{task.steps[side.step].name} must end with a sink")
+                folder = getattr(side.sink, "output", None)
+                if folder is not None and folder in folders:
+                    raise PipelineError(f"the side output {side.tag!r} needs a sink folder of "
+                                        f"its own ({folder} is taken)")
+                folders.append(folder)
 
     def describe(self) -> list[dict[str, Any]]:
         return [{"id": t.task_id, "name": t.name,

@@ -28,8 +28,9 @@ from streamjob.connectors.base import assign_splits
 from streamjob.keygroups import key_group, key_group_range
 from streamjob.operators import KeyedStateBackend
 from streamjob.pipeline import TaskSpec
+from streamjob.sideoutput import SideBranch
 from streamjob.storage import Storage
-from streamjob.windows import (
+from streamjob.windows.watermarks import (
     MAX_WATERMARK,
     MIN_WATERMARK,
     WatermarkGenerator,
@@ -62,6 +63,7 @@ class Snapshot:
     frozen: dict[str, Any]
     operator_state: dict[str, Any]
     staged: asyncio.Future[None] | None  # the sink's output of this epoch, being staged
+    side_staged: list[tuple[str, asyncio.Future[Any]]]  # same for each side output
     unaligned: bool = False
     delta: bool = False
     savepoint: bool = False
@@ -126,6 +128,7 @@ class SubtaskRunner:
         self.sink_executor: ThreadPoolExecutor | None = None
         self.sink_writes: deque[Future[None]] = deque()
         self.sink_error: BaseException | None = None
+        self.side_branches: list[SideBranch] = []  # side outputs into sinks (sideoutput.py)
         self._build()
         if self.sink_writer is not None:
             self.sink_executor = ThreadPoolExecutor(
@@ -134,7 +137,7 @@ class SubtaskRunner:
     # -- construction -------------------------------------------------------------------
 
     def _build(self) -> None:
-        for step in self.spec.steps:
+        for index, step in enumerate(self.spec.steps):
             fn = step.fn
             if step.kind == "map":
                 self.transforms.append(lambda b, f=fn: [f(x) for x in b])
@@ -154,6 +157,11 @@ class SubtaskRunner:
                     self.timers.append((len(self.transforms), op))
                 if hasattr(op, "on_processing_time"):
                     self.clocked.append((len(self.transforms), op))
+                for side in self.spec.side_outputs:
+                    if side.step == index:
+                        branch = SideBranch(side, self.subtask, self.job_id, self.spec.task_id)
+                        op.side_outputs[side.tag] = branch.emit
+                        self.side_branches.append(branch)
                 self.transforms.append(op.process_batch)
             elif step.kind == "sink":
                 self.sink_writer = fn.create_writer(self.subtask, self.job_id)
@@ -179,6 +187,7 @@ class SubtaskRunner:
         """Load this subtask's share of a checkpoint (any parallelism it was taken at)."""
         positions: dict[str, Any] = {}
         sink_states: list[dict[str, Any]] = []
+        side_states: dict[str, list[Any]] = {}
         if task_state is not None:
             same_parallelism = len(task_state["subtasks"]) == self.p
             own_range = key_group_range(self.subtask, self.p, self.m)
@@ -189,6 +198,9 @@ class SubtaskRunner:
                 if "sink" in op_state and old_index % self.p == self.subtask:
                     # What the sink had not committed yet (one new subtask per old one).
                     sink_states.append(op_state["sink"])
+                if old_index % self.p == self.subtask:
+                    for tag, side_state in op_state.get("side_sinks", {}).items():
+                        side_states.setdefault(tag, []).append(side_state)
                 watermarks.append(op_state.get("watermark"))
                 if same_parallelism and old_index == self.subtask:
                     for _channel, batches in op_state.get("inflight", []):
@@ -208,6 +220,8 @@ class SubtaskRunner:
         restore_sink = getattr(self.sink_writer, "restore", None)
         if restore_sink is not None:
             restore_sink(sink_states)
+        for branch in self.side_branches:
+            branch.restore(side_states.get(branch.tag, []))
         if self.source is not None:
             split_ids = self.source.split_ids()
             mine = assign_splits(split_ids, self.subtask, self.p)
@@ -464,9 +478,10 @@ class SubtaskRunner:
         if self.tracker is not None and self.tracker.current > MIN_WATERMARK:
             op_state["watermark"] = self.tracker.current
         staged = self._stage(cid) if self.sink_writer is not None else None
+        side_staged = [(b.tag, self._stage_side(b, cid)) for b in self.side_branches]
         sync_ms = (time.perf_counter() - t0) * 1000
         snap = Snapshot(cid, directory, first, alignment_ms, sync_ms, buffered, frozen,
-                        op_state, staged, unaligned)
+                        op_state, staged, side_staged, unaligned)
         snap.delta, snap.savepoint, snap.base_epoch = delta, savepoint, self.chain_epoch
         self.pending[cid] = snap
         if self.output is not None:
@@ -511,6 +526,20 @@ class SubtaskRunner:
         fut.add_done_callback(done)
         return fut
 
+    def _stage_side(self, branch: SideBranch, cid: int) -> asyncio.Future[Any]:
+        """Stage a side output's epoch like the main sink's (a failure fails the job)."""
+        fut = asyncio.wrap_future(branch.stage(cid))
+
+        def done(f: asyncio.Future[Any]) -> None:
+            self.uploads.discard(f)
+            if not f.cancelled() and f.exception() is not None:
+                self.send("FAILED", reason=f"{self.name}: staging side output {branch.tag!r} "
+                          f"of checkpoint {cid} failed: {f.exception()}")
+
+        self.uploads.add(fut)
+        fut.add_done_callback(done)
+        return fut
+
     def _finish(self, snap: Snapshot) -> None:
         """Upload off the processing thread, then ack."""
         self.pending.pop(snap.checkpoint_id, None)
@@ -535,6 +564,13 @@ class SubtaskRunner:
                     return
                 if sink_state is not None:  # what a restore needs to finish the commit
                     snap.operator_state["sink"] = sink_state
+            for tag, fut in snap.side_staged:
+                try:
+                    side_state = await fut
+                except Exception:  # noqa: BLE001 - reported as FAILED by _stage_side
+                    return
+                if side_state is not None:
+                    snap.operator_state.setdefault("side_sinks", {})[tag] = side_state
             # Uploads of one subtask go in checkpoint order: a delta needs its base first.
             async with self.upload_lock:
                 try:
@@ -608,6 +644,8 @@ class SubtaskRunner:
         if self.sink_writer is not None:
             await asyncio.get_running_loop().run_in_executor(
                 self.executor, self.sink_writer.commit, cid)
+        for branch in self.side_branches:
+            await asyncio.get_running_loop().run_in_executor(self.executor, branch.commit, cid)
 
     async def close(self) -> None:
         if self.uploads:
@@ -622,4 +660,7 @@ class SubtaskRunner:
             # file that was closed.
             await asyncio.wrap_future(self.sink_executor.submit(self.sink_writer.close))
             self.sink_executor.shutdown(wait=False)
+        for branch in self.side_branches:
+            await asyncio.wrap_future(branch.close())
+            branch.executor.shutdown(wait=False)
 
