@@ -2,10 +2,11 @@
 
 Each window's accumulator is keyed map state (``key -> {window_start: acc}``, for sessions
 ``key -> {start: (end, acc)}``), so windows are checkpointed, restored and rescaled by key
-group like any keyed state. The accumulator is ``value_fn(first record)`` then
-``combine(acc, value_fn(record))`` (``sum``, ``reduce``, and ``aggregate`` with
-``value_fn`` the identity and ``combine`` its ``add``); ``merge`` joins two accumulators
-when sessions merge; ``result`` (if any) turns the accumulator into what is emitted.
+group like any keyed state. A window's accumulator is ``first(record)`` (by default
+``value_fn(record)``) then ``combine(acc, value_fn(record))``: ``sum`` and ``reduce`` are
+that directly, ``aggregate`` has ``first = add(create(), record)``, ``value_fn`` the identity
+and ``combine = add``; ``merge`` joins two accumulators when sessions merge; ``result`` (if
+any) turns the accumulator into what is emitted.
 
 When the watermark reaches a window's end the window *fires*: tumbling and sliding windows
 emit ``(window_start, key, result)``, session windows ``(start, end, key, result)`` (their end
