@@ -96,9 +96,7 @@ def test_session_state_survives_a_snapshot_and_merges_after_restore():
 
 def test_allowed_lateness_refires_with_the_update_and_later_records_go_to_the_side_output():
     backend = _backend()
-    late = []
     op = _sum(backend, size=1000, allowed_lateness=500)
-    op.side_outputs[LATE] = late.extend
     op.process_batch([(100, "a", 1), (900, "b", 2)])
     assert op.on_watermark(1000) == [(0, "a", 1), (0, "b", 2)]
     # Late but allowed: the window fires again at once with the new total.
@@ -108,14 +106,13 @@ def test_allowed_lateness_refires_with_the_update_and_later_records_go_to_the_si
     assert op.on_watermark(1500) == []           # [0, 1000) is now cleaned up
     assert backend.tables["window"] == {"a": {1000: 8}}
     assert op.process_batch([(300, "a", 16), (999, "c", 32)]) == []
-    assert late == [(300, "a", 16), (999, "c", 32)] and op.late_records == 2
+    assert op.side_outputs[LATE] == [(300, "a", 16), (999, "c", 32)]
+    assert op.late_records == 2
     assert op.on_watermark(MAX_WATERMARK) == [(1000, "a", 8)]
 
 
 def test_late_sessions_merge_into_a_fired_session_and_fire_again():
-    late = []
     op = _sessions(_backend(), gap=100, allowed_lateness=1000)
-    op.side_outputs[LATE] = late.extend
     op.process_batch([(0, "a", 1), (150, "a", 2)])
     assert op.on_watermark(400) == [(0, 100, "a", 1), (150, 250, "a", 2)]
     # A late record bridging both fired sessions: one merged session, fired again.
@@ -124,7 +121,7 @@ def test_late_sessions_merge_into_a_fired_session_and_fire_again():
     assert op.table == {"a": {0: (250, 7)}}
     assert op.on_watermark(1250) == []            # end 250 + lateness 1000: gone
     assert op.table == {}
-    assert op.process_batch([(100, "a", 8)]) == [] and late == [(100, "a", 8)]
+    assert op.process_batch([(100, "a", 8)]) == [] and op.side_outputs[LATE] == [(100, "a", 8)]
 
 
 def test_aggregate_builds_an_accumulator_merges_and_emits_its_result():
@@ -181,28 +178,29 @@ def _build(late: bool, tmp_path):
     return p
 
 
-def test_the_late_records_side_output_is_a_sink_of_the_window_task(tmp_path):
+def test_late_records_are_the_window_tasks_side_output_late(tmp_path):
     p = _build(True, tmp_path)
     p.validate()
-    [side] = p.tasks[1].side_outputs
-    assert (side.tag, side.step, [s.kind for s in side.steps]) == (LATE, 0, ["map", "sink"])
-    assert len(p.sinks.sinks) == 2
-    assert len(_build(False, tmp_path).sinks.sinks) == 1
+    [late_task] = [t for t in p.tasks if any(e.tag for e in t.inputs)]
+    [edge] = late_task.inputs
+    assert (edge.tag, edge.exchange.kind, p.tasks[edge.source].steps[0].kind) == (
+        LATE, "forward", "keyed")
+    assert [s.kind for s in late_task.steps] == ["map", "sink"]
+    assert len(p.sink_connector.sinks) == 2            # both recovered and committed
+    assert not any(e.tag for t in _build(False, tmp_path).tasks for e in t.inputs)
 
 
-def test_a_side_output_must_end_in_a_sink_of_its_own(tmp_path):
+def test_late_records_need_a_sink_of_their_own(tmp_path):
     p = Pipeline()
     w = (p.source(GeneratorSource(10, fn=lambda g: (g, "k", 1))).assign_timestamps(TS)
           .key_by(KEY).window(1000).sum(VALUE))
     w.sink(FileSink(str(tmp_path / "out")))
     late = w.late_records().map(str)
-    with pytest.raises(PipelineError, match="must end with a sink"):
+    with pytest.raises(PipelineError, match="goes nowhere"):
         p.validate()
     late.sink(FileSink(str(tmp_path / "out")))
-    with pytest.raises(PipelineError, match="folder of its own"):
+    with pytest.raises(PipelineError, match="each sink needs its own output"):
         p.validate()
-    with pytest.raises(PipelineError, match="taken already"):
-        w.late_records()
 
 
 def test_session_windows_need_a_merge_function():

@@ -18,8 +18,8 @@ class RecordCounter:
     sends one just before COMMITTED, so the count is exact at the end) plus what earlier
     attempts read (replays included)."""
 
-    def __init__(self, source_task: str):
-        self.source_task = source_task
+    def __init__(self, source_tasks: list[str]):
+        self.source_tasks = source_tasks
         self.latest: dict[int, dict[str, list[int]]] = {}
         self.lag: dict[int, dict[str, int]] = {}  # per worker: split -> records not read
         self.base = 0
@@ -42,7 +42,8 @@ class RecordCounter:
         self.lag = {}
 
     def current(self) -> int:
-        return sum(v.get(self.source_task, [0, 0])[0] for v in self.latest.values())
+        return sum(v.get(task, [0, 0])[0] for v in self.latest.values()
+                   for task in self.source_tasks)
 
     def total(self) -> int:
         return self.base + self.current()

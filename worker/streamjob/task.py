@@ -5,6 +5,12 @@ the chained operators and emits the result downstream or into the sink. Barriers
 between batches; snapshots are taken there, so state and emitted records always agree.
 Watermarks (event time) also arrive between batches: windows fire, then the watermark goes on
 downstream (see ``windows/``); processing-time timers fire from the loop when due.
+
+A task with several input edges (union, connect; see ``jobgraph.py``) has one gate over the
+channels of all of them: alignment and the watermark span every input. A connected task's
+first operator takes each batch by the input its channel belongs to (``entry``). Operators
+may emit side outputs (``side_outputs``): they leave on the task's side-output edges after
+each batch, before any later barrier, so they belong to the same checkpoint as the batch.
 """
 
 from __future__ import annotations
@@ -22,15 +28,22 @@ from typing import Any
 
 from streamjob import barriers, faults, state
 from streamjob.barriers import BarrierHandler
-from streamjob.channels import CHECKPOINT, FINAL, SAVEPOINT, InputGate, Marker, Output, Watermark
+from streamjob.channels import (
+    CHECKPOINT,
+    FINAL,
+    SAVEPOINT,
+    InputGate,
+    Marker,
+    OutputSet,
+    Watermark,
+)
 from streamjob.checkpoints import checkpoint_dir, savepoint_path, shared_dir
 from streamjob.connectors.base import assign_splits
+from streamjob.jobgraph import TaskSpec, sides_of_channels
 from streamjob.keygroups import key_group, key_group_range
 from streamjob.operators import KeyedStateBackend
-from streamjob.pipeline import TaskSpec
-from streamjob.sideoutput import SideBranch
 from streamjob.storage import Storage
-from streamjob.windows.watermarks import (
+from streamjob.windows import (
     MAX_WATERMARK,
     MIN_WATERMARK,
     WatermarkGenerator,
@@ -63,7 +76,6 @@ class Snapshot:
     frozen: dict[str, Any]
     operator_state: dict[str, Any]
     staged: asyncio.Future[None] | None  # the sink's output of this epoch, being staged
-    side_staged: list[tuple[str, asyncio.Future[Any]]]  # same for each side output
     unaligned: bool = False
     delta: bool = False
     savepoint: bool = False
@@ -83,13 +95,19 @@ class SubtaskRunner:
         self.send = send  # control message to the coordinator
         self.gate: InputGate | None = None
         self.handler: BarrierHandler | None = None
-        if spec.exchange is not None:
-            self.gate = InputGate(parallelism)
-            self.handler = BarrierHandler(parallelism, checkpoint_mode, aligned_timeout)
+        channels = spec.num_channels(parallelism)
+        if spec.inputs:
+            self.gate = InputGate(channels)
+            self.handler = BarrierHandler(channels, checkpoint_mode, aligned_timeout)
             self.gate.blocked = self.handler.blocked
             self.gate.wants_priority = self._wants_priority
             self.gate.on_capture_overflow = self._capture_overflow
-        self.output: Output | None = None
+        self.output: OutputSet | None = None
+        # A connected (two-input) task: its first operator's entry per input, and the input
+        # of each gate channel. None for every other task.
+        self.entry: tuple[Callable[[Any], Any], ...] | None = None
+        self.side_of: list[int] = sides_of_channels(spec, parallelism)
+        self.side_ops: list[Any] = []  # operators that may emit side outputs
         self.backend: KeyedStateBackend | None = None
         self.source = source
         self.reader = None
@@ -100,7 +118,7 @@ class SubtaskRunner:
         # Event time: the source's watermark generator; the watermark of a gate task (min
         # over its channels); operators that act on watermarks, by their place in the chain.
         self.watermark_gen: WatermarkGenerator | None = None
-        self.tracker = WatermarkTracker(parallelism) if self.gate is not None else None
+        self.tracker = WatermarkTracker(channels) if self.gate is not None else None
         self.timers: list[tuple[int, Any]] = []
         # Operators with processing-time timers (keyed functions), by place in the chain.
         self.clocked: list[tuple[int, Any]] = []
@@ -113,7 +131,7 @@ class SubtaskRunner:
         self.stopped = False  # after a stop-with-savepoint barrier: emit nothing more
         self.pending: dict[int, Snapshot] = {}
         self.uploads: set[asyncio.Task[Any]] = set()
-        self.replay: list[Any] = []
+        self.replay: list[tuple[int, Any]] = []  # (gate channel, batch) captured in flight
         self._kg_cache: dict[Any, int] = {}
         # Incremental checkpoints: the files (full snapshot, then deltas) the current state
         # builds on; None means the next checkpoint is a full one.
@@ -128,7 +146,6 @@ class SubtaskRunner:
         self.sink_executor: ThreadPoolExecutor | None = None
         self.sink_writes: deque[Future[None]] = deque()
         self.sink_error: BaseException | None = None
-        self.side_branches: list[SideBranch] = []  # side outputs into sinks (sideoutput.py)
         self._build()
         if self.sink_writer is not None:
             self.sink_executor = ThreadPoolExecutor(
@@ -137,7 +154,7 @@ class SubtaskRunner:
     # -- construction -------------------------------------------------------------------
 
     def _build(self) -> None:
-        for index, step in enumerate(self.spec.steps):
+        for step in self.spec.steps:
             fn = step.fn
             if step.kind == "map":
                 self.transforms.append(lambda b, f=fn: [f(x) for x in b])
@@ -148,21 +165,26 @@ class SubtaskRunner:
             elif step.kind == "timestamps":
                 self.watermark_gen = WatermarkGenerator(fn)
                 self.transforms.append(self.watermark_gen.observe)
-            elif step.kind == "keyed":
+            elif step.kind in ("keyed", "co_keyed"):
                 self.backend = KeyedStateBackend(track_changes=self.incremental)
                 self.backend.key_groups = key_group_range(self.subtask, self.p, self.m)
                 self.backend.max_parallelism = self.m
-                op = fn.create(self.backend, self.spec.exchange.key_fn)
+                if step.kind == "co_keyed":
+                    # Not in the chain: each input enters through its own method, then the
+                    # chain goes on from transform 0 (also for what fires on a watermark).
+                    op = fn.create(self.backend)
+                    self.entry = (op.process_batch, op.process_batch2)
+                    position = -1
+                else:
+                    op = fn.create(self.backend, self.spec.exchange.key_fn)
+                    position = len(self.transforms)
+                    self.transforms.append(op.process_batch)
                 if hasattr(op, "on_watermark"):
-                    self.timers.append((len(self.transforms), op))
+                    self.timers.append((position, op))
                 if hasattr(op, "on_processing_time"):
-                    self.clocked.append((len(self.transforms), op))
-                for side in self.spec.side_outputs:
-                    if side.step == index:
-                        branch = SideBranch(side, self.subtask, self.job_id, self.spec.task_id)
-                        op.side_outputs[side.tag] = branch.emit
-                        self.side_branches.append(branch)
-                self.transforms.append(op.process_batch)
+                    self.clocked.append((position, op))
+                if hasattr(op, "side_outputs"):
+                    self.side_ops.append(op)
             elif step.kind == "sink":
                 self.sink_writer = fn.create_writer(self.subtask, self.job_id)
 
@@ -187,7 +209,6 @@ class SubtaskRunner:
         """Load this subtask's share of a checkpoint (any parallelism it was taken at)."""
         positions: dict[str, Any] = {}
         sink_states: list[dict[str, Any]] = []
-        side_states: dict[str, list[Any]] = {}
         if task_state is not None:
             same_parallelism = len(task_state["subtasks"]) == self.p
             own_range = key_group_range(self.subtask, self.p, self.m)
@@ -198,13 +219,10 @@ class SubtaskRunner:
                 if "sink" in op_state and old_index % self.p == self.subtask:
                     # What the sink had not committed yet (one new subtask per old one).
                     sink_states.append(op_state["sink"])
-                if old_index % self.p == self.subtask:
-                    for tag, side_state in op_state.get("side_sinks", {}).items():
-                        side_states.setdefault(tag, []).append(side_state)
                 watermarks.append(op_state.get("watermark"))
                 if same_parallelism and old_index == self.subtask:
-                    for _channel, batches in op_state.get("inflight", []):
-                        self.replay.extend(batches)
+                    for channel, batches in op_state.get("inflight", []):
+                        self.replay.extend((channel, b) for b in batches)
                     if self.incremental and kind == "checkpoint" and self.backend is not None:
                         # Keep building deltas on the files we restored from.
                         self.chain = [*handle.get("chain", []),
@@ -220,8 +238,6 @@ class SubtaskRunner:
         restore_sink = getattr(self.sink_writer, "restore", None)
         if restore_sink is not None:
             restore_sink(sink_states)
-        for branch in self.side_branches:
-            branch.restore(side_states.get(branch.tag, []))
         if self.source is not None:
             split_ids = self.source.split_ids()
             mine = assign_splits(split_ids, self.subtask, self.p)
@@ -255,7 +271,13 @@ class SubtaskRunner:
         for transform in self.transforms if start == 0 else self.transforms[start:]:
             batch = transform(batch)
             if not batch:
-                return
+                break
+        else:
+            await self._emit(batch)
+        if self.side_ops:
+            await self._emit_side_outputs()
+
+    async def _emit(self, batch: Any) -> None:
         self.records_out += len(batch)
         if self.sink_writer is not None:
             writes = self.sink_writes
@@ -271,12 +293,26 @@ class SubtaskRunner:
         elif self.output is not None:
             await self.output.emit(batch)
 
+    async def _emit_side_outputs(self) -> None:
+        for op in self.side_ops:
+            if op.side_outputs:
+                sides, op.side_outputs = op.side_outputs, {}
+                for tag, records in sides.items():
+                    if self.output is not None:
+                        await self.output.emit_side(tag, records)
+
+    async def _on_records(self, channel: int, batch: Any) -> None:
+        self.records_in += len(batch)
+        if self.entry is None:
+            await self.push(batch)
+        else:
+            await self.push(self.entry[self.side_of[channel]](batch))
+
     async def run(self) -> None:
         if self.replay:
             batches, self.replay = self.replay, []
-            for batch in batches:
-                self.records_in += len(batch)
-                await self.push(batch)
+            for channel, batch in batches:
+                await self._on_records(channel, batch)
         if self.gate is None:
             await self._run_source()
         else:
@@ -327,7 +363,7 @@ class SubtaskRunner:
                 elif self.source_watermarks:
                     await self._emit_watermark(MAX_WATERMARK)
                 self.source_finished = True
-                self.send("SOURCE_FINISHED", subtask=self.subtask)
+                self.send("SOURCE_FINISHED", task=self.spec.task_id, subtask=self.subtask)
                 continue
             emitted += len(batch)
             self.records_in += len(batch)
@@ -403,8 +439,11 @@ class SubtaskRunner:
             if type(item) is Watermark:
                 await self._on_watermark(channel, item.timestamp)
                 continue
-            self.records_in += len(item)
-            await self.push(item)
+            if self.entry is None:
+                self.records_in += len(item)
+                await self.push(item)
+            else:
+                await self._on_records(channel, item)
 
     def _wants_priority(self, marker: Marker) -> bool:
         return not marker.aligned and self.handler.priority_barriers
@@ -478,10 +517,9 @@ class SubtaskRunner:
         if self.tracker is not None and self.tracker.current > MIN_WATERMARK:
             op_state["watermark"] = self.tracker.current
         staged = self._stage(cid) if self.sink_writer is not None else None
-        side_staged = [(b.tag, self._stage_side(b, cid)) for b in self.side_branches]
         sync_ms = (time.perf_counter() - t0) * 1000
         snap = Snapshot(cid, directory, first, alignment_ms, sync_ms, buffered, frozen,
-                        op_state, staged, side_staged, unaligned)
+                        op_state, staged, unaligned)
         snap.delta, snap.savepoint, snap.base_epoch = delta, savepoint, self.chain_epoch
         self.pending[cid] = snap
         if self.output is not None:
@@ -526,20 +564,6 @@ class SubtaskRunner:
         fut.add_done_callback(done)
         return fut
 
-    def _stage_side(self, branch: SideBranch, cid: int) -> asyncio.Future[Any]:
-        """Stage a side output's epoch like the main sink's (a failure fails the job)."""
-        fut = asyncio.wrap_future(branch.stage(cid))
-
-        def done(f: asyncio.Future[Any]) -> None:
-            self.uploads.discard(f)
-            if not f.cancelled() and f.exception() is not None:
-                self.send("FAILED", reason=f"{self.name}: staging side output {branch.tag!r} "
-                          f"of checkpoint {cid} failed: {f.exception()}")
-
-        self.uploads.add(fut)
-        fut.add_done_callback(done)
-        return fut
-
     def _finish(self, snap: Snapshot) -> None:
         """Upload off the processing thread, then ack."""
         self.pending.pop(snap.checkpoint_id, None)
@@ -564,13 +588,6 @@ class SubtaskRunner:
                     return
                 if sink_state is not None:  # what a restore needs to finish the commit
                     snap.operator_state["sink"] = sink_state
-            for tag, fut in snap.side_staged:
-                try:
-                    side_state = await fut
-                except Exception:  # noqa: BLE001 - reported as FAILED by _stage_side
-                    return
-                if side_state is not None:
-                    snap.operator_state.setdefault("side_sinks", {})[tag] = side_state
             # Uploads of one subtask go in checkpoint order: a delta needs its base first.
             async with self.upload_lock:
                 try:
@@ -644,8 +661,6 @@ class SubtaskRunner:
         if self.sink_writer is not None:
             await asyncio.get_running_loop().run_in_executor(
                 self.executor, self.sink_writer.commit, cid)
-        for branch in self.side_branches:
-            await asyncio.get_running_loop().run_in_executor(self.executor, branch.commit, cid)
 
     async def close(self) -> None:
         if self.uploads:
@@ -660,7 +675,4 @@ class SubtaskRunner:
             # file that was closed.
             await asyncio.wrap_future(self.sink_executor.submit(self.sink_writer.close))
             self.sink_executor.shutdown(wait=False)
-        for branch in self.side_branches:
-            await asyncio.wrap_future(branch.close())
-            branch.executor.shutdown(wait=False)
 

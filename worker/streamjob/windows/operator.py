@@ -14,7 +14,8 @@ depends on the data). With ``allowed_lateness`` L a fired window is kept until t
 reaches ``end + L``: a record that arrives for it meanwhile is added and the window fires
 again at once with the updated result (Flink's late firing). A record whose windows are all
 past ``end + L`` is *late*: it is counted (``late_records``) and, if the pipeline asked for
-``late_records()``, handed to the operator's side output ``late`` (see ``sideoutput.py``).
+``late_records()``, handed to the operator's side output ``late`` (``side_outputs``, which the
+task sends on after each batch; records of a side output nobody reads are dropped).
 
 A subtask's watermark is part of its snapshot: after a restore, a window that already fired
 and was cleared must not be opened again by a replayed record (it would fire twice).
@@ -52,8 +53,8 @@ class _EventTimeOperator:
         self.lateness = int(allowed_lateness)
         self.watermark: float = MIN_WATERMARK
         self.late_records = 0
-        # Side outputs by tag, wired by the task (tag -> function taking a list of records).
-        self.side_outputs: dict[str, Callable[[list[Any]], None]] = {}
+        # Side outputs by tag: the task takes them after each batch (``late`` only here).
+        self.side_outputs: dict[str, list[Any]] = {}
         # After a rescale, key groups may come from subtasks that were at different
         # watermarks: until the watermark passes the highest, lateness is per key group.
         self._floors: dict[int, float] | None = None
@@ -84,10 +85,9 @@ class _EventTimeOperator:
         return True
 
     def _late(self, records: list[Any]) -> None:
-        self.late_records += len(records)
-        emit = self.side_outputs.get(LATE)
-        if emit is not None and records:
-            emit(records)
+        if records:
+            self.late_records += len(records)
+            self.side_outputs.setdefault(LATE, []).extend(records)
 
     def _note(self, acc: Any) -> None:
         if type(acc) in MUTABLE and is_mutable(acc):

@@ -16,7 +16,7 @@ import operator
 from collections.abc import Callable
 from typing import Any
 
-from streamjob.pipeline import SideStream, Stream
+from streamjob.pipeline import Stream
 from streamjob.windows.assigners import EventTimeSessionWindows
 from streamjob.windows.operator import LATE, WindowOperatorFactory
 
@@ -26,18 +26,15 @@ def _identity(x: Any) -> Any:
 
 
 class WindowResultStream(Stream):
-    """The output of a window operator: results, and its late records as a side output."""
+    """The output of a window operator: its results, and ``late_records()``."""
 
-    def __init__(self, pipeline: Any, task: Any, step: int):
-        super().__init__(pipeline)
-        self._task, self._step = task, step
-
-    def late_records(self, name: str = "Late records") -> SideStream:
+    def late_records(self) -> Stream:
         """Records that came after the allowed lateness of every window they belong to
-        (otherwise dropped and counted in ``streamjob_late_records``). Chain ``map``,
-        ``filter``, ``flat_map`` and end with a ``sink``: it is committed with the same
-        checkpoints as the main output, so each late record is written exactly once."""
-        return self._p.side_output(self._task, self._step, LATE, name)
+        (otherwise dropped and counted in ``streamjob_late_records``): the window's side
+        output ``"late"`` (``side_output(LATE)``, Flink's ``sideOutputLateData``). A stream
+        like any other: its sink is committed with the same checkpoints as the main output,
+        so each late record is written exactly once."""
+        return self.side_output(LATE)
 
 
 class WindowedStream:
@@ -61,8 +58,7 @@ class WindowedStream:
 
     def _finish(self, name: str, factory: WindowOperatorFactory) -> WindowResultStream:
         stream = self._keyed._add_keyed(factory, name)
-        task = stream._p.tasks[-1]
-        return WindowResultStream(stream._p, task, len(task.steps) - 1)
+        return WindowResultStream(stream._p, stream._task)
 
     def reduce(self, fn: Callable[[Any, Any], Any], name: str = "Window reduce",
                ) -> WindowResultStream:
