@@ -152,6 +152,20 @@ class KeyedStream:
                                 "(key_by(...) both sides)")
         return ConnectedStreams(self, other)
 
+    def join(self, other: KeyedStream) -> Any:
+        """Window join with ``other`` on equal keys: ``.window(size_ms[, slide_ms])
+        .apply(fn)`` (see ``joins.py``)."""
+        from streamjob.joins import JoinedStreams
+
+        return JoinedStreams(self.connect(other))
+
+    def interval_join(self, other: KeyedStream) -> Any:
+        """Interval join with ``other`` on equal keys and event time:
+        ``.between(lower_ms, upper_ms).apply(fn)`` (see ``joins.py``)."""
+        from streamjob.joins import IntervalJoin
+
+        return IntervalJoin(self.connect(other))
+
     def window(self, assigner: Any, timestamp: Callable[[Any], int] | None = None) -> Any:
         """Event-time windows: ``assigner`` is ``TumblingEventTimeWindows(size)`` (or just
         the size in ms), ``SlidingEventTimeWindows(size, slide)`` or
