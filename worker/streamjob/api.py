@@ -6,7 +6,8 @@ body is read; a body (only ``POST /api/v1/savepoints`` has one) is at most
 ``STREAMJOB_API_MAX_BODY`` bytes (64 KiB, larger is refused with 413 before it is read) and
 must arrive within ``STREAMJOB_API_TIMEOUT`` seconds (10), which is also how long a
 connection may sit without sending a request; at most ``STREAMJOB_API_MAX_CONNECTIONS`` (64)
-connections are open at once (more are closed on arrival). Errors are JSON
+connections are open at once (more are closed on arrival). ``/ui/`` serves the dashboard
+(``dashboard.py``: HTML pages, read-only) behind the same token. Errors are JSON
 ``{"error": reason, "message": reason}``: the CLI reads ``error``, the operator ``message``.
 """
 
@@ -165,10 +166,21 @@ class ApiServer:
         if request.can_read_body:
             async with asyncio.timeout(self.timeout):
                 body = await request.read()  # at most client_max_size, else 413
+        if request.path == "/ui" or request.path.startswith("/ui/"):
+            return self._dashboard(request)
         status, payload = await self._route(request.method, request.path, body)
         if status >= 400 and "error" in payload:
             return _error(status, payload["error"])
         return web.json_response(payload, status=status)
+
+    def _dashboard(self, request: web.Request) -> web.Response:
+        if request.method not in ("GET", "HEAD"):
+            return _error(405, "the dashboard is read-only")
+        from streamjob import dashboard
+
+        page = dashboard.render(self.coordinator, request.path)
+        return web.Response(text=page.body, status=page.status, content_type=page.content_type,
+                            headers=dashboard.SECURITY_HEADERS)
 
     async def _route(self, method: str, path: str, body: bytes) -> tuple[int, Any]:
         c = self.coordinator
@@ -201,6 +213,8 @@ class ApiServer:
                 return 409, {"error": str(err)}
             return 200, {"uri": summary["path"], "id": summary["id"],
                          "size_bytes": summary["size_bytes"]}
+        if parts == ["failures"] and method == "GET":
+            return 200, {"failures": c.failures}
         if parts == ["savepoints"] and method == "GET":
             return 200, {"savepoints": c.status()["savepoints"]}
         return 404, {"error": "not found"}

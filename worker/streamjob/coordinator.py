@@ -42,6 +42,8 @@ from streamjob.storage import Storage, StorageError
 
 log = logging.getLogger("streamjob.coordinator")
 
+FAILURE_HISTORY = 50
+
 
 
 @dataclass
@@ -101,12 +103,15 @@ class Coordinator:
         self.restore_problems: dict[int, str] = {}
         self.deploying_from: int | None = None
         self.savepoint_body: dict[str, Any] | None = None
-        self.records = RecordCounter(self.pipeline.tasks[0].task_id)
+        self.records = RecordCounter(self.pipeline.tasks[0].task_id,
+                                     self.pipeline.tasks[-1].task_id)
         self.done: asyncio.Event | None = None  # created in run(), inside the event loop
         self.exit_code = EXIT_FINISHED
         self.running_since: float | None = None
         self.attempt_running_at: float | None = None
         self.last_failure: dict[str, Any] | None = None
+        #: restart history, newest last (``GET /api/v1/failures``, the dashboard)
+        self.failures: list[dict[str, Any]] = []
         self.finished_at: float | None = None
         self._deploy_task: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
@@ -395,7 +400,9 @@ class Coordinator:
                 # could not reach): the next deploy tries an older checkpoint.
                 self.restore_problems[self.deploying_from] = (
                     f"restore failed: {msg['reason']}")
-            self._failover(msg["reason"])
+            exception = msg.get("exception")
+            self._failover(msg["reason"], exception=exception if isinstance(exception, str)
+                           else None)
 
     def _on_final(self, pc: PendingCheckpoint) -> None:
         if pc.stop:
@@ -421,7 +428,8 @@ class Coordinator:
 
     # -- failover ----------------------------------------------------------------------------
 
-    def _failover(self, reason: str, timed_out: bool = False) -> None:
+    def _failover(self, reason: str, timed_out: bool = False,
+                  exception: str | None = None) -> None:
         strategy = self.spec.restart_strategy
         tr = js.on_failure(self.state, self.restarts, reason, strategy_type=strategy.type,
                            max_attempts=strategy.max_attempts, delay_for=strategy.delay_for,
@@ -439,6 +447,9 @@ class Coordinator:
         log.warning("job %s fails over: %s", self.job_id, reason)
         self.last_failure = {"reason": reason, "detected_at": time.time(),
                              "attempt": self.attempt}
+        self.failures.append({**self.last_failure, "exception": exception,
+                              "restarts": tr.restarts, "action": tr.action})
+        del self.failures[:-FAILURE_HISTORY]
         self.checkpoints.abort_all("job restarting")
         self.restarts = tr.restarts
         self.metrics.restarts.set(self.restarts)
