@@ -46,6 +46,20 @@ async def _refuse(request: web.Request, status: int, reason: str) -> web.StreamR
     return response
 
 
+def max_alignment_ms(entry: dict[str, Any]) -> float | None:
+    """The longest alignment of any subtask in a history entry (None: no timings)."""
+    aligns = [t.get("alignment_ms", 0.0) for subtasks in (entry.get("timings") or {}).values()
+              for t in subtasks if t]
+    return max(aligns) if aligns else None
+
+
+def history_summary(entry: dict[str, Any]) -> dict[str, Any]:
+    """A history entry without its per-subtask timings, with the longest alignment."""
+    out = {k: v for k, v in entry.items() if k != "timings"}
+    out["alignment_ms"] = max_alignment_ms(entry)
+    return out
+
+
 class _OneLine(logging.LoggerAdapter):
     """aiohttp logs malformed requests with a traceback over many lines; one line is enough."""
 
@@ -191,8 +205,7 @@ class ApiServer:
         if parts == ["job"] and method == "GET":
             return 200, c.status()
         if parts == ["checkpoints"] and method == "GET":
-            return 200, {"checkpoints": [{k: v for k, v in h.items() if k != "timings"}
-                                         for h in c.history]}
+            return 200, {"checkpoints": [history_summary(h) for h in c.history]}
         if len(parts) == 2 and parts[0] == "checkpoints" and method == "GET":
             for h in c.history:
                 if str(h["id"]) == parts[1]:

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from streamjob import timeline as tl
+from streamjob.api import max_alignment_ms
 from streamjob.dashboard_assets import CSS, JS
 
 PAGES = (("overview", "/ui/", "Overview"), ("graph", "/ui/graph", "Job graph"),
@@ -230,16 +231,14 @@ CHECKPOINT_COLUMNS = ["ID", "Kind", "Status", "Triggered", "Duration", "Size", "
                       "Note"]
 
 
-def checkpoint_row(h: dict[str, Any], detail: dict[str, Any] | None = None) -> list[str]:
-    """One row of the history (HTML cells); ``detail`` (with timings) adds the alignment."""
-    timings = (detail or h).get("timings") or {}
-    aligns = [t.get("alignment_ms", 0) for subs in timings.values() for t in subs if t]
+def checkpoint_row(h: dict[str, Any]) -> list[str]:
+    """One row of the history (HTML cells; ``dashboard.js`` draws the same from the API)."""
     note = h.get("reason") or h.get("path") or ""
     status = escape(h["status"])
     return [f'<a href="/ui/checkpoints/{h["id"]}">{h["id"]}</a>', escape(h["kind"]),
             f'<span class="status-{status}">{status}</span>', tl.fmt_time(h["triggered_at"]),
             tl.fmt_ms(h.get("duration_ms")), tl.fmt_bytes(h.get("size_bytes")),
-            tl.fmt_ms(max(aligns)) if aligns else "-", escape(str(note))]
+            tl.fmt_ms(max_alignment_ms(h)), escape(str(note))]
 
 
 def checkpoints(c: Any) -> str:

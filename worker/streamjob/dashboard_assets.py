@@ -51,6 +51,7 @@ function esc(v) {
   return text(v).replace(/[&<>"']/g, c => ({"&": "&amp;", "<": "&lt;", ">": "&gt;",
                                              '"': "&quot;", "'": "&#39;"}[c]));
 }
+// The same formats as streamjob.timeline (the pages are first drawn by the server).
 function fmtRate(r) {
   if (r === null || r === undefined) return "-";
   if (r >= 1e6) return (r / 1e6).toFixed(2) + " M/s";
@@ -59,21 +60,22 @@ function fmtRate(r) {
 }
 function fmtMs(ms) {
   if (ms === null || ms === undefined) return "-";
-  if (ms >= 10000) return (ms / 1000).toFixed(1) + " s";
-  if (ms >= 1000) return (ms / 1000).toFixed(2) + " s";
-  return ms.toFixed(ms >= 10 ? 0 : 1) + " ms";
+  if (ms >= 10000) return (ms / 1000).toFixed(1) + "s";
+  if (ms >= 100) return ms.toFixed(0) + "ms";
+  return ms.toFixed(1) + "ms";
 }
 function fmtBytes(n) {
   if (n === null || n === undefined) return "-";
-  const units = ["B", "KiB", "MiB", "GiB"];
-  let i = 0;
-  while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
-  return (i === 0 ? n.toFixed(0) : n.toFixed(1)) + " " + units[i];
+  for (const [unit, size] of [["GiB", 2 ** 30], ["MiB", 2 ** 20], ["KiB", 2 ** 10]]) {
+    if (n >= size) return (n / size).toFixed(1) + unit;
+  }
+  return n + "B";
 }
 function fmtTime(ts) {
   if (!ts) return "-";
   const d = new Date(ts * 1000), p = n => String(n).padStart(2, "0");
-  return p(d.getHours()) + ":" + p(d.getMinutes()) + ":" + p(d.getSeconds()) + "." +
+  return p(d.getMonth() + 1) + "-" + p(d.getDate()) + " " + p(d.getHours()) + ":" +
+    p(d.getMinutes()) + ":" + p(d.getSeconds()) + "." +
     String(d.getMilliseconds()).padStart(3, "0");
 }
 function fmtDuration(s) {
@@ -123,20 +125,15 @@ function checkpointRow(h) {
   return "<tr><td><a href=\"/ui/checkpoints/" + h.id + "\">" + h.id + "</a></td><td>" +
     esc(h.kind) + "</td><td><span class=\"status-" + esc(h.status) + "\">" + esc(h.status) +
     "</span></td><td>" + fmtTime(h.triggered_at) + "</td><td>" + fmtMs(h.duration_ms) +
-    "</td><td>" + fmtBytes(h.size_bytes) + "</td><td>-</td><td>" + esc(note) + "</td></tr>";
+    "</td><td>" + fmtBytes(h.size_bytes) + "</td><td>" + fmtMs(h.alignment_ms) + "</td><td>" +
+    esc(note) + "</td></tr>";
 }
 
 async function updateCheckpoints() {
   const body = document.getElementById("checkpoint-rows");
   if (!body) return;
   const hist = (await getJson("/api/v1/checkpoints")).checkpoints.slice().reverse();
-  // Alignment needs the per-subtask timings: keep what the server rendered for known rows.
-  const known = {};
-  for (const tr of body.querySelectorAll("tr")) known[tr.cells[0].textContent] = tr.outerHTML;
-  body.innerHTML = hist.map(h => {
-    const old = known[String(h.id)];
-    return old && old.includes("status-" + h.status) ? old : checkpointRow(h);
-  }).join("");
+  body.innerHTML = hist.map(checkpointRow).join("");
 }
 
 async function updateSavepoints() {
