@@ -100,6 +100,8 @@ class SubtaskRunner:
         self.watermark_gen: WatermarkGenerator | None = None
         self.tracker = WatermarkTracker(parallelism) if self.gate is not None else None
         self.timers: list[tuple[int, Any]] = []
+        # Operators with processing-time timers (keyed functions), by place in the chain.
+        self.clocked: list[tuple[int, Any]] = []
         self.records_in = 0
         self.records_out = 0
         self.backpressure_seconds = 0.0
@@ -150,6 +152,8 @@ class SubtaskRunner:
                 op = fn.create(self.backend, self.spec.exchange.key_fn)
                 if hasattr(op, "on_watermark"):
                     self.timers.append((len(self.transforms), op))
+                if hasattr(op, "on_processing_time"):
+                    self.clocked.append((len(self.transforms), op))
                 self.transforms.append(op.process_batch)
             elif step.kind == "sink":
                 self.sink_writer = fn.create_writer(self.subtask, self.job_id)
@@ -169,7 +173,7 @@ class SubtaskRunner:
     @property
     def late_records(self) -> int:
         """Records dropped because their window had already fired."""
-        return sum(op.late_records for _, op in self.timers)
+        return sum(getattr(op, "late_records", 0) for _, op in self.timers)
 
     def restore(self, task_state: dict[str, Any] | None, kind: str = "checkpoint") -> None:
         """Load this subtask's share of a checkpoint (any parallelism it was taken at)."""
@@ -339,6 +343,18 @@ class SubtaskRunner:
                 await self.push(fired, index + 1)
         await self._emit_watermark(watermark)
 
+    def _next_processing_time(self) -> float | None:
+        times = [t for _, op in self.clocked if (t := op.next_processing_time()) is not None]
+        return min(times) if times else None
+
+    async def _fire_processing_timers(self) -> None:
+        """Fire the processing-time timers that are due; what they emit goes down the rest
+        of the chain (like fired windows)."""
+        for index, op in self.clocked:
+            fired = op.on_processing_time()
+            if fired:
+                await self.push(fired, index + 1)
+
     async def _source_barrier(self, trig: dict[str, Any]) -> None:
         now = time.time()
         kind = SAVEPOINT if trig.get("savepoint") else FINAL if trig.get("final") else CHECKPOINT
@@ -353,7 +369,14 @@ class SubtaskRunner:
         while True:
             deadline = handler.deadline()
             timeout = None if deadline is None else max(0.0, deadline - time.time())
+            if self.clocked:  # wake up for the next processing-time timer, input or not
+                due = self._next_processing_time()
+                if due is not None:
+                    wait = max(0.0, due / 1000 - time.time())
+                    timeout = wait if timeout is None else min(timeout, wait)
             got = await gate.next(timeout)
+            if self.clocked:
+                await self._fire_processing_timers()
             if got is None:
                 await self._apply(handler.on_tick(time.time()), None)
                 continue
