@@ -175,8 +175,8 @@ def test_a_function_without_timers_costs_no_state_and_no_timer_service():
 
 def test_processing_timers_fire_from_the_task_loop_without_input():
     """A gate task with no input at all still fires a due processing-time timer."""
+    from streamjob.jobgraph import Exchange, InputEdge, Step, TaskSpec
     from streamjob.operators import ProcessOperatorFactory
-    from streamjob.pipeline import Exchange, Step, TaskSpec
 
     class Once(KeyedProcessFunction):
         def open(self, ctx):
@@ -185,7 +185,7 @@ def test_processing_timers_fire_from_the_task_loop_without_input():
         def on_timer(self, ts, key, out):
             out.append((key, ts))
 
-    spec = TaskSpec(1, Exchange("keyed", itemgetter(0)),
+    spec = TaskSpec(1, [InputEdge(0, Exchange("keyed", itemgetter(0)))],
                     [Step("keyed", "once", ProcessOperatorFactory(Once()))])
 
     async def go():

@@ -322,3 +322,43 @@ class Output:
     def close(self) -> None:
         for channel in self.channels:
             channel.close()
+
+
+class OutputSet:
+    """Every output edge of a task: its main output (to one or more downstream tasks) and its
+    side outputs by tag. Records go to the edges of their output; barriers and watermarks go
+    to every edge (each downstream input aligns and tracks event time on its own)."""
+
+    def __init__(self, main: list[Output], sides: dict[str, list[Output]] | None = None):
+        self.main = main
+        self.sides = sides or {}
+        self.all = main + [o for outputs in self.sides.values() for o in outputs]
+        # The common case (one downstream task) calls the edge's emit directly.
+        self.emit = main[0].emit if len(main) == 1 else self._emit_all
+
+    async def _emit_all(self, batch: Any) -> None:
+        for output in self.main:
+            await output.emit(batch)
+
+    async def emit_side(self, tag: str, batch: Any) -> None:
+        for output in self.sides.get(tag, ()):
+            await output.emit(batch)
+
+    def available(self) -> bool:
+        return all(o.available() for o in self.all)
+
+    async def wait_available(self) -> None:
+        for output in self.all:
+            await output.wait_available()
+
+    async def broadcast_barrier(self, checkpoint_id: int, kind: int) -> None:
+        for output in self.all:
+            await output.broadcast_barrier(checkpoint_id, kind)
+
+    async def broadcast_watermark(self, timestamp: float) -> None:
+        for output in self.all:
+            await output.broadcast_watermark(timestamp)
+
+    def close(self) -> None:
+        for output in self.all:
+            output.close()

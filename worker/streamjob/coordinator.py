@@ -33,6 +33,7 @@ from streamjob.checkpoint_coordinator import (
     CheckpointCoordinator,
     PendingCheckpoint,
 )
+from streamjob.jobgraph import source_tasks
 from streamjob.jobstate import JobState
 from streamjob.jobstatus import RecordCounter, status_document, write_status_file
 from streamjob.manifest import StreamJob, import_pipeline
@@ -96,15 +97,16 @@ class Coordinator:
         self.coordinator_restarts = 0
         self.workers: dict[int, WorkerConn] = {}
         self.running: set[int] = set()
-        self.sources_finished: set[int] = set()
+        self.sources_finished: set[tuple[str, int]] = set()  # (source task, subtask)
         self.committed: set[int] = set()
         self.final_id: int | None = None
         self.stop_after: int | None = None
         self.restore_problems: dict[int, str] = {}
         self.deploying_from: int | None = None
         self.savepoint_body: dict[str, Any] | None = None
-        self.records = RecordCounter(self.pipeline.tasks[0].task_id,
-                                     self.pipeline.tasks[-1].task_id)
+        self.source_tasks = [t.task_id for t in source_tasks(self.pipeline.tasks)]
+        self.records = RecordCounter(self.source_tasks, [t.task_id for t in self.pipeline.tasks
+                                                         if t.sink is not None])
         self.done: asyncio.Event | None = None  # created in run(), inside the event loop
         self.exit_code = EXIT_FINISHED
         self.running_since: float | None = None
@@ -386,7 +388,7 @@ class Coordinator:
             self.checkpoints.abort(msg["id"], f"declined by {msg['task']}[{msg['subtask']}]: "
                                               f"{msg['reason']}", count=True)
         elif t == "SOURCE_FINISHED":
-            self.sources_finished.add(msg["subtask"])
+            self.sources_finished.add((msg.get("task", self.source_tasks[0]), msg["subtask"]))
         elif t == "COMMITTED":
             self.committed.add(w.index)
             if len(self.committed) == self.p and self.final_id is not None:
@@ -556,7 +558,8 @@ class Coordinator:
             return
         if self.state is not JobState.RUNNING:
             return
-        if len(self.sources_finished) == self.p and self.final_id is None:
+        if (len(self.sources_finished) == self.p * len(self.source_tasks)
+                and self.final_id is None):
             if not any(pc.final for pc in self.checkpoints.pending.values()) and \
                     not self.checkpoints.completing:
                 self.checkpoints.trigger(final=True)

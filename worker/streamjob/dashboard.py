@@ -163,57 +163,72 @@ def overview(c: Any) -> str:
             f'"{st.get("running_since") or ""}">{cells}</div>')
 
 
-def task_inputs(tasks: list[Any]) -> dict[str, list[str]]:
-    """Task id -> the ids of the tasks feeding it (a pipeline is a chain of tasks)."""
-    out: dict[str, list[str]] = {}
-    for before, t in zip([None, *tasks], tasks, strict=False):
-        out[t.task_id] = [before.task_id] if before is not None and t.exchange else []
-    return out
+def layout(tasks: list[Any]) -> dict[int, tuple[int, int]]:
+    """Task index -> (column, row): a task's column is the longest path from a source to it,
+    rows count down each column in task order (a pure function; sources in column 0)."""
+    column: dict[int, int] = {}
+    for t in tasks:  # tasks are created after their inputs
+        column[t.index] = 1 + max((column[e.source] for e in t.inputs), default=-1)
+    rows: dict[int, int] = {}
+    place: dict[int, tuple[int, int]] = {}
+    for t in tasks:
+        c = column[t.index]
+        place[t.index] = (c, rows.get(c, 0))
+        rows[c] = rows.get(c, 0) + 1
+    return place
 
 
-BOX_W, HEAD_H, ROW_H, GAP = 320, 44, 24, 70
+BOX_W, HEAD_H, ROW_H, GAP_X, GAP_Y = 320, 44, 24, 90, 30
 
 
 def graph(c: Any) -> str:
-    """Tasks as boxes left to right, one row per subtask (coloured by the script from
-    ``/api/v1/tasks``: busy red, backpressured grey-violet, idle green), edges with the
-    exchange between them."""
-    tasks = c.pipeline.tasks
-    inputs = task_inputs(tasks)
-    p = c.p
-    height = HEAD_H + p * ROW_H
-    width = len(tasks) * (BOX_W + GAP) - GAP + 20
-    x_of = {t.task_id: 10 + i * (BOX_W + GAP) for i, t in enumerate(tasks)}
+    """Tasks as boxes (left to right by distance from the sources), one row per subtask
+    (coloured by the script from ``/api/v1/tasks``: busy red, backpressured grey-violet, idle
+    green), and one edge per input with its exchange."""
+    tasks, p = c.pipeline.tasks, c.p
+    place = layout(tasks)
+    box_h = HEAD_H + p * ROW_H
+    columns = 1 + max(col for col, _ in place.values())
+    rows = 1 + max(row for _, row in place.values())
+    width = columns * (BOX_W + GAP_X) - GAP_X + 20
+    height = rows * (box_h + GAP_Y) - GAP_Y + 20
+
+    def xy(index: int) -> tuple[int, int]:
+        col, row = place[index]
+        return 10 + col * (BOX_W + GAP_X), 10 + row * (box_h + GAP_Y)
+
     # per-task metrics (GET /api/v1/tasks) come from coordinators that measure them
     live = ' data-tasks-api="1"' if hasattr(c, "tasks") else ""
     parts = [f'<svg id="job-graph"{live} xmlns="http://www.w3.org/2000/svg" width="{width}" '
-             f'height="{height + 20}" viewBox="0 0 {width} {height + 20}">',
+             f'height="{height}" viewBox="0 0 {width} {height}">',
              '<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="8" '
              'markerHeight="8" orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="#555"/>'
              '</marker></defs>']
     for t in tasks:
-        for src in inputs[t.task_id]:
-            x1, x2, y = x_of[src] + BOX_W, x_of[t.task_id], 10 + height / 2
-            kind = t.exchange.kind if t.exchange else ""
-            parts.append(f'<line class="edge" x1="{x1}" y1="{y}" x2="{x2}" y2="{y}" '
-                         'stroke="#555" stroke-width="2" marker-end="url(#arrow)"/>'
-                         f'<text class="edge-label" x="{(x1 + x2) / 2}" y="{y - 6}" '
-                         f'text-anchor="middle">{escape(kind.upper())}</text>')
+        for edge in t.inputs:
+            (sx, sy), (tx, ty) = xy(edge.source), xy(t.index)
+            x1, y1, x2, y2 = sx + BOX_W, sy + box_h / 2, tx, ty + box_h / 2
+            label = edge.exchange.kind.upper() + (f" ({edge.tag})" if edge.tag else "")
+            mid = (x1 + x2) / 2
+            parts.append(f'<path class="edge" d="M{x1},{y1} C{mid},{y1} {mid},{y2} {x2},{y2}" '
+                         'fill="none" stroke="#555" stroke-width="2" marker-end="url(#arrow)"/>'
+                         f'<text class="edge-label" x="{mid}" y="{(y1 + y2) / 2 - 6}" '
+                         f'text-anchor="middle">{escape(label)}</text>')
     for t in tasks:
-        x = x_of[t.task_id]
+        x, y0 = xy(t.index)
         parts.append(f'<g class="task" data-task="{t.task_id}">'
-                     f'<rect x="{x}" y="10" width="{BOX_W}" height="{height}" rx="6" '
+                     f'<rect x="{x}" y="{y0}" width="{BOX_W}" height="{box_h}" rx="6" '
                      'fill="#fff" stroke="#333"/>'
-                     f'<text class="task-name" x="{x + 8}" y="28">{escape(_short(t.name))}'
+                     f'<text class="task-name" x="{x + 8}" y="{y0 + 18}">{escape(_short(t.name))}'
                      f'<title>{escape(t.name)}</title></text>'
-                     f'<text class="task-meta" x="{x + 8}" y="46" data-task-meta="{t.task_id}">'
-                     f'{t.task_id} · parallelism {p}</text>')
+                     f'<text class="task-meta" x="{x + 8}" y="{y0 + 36}" '
+                     f'data-task-meta="{t.task_id}">{t.task_id} · parallelism {p}</text>')
         for i in range(p):
-            y = 10 + HEAD_H + i * ROW_H
+            y = y0 + HEAD_H + i * ROW_H
             parts.append(f'<rect class="subtask" id="st-{t.task_id}-{i}" x="{x + 4}" y="{y}" '
                          f'width="{BOX_W - 8}" height="{ROW_H - 3}" rx="3" fill="#eee"/>'
                          f'<text class="subtask-text" id="sttext-{t.task_id}-{i}" x="{x + 10}" '
-                         f'y="{y + 15}">[{i}] no metrics yet</text>')
+                         f'y="{y + 15}">[{i}]</text>')
         parts.append("</g>")
     parts.append("</svg>")
     legend = ('<p class="legend"><span class="swatch" style="background:#5cb85c"></span> idle '

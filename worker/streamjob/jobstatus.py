@@ -14,13 +14,13 @@ log = logging.getLogger("streamjob.coordinator")
 
 
 class RecordCounter:
-    """Records read by the sources and records written by the last task (into the sink): the
+    """Records read by the sources and records written into the sinks: the
     current attempt from the workers' STATS (a worker sends one just before COMMITTED, so the
     count is exact at the end) plus what earlier attempts did (replays included)."""
 
-    def __init__(self, source_task: str, sink_task: str | None = None):
-        self.source_task = source_task
-        self.sink_task = sink_task or source_task
+    def __init__(self, source_tasks: list[str], sink_tasks: list[str] | None = None):
+        self.source_tasks = source_tasks
+        self.sink_tasks = sink_tasks or []
         self.latest: dict[int, dict[str, list[int]]] = {}
         self.lag: dict[int, dict[str, int]] = {}  # per worker: split -> records not read
         self.base = self.base_out = 0
@@ -44,13 +44,15 @@ class RecordCounter:
         self.lag = {}
 
     def current(self) -> int:
-        return sum(v.get(self.source_task, [0, 0])[0] for v in self.latest.values())
+        return sum(v.get(task, [0, 0])[0] for v in self.latest.values()
+                   for task in self.source_tasks)
 
     def total(self) -> int:
         return self.base + self.current()
 
     def current_out(self) -> int:
-        return sum(v.get(self.sink_task, [0, 0])[1] for v in self.latest.values())
+        return sum(v.get(task, [0, 0])[1] for v in self.latest.values()
+                   for task in self.sink_tasks)
 
     def total_out(self) -> int:
         return self.base_out + self.current_out()

@@ -297,6 +297,24 @@ class KeyedContext:
         return expiry
 
 
+class Collector(list):
+    """What a process function emits to: ``out.append(value)`` for the main output,
+    ``out.side(tag, value)`` for side output ``tag`` (``stream.side_output(tag)``; records of
+    a tag nobody reads are dropped, as in Flink)."""
+
+    __slots__ = ("sides",)
+
+    def __init__(self, sides: dict[str, list[Any]]):
+        super().__init__()
+        self.sides = sides
+
+    def side(self, tag: str, value: Any) -> None:
+        records = self.sides.get(tag)
+        if records is None:
+            records = self.sides[tag] = []
+        records.append(value)
+
+
 class KeyedProcessFunction:
     """Subclass and override ``process``; declare states in ``open``; override ``on_timer``
     when the function registers timers (``ctx.timers``)."""
@@ -362,20 +380,46 @@ class ReduceOperator:
         return out
 
 
+class CoProcessFunction:
+    """Two keyed inputs, one keyed state (``connect``): override ``process1`` (records of the
+    first stream) and ``process2`` (the second); declare states in ``open``. Both see the
+    same state for the same key."""
+
+    def open(self, ctx: KeyedContext) -> None:
+        """Declare states here: ``self.seen = ctx.value_state("seen", False)``."""
+
+    def process1(self, key: Any, value: Any, out: Collector) -> None:
+        raise NotImplementedError
+
+    def process2(self, key: Any, value: Any, out: Collector) -> None:
+        raise NotImplementedError
+
+    def on_timer(self, timestamp: Any, key: Any, out: Collector) -> None:
+        """A timer of ``key`` fired (registered with ``ctx.timers`` from either input)."""
+
+
 class ProcessOperator:
+    """Runs a KeyedProcessFunction. ``side_outputs`` collects what it emitted with
+    ``out.side(tag, value)``; the task takes them after each batch."""
+
     def __init__(self, backend: KeyedStateBackend, key_fn: Callable[[Any], Any],
-                 fn: KeyedProcessFunction, clock: Callable[[], int] | None = None):
+                 fn: Any, clock: Callable[[], int] | None = None):
         self.ctx = KeyedContext(backend, clock=clock)
         self.key_fn, self.fn = key_fn, fn
+        self.side_outputs: dict[str, list[Any]] = {}
         self.watermark: float = -math.inf
         fn.open(self.ctx)
 
-    def process_batch(self, batch: list[Any]) -> list[Any]:
-        ctx, key_fn, process, out = self.ctx, self.key_fn, self.fn.process, []
+    def _run(self, batch: list[Any], key_fn: Callable[[Any], Any],
+             process: Callable[[Any, Any, Collector], None]) -> list[Any]:
+        ctx, out = self.ctx, Collector(self.side_outputs)
         for record in batch:
             key = ctx.key = key_fn(record)
             process(key, record, out)
         return out
+
+    def process_batch(self, batch: list[Any]) -> list[Any]:
+        return self._run(batch, self.key_fn, self.fn.process)
 
     # Time: the task calls these between batches (timers fire only for functions using them).
 
@@ -396,7 +440,7 @@ class ProcessOperator:
     def on_watermark(self, watermark: float) -> list[Any]:
         self.watermark = max(self.watermark, watermark)
         timers = self._timers()
-        return [] if timers is None else timers.advance_watermark(watermark, self.fn.on_timer)
+        return [] if timers is None else timers.advance_watermark(watermark, self._on_timer)
 
     def next_processing_time(self) -> Any | None:
         timers = self._timers()
@@ -404,7 +448,29 @@ class ProcessOperator:
 
     def on_processing_time(self) -> list[Any]:
         timers = self._timers()
-        return [] if timers is None else timers.fire_processing_time(self.fn.on_timer)
+        return [] if timers is None else timers.fire_processing_time(self._on_timer)
+
+    def _on_timer(self, timestamp: Any, key: Any, out: list[Any]) -> None:
+        """The function's on_timer with a Collector: timers may emit to side outputs too."""
+        collector = Collector(self.side_outputs)
+        self.fn.on_timer(timestamp, key, collector)
+        out.extend(collector)
+
+
+class CoProcessOperator(ProcessOperator):
+    """Runs a CoProcessFunction: ``process_batch`` is the first input, ``process_batch2``
+    the second, each keyed by its own key function."""
+
+    def __init__(self, backend: KeyedStateBackend, key_fns: tuple[Callable[[Any], Any], ...],
+                 fn: CoProcessFunction):
+        super().__init__(backend, key_fns[0], fn)
+        self.key_fn2 = key_fns[1]
+
+    def process_batch(self, batch: list[Any]) -> list[Any]:
+        return self._run(batch, self.key_fn, self.fn.process1)
+
+    def process_batch2(self, batch: list[Any]) -> list[Any]:
+        return self._run(batch, self.key_fn2, self.fn.process2)
 
 
 class CountOperatorFactory:
@@ -429,3 +495,16 @@ class ProcessOperatorFactory:
 
         # Each subtask gets its own instance: user functions may keep fields.
         return ProcessOperator(backend, key_fn, copy.copy(self.fn))
+
+
+class CoProcessOperatorFactory:
+    def __init__(self, fn: CoProcessFunction, key_fns: tuple[Callable[[Any], Any], ...]):
+        if not isinstance(fn, CoProcessFunction):
+            raise TypeError(f"connect(...).process takes a CoProcessFunction, not "
+                            f"{type(fn).__name__}")
+        self.fn, self.key_fns = fn, key_fns
+
+    def create(self, backend: KeyedStateBackend) -> CoProcessOperator:
+        import copy
+
+        return CoProcessOperator(backend, self.key_fns, copy.copy(self.fn))

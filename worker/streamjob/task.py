@@ -5,6 +5,12 @@ the chained operators and emits the result downstream or into the sink. Barriers
 between batches; snapshots are taken there, so state and emitted records always agree.
 Watermarks (event time) also arrive between batches: windows fire, then the watermark goes on
 downstream (see ``windows.py``).
+
+A task with several input edges (union, connect; see ``jobgraph.py``) has one gate over the
+channels of all of them: alignment and the watermark span every input. A connected task's
+first operator takes each batch by the input its channel belongs to (``entry``). Operators
+may emit side outputs (``side_outputs``): they leave on the task's side-output edges after
+each batch, before any later barrier, so they belong to the same checkpoint as the batch.
 """
 
 from __future__ import annotations
@@ -22,12 +28,20 @@ from typing import Any
 
 from streamjob import barriers, faults, state
 from streamjob.barriers import BarrierHandler
-from streamjob.channels import CHECKPOINT, FINAL, SAVEPOINT, InputGate, Marker, Output, Watermark
+from streamjob.channels import (
+    CHECKPOINT,
+    FINAL,
+    SAVEPOINT,
+    InputGate,
+    Marker,
+    OutputSet,
+    Watermark,
+)
 from streamjob.checkpoints import checkpoint_dir, savepoint_path, shared_dir
 from streamjob.connectors.base import assign_splits
+from streamjob.jobgraph import TaskSpec, sides_of_channels
 from streamjob.keygroups import key_group, key_group_range
 from streamjob.operators import KeyedStateBackend
-from streamjob.pipeline import TaskSpec
 from streamjob.storage import Storage
 from streamjob.windows import (
     MAX_WATERMARK,
@@ -81,13 +95,19 @@ class SubtaskRunner:
         self.send = send  # control message to the coordinator
         self.gate: InputGate | None = None
         self.handler: BarrierHandler | None = None
-        if spec.exchange is not None:
-            self.gate = InputGate(parallelism)
-            self.handler = BarrierHandler(parallelism, checkpoint_mode, aligned_timeout)
+        channels = spec.num_channels(parallelism)
+        if spec.inputs:
+            self.gate = InputGate(channels)
+            self.handler = BarrierHandler(channels, checkpoint_mode, aligned_timeout)
             self.gate.blocked = self.handler.blocked
             self.gate.wants_priority = self._wants_priority
             self.gate.on_capture_overflow = self._capture_overflow
-        self.output: Output | None = None
+        self.output: OutputSet | None = None
+        # A connected (two-input) task: its first operator's entry per input, and the input
+        # of each gate channel. None for every other task.
+        self.entry: tuple[Callable[[Any], Any], ...] | None = None
+        self.side_of: list[int] = sides_of_channels(spec, parallelism)
+        self.side_ops: list[Any] = []  # operators that may emit side outputs
         self.backend: KeyedStateBackend | None = None
         self.source = source
         self.reader = None
@@ -98,7 +118,7 @@ class SubtaskRunner:
         # Event time: the source's watermark generator; the watermark of a gate task (min
         # over its channels); operators that act on watermarks, by their place in the chain.
         self.watermark_gen: WatermarkGenerator | None = None
-        self.tracker = WatermarkTracker(parallelism) if self.gate is not None else None
+        self.tracker = WatermarkTracker(channels) if self.gate is not None else None
         self.timers: list[tuple[int, Any]] = []
         # Operators with processing-time timers (keyed functions), by place in the chain.
         self.clocked: list[tuple[int, Any]] = []
@@ -111,7 +131,7 @@ class SubtaskRunner:
         self.stopped = False  # after a stop-with-savepoint barrier: emit nothing more
         self.pending: dict[int, Snapshot] = {}
         self.uploads: set[asyncio.Task[Any]] = set()
-        self.replay: list[Any] = []
+        self.replay: list[tuple[int, Any]] = []  # (gate channel, batch) captured in flight
         self._kg_cache: dict[Any, int] = {}
         # Incremental checkpoints: the files (full snapshot, then deltas) the current state
         # builds on; None means the next checkpoint is a full one.
@@ -145,16 +165,26 @@ class SubtaskRunner:
             elif step.kind == "timestamps":
                 self.watermark_gen = WatermarkGenerator(fn)
                 self.transforms.append(self.watermark_gen.observe)
-            elif step.kind == "keyed":
+            elif step.kind in ("keyed", "co_keyed"):
                 self.backend = KeyedStateBackend(track_changes=self.incremental)
                 self.backend.key_groups = key_group_range(self.subtask, self.p, self.m)
                 self.backend.max_parallelism = self.m
-                op = fn.create(self.backend, self.spec.exchange.key_fn)
+                if step.kind == "co_keyed":
+                    # Not in the chain: each input enters through its own method, then the
+                    # chain goes on from transform 0 (also for what fires on a watermark).
+                    op = fn.create(self.backend)
+                    self.entry = (op.process_batch, op.process_batch2)
+                    position = -1
+                else:
+                    op = fn.create(self.backend, self.spec.exchange.key_fn)
+                    position = len(self.transforms)
+                    self.transforms.append(op.process_batch)
                 if hasattr(op, "on_watermark"):
-                    self.timers.append((len(self.transforms), op))
+                    self.timers.append((position, op))
                 if hasattr(op, "on_processing_time"):
-                    self.clocked.append((len(self.transforms), op))
-                self.transforms.append(op.process_batch)
+                    self.clocked.append((position, op))
+                if hasattr(op, "side_outputs"):
+                    self.side_ops.append(op)
             elif step.kind == "sink":
                 self.sink_writer = fn.create_writer(self.subtask, self.job_id)
 
@@ -191,8 +221,8 @@ class SubtaskRunner:
                     sink_states.append(op_state["sink"])
                 watermarks.append(op_state.get("watermark"))
                 if same_parallelism and old_index == self.subtask:
-                    for _channel, batches in op_state.get("inflight", []):
-                        self.replay.extend(batches)
+                    for channel, batches in op_state.get("inflight", []):
+                        self.replay.extend((channel, b) for b in batches)
                     if self.incremental and kind == "checkpoint" and self.backend is not None:
                         # Keep building deltas on the files we restored from.
                         self.chain = [*handle.get("chain", []),
@@ -241,7 +271,13 @@ class SubtaskRunner:
         for transform in self.transforms if start == 0 else self.transforms[start:]:
             batch = transform(batch)
             if not batch:
-                return
+                break
+        else:
+            await self._emit(batch)
+        if self.side_ops:
+            await self._emit_side_outputs()
+
+    async def _emit(self, batch: Any) -> None:
         self.records_out += len(batch)
         if self.sink_writer is not None:
             writes = self.sink_writes
@@ -257,12 +293,26 @@ class SubtaskRunner:
         elif self.output is not None:
             await self.output.emit(batch)
 
+    async def _emit_side_outputs(self) -> None:
+        for op in self.side_ops:
+            if op.side_outputs:
+                sides, op.side_outputs = op.side_outputs, {}
+                for tag, records in sides.items():
+                    if self.output is not None:
+                        await self.output.emit_side(tag, records)
+
+    async def _on_records(self, channel: int, batch: Any) -> None:
+        self.records_in += len(batch)
+        if self.entry is None:
+            await self.push(batch)
+        else:
+            await self.push(self.entry[self.side_of[channel]](batch))
+
     async def run(self) -> None:
         if self.replay:
             batches, self.replay = self.replay, []
-            for batch in batches:
-                self.records_in += len(batch)
-                await self.push(batch)
+            for channel, batch in batches:
+                await self._on_records(channel, batch)
         if self.gate is None:
             await self._run_source()
         else:
@@ -313,7 +363,7 @@ class SubtaskRunner:
                 elif self.source_watermarks:
                     await self._emit_watermark(MAX_WATERMARK)
                 self.source_finished = True
-                self.send("SOURCE_FINISHED", subtask=self.subtask)
+                self.send("SOURCE_FINISHED", task=self.spec.task_id, subtask=self.subtask)
                 continue
             emitted += len(batch)
             self.records_in += len(batch)
@@ -389,8 +439,11 @@ class SubtaskRunner:
             if type(item) is Watermark:
                 await self._on_watermark(channel, item.timestamp)
                 continue
-            self.records_in += len(item)
-            await self.push(item)
+            if self.entry is None:
+                self.records_in += len(item)
+                await self.push(item)
+            else:
+                await self._on_records(channel, item)
 
     def _wants_priority(self, marker: Marker) -> bool:
         return not marker.aligned and self.handler.priority_barriers
