@@ -33,6 +33,28 @@ def slow_wordcount(args: dict[str, Any]) -> Pipeline:
     return p
 
 
+def cpu_bound_wordcount(args: dict[str, Any]) -> Pipeline:
+    """Wordcount whose keyed task spins ``cost_us`` microseconds of CPU per record (a busy
+    loop, not a sleep): it cannot keep up, so its sources are backpressured."""
+    records, words = int(args["records"]), int(args["words"])
+    cost = float(args.get("cost_us", 20)) / 1e6
+    word = word_of(words)
+
+    def spin(kv: tuple[str, int]) -> str:
+        end = time.perf_counter() + cost
+        while time.perf_counter() < end:
+            pass
+        return f"{kv[0]} {kv[1]}"
+
+    p = Pipeline()
+    (p.source(GeneratorSource(records=records, fn=word, rate=float(args.get("rate", 0))))
+      .key_by(str)
+      .count()
+      .map(spin, "Spin")
+      .sink(FileSink(args["output"])))
+    return p
+
+
 def lines_upper(args: dict[str, Any]) -> Pipeline:
     """File source -> rebalance -> map -> transactional file sink."""
     p = Pipeline()

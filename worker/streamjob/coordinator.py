@@ -35,11 +35,17 @@ from streamjob.checkpoint_coordinator import (
 )
 from streamjob.jobgraph import source_tasks
 from streamjob.jobstate import JobState
-from streamjob.jobstatus import RecordCounter, status_document, write_status_file
+from streamjob.jobstatus import (
+    RecordCounter,
+    status_document,
+    tasks_document,
+    write_status_file,
+)
 from streamjob.manifest import StreamJob, import_pipeline
 from streamjob.metrics import CoordinatorMetrics
 from streamjob.names import EXIT_FAILED, EXIT_FINISHED
 from streamjob.storage import Storage, StorageError
+from streamjob.taskmetrics import TaskMetrics, job_graph
 
 log = logging.getLogger("streamjob.coordinator")
 
@@ -107,6 +113,8 @@ class Coordinator:
         self.source_tasks = [t.task_id for t in source_tasks(self.pipeline.tasks)]
         self.records = RecordCounter(self.source_tasks, [t.task_id for t in self.pipeline.tasks
                                                          if t.sink is not None])
+        self.task_metrics = TaskMetrics()
+        self.graph = job_graph(self.pipeline.tasks)
         self.done: asyncio.Event | None = None  # created in run(), inside the event loop
         self.exit_code = EXIT_FINISHED
         self.running_since: float | None = None
@@ -394,7 +402,9 @@ class Coordinator:
             if len(self.committed) == self.p and self.final_id is not None:
                 self._on_all_committed()
         elif t == "STATS":
-            self.records.on_stats(w.index, msg["tasks"], msg.get("lag"))
+            if isinstance(msg.get("tasks"), dict):
+                self.records.on_stats(w.index, msg["tasks"], msg.get("lag"))
+                self.task_metrics.on_stats(time.monotonic(), w.index, msg["tasks"])
         elif t == "FAILED":
             if (self.state is JobState.DEPLOYING and self.deploying_from is not None
                     and msg.get("restore_failed")):
@@ -463,6 +473,7 @@ class Coordinator:
         self._set_state(tr.state)
         self.message = tr.message
         self.records.new_attempt()
+        self.task_metrics.clear()
         self.attempt += 1
         self.running.clear()
         self.metrics.running.set(0)
@@ -578,6 +589,9 @@ class Coordinator:
 
     def status(self) -> dict[str, Any]:
         return status_document(self)
+
+    def tasks(self, window: float | None = None) -> dict[str, Any]:
+        return tasks_document(self, window)
 
     def _write_status(self) -> None:
         write_status_file(self.status_file, self.status())

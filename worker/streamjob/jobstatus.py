@@ -106,6 +106,24 @@ def status_document(c: Any) -> dict[str, Any]:
     }
 
 
+def tasks_document(c: Any, window: float | None) -> dict[str, Any]:
+    """The task metrics (``openapi.yaml`` TaskMetrics) of a coordinator: per task of the job
+    graph, rates and ratios over the last ``window`` seconds (see ``taskmetrics.py``)."""
+    from streamjob import jobstate as js
+    from streamjob.taskmetrics import clamp_window
+
+    w = clamp_window(window)
+    cc = c.checkpoints
+    return {
+        "window_s": w,
+        "state": js.public_state(c.state, c.attempt),
+        "checkpoint_in_progress": bool(cc.pending or cc.completing),
+        "restoring": c.state in (js.JobState.CREATED, js.JobState.DEPLOYING,
+                                 js.JobState.RESTARTING),
+        "tasks": c.task_metrics.tasks(c.graph, c.p, w),
+    }
+
+
 def write_status_file(path: str | None, status: dict[str, Any]) -> None:
     if not path:
         return

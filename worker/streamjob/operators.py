@@ -421,6 +421,11 @@ class ProcessOperator:
     def process_batch(self, batch: list[Any]) -> list[Any]:
         return self._run(batch, self.key_fn, self.fn.process)
 
+    @property
+    def late_records(self) -> int:
+        """Records the function dropped as late (joins count them)."""
+        return getattr(self.fn, "late_records", 0)
+
     # Time: the task calls these between batches (timers fire only for functions using them).
 
     def _timers(self) -> Any:

@@ -152,6 +152,20 @@ class KeyedStream:
                                 "(key_by(...) both sides)")
         return ConnectedStreams(self, other)
 
+    def join(self, other: KeyedStream) -> Any:
+        """Window join with ``other`` on equal keys: ``.window(size_ms[, slide_ms])
+        .apply(fn)`` (see ``joins.py``)."""
+        from streamjob.joins import JoinedStreams
+
+        return JoinedStreams(self.connect(other))
+
+    def interval_join(self, other: KeyedStream) -> Any:
+        """Interval join with ``other`` on equal keys and event time:
+        ``.between(lower_ms, upper_ms).apply(fn)`` (see ``joins.py``)."""
+        from streamjob.joins import IntervalJoin
+
+        return IntervalJoin(self.connect(other))
+
     def window(self, size_ms: int, timestamp: Callable[[Any], int] | None = None) -> Any:
         """Tumbling event-time windows of ``size_ms``; finish with ``.reduce(fn)`` or
         ``.sum(value_fn)``. Each record's event time is read with the source's

@@ -124,7 +124,16 @@ class SubtaskRunner:
         self.clocked: list[tuple[int, Any]] = []
         self.records_in = 0
         self.records_out = 0
+        # Task metrics (taskmetrics.py), measured per batch: time spent processing, time
+        # waiting for room downstream (sink queue, source waiting for output; the output's
+        # channels count their own waits), since when the subtask runs.
+        self.busy_s = 0.0
         self.backpressure_seconds = 0.0
+        self.started: float | None = None
+        # Rate-limited sources: the pace they keep (records/s) and what they emitted since.
+        self.paced_rate = 0.0
+        self.paced_since = 0.0
+        self.paced_emitted = 0
         self.triggers: list[dict[str, Any]] = []
         self.trigger_event = asyncio.Event()
         self.source_finished = False
@@ -199,6 +208,36 @@ class SubtaskRunner:
     @property
     def name(self) -> str:
         return f"{self.spec.task_id}[{self.subtask}]"
+
+    @property
+    def backpressured_s(self) -> float:
+        """Seconds this subtask waited for room downstream."""
+        own = self.backpressure_seconds
+        return own if self.output is None else own + self.output.backpressured_s
+
+    def stats(self) -> list[Any]:
+        """The cumulative STATS of this subtask: ``[records_in, records_out, busy_s,
+        backpressured_s, elapsed_s, backlog]`` (backlog: None unless a source)."""
+        elapsed = 0.0 if self.started is None else time.monotonic() - self.started
+        return [self.records_in, self.records_out, round(self.busy_s, 4),
+                round(self.backpressured_s, 4), round(elapsed, 4), self.backlog()]
+
+    def backlog(self) -> int | None:
+        """Records a source is behind: Kafka's lag over its partitions; for a rate-limited
+        source, what its pace allows by now and it has not read yet; for an unlimited one,
+        what remains to be read (all of it is available now)."""
+        if self.reader is None:
+            return None
+        lag = getattr(self.reader, "lag", None)
+        if lag is not None:
+            return sum(lag().values())
+        remaining = getattr(self.reader, "remaining", None)
+        left = remaining() if remaining is not None else None
+        if self.paced_rate <= 0:
+            return left
+        due = int((time.monotonic() - self.paced_since) * self.paced_rate) - self.paced_emitted
+        due = max(0, due)
+        return due if left is None else min(due, left)
 
     @property
     def late_records(self) -> int:
@@ -309,20 +348,29 @@ class SubtaskRunner:
             await self.push(self.entry[self.side_of[channel]](batch))
 
     async def run(self) -> None:
+        self.started = time.monotonic()
         if self.replay:
             batches, self.replay = self.replay, []
             for channel, batch in batches:
+                t0, b0 = time.perf_counter(), self.backpressured_s
                 await self._on_records(channel, batch)
+                self._busy(t0, b0)
         if self.gate is None:
             await self._run_source()
         else:
             await self._run_gate()
 
+    def _busy(self, t0: float, backpressured_before: float) -> None:
+        """Count the time since ``t0`` as busy, less what was spent backpressured."""
+        self.busy_s += (time.perf_counter() - t0) - (self.backpressured_s -
+                                                     backpressured_before)
+
     async def _run_source(self) -> None:
         rate = self.source.rate
         share = len(self.reader.positions()) / max(1, len(self.source.split_ids()))
         my_rate = rate * share
-        started = time.monotonic()
+        started = self.paced_since = time.monotonic()
+        self.paced_rate = my_rate
         emitted = 0
         while True:
             while self.triggers:
@@ -355,6 +403,7 @@ class SubtaskRunner:
                         pass
                     continue
                 budget = min(BATCH, allowed)
+            t0, b0 = time.perf_counter(), self.backpressured_s
             batch = self.reader.poll(budget)
             if batch is None:
                 if self.watermark_gen is not None:
@@ -366,13 +415,25 @@ class SubtaskRunner:
                 self.send("SOURCE_FINISHED", task=self.spec.task_id, subtask=self.subtask)
                 continue
             emitted += len(batch)
+            self.paced_emitted = emitted
             self.records_in += len(batch)
             await self.push(batch)
             if self.watermark_gen is not None:
                 await self._emit_watermark(self.watermark_gen.next_watermark(time.monotonic()))
             elif self.source_watermarks:
                 await self._emit_watermark(self.reader.watermark(time.monotonic()))
-            await asyncio.sleep(0)  # let control messages and readers run
+            self._busy(t0, b0)
+            behind = my_rate <= 0 or (time.monotonic() - started) * my_rate >= emitted + 1
+            if self.output is None or not behind:
+                await asyncio.sleep(0)  # let control messages and readers run
+                continue
+            # Subtasks of a worker share its event loop: while a source that could read more
+            # yields, the loop runs downstream subtasks (and their readers). Time it is held
+            # back that way is backpressure as much as a full channel is (in Flink each task
+            # has a thread of its own and would wait on the full channel instead).
+            t0 = time.perf_counter()
+            await asyncio.sleep(0)
+            self.backpressure_seconds += time.perf_counter() - t0
 
     async def _emit_watermark(self, watermark: float | None) -> None:
         if watermark is not None and self.output is not None:
@@ -424,26 +485,26 @@ class SubtaskRunner:
                 if due is not None:
                     wait = max(0.0, due / 1000 - time.time())
                     timeout = wait if timeout is None else min(timeout, wait)
-            got = await gate.next(timeout)
+            got = await gate.next(timeout)  # waiting here is idle time
+            t0, b0 = time.perf_counter(), self.backpressured_s
             if self.clocked:
                 await self._fire_processing_timers()
             if got is None:
                 await self._apply(handler.on_tick(time.time()), None)
-                continue
-            channel, item = got
-            if type(item) is Marker:
-                item.handled = True
-                await self._apply(handler.on_barrier(channel, item.checkpoint_id, time.time(),
-                                                     item.aligned), item)
-                continue
-            if type(item) is Watermark:
-                await self._on_watermark(channel, item.timestamp)
-                continue
-            if self.entry is None:
-                self.records_in += len(item)
-                await self.push(item)
             else:
-                await self._on_records(channel, item)
+                channel, item = got
+                if type(item) is Marker:
+                    item.handled = True
+                    await self._apply(handler.on_barrier(channel, item.checkpoint_id,
+                                                         time.time(), item.aligned), item)
+                elif type(item) is Watermark:
+                    await self._on_watermark(channel, item.timestamp)
+                elif self.entry is None:
+                    self.records_in += len(item)
+                    await self.push(item)
+                else:
+                    await self._on_records(channel, item)
+            self._busy(t0, b0)
 
     def _wants_priority(self, marker: Marker) -> bool:
         return not marker.aligned and self.handler.priority_barriers

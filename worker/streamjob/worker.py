@@ -230,8 +230,7 @@ class Worker:
             return
         if msg.get("final"):
             # Final counts first (same ordered connection): the job's totals are exact.
-            self.send("STATS", tasks={r.spec.task_id: [r.records_in, r.records_out]
-                                      for r in d.runners})
+            self.send("STATS", tasks={r.spec.task_id: r.stats() for r in d.runners})
             self.send("COMMITTED", id=msg["id"])
 
     async def _report_stats(self) -> None:
@@ -239,8 +238,8 @@ class Worker:
             await asyncio.sleep(1.0)
             d = self.deployment
             if d is not None:
-                self.send("STATS", tasks={r.spec.task_id: [r.records_in, r.records_out]
-                                          for r in d.runners}, lag=_source_lag(d.runners))
+                self.send("STATS", tasks={r.spec.task_id: r.stats() for r in d.runners},
+                          lag=_source_lag(d.runners))
 
     # -- deploy and cancel ---------------------------------------------------------------
 

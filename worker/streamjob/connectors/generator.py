@@ -47,6 +47,10 @@ class GeneratorReader:
     def positions(self) -> dict[str, int]:
         return {str(k): v for k, v in self.pos.items()}
 
+    def remaining(self) -> int:
+        """Records of this reader's splits not read yet."""
+        return sum(self.size[k] - r for k, r in self.pos.items() if r < self.size[k])
+
     def poll(self, max_records: int) -> list[Any] | None:
         live = [k for k, r in self.pos.items() if r < self.size[k]]
         if not live:
