@@ -137,6 +137,15 @@ def test_dashboard_pages_in_a_browser_against_a_real_run(run_job, ui_proxy, brow
     assert names[0].startswith("Source") and names[1].startswith("Keyed count"), names
     assert len(browser.find_elements(By.CSS_SELECTOR, "#job-graph rect.subtask")) == 4
     assert browser.find_element(By.CSS_SELECTOR, "#job-graph .edge-label").text == "KEYED"
+    # live per-subtask metrics (GET /api/v1/tasks): records/s, busy and backpressured shares
+    # as text, and as the colour of the row
+    label = wait_until(browser, lambda d: d.find_element(By.ID, "sttext-t0-1").text
+                       if "busy" in d.find_element(By.ID, "sttext-t0-1").text else None,
+                       "metrics of subtask t0[1]")
+    assert re.fullmatch(r"\[1\] [\d.]+ ?[kM]?/s in · busy \d+% · bp \d+%", label), label
+    wait_until(browser, lambda d: all(
+        d.find_element(By.ID, f"st-{t}-{i}").get_attribute("fill").startswith("rgb(")
+        for t in ("t0", "t1") for i in (0, 1)), "every subtask coloured by its metrics")
     shot(browser, "graph")
 
     # -- checkpoints: a completed one shows up without a reload; its timeline opens
