@@ -156,9 +156,12 @@ def overview(c: Any) -> str:
         ("restored_from", "Restored from checkpoint", st.get("restored_from") or "-"),
         ("mode", "Checkpoint mode", c.spec.checkpoint.mode),
     ]
-    cells = "".join(f'<div class="tile"><div class="label">{label}</div>'
-                    f'<div class="value" data-field="{key}">{escape(str(value))}</div></div>'
-                    for key, label, value in fields)
+    state = escape(st["state"])
+    cells = "".join(f'<div class="tile"><div class="label">{label}</div><div class="value">'
+                    + (f'<span class="state state-{state}" data-field="state">{state}</span>'
+                       if key == "state" else
+                       f'<span data-field="{key}">{escape(str(value))}</span>')
+                    + "</div></div>" for key, label, value in fields)
     return (f'<h1>Overview</h1><div class="tiles" data-running-since='
             f'"{st.get("running_since") or ""}">{cells}</div>')
 
