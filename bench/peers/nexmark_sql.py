@@ -64,6 +64,24 @@ QUERIES = {
               FROM auction AS A INNER JOIN person AS P ON A.seller = P.id
               WHERE A.category = 10 AND (P.state = 'OR' OR P.state = 'ID'
                                          OR P.state = 'CA')"""),
+    "q5": ("auction BIGINT, num BIGINT",
+           """SELECT AuctionBids.auction, AuctionBids.num
+              FROM (SELECT auction, count(*) AS num, window_start AS starttime,
+                           window_end AS endtime
+                    FROM TABLE(HOP(TABLE bid, DESCRIPTOR(dateTime), INTERVAL '2' SECOND,
+                                   INTERVAL '10' SECOND))
+                    GROUP BY auction, window_start, window_end) AS AuctionBids
+              JOIN (SELECT max(CountBids.num) AS maxn, CountBids.starttime,
+                           CountBids.endtime
+                    FROM (SELECT count(*) AS num, window_start AS starttime,
+                                 window_end AS endtime
+                          FROM TABLE(HOP(TABLE bid, DESCRIPTOR(dateTime), INTERVAL '2' SECOND,
+                                         INTERVAL '10' SECOND))
+                          GROUP BY auction, window_start, window_end) AS CountBids
+                    GROUP BY CountBids.starttime, CountBids.endtime) AS MaxBids
+              ON AuctionBids.starttime = MaxBids.starttime
+                 AND AuctionBids.endtime = MaxBids.endtime
+                 AND AuctionBids.num >= MaxBids.maxn"""),
     "q7": ("auction BIGINT, price BIGINT, bidder BIGINT, dateTime TIMESTAMP_LTZ(3), "
            "extra STRING",
            """SELECT B.auction, B.price, B.bidder, B.dateTime, B.extra
@@ -85,6 +103,12 @@ QUERIES = {
                                       INTERVAL '10' SECOND))
                     GROUP BY seller, window_start, window_end) A
               ON P.id = A.seller AND P.starttime = A.starttime AND P.endtime = A.endtime"""),
+    "q11": ("bidder BIGINT, bid_count BIGINT, starttime TIMESTAMP(3), endtime TIMESTAMP(3)",
+            """SELECT B.bidder, count(*) AS bid_count,
+                      SESSION_START(B.dateTime, INTERVAL '10' SECOND) AS starttime,
+                      SESSION_END(B.dateTime, INTERVAL '10' SECOND) AS endtime
+               FROM bid B
+               GROUP BY B.bidder, SESSION(B.dateTime, INTERVAL '10' SECOND)"""),
 }
 
 

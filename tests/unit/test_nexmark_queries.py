@@ -110,3 +110,29 @@ def test_q8_reports_persons_who_opened_an_auction_in_the_same_10_second_window()
     assert rows(run("q8", events)) == rows([
         {"id": 5, "name": "Ann A", "starttime": T0},
         {"id": 7, "name": "Kate Smith", "starttime": T0 + 10_000}])
+
+
+def test_q5_reports_the_auctions_with_most_bids_in_each_sliding_window():
+    # auction 1: bids at 1 s and 3 s; auction 2: one bid at 9 s; auction 3: two at 11 s
+    events = [bid(1, 1, 1000), bid(1, 1, 3000), bid(2, 1, 9000), bid(3, 1, 11_000),
+              bid(3, 1, 11_500)]
+    by_window = Counter()
+    for r in run("q5", events):
+        by_window[(r["auction"], r["num"])] += 1
+    # Window -8 s holds only the bid at 1 s (top: auction 1, 1 bid); windows -6 s .. 0 s
+    # hold both of auction 1's (4 windows); windows 2 s .. 10 s hold auction 3's two bids
+    # beside at most one of auctions 1 and 2 (5 windows).
+    assert by_window == Counter({(1, 1): 1, (1, 2): 4, (3, 2): 5})
+    assert rows(run("q5", events)) == rows(QUERIES["q5"].reference(events))
+
+
+def test_q11_counts_each_bidders_bids_per_session_of_10_seconds_gap():
+    events = [bid(1, 1, 0, bidder=8), bid(1, 1, 4000, bidder=8),
+              bid(1, 1, 14_000, bidder=8),   # exactly 10 s after: Flink merges (ends touch)
+              bid(1, 1, 30_000, bidder=8),   # a new session
+              bid(1, 1, 5000, bidder=9)]
+    assert rows(run("q11", events)) == rows([
+        {"bidder": 8, "bid_count": 3, "starttime": T0, "endtime": T0 + 24_000},
+        {"bidder": 8, "bid_count": 1, "starttime": T0 + 30_000, "endtime": T0 + 40_000},
+        {"bidder": 9, "bid_count": 1, "starttime": T0 + 5000, "endtime": T0 + 15_000}])
+    assert rows(run("q11", events)) == rows(QUERIES["q11"].reference(events))

@@ -7,7 +7,7 @@ generator's dicts (``{"event_type": 2, "bid": {...}}``).
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -253,6 +253,177 @@ def q8_reference(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+# ------------------------------------------------------------------------ q5 hot items
+
+SLIDE_MS, HOP_MS = 2_000, 10_000  # q5: 10-second windows every 2 seconds
+
+
+def q5_auction(e: dict[str, Any]) -> int:
+    return e["bid"]["auction"]
+
+
+class Q5Count(KeyedProcessFunction):
+    """Bids per auction in each sliding window, keyed by auction: counts per 2-second pane,
+    a window ``[s, s + 10 s)`` is the sum of its five panes, emitted as ``(s, auction, n)``
+    when the watermark passes its end (an event-time timer at ``end - 1``, as Flink fires
+    windows)."""
+
+    def open(self, ctx: Any) -> None:
+        self.ctx = ctx
+        self.panes = ctx.map_state("panes")  # pane start -> bids
+
+    def process(self, key: Any, e: dict[str, Any], out: list[Any]) -> None:
+        t = e["bid"]["dateTime"]
+        pane = t - t % SLIDE_MS
+        n = self.panes.get(pane)
+        if n is None:
+            watermark = self.ctx.timers.current_watermark()
+            if pane + HOP_MS - 1 <= watermark:
+                return  # late: every window holding it has fired
+            # The pane is in the windows ending pane + 2 s ... pane + 10 s: a timer for each
+            # that has not fired yet.
+            for end in range(pane + SLIDE_MS, pane + HOP_MS + 1, SLIDE_MS):
+                if end - 1 > watermark:
+                    self.ctx.timers.register_event_time(end - 1)
+            n = 0
+        self.panes.put(pane, n + 1)
+
+    def on_timer(self, ts: Any, key: Any, out: Any) -> None:
+        start = ts + 1 - HOP_MS
+        total = 0
+        for pane, n in self.panes.items():
+            if start <= pane < start + HOP_MS:
+                total += n
+            if pane < start + SLIDE_MS:
+                self.panes.remove(pane)  # no later window holds it
+        if total:
+            out.append((start, key, total))
+
+
+def q5_window(r: tuple) -> int:
+    return r[0]
+
+
+class Q5Top(KeyedProcessFunction):
+    """The auctions with the most bids of each window, keyed by window start: emitted when
+    the watermark passes the window's end, once every count of it has arrived."""
+
+    def open(self, ctx: Any) -> None:
+        self.ctx = ctx
+        self.top = ctx.value_state("top")  # (most bids, auctions with that many)
+
+    def process(self, key: Any, r: tuple, out: list[Any]) -> None:
+        _, auction, n = r
+        top = self.top.value()
+        if top is None:
+            self.ctx.timers.register_event_time(key + HOP_MS - 1)
+            self.top.update((n, (auction,)))
+        elif n > top[0]:
+            self.top.update((n, (auction,)))
+        elif n == top[0]:
+            self.top.update((n, (*top[1], auction)))
+
+    def on_timer(self, ts: Any, key: Any, out: Any) -> None:
+        n, auctions = self.top.value()
+        for a in auctions:
+            out.append({"auction": a, "num": n})
+        self.top.clear()
+
+
+def q5(stream: Any) -> Any:
+    return (stream.filter(is_bid, "Bids").key_by(q5_auction).process(Q5Count(), "Bids per window")
+            .key_by(q5_window).process(Q5Top(), "q5 top auctions"))
+
+
+def q5_reference(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    counts: dict[int, Counter[int]] = defaultdict(Counter)
+    for e in events:
+        if e["event_type"] == 2:
+            t = e["bid"]["dateTime"]
+            last = t - t % SLIDE_MS
+            for start in range(last - HOP_MS + SLIDE_MS, last + 1, SLIDE_MS):
+                counts[start][e["bid"]["auction"]] += 1
+    out = []
+    for window in counts.values():
+        most = max(window.values())
+        out += [{"auction": a, "num": n} for a, n in window.items() if n == most]
+    return out
+
+
+# ------------------------------------------------------------------------ q11 sessions
+
+GAP_MS = 10_000  # q11: a bidder's session ends after 10 s without bids
+
+
+def q11_bidder(e: dict[str, Any]) -> int:
+    return e["bid"]["bidder"]
+
+
+class Q11Sessions(KeyedProcessFunction):
+    """Session windows of each bidder (gap 10 s), keyed by bidder: a bid opens ``[t, t +
+    gap)``, merged with every session it touches (Flink's rule: the intervals intersect,
+    ends included); a session is emitted when the watermark passes its end."""
+
+    def open(self, ctx: Any) -> None:
+        self.ctx = ctx
+        self.sessions = ctx.value_state("sessions")  # ((start, end, bids), ...)
+
+    def process(self, key: Any, e: dict[str, Any], out: list[Any]) -> None:
+        timers = self.ctx.timers
+        t = e["bid"]["dateTime"]
+        start, end, n = t, t + GAP_MS, 1
+        if end - 1 <= timers.current_watermark():
+            return  # late: its session has fired
+        keep = []
+        for s in self.sessions.value() or ():
+            if s[0] <= end and s[1] >= start:
+                start, end, n = min(start, s[0]), max(end, s[1]), n + s[2]
+                timers.delete_event_time(s[1] - 1)
+            else:
+                keep.append(s)
+        keep.append((start, end, n))
+        timers.register_event_time(end - 1)
+        self.sessions.update(tuple(keep))
+
+    def on_timer(self, ts: Any, key: Any, out: Any) -> None:
+        keep = []
+        for s in self.sessions.value() or ():
+            if s[1] - 1 <= ts:
+                out.append({"bidder": key, "bid_count": s[2], "starttime": s[0],
+                            "endtime": s[1]})
+            else:
+                keep.append(s)
+        if keep:
+            self.sessions.update(tuple(keep))
+        else:
+            self.sessions.clear()
+
+
+def q11(stream: Any) -> Any:
+    return stream.filter(is_bid, "Bids").key_by(q11_bidder).process(Q11Sessions(), "q11")
+
+
+def q11_reference(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    times: dict[int, list[int]] = defaultdict(list)
+    for e in events:
+        if e["event_type"] == 2:
+            times[e["bid"]["bidder"]].append(e["bid"]["dateTime"])
+    out = []
+    for bidder, ts in times.items():
+        ts.sort()
+        first = prev = ts[0]
+        n = 0
+        for t in ts:
+            if t > prev + GAP_MS:
+                out.append({"bidder": bidder, "bid_count": n, "starttime": first,
+                            "endtime": prev + GAP_MS})
+                first, n = t, 0
+            prev, n = t, n + 1
+        out.append({"bidder": bidder, "bid_count": n, "starttime": first,
+                    "endtime": prev + GAP_MS})
+    return out
+
+
 QUERIES: dict[str, Query] = {
     "q0": Query("q0", "SELECT auction, bidder, price, dateTime, extra FROM bid",
                 q0, q0_reference),
@@ -279,4 +450,22 @@ QUERIES: dict[str, Query] = {
                       "window_start, window_end) A ON P.id = A.seller AND P.starttime = "
                       "A.starttime AND P.endtime = A.endtime", q8, q8_reference,
                 event_time=True),
+    "q5": Query("q5", "SELECT AuctionBids.auction, AuctionBids.num FROM (SELECT auction, "
+                      "count(*) AS num, window_start AS starttime, window_end AS endtime FROM "
+                      "TABLE(HOP(TABLE bid, DESCRIPTOR(dateTime), INTERVAL '2' SECOND, "
+                      "INTERVAL '10' SECOND)) GROUP BY auction, window_start, window_end) AS "
+                      "AuctionBids JOIN (SELECT max(CountBids.num) AS maxn, "
+                      "CountBids.starttime, CountBids.endtime FROM (SELECT count(*) AS num, "
+                      "window_start AS starttime, window_end AS endtime FROM TABLE(HOP(TABLE "
+                      "bid, DESCRIPTOR(dateTime), INTERVAL '2' SECOND, INTERVAL '10' SECOND)) "
+                      "GROUP BY auction, window_start, window_end) AS CountBids GROUP BY "
+                      "CountBids.starttime, CountBids.endtime) AS MaxBids ON "
+                      "AuctionBids.starttime = MaxBids.starttime AND AuctionBids.endtime = "
+                      "MaxBids.endtime AND AuctionBids.num >= MaxBids.maxn",
+                q5, q5_reference, event_time=True),
+    "q11": Query("q11", "SELECT B.bidder, count(*) AS bid_count, SESSION_START(B.dateTime, "
+                        "INTERVAL '10' SECOND) AS starttime, SESSION_END(B.dateTime, "
+                        "INTERVAL '10' SECOND) AS endtime FROM bid B GROUP BY B.bidder, "
+                        "SESSION(B.dateTime, INTERVAL '10' SECOND)",
+                 q11, q11_reference, event_time=True),
 }
