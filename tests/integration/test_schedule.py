@@ -18,11 +18,11 @@ RECORDS, WORDS = 40_000, 300
 
 def test_a_schedule_started_in_the_past_is_behind_by_its_backlog_and_catches_up(run_job):
     # The schedule allowed 1,000/s from 300 s ago: all 40,000 records are due at once (and
-    # the keyed task reads at most ~10,000/s per subtask: 100 us of CPU per record). Counted
+    # the keyed task reads at most ~3,300/s per subtask: 300 us of CPU per record). Counted
     # from the attempt instead, at most a few thousand would be due by the first report.
     job = run_job("streamjob.examples.scheduled:build", name="sched",
                   args={"records": RECORDS, "words": WORDS, "schedule": "0s:1000",
-                        "start_at": time.time() - 300, "cost_us": 100})
+                        "start_at": time.time() - 300, "cost_us": 300})
     status = job.wait_for(lambda s: s.get("state") == "RUNNING", what="RUNNING")
     port = status["coordinator"]["api_port"]
     token = (job.cwd / ".streamjob/runs/sched/api-token").read_text().strip()
