@@ -19,23 +19,23 @@ On restore from checkpoint n, the writer that takes over an old subtask (``old %
 1. fences: ``init_transactions`` on every slot id of its own subtask, of each old subtask
    handed to it, and on every id in the snapshot. That aborts whatever the crashed attempt
    left open and fences zombies (a producer of the old attempt can no longer commit).
-2. closes: for each transaction of the snapshot, one transaction on its id that writes an
-   empty record (header ``streamjob.close``) to each of its partitions and the marker
-   group's offset, then aborts. A broker that crashed after deciding a commit but before
-   writing its markers can come back with the transaction finished in its coordinator and
-   still open in the partitions (it skips markers for partitions without a leader while it
+2. closes: a transaction of the snapshot whose epoch is above the marker group's committed
+   offset did not commit as a whole. For each, one transaction on its id writes an empty
+   record (header ``streamjob.close``) to each of its partitions and the marker group's
+   offset, then aborts. A broker that crashed after deciding a commit but before writing
+   its markers can come back with the transaction finished in its coordinator and still
+   open in the partitions (it skips markers for partitions without a leader while it
    starts): nothing ends it until the next transaction of the same producer id, whose
    commit would then make it visible too (after a re-produce: twice). The abort ends it
    now, on every partition, so what follows reads a settled log.
-3. finishes the commit: a transaction of the snapshot whose epoch is above the marker
-   group's offset did not commit as a whole. The writer waits until the last stable offset
-   of each of its partitions is past its records, reads them with ``read_committed``
-   (the transaction's nonce in a ``streamjob.txn`` header tells them from other producers'
-   records) and, for the partitions where they are not visible, reads them back with
-   ``read_uncommitted`` and produces them again, in one transaction that also sets the
-   marker to the epoch. So an epoch that is visible is never produced again, and the marker
-   makes this idempotent: a crash during the re-produce leaves the marker below the epoch,
-   and the next restore does it again.
+3. finishes the commit: for each of those transactions the writer waits until the last
+   stable offset of each of its partitions is past its records, counts them with
+   ``read_committed`` (the transaction's nonce in a ``streamjob.txn`` header tells them
+   from other producers' records) and, for the partitions where none is visible, reads
+   them back with ``read_uncommitted`` and produces them again, in one transaction that
+   also sets the marker to the epoch. So an epoch that is visible is never produced again,
+   and the marker makes this idempotent: a crash during the re-produce leaves the marker
+   below the epoch, and the next restore does it again.
 
 confluent-kafka cannot resume another producer's transaction by id (Flink does it by
 reflection), so "commit on restore" re-produces instead: the output of a completed checkpoint
@@ -292,10 +292,10 @@ class TransactionalWriter(_Writer):
         t0 = time.monotonic()
         with ThreadPoolExecutor(max_workers=8) as pool:
             slots = dict(zip(ids, pool.map(lambda i: _Slot(self.sink, i), ids), strict=True))
-            # Step 2 before anything is read: see the module doc.
-            list(pool.map(lambda t: self._close(slots[t["id"]], t), pending))
-        markers = self._markers({t["group"] for t in pending})
-        redo = to_finish(pending, markers)
+            markers = self._markers({t["group"] for t in pending})
+            redo = to_finish(pending, markers)
+            # Step 2 before the log is read: see the module doc.
+            list(pool.map(lambda t: self._close(slots[t["id"]], t), redo))
         for t in redo:
             partitions = to_reproduce(t, visible_records(self.sink, t))
             self._reproduce(slots[t["id"]], t, partitions)
