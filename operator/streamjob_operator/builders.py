@@ -133,6 +133,10 @@ def coordinator_pod(job: StreamJob, dep: Deployment, incarnation: int, settings:
                 name=names.token_secret_name(job.metadata.name), key=names.TOKEN_KEY))),
         _worker_token_env(job),
     ] + _storage_env(job)
+    superseded = names.superseded_job_ids(job.metadata.uid or "", dep.revision, dep.job_id)
+    if superseded:
+        # checkpoints of earlier revisions: deleted after this one's first checkpoint
+        env.append(k8s.V1EnvVar(name="STREAMJOB_SUPERSEDED_JOB_IDS", value=",".join(superseded)))
     ports = [k8s.V1ContainerPort(name="rpc", container_port=names.RPC_PORT),
              k8s.V1ContainerPort(name="api", container_port=names.API_PORT)]
     _metrics(settings, command, ports)

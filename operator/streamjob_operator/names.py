@@ -72,3 +72,23 @@ def worker_selector(job: str) -> str:
 def coordinator_host(job: str, namespace: str) -> str:
     """DNS name of the coordinator Service inside the cluster."""
     return f"{service_name(job)}.{namespace}.svc"
+
+
+#: at most this many superseded job ids are handed to a coordinator (each revision's
+#: coordinator cleans all of its predecessors, so older ones are normally gone already)
+MAX_SUPERSEDED = 32
+
+
+def revision_job_id(uid: str, revision: int) -> str:
+    """Job id (checkpoint prefix) of a revision that starts from a savepoint: one with no
+    checkpoints yet. The first revision's job id is the StreamJob's uid itself."""
+    return f"{uid}-r{revision}"
+
+
+def superseded_job_ids(uid: str, revision: int, current: str) -> list[str]:
+    """Every job id an earlier revision of the StreamJob ``uid`` may have used, newest last,
+    without ``current`` (revisions that reused a job id share its checkpoints)."""
+    if not uid:
+        return []
+    ids = [uid] + [revision_job_id(uid, r) for r in range(1, revision)]
+    return [i for i in ids if i != current][-MAX_SUPERSEDED:]

@@ -291,6 +291,8 @@ class Reconciler:
         data["observedGeneration"] = self.body["metadata"].get("generation")
         data["parallelism"] = dep.parallelism if dep else None
         data["selector"] = names.worker_selector(self.name)
+        # how a person opens the job's dashboard (a local proxy through a port-forward)
+        data["dashboard"] = f"streamjob ui --kube {self.namespace}/{self.name}"
         data["conditions"] = conditions(phase, self.status.message,
                                         self.body["metadata"].get("generation"),
                                         self.raw_status.get("conditions") or [], _now_iso())
@@ -679,7 +681,7 @@ class Reconciler:
         with no checkpoints yet (its own later checkpoints then win, as they should).
         """
         dep = self.status.deployment
-        return f"{self.uid}-r{(dep.revision + 1) if dep else 1}"
+        return names.revision_job_id(self.uid, (dep.revision + 1) if dep else 1)
 
     def roll_out(self, parallelism: int, from_savepoint: str | None, job_id: str,
                  event: Event, message: str) -> None:

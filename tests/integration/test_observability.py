@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 import xml.etree.ElementTree as ET
@@ -137,3 +138,50 @@ def test_api_against_a_real_run(run_job, tmp_path):
     assert code == 200 and entry["kind"] == "savepoint" and entry["status"] == "COMPLETED"
 
     assert job.wait(180) == 0
+
+
+def test_task_metrics_show_a_cpu_bound_task_busy_and_its_source_backpressured(run_job):
+    job = run_job("tests.integration.jobs:cpu_bound_wordcount", name="busy",
+                  args={"records": 50_000_000, "words": 1000, "cost_us": 50,
+                        "rate": 200_000},
+                  checkpoint={"interval": "1s"})
+    status = job.wait_for(lambda s: s.get("state") == "RUNNING", what="RUNNING")
+    port = status["coordinator"]["api_port"]
+    token = (job.cwd / ".streamjob/runs/busy/api-token").read_text().strip()
+    assert call(port, "/api/v1/tasks", None)[0] == 401
+    assert call(port, "/api/v1/tasks?window=soon", token)[0] == 400
+
+    def measured():
+        # The spinning task is busy nearly all the time; its source, which could read 200k/s,
+        # waits for room downstream most of the time. (Polled until a window shows it: on a
+        # loaded machine a window may also hold a checkpoint or a scheduling hiccup.)
+        code, body = call(port, "/api/v1/tasks?window=3", token)
+        assert code == 200
+        source, counting = body["tasks"]
+        if len(counting["subtasks"]) < 2 or counting["busy_ratio"] < 0.8 or \
+                min(s["busy_ratio"] for s in counting["subtasks"]) < 0.6 or \
+                source["backpressured_ratio"] < 0.5 or source["backlog_growth_per_s"] is None:
+            return None  # (no growth yet: the window does not span two reports)
+        return body
+
+    deadline = time.monotonic() + 90
+    body = None
+    while body is None:
+        assert time.monotonic() < deadline, call(port, "/api/v1/tasks?window=3", token)
+        body = measured()
+        if body is None:
+            time.sleep(0.5)  # polling for a condition, not synchronisation
+    check_schema(body, "TaskMetrics")
+    assert body["window_s"] == 3 and body["state"] == "RUNNING" and not body["restoring"]
+    source, counting = body["tasks"]
+    assert [t["id"] for t in body["tasks"]] == ["t0", "t1"]
+    assert counting["inputs"] == ["t0"] and source["inputs"] == []
+    assert "Spin" in counting["name"]
+    assert source["busy_ratio"] < 0.4, source
+    assert all(s["idle_ratio"] < 0.4 for s in counting["subtasks"]), counting
+    assert source["backlog"] > 0 and counting["backlog"] is None
+    assert source["backlog_growth_per_s"] > 0  # it reads well below 200k/s
+    # Records flow at a rate the spin allows (50 us each: at most ~20k/s per subtask).
+    assert 100 < counting["records_in_per_s"] <= 2 * 20_000 * 1.2, counting
+    assert source["records_out_per_s"] > 100
+    assert call(port, "/api/v1/tasks?window=100000", token)[1]["window_s"] == 300

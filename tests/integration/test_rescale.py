@@ -90,3 +90,30 @@ def test_restoring_with_another_max_parallelism_is_refused(run_job, tmp_path):
     assert job2.wait() == 2
     assert ("it was taken with maxParallelism 128, the job has 64" in job2.output()
             ), job2.output()
+
+
+def test_checkpoints_of_superseded_job_ids_go_after_the_first_checkpoint_savepoints_stay(
+        run_job):
+    """What the operator does at each revision (STREAMJOB_SUPERSEDED_JOB_IDS): the new job
+    deletes the old job id's checkpoints once it has one of its own; the savepoint it started
+    from, and every other savepoint, stay listed and restorable."""
+    args = {"records": 100_000, "words": WORDS, "rate": 10_000}
+    job = run_job(args=args, name="old")
+    job.wait_for(lambda s: (s.get("last_checkpoint") or {}).get("id", 0) >= 2,
+                 what="two checkpoints")
+    old_id = job.status()["job_id"]
+    first = savepoint(job, stop=False)
+    uri = savepoint(job, stop=True)
+    assert job.wait() == 0, job.output()
+    old = job.checkpoints() / old_id
+    assert list(old.glob("chk-*/_metadata"))
+
+    job2 = run_job(args={**args, "rate": 0}, name="new", extra=["--from-savepoint", uri],
+                   env={"STREAMJOB_SUPERSEDED_JOB_IDS": f"{old_id},never-existed"})
+    assert job2.wait(300) == 0, job2.output()
+    new_id = job2.status()["job_id"]
+    assert new_id != old_id and list((job.checkpoints() / new_id).glob("chk-*/_metadata"))
+    assert not list(old.glob("chk-*")) and not (old / "shared").exists()
+    for kept in (first, uri):
+        assert (job.checkpoints() / kept.split("/ckpt/")[1] / "_metadata").is_file()
+    assert_exactly_once(job.cwd / "output", 100_000, WORDS)

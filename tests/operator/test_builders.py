@@ -212,3 +212,21 @@ def test_job_metrics_port_adds_the_flag_a_named_port_and_a_rule_for_the_monitori
     assert len(plain(builders.network_policy(job, unnamed))["spec"]["ingress"]) == 2
     plain_worker = plain(builders.worker_pod(job, DEP, 0, 1, "10.0.0.9", SETTINGS))
     assert "--metrics-port" not in plain_worker["spec"]["containers"][0]["args"]
+
+
+def test_the_coordinator_is_told_the_job_ids_of_the_revisions_it_supersedes(body):
+    pod = plain(builders.coordinator_pod(parse_job(body), DEP, 0, SETTINGS))
+    assert env_of(pod)["STREAMJOB_SUPERSEDED_JOB_IDS"]["value"] == "uid-1,uid-1-r1,uid-1-r2"
+    first = Deployment(revision=1, parallelism=2, job_id="uid-1")
+    pod = plain(builders.coordinator_pod(parse_job(body), first, 0, SETTINGS))
+    assert "STREAMJOB_SUPERSEDED_JOB_IDS" not in env_of(pod)  # rev 1's only id is its own
+
+
+def test_superseded_job_ids_are_every_earlier_revisions_id_but_the_current_one():
+    # a revision that reused its predecessor's id (restart, last-state upgrade) keeps it
+    assert names.superseded_job_ids("u", 4, "u-r3") == ["u", "u-r1", "u-r2"]
+    assert names.superseded_job_ids("u", 3, "u-r3") == ["u", "u-r1", "u-r2"]
+    assert names.superseded_job_ids("u", 2, "u") == ["u-r1"]
+    assert names.superseded_job_ids("", 5, "x") == []
+    many = names.superseded_job_ids("u", 100, "u-r100")
+    assert len(many) == names.MAX_SUPERSEDED and many[-1] == "u-r99"  # newest kept

@@ -229,6 +229,7 @@ def test_create_deploys_pods_support_objects_and_pending_status(cluster):
     assert status["phase"] == "Pending" and status["parallelism"] == 2
     assert status["observedGeneration"] == 1
     assert status["selector"] == "streamjob.dev/job=wc,streamjob.dev/role=worker"
+    assert status["dashboard"] == "streamjob ui --kube jobs/wc"
     assert {c["type"]: c["status"] for c in status["conditions"]}["Ready"] == "False"
 
 

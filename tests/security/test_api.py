@@ -41,6 +41,9 @@ class FakeCoordinator:
     def status(self):
         return {"state": "RUNNING", "savepoints": [], "message": "running", "attempt": 1}
 
+    def tasks(self, window=None):
+        return {"window_s": window or 10.0, "state": "RUNNING", "tasks": []}
+
     async def savepoint(self, stop=False):
         if self.refuse:
             raise RuntimeError(self.refuse)

@@ -254,3 +254,25 @@ def test_a_restore_behind_committed_output_fails_or_sets_it_aside_when_allowed(
     assert not part2.exists()
     [kept] = (tmp_path / ".out.superseded").iterdir()
     assert (kept / part2.name).read_text() == "epoch 2\n"
+
+
+def test_only_checkpoints_and_shared_files_of_a_superseded_job_id_are_deleted():
+    keys = ["old/chk-3/_metadata", "old/chk-3/t0/0-ab", "old/chk-4/t1/1-cd",
+            "old/shared/t0/0-5-ef", "old/savepoints/sp-5/_metadata",
+            "old/savepoints/sp-5/t0/0-gh", "old/stop", "old/coordinator.json",
+            "old/chk-9/_metadata", "old/chk-9/t0/0-ij", "old/chk-10/t0/0-kl"]
+    assert ckpt.superseded_deletions(keys, keep="old/savepoints/sp-5") == [
+        "old/chk-3", "old/chk-4", "old/shared", "old/chk-9", "old/chk-10"]
+    # the path this job started from (here a checkpoint of the old id) is kept, and the
+    # shared files an incremental checkpoint may need with it
+    assert ckpt.superseded_deletions(keys, keep="old/chk-9") == [
+        "old/chk-3", "old/chk-4", "old/chk-10"]
+    assert ckpt.superseded_deletions(keys, keep="other/chk-9") == ckpt.superseded_deletions(
+        keys)
+
+
+def test_superseded_job_ids_from_the_environment_are_never_this_job_or_a_path():
+    from streamjob.coordinator import superseded_job_ids
+
+    assert superseded_job_ids(" a, b ,,me,../x,..,c/d,e", "me") == ["a", "b", "e"]
+    assert superseded_job_ids("", "me") == []

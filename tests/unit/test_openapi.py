@@ -39,6 +39,9 @@ class FakeCoordinator:
     def status(self):
         return {"state": "RUNNING", "savepoints": []}
 
+    def tasks(self, window=None):
+        return {"window_s": 10.0, "tasks": []}
+
     async def savepoint(self, stop=False):
         return {"path": "file:///sp", "id": 2, "size_bytes": 0}
 

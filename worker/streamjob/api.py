@@ -17,6 +17,7 @@ import hmac
 import json
 import logging
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
@@ -165,12 +166,14 @@ class ApiServer:
         if request.can_read_body:
             async with asyncio.timeout(self.timeout):
                 body = await request.read()  # at most client_max_size, else 413
-        status, payload = await self._route(request.method, request.path, body)
+        status, payload = await self._route(request.method, request.path, body,
+                                            request.query)
         if status >= 400 and "error" in payload:
             return _error(status, payload["error"])
         return web.json_response(payload, status=status)
 
-    async def _route(self, method: str, path: str, body: bytes) -> tuple[int, Any]:
+    async def _route(self, method: str, path: str, body: bytes,
+                     query: Mapping[str, str] | None = None) -> tuple[int, Any]:
         c = self.coordinator
         parts = [p for p in path.split("/") if p]
         if parts[:2] != ["api", "v1"]:
@@ -178,6 +181,13 @@ class ApiServer:
         parts = parts[2:]
         if parts == ["job"] and method == "GET":
             return 200, c.status()
+        if parts == ["tasks"] and method == "GET":
+            raw = (query or {}).get("window")
+            try:
+                window = None if raw is None else float(raw)
+            except ValueError:
+                return 400, {"error": f"window must be a number of seconds, got {raw[:40]!r}"}
+            return 200, c.tasks(window)
         if parts == ["checkpoints"] and method == "GET":
             return 200, {"checkpoints": [{k: v for k, v in h.items() if k != "timings"}
                                          for h in c.history]}

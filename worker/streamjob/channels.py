@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -192,9 +193,15 @@ class LocalChannel:
 
     def __init__(self, gate: InputGate, channel: int):
         self.gate, self.channel = gate, channel
+        self.backpressured_s = 0.0  # seconds spent waiting for room in the receiver's queue
 
     async def send(self, batch: Any) -> None:
+        if self.available():
+            await self.gate.put_batch(self.channel, batch)
+            return
+        t0 = time.perf_counter()
         await self.gate.put_batch(self.channel, batch)
+        self.backpressured_s += time.perf_counter() - t0
 
     def available(self) -> bool:
         g = self.gate
@@ -222,6 +229,7 @@ class RemoteChannel:
 
     def __init__(self, writer: asyncio.StreamWriter):
         self.writer = writer
+        self.backpressured_s = 0.0  # seconds spent waiting for the peer to read (TCP flow control)
         writer.transport.set_write_buffer_limits(high=self.HIGH_WATER)
         limit_socket_buffers(writer)
 
@@ -237,7 +245,9 @@ class RemoteChannel:
         # Sources wait for ``available()`` before reading more; this hard limit bounds the
         # buffer for tasks that cannot wait ahead of time.
         if self.writer.transport.get_write_buffer_size() > 4 * self.HIGH_WATER:
+            t0 = time.perf_counter()
             await self.writer.drain()
+            self.backpressured_s += time.perf_counter() - t0
 
     async def send_barrier(self, checkpoint_id: int, kind: int) -> None:
         # Never wait here: a barrier must not be held up by a full buffer to another peer.
@@ -304,6 +314,11 @@ class Output:
             if bucket:
                 await channel.send(bucket)
 
+    @property
+    def backpressured_s(self) -> float:
+        """Seconds the sends of this output waited for room downstream (backpressure)."""
+        return sum(c.backpressured_s for c in self.channels)
+
     def available(self) -> bool:
         return all(c.available() for c in self.channels)
 
@@ -322,3 +337,48 @@ class Output:
     def close(self) -> None:
         for channel in self.channels:
             channel.close()
+
+
+class OutputSet:
+    """Every output edge of a task: its main output (to one or more downstream tasks) and its
+    side outputs by tag. Records go to the edges of their output; barriers and watermarks go
+    to every edge (each downstream input aligns and tracks event time on its own)."""
+
+    def __init__(self, main: list[Output], sides: dict[str, list[Output]] | None = None):
+        self.main = main
+        self.sides = sides or {}
+        self.all = main + [o for outputs in self.sides.values() for o in outputs]
+        # The common case (one downstream task) calls the edge's emit directly.
+        self.emit = main[0].emit if len(main) == 1 else self._emit_all
+
+    async def _emit_all(self, batch: Any) -> None:
+        for output in self.main:
+            await output.emit(batch)
+
+    async def emit_side(self, tag: str, batch: Any) -> None:
+        for output in self.sides.get(tag, ()):
+            await output.emit(batch)
+
+    @property
+    def backpressured_s(self) -> float:
+        """Seconds the sends of every edge waited for room downstream (backpressure)."""
+        return sum(o.backpressured_s for o in self.all)
+
+    def available(self) -> bool:
+        return all(o.available() for o in self.all)
+
+    async def wait_available(self) -> None:
+        for output in self.all:
+            await output.wait_available()
+
+    async def broadcast_barrier(self, checkpoint_id: int, kind: int) -> None:
+        for output in self.all:
+            await output.broadcast_barrier(checkpoint_id, kind)
+
+    async def broadcast_watermark(self, timestamp: float) -> None:
+        for output in self.all:
+            await output.broadcast_watermark(timestamp)
+
+    def close(self) -> None:
+        for output in self.all:
+            output.close()

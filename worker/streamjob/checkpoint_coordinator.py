@@ -116,6 +116,10 @@ class CheckpointCoordinator:
         self.consecutive_failures = 0
         self.restored_from: int | None = None
         self._referenced: dict[int, set[str]] = {}
+        #: job ids of the operator revisions this job replaced: their checkpoints go once this
+        #: job has a completed checkpoint of its own (``keep``: the path this job started from)
+        self.superseded: list[str] = []
+        self.keep: str | None = None
 
     async def io(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
@@ -250,6 +254,12 @@ class CheckpointCoordinator:
             except Exception as err:  # noqa: BLE001 - retention is retried at the next one
                 log.warning("retention after checkpoint %d failed: %s: %s", pc.checkpoint_id,
                             type(err).__name__, err)
+            if self.superseded:
+                try:
+                    await self.io(self._clean_superseded)
+                except Exception as err:  # noqa: BLE001 - retried after the next checkpoint
+                    log.warning("cannot delete checkpoints of superseded job ids: %s: %s",
+                                type(err).__name__, err)
         self.write_status()
 
     def _fail_waiters(self, pc: PendingCheckpoint, err: BaseException) -> None:
@@ -346,6 +356,17 @@ class CheckpointCoordinator:
                 self.storage.delete(key)
             except Exception as err:  # noqa: BLE001
                 log.warning("cannot delete shared state file %s: %s", key, err)
+
+    def _clean_superseded(self) -> None:
+        """Checkpoints left under earlier job ids by operator revisions: a user can no longer
+        restore them (this job restores its own newest checkpoint, which now exists)."""
+        for old in list(self.superseded):
+            doomed = ckpt.superseded_deletions(self.storage.list(f"{old}/"), self.keep)
+            for folder in doomed:
+                self.storage.delete_prefix(folder)
+            if doomed:
+                log.info("deleted %s of superseded job id %s", ", ".join(doomed), old)
+            self.superseded.remove(old)
 
     def _refs(self, ids) -> set[str]:
         refs: set[str] = set()

@@ -168,6 +168,28 @@ def shared_dir(job_id: str) -> str:
     return f"{job_id}/shared"
 
 
+def superseded_deletions(keys: list[str], keep: str | None = None) -> list[str]:
+    """Of the keys under an earlier job id (an operator revision this job replaced), the
+    folders nobody can restore from any more: its checkpoint folders and its shared
+    (incremental) files. Its savepoints stay (they outlive jobs, users list them), and so does
+    ``keep``, the savepoint or checkpoint this job started from (with the shared files an
+    incremental checkpoint may need)."""
+    folders = []
+    keep_parts = keep.strip("/").split("/") if keep else []
+    for key in keys:
+        parts = key.split("/")
+        if len(parts) < 3 or not (_CHK.match(parts[1]) or parts[1] == "shared"):
+            continue
+        folder = "/".join(parts[:2])
+        kept_checkpoint = len(keep_parts) > 1 and bool(_CHK.match(keep_parts[1]))
+        if keep_parts[:1] == parts[:1] and (keep_parts[1:2] == parts[1:2]
+                                            or parts[1] == "shared" and kept_checkpoint):
+            continue
+        if folder not in folders:
+            folders.append(folder)
+    return folders
+
+
 def list_savepoints(storage: Storage) -> list[dict[str, Any]]:
     """Every savepoint under the storage root (any job, running or deleted), oldest first:
     path, job, id, completed time, size in bytes, parallelism."""

@@ -130,12 +130,30 @@ def api_call(base: str, token: str, method: str, path: str, body: Any = None,
 
 
 def cmd_savepoint(args: argparse.Namespace) -> int:
+    if args.kube:
+        # A job in Kubernetes: its coordinator API through an API-server port-forward.
+        from streamjob import kube_access
+
+        if args.name:
+            raise ManifestError("name a local job or pass --kube NAMESPACE/NAME, not both")
+        try:
+            with kube_access.coordinator_api(args.kube) as (base, token, forwarder):
+                return _savepoint_via(base, token, args.kube, args.stop, forwarder)
+        except kube_access.KubeAccessError as err:
+            raise ManifestError(str(err)) from None
+    if not args.name:
+        raise ManifestError("name a running job, or pass --kube NAMESPACE/NAME")
     base, token = _local_api(args.name)
+    return _savepoint_via(base, token, args.name, args.stop)
+
+
+def _savepoint_via(base: str, token: str, job: str, stop: bool, forwarder: Any = None) -> int:
     try:
-        result = api_call(base, token, "POST", "/api/v1/savepoints", {"stop": args.stop})
+        result = api_call(base, token, "POST", "/api/v1/savepoints", {"stop": stop})
     except (OSError, http.client.HTTPException, ValueError) as err:
-        why = getattr(err, "reason", None) or err
-        raise ManifestError(f"lost the coordinator of job {args.name!r} before it answered "
+        why = (forwarder.error if forwarder is not None and forwarder.error else None) or \
+            getattr(err, "reason", None) or err
+        raise ManifestError(f"lost the coordinator of job {job!r} before it answered "
                             f"({why}); it may be restarting: try again") from None
     print(f"savepoint {result['id']} ({result['size_bytes']} bytes)", file=sys.stderr)
     print(result["uri"])
@@ -279,8 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
     wk.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
     wk.set_defaults(fn=cmd_worker)
 
-    sp = sub.add_parser("savepoint", help="take a savepoint of a running local job")
-    sp.add_argument("name")
+    sp = sub.add_parser("savepoint", help="take a savepoint of a running job (local, or in "
+                        "Kubernetes with --kube)")
+    sp.add_argument("name", nargs="?", help="the job's metadata.name (a local run here)")
+    sp.add_argument("--kube", metavar="NAMESPACE/NAME",
+                    help="a StreamJob in Kubernetes (KUBECONFIG): its coordinator API through "
+                         "an API-server port-forward, the token from the job's Secret")
     sp.add_argument("--stop", action="store_true", help="stop the job after the savepoint")
     sp.set_defaults(fn=cmd_savepoint)
 

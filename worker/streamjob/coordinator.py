@@ -33,12 +33,19 @@ from streamjob.checkpoint_coordinator import (
     CheckpointCoordinator,
     PendingCheckpoint,
 )
+from streamjob.jobgraph import source_tasks
 from streamjob.jobstate import JobState
-from streamjob.jobstatus import RecordCounter, status_document, write_status_file
+from streamjob.jobstatus import (
+    RecordCounter,
+    status_document,
+    tasks_document,
+    write_status_file,
+)
 from streamjob.manifest import StreamJob, import_pipeline
 from streamjob.metrics import CoordinatorMetrics
 from streamjob.names import EXIT_FAILED, EXIT_FINISHED
 from streamjob.storage import Storage, StorageError
+from streamjob.taskmetrics import TaskMetrics, job_graph
 
 log = logging.getLogger("streamjob.coordinator")
 
@@ -52,6 +59,13 @@ class WorkerConn:
     port: int
     pid: int | None
     idle: bool = True      # not part of a running attempt: ready to be deployed
+
+
+def superseded_job_ids(env: str, job_id: str) -> list[str]:
+    """``STREAMJOB_SUPERSEDED_JOB_IDS`` (comma-separated, set by the operator): job ids of
+    earlier revisions; never this job's own id, never a path."""
+    ids = [i.strip() for i in env.split(",")]
+    return [i for i in ids if i and i != job_id and "/" not in i and i not in (".", "..")]
 
 
 class Coordinator:
@@ -87,14 +101,17 @@ class Coordinator:
         self.coordinator_restarts = 0
         self.workers: dict[int, WorkerConn] = {}
         self.running: set[int] = set()
-        self.sources_finished: set[int] = set()
+        self.sources_finished: set[tuple[str, int]] = set()  # (source task, subtask)
         self.committed: set[int] = set()
         self.final_id: int | None = None
         self.stop_after: int | None = None
         self.restore_problems: dict[int, str] = {}
         self.deploying_from: int | None = None
         self.savepoint_body: dict[str, Any] | None = None
-        self.records = RecordCounter(self.pipeline.tasks[0].task_id)
+        self.source_tasks = [t.task_id for t in source_tasks(self.pipeline.tasks)]
+        self.records = RecordCounter(self.source_tasks)
+        self.task_metrics = TaskMetrics()
+        self.graph = job_graph(self.pipeline.tasks)
         self.done: asyncio.Event | None = None  # created in run(), inside the event loop
         self.exit_code = EXIT_FINISHED
         self.running_since: float | None = None
@@ -112,6 +129,8 @@ class Coordinator:
             executor=self.executor, broadcast=self.broadcast, attempt=lambda: self.attempt,
             on_failure=self._failover, on_final=self._on_final,
             write_status=self._write_status)
+        self.checkpoints.superseded = superseded_job_ids(
+            os.environ.get("STREAMJOB_SUPERSEDED_JOB_IDS", ""), job_id)
 
     # -- entry points used by the API --------------------------------------------------------
 
@@ -223,8 +242,8 @@ class Coordinator:
         await self.checkpoints.save_counters(self._counters())
         stop = await self.io(self.checkpoints.read_json, STOP_MARKER)
         if stop is None and self.from_savepoint:
-            _, self.savepoint_body = await self.io(ckpt.resolve_savepoint, self.storage,
-                                                   self.from_savepoint)
+            self.checkpoints.keep, self.savepoint_body = await self.io(
+                ckpt.resolve_savepoint, self.storage, self.from_savepoint)
             ckpt.check_compatible(self.savepoint_body, self.spec.max_parallelism)
             log.info("restoring from savepoint %s", self.from_savepoint)
         return stop
@@ -372,13 +391,15 @@ class Coordinator:
             self.checkpoints.abort(msg["id"], f"declined by {msg['task']}[{msg['subtask']}]: "
                                               f"{msg['reason']}", count=True)
         elif t == "SOURCE_FINISHED":
-            self.sources_finished.add(msg["subtask"])
+            self.sources_finished.add((msg.get("task", self.source_tasks[0]), msg["subtask"]))
         elif t == "COMMITTED":
             self.committed.add(w.index)
             if len(self.committed) == self.p and self.final_id is not None:
                 self._on_all_committed()
         elif t == "STATS":
-            self.records.on_stats(w.index, msg["tasks"], msg.get("lag"))
+            if isinstance(msg.get("tasks"), dict):
+                self.records.on_stats(w.index, msg["tasks"], msg.get("lag"))
+                self.task_metrics.on_stats(time.monotonic(), w.index, msg["tasks"])
         elif t == "FAILED":
             if (self.state is JobState.DEPLOYING and self.deploying_from is not None
                     and msg.get("restore_failed")):
@@ -441,6 +462,7 @@ class Coordinator:
         self._set_state(tr.state)
         self.message = tr.message
         self.records.new_attempt()
+        self.task_metrics.clear()
         self.attempt += 1
         self.running.clear()
         self.metrics.running.set(0)
@@ -536,7 +558,8 @@ class Coordinator:
             return
         if self.state is not JobState.RUNNING:
             return
-        if len(self.sources_finished) == self.p and self.final_id is None:
+        if (len(self.sources_finished) == self.p * len(self.source_tasks)
+                and self.final_id is None):
             if not any(pc.final for pc in self.checkpoints.pending.values()) and \
                     not self.checkpoints.completing:
                 self.checkpoints.trigger(final=True)
@@ -555,6 +578,9 @@ class Coordinator:
 
     def status(self) -> dict[str, Any]:
         return status_document(self)
+
+    def tasks(self, window: float | None = None) -> dict[str, Any]:
+        return tasks_document(self, window)
 
     def _write_status(self) -> None:
         write_status_file(self.status_file, self.status())

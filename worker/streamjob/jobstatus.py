@@ -18,8 +18,8 @@ class RecordCounter:
     sends one just before COMMITTED, so the count is exact at the end) plus what earlier
     attempts read (replays included)."""
 
-    def __init__(self, source_task: str):
-        self.source_task = source_task
+    def __init__(self, source_tasks: list[str]):
+        self.source_tasks = source_tasks
         self.latest: dict[int, dict[str, list[int]]] = {}
         self.lag: dict[int, dict[str, int]] = {}  # per worker: split -> records not read
         self.base = 0
@@ -42,7 +42,8 @@ class RecordCounter:
         self.lag = {}
 
     def current(self) -> int:
-        return sum(v.get(self.source_task, [0, 0])[0] for v in self.latest.values())
+        return sum(v.get(task, [0, 0])[0] for v in self.latest.values()
+                   for task in self.source_tasks)
 
     def total(self) -> int:
         return self.base + self.current()
@@ -90,6 +91,24 @@ def status_document(c: Any) -> dict[str, Any]:
         "running_since": c.running_since, "finished_at": c.finished_at,
         "attempt_running_at": c.attempt_running_at, "last_failure": c.last_failure,
         "updated_at": time.time(),
+    }
+
+
+def tasks_document(c: Any, window: float | None) -> dict[str, Any]:
+    """The task metrics (``openapi.yaml`` TaskMetrics) of a coordinator: per task of the job
+    graph, rates and ratios over the last ``window`` seconds (see ``taskmetrics.py``)."""
+    from streamjob import jobstate as js
+    from streamjob.taskmetrics import clamp_window
+
+    w = clamp_window(window)
+    cc = c.checkpoints
+    return {
+        "window_s": w,
+        "state": js.public_state(c.state, c.attempt),
+        "checkpoint_in_progress": bool(cc.pending or cc.completing),
+        "restoring": c.state in (js.JobState.CREATED, js.JobState.DEPLOYING,
+                                 js.JobState.RESTARTING),
+        "tasks": c.task_metrics.tasks(c.graph, c.p, w),
     }
 
 

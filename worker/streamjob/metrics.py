@@ -47,7 +47,7 @@ class WorkerCollector:
             labels = [r.spec.task_id, str(r.subtask)]
             rin.add_metric(labels, r.records_in)
             rout.add_metric(labels, r.records_out)
-            bp.add_metric(labels, r.backpressure_seconds)
+            bp.add_metric(labels, r.backpressured_s)
             late.add_metric(labels, r.late_records)
             reader_lag = getattr(r.reader, "lag", None)
             if reader_lag is not None:

@@ -17,8 +17,11 @@ incremental checkpoints see the change.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
+
+from streamjob.timers import EVENT_TABLE, PROCESSING_TABLE
 
 _MISSING = object()
 
@@ -74,6 +77,8 @@ class KeyedStateBackend:
         self.max_parallelism: int | None = None
         # Tables that have held a mutable value (see the module docstring): frozen deeply.
         self.mutable: set[str] = set()
+        # Tables with a time-to-live (ttl.Expiry): snapshots leave expired entries out.
+        self.expiring: dict[str, Any] = {}
 
     def note_value(self, name: str, value: Any) -> None:
         """Record that table ``name`` holds ``value`` (cheap: one type test)."""
@@ -112,6 +117,8 @@ class KeyedStateBackend:
                 frozen[name] = (kind, {k: dict(v) for k, v in table.items()})
             else:
                 frozen[name] = (kind, table.copy())
+            if name in self.expiring:
+                frozen[name] = (kind, self.expiring[name].live(frozen[name][1])[0])
         if self.dirty is not None and reset_changes:
             self.dirty = set()
         return frozen
@@ -133,6 +140,9 @@ class KeyedStateBackend:
                     changed[k] = copy_value(v)
                 else:
                     changed[k] = dict(v) if kind == "map" else v
+            if name in self.expiring:
+                changed, gone = self.expiring[name].live(changed)
+                deleted.extend(gone)
             delta[name] = (kind, changed, deleted)
         return delta
 
@@ -231,12 +241,15 @@ class MapState:
 
 
 class KeyedContext:
-    """What a KeyedProcessFunction sees: the current key and its declared states."""
+    """What a KeyedProcessFunction sees: the current key, its declared states and its timers
+    (``ctx.timers``, see ``timers.py``). ``clock`` is processing time in ms (timers, TTL)."""
 
     def __init__(self, backend: KeyedStateBackend, key_groups: range | None = None,
-                 max_parallelism: int | None = None):
+                 max_parallelism: int | None = None, clock: Callable[[], int] | None = None):
         self.backend = backend
         self.key: Any = None
+        self.clock = clock
+        self._timers: Any = None  # created on first use: no cost for functions without timers
         # The key groups this subtask owns (for functions that pre-load their state).
         self.key_groups = key_groups if key_groups is not None else backend.key_groups
         self.max_parallelism = max_parallelism or backend.max_parallelism
@@ -245,25 +258,76 @@ class KeyedContext:
         if self.backend.dirty is not None:
             self.backend.dirty.add(self.key)
 
-    def value_state(self, name: str, default: Any = None) -> ValueState:
+    @property
+    def timers(self) -> Any:
+        """The :class:`~streamjob.timers.TimerService` of this function."""
+        if self._timers is None:
+            from streamjob.timers import TimerService, wall_clock_ms
+
+            self._timers = TimerService(self, self.clock or wall_clock_ms)
+        return self._timers
+
+    def value_state(self, name: str, default: Any = None, ttl: Any = None) -> ValueState:
+        """``ttl``: a :class:`~streamjob.ttl.StateTtlConfig` makes the value expire."""
         table = self.backend.table(name, "value")
+        if ttl is not None:
+            from streamjob.ttl import TtlValueState
+
+            return TtlValueState(self, table, default, name, self._expiry(name, "value", ttl))
         if is_mutable(default):
             self.backend.mutable.add(name)  # frozen deeply (see the module docstring)
             return _MutableDefaultValueState(self, table, default, name)
         return ValueState(self, table, default, name)
 
-    def map_state(self, name: str) -> MapState:
-        return MapState(self, self.backend.table(name, "map"), name)
+    def map_state(self, name: str, ttl: Any = None) -> MapState:
+        """``ttl``: a :class:`~streamjob.ttl.StateTtlConfig` makes each entry expire."""
+        table = self.backend.table(name, "map")
+        if ttl is not None:
+            from streamjob.ttl import TtlMapState
+
+            return TtlMapState(self, table, name, self._expiry(name, "map", ttl))
+        return MapState(self, table, name)
+
+    def _expiry(self, name: str, kind: str, config: Any) -> Any:
+        from streamjob.ttl import Expiry, wall_clock_ms
+
+        expiry = Expiry(self, self.backend.tables[name], kind, config,
+                        self.clock or wall_clock_ms)
+        self.backend.expiring[name] = expiry  # snapshots leave expired entries out
+        return expiry
+
+
+class Collector(list):
+    """What a process function emits to: ``out.append(value)`` for the main output,
+    ``out.side(tag, value)`` for side output ``tag`` (``stream.side_output(tag)``; records of
+    a tag nobody reads are dropped, as in Flink)."""
+
+    __slots__ = ("sides",)
+
+    def __init__(self, sides: dict[str, list[Any]]):
+        super().__init__()
+        self.sides = sides
+
+    def side(self, tag: str, value: Any) -> None:
+        records = self.sides.get(tag)
+        if records is None:
+            records = self.sides[tag] = []
+        records.append(value)
 
 
 class KeyedProcessFunction:
-    """Subclass and override ``process``; declare states in ``open``."""
+    """Subclass and override ``process``; declare states in ``open``; override ``on_timer``
+    when the function registers timers (``ctx.timers``)."""
 
     def open(self, ctx: KeyedContext) -> None:
         """Declare states here: ``self.total = ctx.value_state("total", 0)``."""
 
     def process(self, key: Any, value: Any, out: list[Any]) -> None:
         raise NotImplementedError
+
+    def on_timer(self, timestamp: Any, key: Any, out: list[Any]) -> None:
+        """A timer of ``key`` fired (``ctx.key`` is ``key``; ``ctx.timers.time_domain``
+        says whether it was an event-time or a processing-time timer)."""
 
 
 class CountOperator:
@@ -316,19 +380,102 @@ class ReduceOperator:
         return out
 
 
+class CoProcessFunction:
+    """Two keyed inputs, one keyed state (``connect``): override ``process1`` (records of the
+    first stream) and ``process2`` (the second); declare states in ``open``. Both see the
+    same state for the same key."""
+
+    def open(self, ctx: KeyedContext) -> None:
+        """Declare states here: ``self.seen = ctx.value_state("seen", False)``."""
+
+    def process1(self, key: Any, value: Any, out: Collector) -> None:
+        raise NotImplementedError
+
+    def process2(self, key: Any, value: Any, out: Collector) -> None:
+        raise NotImplementedError
+
+    def on_timer(self, timestamp: Any, key: Any, out: Collector) -> None:
+        """A timer of ``key`` fired (registered with ``ctx.timers`` from either input)."""
+
+
 class ProcessOperator:
+    """Runs a KeyedProcessFunction. ``side_outputs`` collects what it emitted with
+    ``out.side(tag, value)``; the task takes them after each batch."""
+
     def __init__(self, backend: KeyedStateBackend, key_fn: Callable[[Any], Any],
-                 fn: KeyedProcessFunction):
-        self.ctx = KeyedContext(backend)
+                 fn: Any, clock: Callable[[], int] | None = None):
+        self.ctx = KeyedContext(backend, clock=clock)
         self.key_fn, self.fn = key_fn, fn
+        self.side_outputs: dict[str, list[Any]] = {}
+        self.watermark: float = -math.inf
         fn.open(self.ctx)
 
-    def process_batch(self, batch: list[Any]) -> list[Any]:
-        ctx, key_fn, process, out = self.ctx, self.key_fn, self.fn.process, []
+    def _run(self, batch: list[Any], key_fn: Callable[[Any], Any],
+             process: Callable[[Any, Any, Collector], None]) -> list[Any]:
+        ctx, out = self.ctx, Collector(self.side_outputs)
         for record in batch:
             key = ctx.key = key_fn(record)
             process(key, record, out)
         return out
+
+    def process_batch(self, batch: list[Any]) -> list[Any]:
+        return self._run(batch, self.key_fn, self.fn.process)
+
+    @property
+    def late_records(self) -> int:
+        """Records the function dropped as late (joins count them)."""
+        return getattr(self.fn, "late_records", 0)
+
+    # Time: the task calls these between batches (timers fire only for functions using them).
+
+    def _timers(self) -> Any:
+        """The function's timer service, if it uses timers or restored some."""
+        ctx = self.ctx
+        if ctx._timers is None and (EVENT_TABLE in ctx.backend.tables
+                                    or PROCESSING_TABLE in ctx.backend.tables):
+            ctx.timers.watermark = self.watermark
+        return ctx._timers
+
+    def restore_watermark(self, floors: dict[int, float]) -> None:
+        if floors:
+            self.watermark = max(self.watermark, min(floors.values()))
+            if self._timers() is not None:
+                self.ctx._timers.watermark = self.watermark
+
+    def on_watermark(self, watermark: float) -> list[Any]:
+        self.watermark = max(self.watermark, watermark)
+        timers = self._timers()
+        return [] if timers is None else timers.advance_watermark(watermark, self._on_timer)
+
+    def next_processing_time(self) -> Any | None:
+        timers = self._timers()
+        return None if timers is None else timers.next_processing_time()
+
+    def on_processing_time(self) -> list[Any]:
+        timers = self._timers()
+        return [] if timers is None else timers.fire_processing_time(self._on_timer)
+
+    def _on_timer(self, timestamp: Any, key: Any, out: list[Any]) -> None:
+        """The function's on_timer with a Collector: timers may emit to side outputs too."""
+        collector = Collector(self.side_outputs)
+        self.fn.on_timer(timestamp, key, collector)
+        out.extend(collector)
+
+
+class CoProcessOperator(ProcessOperator):
+    """Runs a CoProcessFunction: ``process_batch`` is the first input, ``process_batch2``
+    the second, each keyed by its own key function."""
+
+    def __init__(self, backend: KeyedStateBackend, key_fns: tuple[Callable[[Any], Any], ...],
+                 fn: CoProcessFunction):
+        super().__init__(backend, key_fns[0], fn)
+        self.key_fn2 = key_fns[1]
+
+    def process_batch(self, batch: list[Any]) -> list[Any]:
+        return self._run(batch, self.key_fn, self.fn.process1)
+
+    def process_batch2(self, batch: list[Any]) -> list[Any]:
+        return self._run(batch, self.key_fn2, self.fn.process2)
 
 
 class CountOperatorFactory:
@@ -353,3 +500,16 @@ class ProcessOperatorFactory:
 
         # Each subtask gets its own instance: user functions may keep fields.
         return ProcessOperator(backend, key_fn, copy.copy(self.fn))
+
+
+class CoProcessOperatorFactory:
+    def __init__(self, fn: CoProcessFunction, key_fns: tuple[Callable[[Any], Any], ...]):
+        if not isinstance(fn, CoProcessFunction):
+            raise TypeError(f"connect(...).process takes a CoProcessFunction, not "
+                            f"{type(fn).__name__}")
+        self.fn, self.key_fns = fn, key_fns
+
+    def create(self, backend: KeyedStateBackend) -> CoProcessOperator:
+        import copy
+
+        return CoProcessOperator(backend, self.key_fns, copy.copy(self.fn))

@@ -5,6 +5,12 @@ the chained operators and emits the result downstream or into the sink. Barriers
 between batches; snapshots are taken there, so state and emitted records always agree.
 Watermarks (event time) also arrive between batches: windows fire, then the watermark goes on
 downstream (see ``windows.py``).
+
+A task with several input edges (union, connect; see ``jobgraph.py``) has one gate over the
+channels of all of them: alignment and the watermark span every input. A connected task's
+first operator takes each batch by the input its channel belongs to (``entry``). Operators
+may emit side outputs (``side_outputs``): they leave on the task's side-output edges after
+each batch, before any later barrier, so they belong to the same checkpoint as the batch.
 """
 
 from __future__ import annotations
@@ -22,12 +28,20 @@ from typing import Any
 
 from streamjob import barriers, faults, state
 from streamjob.barriers import BarrierHandler
-from streamjob.channels import CHECKPOINT, FINAL, SAVEPOINT, InputGate, Marker, Output, Watermark
+from streamjob.channels import (
+    CHECKPOINT,
+    FINAL,
+    SAVEPOINT,
+    InputGate,
+    Marker,
+    OutputSet,
+    Watermark,
+)
 from streamjob.checkpoints import checkpoint_dir, savepoint_path, shared_dir
 from streamjob.connectors.base import assign_splits
+from streamjob.jobgraph import TaskSpec, sides_of_channels
 from streamjob.keygroups import key_group, key_group_range
 from streamjob.operators import KeyedStateBackend
-from streamjob.pipeline import TaskSpec
 from streamjob.storage import Storage
 from streamjob.windows import (
     MAX_WATERMARK,
@@ -81,13 +95,19 @@ class SubtaskRunner:
         self.send = send  # control message to the coordinator
         self.gate: InputGate | None = None
         self.handler: BarrierHandler | None = None
-        if spec.exchange is not None:
-            self.gate = InputGate(parallelism)
-            self.handler = BarrierHandler(parallelism, checkpoint_mode, aligned_timeout)
+        channels = spec.num_channels(parallelism)
+        if spec.inputs:
+            self.gate = InputGate(channels)
+            self.handler = BarrierHandler(channels, checkpoint_mode, aligned_timeout)
             self.gate.blocked = self.handler.blocked
             self.gate.wants_priority = self._wants_priority
             self.gate.on_capture_overflow = self._capture_overflow
-        self.output: Output | None = None
+        self.output: OutputSet | None = None
+        # A connected (two-input) task: its first operator's entry per input, and the input
+        # of each gate channel. None for every other task.
+        self.entry: tuple[Callable[[Any], Any], ...] | None = None
+        self.side_of: list[int] = sides_of_channels(spec, parallelism)
+        self.side_ops: list[Any] = []  # operators that may emit side outputs
         self.backend: KeyedStateBackend | None = None
         self.source = source
         self.reader = None
@@ -98,18 +118,29 @@ class SubtaskRunner:
         # Event time: the source's watermark generator; the watermark of a gate task (min
         # over its channels); operators that act on watermarks, by their place in the chain.
         self.watermark_gen: WatermarkGenerator | None = None
-        self.tracker = WatermarkTracker(parallelism) if self.gate is not None else None
+        self.tracker = WatermarkTracker(channels) if self.gate is not None else None
         self.timers: list[tuple[int, Any]] = []
+        # Operators with processing-time timers (keyed functions), by place in the chain.
+        self.clocked: list[tuple[int, Any]] = []
         self.records_in = 0
         self.records_out = 0
+        # Task metrics (taskmetrics.py), measured per batch: time spent processing, time
+        # waiting for room downstream (sink queue, source waiting for output; the output's
+        # channels count their own waits), since when the subtask runs.
+        self.busy_s = 0.0
         self.backpressure_seconds = 0.0
+        self.started: float | None = None
+        # Rate-limited sources: the pace they keep (records/s) and what they emitted since.
+        self.paced_rate = 0.0
+        self.paced_since = 0.0
+        self.paced_emitted = 0
         self.triggers: list[dict[str, Any]] = []
         self.trigger_event = asyncio.Event()
         self.source_finished = False
         self.stopped = False  # after a stop-with-savepoint barrier: emit nothing more
         self.pending: dict[int, Snapshot] = {}
         self.uploads: set[asyncio.Task[Any]] = set()
-        self.replay: list[Any] = []
+        self.replay: list[tuple[int, Any]] = []  # (gate channel, batch) captured in flight
         self._kg_cache: dict[Any, int] = {}
         # Incremental checkpoints: the files (full snapshot, then deltas) the current state
         # builds on; None means the next checkpoint is a full one.
@@ -143,14 +174,26 @@ class SubtaskRunner:
             elif step.kind == "timestamps":
                 self.watermark_gen = WatermarkGenerator(fn)
                 self.transforms.append(self.watermark_gen.observe)
-            elif step.kind == "keyed":
+            elif step.kind in ("keyed", "co_keyed"):
                 self.backend = KeyedStateBackend(track_changes=self.incremental)
                 self.backend.key_groups = key_group_range(self.subtask, self.p, self.m)
                 self.backend.max_parallelism = self.m
-                op = fn.create(self.backend, self.spec.exchange.key_fn)
+                if step.kind == "co_keyed":
+                    # Not in the chain: each input enters through its own method, then the
+                    # chain goes on from transform 0 (also for what fires on a watermark).
+                    op = fn.create(self.backend)
+                    self.entry = (op.process_batch, op.process_batch2)
+                    position = -1
+                else:
+                    op = fn.create(self.backend, self.spec.exchange.key_fn)
+                    position = len(self.transforms)
+                    self.transforms.append(op.process_batch)
                 if hasattr(op, "on_watermark"):
-                    self.timers.append((len(self.transforms), op))
-                self.transforms.append(op.process_batch)
+                    self.timers.append((position, op))
+                if hasattr(op, "on_processing_time"):
+                    self.clocked.append((position, op))
+                if hasattr(op, "side_outputs"):
+                    self.side_ops.append(op)
             elif step.kind == "sink":
                 self.sink_writer = fn.create_writer(self.subtask, self.job_id)
 
@@ -167,9 +210,39 @@ class SubtaskRunner:
         return f"{self.spec.task_id}[{self.subtask}]"
 
     @property
+    def backpressured_s(self) -> float:
+        """Seconds this subtask waited for room downstream."""
+        own = self.backpressure_seconds
+        return own if self.output is None else own + self.output.backpressured_s
+
+    def stats(self) -> list[Any]:
+        """The cumulative STATS of this subtask: ``[records_in, records_out, busy_s,
+        backpressured_s, elapsed_s, backlog]`` (backlog: None unless a source)."""
+        elapsed = 0.0 if self.started is None else time.monotonic() - self.started
+        return [self.records_in, self.records_out, round(self.busy_s, 4),
+                round(self.backpressured_s, 4), round(elapsed, 4), self.backlog()]
+
+    def backlog(self) -> int | None:
+        """Records a source is behind: Kafka's lag over its partitions; for a rate-limited
+        source, what its pace allows by now and it has not read yet; for an unlimited one,
+        what remains to be read (all of it is available now)."""
+        if self.reader is None:
+            return None
+        lag = getattr(self.reader, "lag", None)
+        if lag is not None:
+            return sum(lag().values())
+        remaining = getattr(self.reader, "remaining", None)
+        left = remaining() if remaining is not None else None
+        if self.paced_rate <= 0:
+            return left
+        due = int((time.monotonic() - self.paced_since) * self.paced_rate) - self.paced_emitted
+        due = max(0, due)
+        return due if left is None else min(due, left)
+
+    @property
     def late_records(self) -> int:
         """Records dropped because their window had already fired."""
-        return sum(op.late_records for _, op in self.timers)
+        return sum(getattr(op, "late_records", 0) for _, op in self.timers)
 
     def restore(self, task_state: dict[str, Any] | None, kind: str = "checkpoint") -> None:
         """Load this subtask's share of a checkpoint (any parallelism it was taken at)."""
@@ -187,8 +260,8 @@ class SubtaskRunner:
                     sink_states.append(op_state["sink"])
                 watermarks.append(op_state.get("watermark"))
                 if same_parallelism and old_index == self.subtask:
-                    for _channel, batches in op_state.get("inflight", []):
-                        self.replay.extend(batches)
+                    for channel, batches in op_state.get("inflight", []):
+                        self.replay.extend((channel, b) for b in batches)
                     if self.incremental and kind == "checkpoint" and self.backend is not None:
                         # Keep building deltas on the files we restored from.
                         self.chain = [*handle.get("chain", []),
@@ -237,7 +310,13 @@ class SubtaskRunner:
         for transform in self.transforms if start == 0 else self.transforms[start:]:
             batch = transform(batch)
             if not batch:
-                return
+                break
+        else:
+            await self._emit(batch)
+        if self.side_ops:
+            await self._emit_side_outputs()
+
+    async def _emit(self, batch: Any) -> None:
         self.records_out += len(batch)
         if self.sink_writer is not None:
             writes = self.sink_writes
@@ -253,22 +332,45 @@ class SubtaskRunner:
         elif self.output is not None:
             await self.output.emit(batch)
 
+    async def _emit_side_outputs(self) -> None:
+        for op in self.side_ops:
+            if op.side_outputs:
+                sides, op.side_outputs = op.side_outputs, {}
+                for tag, records in sides.items():
+                    if self.output is not None:
+                        await self.output.emit_side(tag, records)
+
+    async def _on_records(self, channel: int, batch: Any) -> None:
+        self.records_in += len(batch)
+        if self.entry is None:
+            await self.push(batch)
+        else:
+            await self.push(self.entry[self.side_of[channel]](batch))
+
     async def run(self) -> None:
+        self.started = time.monotonic()
         if self.replay:
             batches, self.replay = self.replay, []
-            for batch in batches:
-                self.records_in += len(batch)
-                await self.push(batch)
+            for channel, batch in batches:
+                t0, b0 = time.perf_counter(), self.backpressured_s
+                await self._on_records(channel, batch)
+                self._busy(t0, b0)
         if self.gate is None:
             await self._run_source()
         else:
             await self._run_gate()
 
+    def _busy(self, t0: float, backpressured_before: float) -> None:
+        """Count the time since ``t0`` as busy, less what was spent backpressured."""
+        self.busy_s += (time.perf_counter() - t0) - (self.backpressured_s -
+                                                     backpressured_before)
+
     async def _run_source(self) -> None:
         rate = self.source.rate
         share = len(self.reader.positions()) / max(1, len(self.source.split_ids()))
         my_rate = rate * share
-        started = time.monotonic()
+        started = self.paced_since = time.monotonic()
+        self.paced_rate = my_rate
         emitted = 0
         while True:
             while self.triggers:
@@ -301,6 +403,7 @@ class SubtaskRunner:
                         pass
                     continue
                 budget = min(BATCH, allowed)
+            t0, b0 = time.perf_counter(), self.backpressured_s
             batch = self.reader.poll(budget)
             if batch is None:
                 if self.watermark_gen is not None:
@@ -309,16 +412,28 @@ class SubtaskRunner:
                 elif self.source_watermarks:
                     await self._emit_watermark(MAX_WATERMARK)
                 self.source_finished = True
-                self.send("SOURCE_FINISHED", subtask=self.subtask)
+                self.send("SOURCE_FINISHED", task=self.spec.task_id, subtask=self.subtask)
                 continue
             emitted += len(batch)
+            self.paced_emitted = emitted
             self.records_in += len(batch)
             await self.push(batch)
             if self.watermark_gen is not None:
                 await self._emit_watermark(self.watermark_gen.next_watermark(time.monotonic()))
             elif self.source_watermarks:
                 await self._emit_watermark(self.reader.watermark(time.monotonic()))
-            await asyncio.sleep(0)  # let control messages and readers run
+            self._busy(t0, b0)
+            behind = my_rate <= 0 or (time.monotonic() - started) * my_rate >= emitted + 1
+            if self.output is None or not behind:
+                await asyncio.sleep(0)  # let control messages and readers run
+                continue
+            # Subtasks of a worker share its event loop: while a source that could read more
+            # yields, the loop runs downstream subtasks (and their readers). Time it is held
+            # back that way is backpressure as much as a full channel is (in Flink each task
+            # has a thread of its own and would wait on the full channel instead).
+            t0 = time.perf_counter()
+            await asyncio.sleep(0)
+            self.backpressure_seconds += time.perf_counter() - t0
 
     async def _emit_watermark(self, watermark: float | None) -> None:
         if watermark is not None and self.output is not None:
@@ -339,6 +454,18 @@ class SubtaskRunner:
                 await self.push(fired, index + 1)
         await self._emit_watermark(watermark)
 
+    def _next_processing_time(self) -> float | None:
+        times = [t for _, op in self.clocked if (t := op.next_processing_time()) is not None]
+        return min(times) if times else None
+
+    async def _fire_processing_timers(self) -> None:
+        """Fire the processing-time timers that are due; what they emit goes down the rest
+        of the chain (like fired windows)."""
+        for index, op in self.clocked:
+            fired = op.on_processing_time()
+            if fired:
+                await self.push(fired, index + 1)
+
     async def _source_barrier(self, trig: dict[str, Any]) -> None:
         now = time.time()
         kind = SAVEPOINT if trig.get("savepoint") else FINAL if trig.get("final") else CHECKPOINT
@@ -353,21 +480,31 @@ class SubtaskRunner:
         while True:
             deadline = handler.deadline()
             timeout = None if deadline is None else max(0.0, deadline - time.time())
-            got = await gate.next(timeout)
+            if self.clocked:  # wake up for the next processing-time timer, input or not
+                due = self._next_processing_time()
+                if due is not None:
+                    wait = max(0.0, due / 1000 - time.time())
+                    timeout = wait if timeout is None else min(timeout, wait)
+            got = await gate.next(timeout)  # waiting here is idle time
+            t0, b0 = time.perf_counter(), self.backpressured_s
+            if self.clocked:
+                await self._fire_processing_timers()
             if got is None:
                 await self._apply(handler.on_tick(time.time()), None)
-                continue
-            channel, item = got
-            if type(item) is Marker:
-                item.handled = True
-                await self._apply(handler.on_barrier(channel, item.checkpoint_id, time.time(),
-                                                     item.aligned), item)
-                continue
-            if type(item) is Watermark:
-                await self._on_watermark(channel, item.timestamp)
-                continue
-            self.records_in += len(item)
-            await self.push(item)
+            else:
+                channel, item = got
+                if type(item) is Marker:
+                    item.handled = True
+                    await self._apply(handler.on_barrier(channel, item.checkpoint_id,
+                                                         time.time(), item.aligned), item)
+                elif type(item) is Watermark:
+                    await self._on_watermark(channel, item.timestamp)
+                elif self.entry is None:
+                    self.records_in += len(item)
+                    await self.push(item)
+                else:
+                    await self._on_records(channel, item)
+            self._busy(t0, b0)
 
     def _wants_priority(self, marker: Marker) -> bool:
         return not marker.aligned and self.handler.priority_barriers

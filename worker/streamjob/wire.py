@@ -5,7 +5,8 @@ payload only. Payloads are msgpack: no JSON on the data path, never pickle.
 
 * DATA: a batch (msgpack array of records; tuples come back as tuples)
 * BARRIER: ``[checkpoint_id, kind]`` (0 checkpoint, 1 savepoint, 2 final checkpoint)
-* HELLO: ``[attempt, task_index, from_subtask, token]``, the first frame of a data channel
+* HELLO: ``[attempt, task_index, channel, token]``, the first frame of a data channel (``channel``:
+  its place in the target subtask's input gate, the edge's first channel + the sender's subtask)
   (the job's worker token: other processes cannot feed records into a job)
 * CONTROL: a msgpack map with a ``type`` field (coordinator <-> worker)
 * WATERMARK: the sender's event-time watermark in ms (an int; ``inf`` at end of input), in
@@ -185,19 +186,19 @@ async def read_control_hello(reader: asyncio.StreamReader, writer: asyncio.Strea
 
 async def read_data_hello(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                           token: str | None) -> tuple[int, int, int] | None:
-    """``(attempt, task_index, from_subtask)`` of a data channel's HELLO on a worker's data
+    """``(attempt, task_index, channel)`` of a data channel's HELLO on a worker's data
     port (``None``: refused, logged in one line, connection closed)."""
     def parse(kind: int, payload: bytes) -> tuple[int, int, int]:
         if kind != HELLO:
             raise ProtocolError("data channel did not start with HELLO")
         hello = unpack_batch(payload)
         if not isinstance(hello, tuple | list) or len(hello) != 4:
-            raise ProtocolError("HELLO is not [attempt, task, subtask, token]")
+            raise ProtocolError("HELLO is not [attempt, task, channel, token]")
         attempt, task_index, sender, presented = hello
         if not _token_ok(presented, token):
             raise ProtocolError("data channel with a wrong token")
         if not all(type(v) is int and v >= 0 for v in (attempt, task_index, sender)):
-            raise ProtocolError("HELLO with a bad attempt, task or subtask")
+            raise ProtocolError("HELLO with a bad attempt, task or channel")
         return attempt, task_index, sender
 
     return await _accept("data", reader, writer, parse)

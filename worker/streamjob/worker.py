@@ -39,9 +39,11 @@ from streamjob.channels import (
     LocalChannel,
     Marker,
     Output,
+    OutputSet,
     RemoteChannel,
     limit_socket_buffers,
 )
+from streamjob.jobgraph import FORWARD, OutputEdge, channel_layout, outputs_of
 from streamjob.manifest import StreamJob, import_pipeline
 from streamjob.names import EXIT_COORDINATOR_LOST, EXIT_WATCHDOG
 from streamjob.state import CorruptStateError
@@ -235,8 +237,7 @@ class Worker:
             return
         if msg.get("final"):
             # Final counts first (same ordered connection): the job's totals are exact.
-            self.send("STATS", tasks={r.spec.task_id: [r.records_in, r.records_out]
-                                      for r in d.runners})
+            self.send("STATS", tasks={r.spec.task_id: r.stats() for r in d.runners})
             self.send("COMMITTED", id=msg["id"])
 
     async def _report_stats(self) -> None:
@@ -244,8 +245,8 @@ class Worker:
             await asyncio.sleep(1.0)
             d = self.deployment
             if d is not None:
-                self.send("STATS", tasks={r.spec.task_id: [r.records_in, r.records_out]
-                                          for r in d.runners}, lag=_source_lag(d.runners))
+                self.send("STATS", tasks={r.spec.task_id: r.stats() for r in d.runners},
+                          lag=_source_lag(d.runners))
 
     # -- deploy and cancel ---------------------------------------------------------------
 
@@ -259,8 +260,8 @@ class Worker:
         runners = [
             SubtaskRunner(t, self.index, p, spec.max_parallelism, msg["job_id"], self.storage,
                           self.executor, spec.checkpoint.mode, spec.checkpoint.aligned_timeout,
-                          self.send, self.pipeline.source_connector if t.exchange is None
-                          else None, spec.checkpoint.incremental, spec.checkpoint.max_deltas)
+                          self.send, t.steps[0].fn if t.is_source else None,
+                          spec.checkpoint.incremental, spec.checkpoint.max_deltas)
             for t in self.pipeline.tasks]
         d = self.deployment = Deployment(attempt, runners)
         restore = msg.get("restore")
@@ -281,19 +282,15 @@ class Worker:
             parked, self.parked = self.parked, []
             for a, task_index, sender, reader, writer in parked:
                 self._attach(a, task_index, sender, reader, writer)
-            for r, nxt in zip(runners, runners[1:], strict=False):
-                channels = []
-                for j, peer in enumerate(msg["peers"]):
-                    if j == self.index:
-                        channels.append(LocalChannel(nxt.gate, self.index))
-                        continue
-                    _, w = await _connect_with_retry(peer[0], peer[1], 10.0)
-                    w.write(wire.frame(wire.HELLO, wire.pack([attempt, nxt.spec.index,
-                                                              self.index, self.token])))
-                    d.connections.append(w)
-                    channels.append(RemoteChannel(w))
-                r.output = Output(nxt.spec.exchange.kind, channels, nxt.spec.exchange.key_fn,
-                                  spec.max_parallelism)
+            for r in runners:
+                main: list[Output] = []
+                sides: dict[str, list[Output]] = {}
+                for edge in outputs_of(self.pipeline.tasks, r.spec.index):
+                    output = await self._connect_edge(d, msg["peers"], runners[edge.target],
+                                                      edge, p)
+                    (main if edge.tag is None else sides.setdefault(edge.tag, [])).append(output)
+                if main or sides:
+                    r.output = OutputSet(main, sides)
         except asyncio.CancelledError:
             for w in d.connections:
                 w.close()
@@ -307,6 +304,28 @@ class Worker:
         for r in runners:
             d.tasks.append(asyncio.ensure_future(self._run(d, r)))
         self.send("RUNNING")
+
+    async def _connect_edge(self, d: Deployment, peers: list[Any], target: SubtaskRunner,
+                            edge: OutputEdge, p: int) -> Output:
+        """This worker's channels of one output edge: to the same worker's subtask of the
+        target task (in-process) and, unless the edge is ``forward``, to every other
+        worker's (TCP, opened with a HELLO naming the target task and its gate channel)."""
+        first = channel_layout(target.spec, p)[edge.input]
+        if edge.exchange.kind == FORWARD:
+            return Output(FORWARD, [LocalChannel(target.gate, first)], None,
+                          self.job.spec.max_parallelism)
+        channels: list[Any] = []
+        for j, peer in enumerate(peers):
+            if j == self.index:
+                channels.append(LocalChannel(target.gate, first + self.index))
+                continue
+            _, w = await _connect_with_retry(peer[0], peer[1], 10.0)
+            w.write(wire.frame(wire.HELLO, wire.pack([d.attempt, target.spec.index,
+                                                      first + self.index, self.token])))
+            d.connections.append(w)
+            channels.append(RemoteChannel(w))
+        return Output(edge.exchange.kind, channels, edge.exchange.key_fn,
+                      self.job.spec.max_parallelism)
 
     async def _run(self, d: Deployment, runner: SubtaskRunner) -> None:
         try:

@@ -1,17 +1,21 @@
 """A file source: the lines of files, resumable by byte offset.
 
-Each file is a split; its position is the byte offset of the next unread line.
+Each file is a split; its position is the byte offset of the next unread line. A record is
+the line as text, or ``decode(line_bytes)`` when a ``decode`` function is given (say
+``json.loads`` for JSON lines: the parse happens in the source, before ``assign_timestamps``).
 """
 
 from __future__ import annotations
 
 import glob
 import os
+from collections.abc import Callable
 from typing import Any
 
 
 class FileSource:
-    def __init__(self, paths: str | list[str], rate: float = 0):
+    def __init__(self, paths: str | list[str], rate: float = 0,
+                 decode: Callable[[bytes], Any] | None = None):
         patterns = [paths] if isinstance(paths, str) else list(paths)
         files: list[str] = []
         for pattern in patterns:
@@ -22,7 +26,7 @@ class FileSource:
             raise ValueError(f"file source: {missing[0]} does not exist")
         if not files:
             raise ValueError(f"file source: no file matches {paths!r}")
-        self.files, self.rate = files, float(rate)
+        self.files, self.rate, self.decode = files, float(rate), decode
 
     def split_ids(self) -> list[str]:
         return list(self.files)
@@ -31,12 +35,13 @@ class FileSource:
         return 0
 
     def create_reader(self, positions: dict[str, Any]) -> FileReader:
-        return FileReader(dict(sorted(positions.items())))
+        return FileReader(dict(sorted(positions.items())), self.decode)
 
 
 class FileReader:
-    def __init__(self, positions: dict[str, int]):
-        self.pos = positions
+    def __init__(self, positions: dict[str, int],
+                 decode: Callable[[bytes], Any] | None = None):
+        self.pos, self.decode = positions, decode
         self.sizes = {f: os.path.getsize(f) for f in positions}
 
     def positions(self) -> dict[str, int]:
@@ -66,5 +71,7 @@ class FileReader:
                 lines = lines[:max_records]
                 data = b"\n".join(lines) + b"\n"
             self.pos[path] = offset + len(data)
+            if self.decode is not None:
+                return list(map(self.decode, lines))
             return [line.decode("utf-8", "replace").rstrip("\r") for line in lines]
         return None

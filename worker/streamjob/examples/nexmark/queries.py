@@ -1,0 +1,471 @@
+"""Each Nexmark query: its SQL (as the Nexmark suite states it for Flink), the streamjob
+pipeline that computes the same rows, and a plain-Python reference over a list of events.
+
+Rows are dicts with Nexmark's column names; times are epoch milliseconds. Events are the
+generator's dicts (``{"event_type": 2, "bid": {...}}``).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from streamjob.operators import KeyedProcessFunction
+
+WINDOW_MS = 10_000  # q7, q8: 10-second tumbling windows
+Q3_STATES = ("OR", "ID", "CA")
+
+
+@dataclass(frozen=True)
+class Query:
+    name: str
+    sql: str
+    build: Callable[[Any], Any]          # Stream of events -> Stream of rows
+    reference: Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
+    event_time: bool = False             # needs timestamps and watermarks
+
+
+def is_bid(e: dict[str, Any]) -> bool:
+    return e["event_type"] == 2
+
+
+# ------------------------------------------------------------------------ q0 pass-through
+
+def q0_row(e: dict[str, Any]) -> dict[str, Any]:
+    b = e["bid"]
+    return {"auction": b["auction"], "bidder": b["bidder"], "price": b["price"],
+            "dateTime": b["dateTime"], "extra": b["extra"]}
+
+
+def q0(stream: Any) -> Any:
+    return stream.filter(is_bid, "Bids").map(q0_row, "q0")
+
+
+def q0_reference(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [q0_row(e) for e in events if e["event_type"] == 2]
+
+
+# ------------------------------------------------------------------------ q1 currency
+
+def q1_row(e: dict[str, Any]) -> dict[str, Any]:
+    b = e["bid"]
+    # 0.908 * price, exact to Flink's DECIMAL(.., 3): the float nearest the 3-decimal value.
+    return {"auction": b["auction"], "bidder": b["bidder"],
+            "price": round(b["price"] * 908 / 1000, 3), "dateTime": b["dateTime"],
+            "extra": b["extra"]}
+
+
+def q1(stream: Any) -> Any:
+    return stream.filter(is_bid, "Bids").map(q1_row, "q1")
+
+
+def q1_reference(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [q1_row(e) for e in events if e["event_type"] == 2]
+
+
+# ------------------------------------------------------------------------ q2 selection
+
+def q2_keep(e: dict[str, Any]) -> bool:
+    return e["event_type"] == 2 and e["bid"]["auction"] % 123 == 0
+
+
+def q2_row(e: dict[str, Any]) -> dict[str, Any]:
+    return {"auction": e["bid"]["auction"], "price": e["bid"]["price"]}
+
+
+def q2(stream: Any) -> Any:
+    return stream.filter(q2_keep, "auction % 123 = 0").map(q2_row, "q2")
+
+
+def q2_reference(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [q2_row(e) for e in events if q2_keep(e)]
+
+
+# ------------------------------------------------------------------------ q3 local items
+
+def q3_relevant(e: dict[str, Any]) -> bool:
+    t = e["event_type"]
+    if t == 0:
+        return e["person"]["state"] in Q3_STATES
+    return t == 1 and e["auction"]["category"] == 10
+
+
+def q3_key(e: dict[str, Any]) -> int:
+    return e["person"]["id"] if e["event_type"] == 0 else e["auction"]["seller"]
+
+
+class Q3Join(KeyedProcessFunction):
+    """The incremental inner join of persons and auctions on ``seller = id``, keyed by the
+    person id: a person is kept to meet its later auctions, auctions are kept to meet a
+    person who comes later (Nexmark sellers may be up to 10 ids ahead of the newest person).
+    Both inputs are append-only, so every match is emitted once, when its second side
+    arrives (Flink's regular join emits the same rows)."""
+
+    def open(self, ctx: Any) -> None:
+        self.person = ctx.value_state("person")            # [name, city, state]
+        self.waiting = ctx.value_state("auctions", None)    # auction ids before the person
+
+    def process(self, key: Any, e: dict[str, Any], out: list[Any]) -> None:
+        if e["event_type"] == 0:
+            p = e["person"]
+            self.person.update((p["name"], p["city"], p["state"]))
+            for aid in self.waiting.value() or ():
+                out.append({"name": p["name"], "city": p["city"], "state": p["state"],
+                            "id": aid})
+            self.waiting.clear()
+            return
+        person = self.person.value()
+        if person is not None:
+            out.append({"name": person[0], "city": person[1], "state": person[2],
+                        "id": e["auction"]["id"]})
+        else:
+            self.waiting.update((*(self.waiting.value() or ()), e["auction"]["id"]))
+
+
+def q3(stream: Any) -> Any:
+    return (stream.filter(q3_relevant, "Persons in OR/ID/CA, auctions of category 10")
+            .key_by(q3_key).process(Q3Join(), "q3 join"))
+
+
+def q3_reference(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    persons = {e["person"]["id"]: e["person"] for e in events
+               if e["event_type"] == 0 and e["person"]["state"] in Q3_STATES}
+    return [{"name": p["name"], "city": p["city"], "state": p["state"], "id": a["id"]}
+            for e in events if e["event_type"] == 1 and (a := e["auction"])["category"] == 10
+            and (p := persons.get(a["seller"])) is not None]
+
+
+# ------------------------------------------------------------------------ q7 highest bid
+
+def q7_partial(e: dict[str, Any]) -> list[tuple[int, int, tuple, tuple]]:
+    """A bid as window partials ``(event time, max price, bids at it, boundary bids)``: it
+    counts for its own window's maximum, and a bid exactly on a window's end is also a
+    candidate of the window before (Nexmark's ``BETWEEN end - 10 s AND end`` includes it)."""
+    b = e["bid"]
+    row = (b["auction"], b["price"], b["bidder"], b["dateTime"], b["extra"])
+    own = (b["dateTime"], b["price"], (row,), ())
+    if b["dateTime"] % WINDOW_MS == 0:
+        return [own, (b["dateTime"] - 1, -1, (), (row,))]
+    return [own]
+
+
+def q7_merge(a: tuple, b: tuple) -> tuple:
+    if a[1] > b[1]:
+        top = a[1], a[2]
+    elif b[1] > a[1]:
+        top = b[1], b[2]
+    else:
+        top = a[1], a[2] + b[2]
+    return (a[0], top[0], top[1], a[3] + b[3])
+
+
+def q7_rows(fired: tuple[int, Any, tuple]) -> list[dict[str, Any]]:
+    _, _, (_, price, top, boundary) = fired
+    if price < 0:
+        return []  # no bid of its own: the window does not exist
+    return [{"auction": r[0], "price": r[1], "bidder": r[2], "dateTime": r[3], "extra": r[4]}
+            for r in top + tuple(r for r in boundary if r[1] == price)]
+
+
+def _zero(_: Any) -> int:
+    return 0
+
+
+def _first(p: tuple) -> int:
+    return p[0]
+
+
+def q7(stream: Any) -> Any:
+    return (stream.filter(is_bid, "Bids").flat_map(q7_partial, "Bid partials")
+            .key_by(_zero).window(WINDOW_MS, timestamp=_first).reduce(q7_merge, "Max price")
+            .flat_map(q7_rows, "q7"))
+
+
+def q7_reference(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    bids = [e["bid"] for e in events if e["event_type"] == 2]
+    top: dict[int, int] = {}
+    for b in bids:
+        w = b["dateTime"] // WINDOW_MS * WINDOW_MS
+        top[w] = max(top.get(w, -1), b["price"])
+    out = []
+    for w, price in top.items():
+        for b in bids:
+            if b["price"] == price and w <= b["dateTime"] <= w + WINDOW_MS:
+                out.append({"auction": b["auction"], "price": b["price"],
+                            "bidder": b["bidder"], "dateTime": b["dateTime"],
+                            "extra": b["extra"]})
+    return out
+
+
+# ------------------------------------------------------------------------ q8 new users
+
+def q8_relevant(e: dict[str, Any]) -> bool:
+    return e["event_type"] != 2
+
+
+def q8_partial(e: dict[str, Any]) -> tuple[int, str | None, bool]:
+    """``(event time, the person's name or None, whether it is an auction)``."""
+    if e["event_type"] == 0:
+        return (e["person"]["dateTime"], e["person"]["name"], False)
+    return (e["auction"]["dateTime"], None, True)
+
+
+def q8_key(p: tuple) -> int:
+    return p[3]
+
+
+def q8_keyed(e: dict[str, Any]) -> tuple[int, str | None, bool, int]:
+    ts, name, auction = q8_partial(e)
+    return (ts, name, auction, e["auction"]["seller"] if auction else e["person"]["id"])
+
+
+def q8_merge(a: tuple, b: tuple) -> tuple:
+    return (a[0], a[1] if a[1] is not None else b[1], a[2] or b[2], a[3])
+
+
+def q8_rows(fired: tuple[int, Any, tuple]) -> list[dict[str, Any]]:
+    start, pid, (_, name, auction, _) = fired
+    return [{"id": pid, "name": name, "starttime": start}] if name is not None and auction \
+        else []
+
+
+def q8(stream: Any) -> Any:
+    return (stream.filter(q8_relevant, "Persons and auctions").map(q8_keyed, "Partials")
+            .key_by(q8_key).window(WINDOW_MS, timestamp=_first).reduce(q8_merge, "Window")
+            .flat_map(q8_rows, "q8"))
+
+
+def q8_reference(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    sellers: dict[int, set[int]] = defaultdict(set)
+    for e in events:
+        if e["event_type"] == 1:
+            a = e["auction"]
+            sellers[a["dateTime"] // WINDOW_MS * WINDOW_MS].add(a["seller"])
+    out = []
+    for e in events:
+        if e["event_type"] == 0:
+            p = e["person"]
+            w = p["dateTime"] // WINDOW_MS * WINDOW_MS
+            if p["id"] in sellers[w]:
+                out.append({"id": p["id"], "name": p["name"], "starttime": w})
+    return out
+
+
+# ------------------------------------------------------------------------ q5 hot items
+
+SLIDE_MS, HOP_MS = 2_000, 10_000  # q5: 10-second windows every 2 seconds
+
+
+def q5_auction(e: dict[str, Any]) -> int:
+    return e["bid"]["auction"]
+
+
+class Q5Count(KeyedProcessFunction):
+    """Bids per auction in each sliding window, keyed by auction: counts per 2-second pane,
+    a window ``[s, s + 10 s)`` is the sum of its five panes, emitted as ``(s, auction, n)``
+    when the watermark passes its end (an event-time timer at ``end - 1``, as Flink fires
+    windows)."""
+
+    def open(self, ctx: Any) -> None:
+        self.ctx = ctx
+        self.panes = ctx.map_state("panes")  # pane start -> bids
+
+    def process(self, key: Any, e: dict[str, Any], out: list[Any]) -> None:
+        t = e["bid"]["dateTime"]
+        pane = t - t % SLIDE_MS
+        n = self.panes.get(pane)
+        if n is None:
+            watermark = self.ctx.timers.current_watermark()
+            if pane + HOP_MS - 1 <= watermark:
+                return  # late: every window holding it has fired
+            # The pane is in the windows ending pane + 2 s ... pane + 10 s: a timer for each
+            # that has not fired yet.
+            for end in range(pane + SLIDE_MS, pane + HOP_MS + 1, SLIDE_MS):
+                if end - 1 > watermark:
+                    self.ctx.timers.register_event_time(end - 1)
+            n = 0
+        self.panes.put(pane, n + 1)
+
+    def on_timer(self, ts: Any, key: Any, out: Any) -> None:
+        start = ts + 1 - HOP_MS
+        total = 0
+        for pane, n in self.panes.items():
+            if start <= pane < start + HOP_MS:
+                total += n
+            if pane < start + SLIDE_MS:
+                self.panes.remove(pane)  # no later window holds it
+        if total:
+            out.append((start, key, total))
+
+
+def q5_window(r: tuple) -> int:
+    return r[0]
+
+
+class Q5Top(KeyedProcessFunction):
+    """The auctions with the most bids of each window, keyed by window start: emitted when
+    the watermark passes the window's end, once every count of it has arrived."""
+
+    def open(self, ctx: Any) -> None:
+        self.ctx = ctx
+        self.top = ctx.value_state("top")  # (most bids, auctions with that many)
+
+    def process(self, key: Any, r: tuple, out: list[Any]) -> None:
+        _, auction, n = r
+        top = self.top.value()
+        if top is None:
+            self.ctx.timers.register_event_time(key + HOP_MS - 1)
+            self.top.update((n, (auction,)))
+        elif n > top[0]:
+            self.top.update((n, (auction,)))
+        elif n == top[0]:
+            self.top.update((n, (*top[1], auction)))
+
+    def on_timer(self, ts: Any, key: Any, out: Any) -> None:
+        n, auctions = self.top.value()
+        for a in auctions:
+            out.append({"auction": a, "num": n})
+        self.top.clear()
+
+
+def q5(stream: Any) -> Any:
+    return (stream.filter(is_bid, "Bids").key_by(q5_auction).process(Q5Count(), "Bids per window")
+            .key_by(q5_window).process(Q5Top(), "q5 top auctions"))
+
+
+def q5_reference(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    counts: dict[int, Counter[int]] = defaultdict(Counter)
+    for e in events:
+        if e["event_type"] == 2:
+            t = e["bid"]["dateTime"]
+            last = t - t % SLIDE_MS
+            for start in range(last - HOP_MS + SLIDE_MS, last + 1, SLIDE_MS):
+                counts[start][e["bid"]["auction"]] += 1
+    out = []
+    for window in counts.values():
+        most = max(window.values())
+        out += [{"auction": a, "num": n} for a, n in window.items() if n == most]
+    return out
+
+
+# ------------------------------------------------------------------------ q11 sessions
+
+GAP_MS = 10_000  # q11: a bidder's session ends after 10 s without bids
+
+
+def q11_bidder(e: dict[str, Any]) -> int:
+    return e["bid"]["bidder"]
+
+
+class Q11Sessions(KeyedProcessFunction):
+    """Session windows of each bidder (gap 10 s), keyed by bidder: a bid opens ``[t, t +
+    gap)``, merged with every session it touches (Flink's rule: the intervals intersect,
+    ends included); a session is emitted when the watermark passes its end."""
+
+    def open(self, ctx: Any) -> None:
+        self.ctx = ctx
+        self.sessions = ctx.value_state("sessions")  # ((start, end, bids), ...)
+
+    def process(self, key: Any, e: dict[str, Any], out: list[Any]) -> None:
+        timers = self.ctx.timers
+        t = e["bid"]["dateTime"]
+        start, end, n = t, t + GAP_MS, 1
+        if end - 1 <= timers.current_watermark():
+            return  # late: its session has fired
+        keep = []
+        for s in self.sessions.value() or ():
+            if s[0] <= end and s[1] >= start:
+                start, end, n = min(start, s[0]), max(end, s[1]), n + s[2]
+                timers.delete_event_time(s[1] - 1)
+            else:
+                keep.append(s)
+        keep.append((start, end, n))
+        timers.register_event_time(end - 1)
+        self.sessions.update(tuple(keep))
+
+    def on_timer(self, ts: Any, key: Any, out: Any) -> None:
+        keep = []
+        for s in self.sessions.value() or ():
+            if s[1] - 1 <= ts:
+                out.append({"bidder": key, "bid_count": s[2], "starttime": s[0],
+                            "endtime": s[1]})
+            else:
+                keep.append(s)
+        if keep:
+            self.sessions.update(tuple(keep))
+        else:
+            self.sessions.clear()
+
+
+def q11(stream: Any) -> Any:
+    return stream.filter(is_bid, "Bids").key_by(q11_bidder).process(Q11Sessions(), "q11")
+
+
+def q11_reference(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    times: dict[int, list[int]] = defaultdict(list)
+    for e in events:
+        if e["event_type"] == 2:
+            times[e["bid"]["bidder"]].append(e["bid"]["dateTime"])
+    out = []
+    for bidder, ts in times.items():
+        ts.sort()
+        first = prev = ts[0]
+        n = 0
+        for t in ts:
+            if t > prev + GAP_MS:
+                out.append({"bidder": bidder, "bid_count": n, "starttime": first,
+                            "endtime": prev + GAP_MS})
+                first, n = t, 0
+            prev, n = t, n + 1
+        out.append({"bidder": bidder, "bid_count": n, "starttime": first,
+                    "endtime": prev + GAP_MS})
+    return out
+
+
+QUERIES: dict[str, Query] = {
+    "q0": Query("q0", "SELECT auction, bidder, price, dateTime, extra FROM bid",
+                q0, q0_reference),
+    "q1": Query("q1", "SELECT auction, bidder, 0.908 * price AS price, dateTime, extra "
+                      "FROM bid", q1, q1_reference),
+    "q2": Query("q2", "SELECT auction, price FROM bid WHERE MOD(auction, 123) = 0",
+                q2, q2_reference),
+    "q3": Query("q3", "SELECT P.name, P.city, P.state, A.id FROM auction AS A INNER JOIN "
+                      "person AS P ON A.seller = P.id WHERE A.category = 10 AND "
+                      "(P.state = 'OR' OR P.state = 'ID' OR P.state = 'CA')",
+                q3, q3_reference),
+    "q7": Query("q7", "SELECT B.auction, B.price, B.bidder, B.dateTime, B.extra FROM bid B "
+                      "JOIN (SELECT MAX(price) AS maxprice, window_end AS dateTime FROM "
+                      "TABLE(TUMBLE(TABLE bid, DESCRIPTOR(dateTime), INTERVAL '10' SECOND)) "
+                      "GROUP BY window_start, window_end) B1 ON B.price = B1.maxprice "
+                      "WHERE B.dateTime BETWEEN B1.dateTime - INTERVAL '10' SECOND "
+                      "AND B1.dateTime", q7, q7_reference, event_time=True),
+    "q8": Query("q8", "SELECT P.id, P.name, P.starttime FROM (SELECT id, name, window_start "
+                      "AS starttime, window_end AS endtime FROM TABLE(TUMBLE(TABLE person, "
+                      "DESCRIPTOR(dateTime), INTERVAL '10' SECOND)) GROUP BY id, name, "
+                      "window_start, window_end) P JOIN (SELECT seller, window_start AS "
+                      "starttime, window_end AS endtime FROM TABLE(TUMBLE(TABLE auction, "
+                      "DESCRIPTOR(dateTime), INTERVAL '10' SECOND)) GROUP BY seller, "
+                      "window_start, window_end) A ON P.id = A.seller AND P.starttime = "
+                      "A.starttime AND P.endtime = A.endtime", q8, q8_reference,
+                event_time=True),
+    "q5": Query("q5", "SELECT AuctionBids.auction, AuctionBids.num FROM (SELECT auction, "
+                      "count(*) AS num, window_start AS starttime, window_end AS endtime FROM "
+                      "TABLE(HOP(TABLE bid, DESCRIPTOR(dateTime), INTERVAL '2' SECOND, "
+                      "INTERVAL '10' SECOND)) GROUP BY auction, window_start, window_end) AS "
+                      "AuctionBids JOIN (SELECT max(CountBids.num) AS maxn, "
+                      "CountBids.starttime, CountBids.endtime FROM (SELECT count(*) AS num, "
+                      "window_start AS starttime, window_end AS endtime FROM TABLE(HOP(TABLE "
+                      "bid, DESCRIPTOR(dateTime), INTERVAL '2' SECOND, INTERVAL '10' SECOND)) "
+                      "GROUP BY auction, window_start, window_end) AS CountBids GROUP BY "
+                      "CountBids.starttime, CountBids.endtime) AS MaxBids ON "
+                      "AuctionBids.starttime = MaxBids.starttime AND AuctionBids.endtime = "
+                      "MaxBids.endtime AND AuctionBids.num >= MaxBids.maxn",
+                q5, q5_reference, event_time=True),
+    "q11": Query("q11", "SELECT B.bidder, count(*) AS bid_count, SESSION_START(B.dateTime, "
+                        "INTERVAL '10' SECOND) AS starttime, SESSION_END(B.dateTime, "
+                        "INTERVAL '10' SECOND) AS endtime FROM bid B GROUP BY B.bidder, "
+                        "SESSION(B.dateTime, INTERVAL '10' SECOND)",
+                 q11, q11_reference, event_time=True),
+}
