@@ -216,3 +216,29 @@ def timer_buckets_expected(records: int, keys: int, eps: int, processing_until: 
     lines |= {f"{k} last {ts}" for k, ts in last.items()}
     lines |= {f"{k} p {end}" for (k, end), ts in firsts.items() if ts < processing_until}
     return lines
+
+
+def wordcount_failing_once(args: dict[str, Any]) -> Pipeline:
+    """Wordcount whose counting map raises once, at record ``fail_at`` of subtask 0's first
+    run (a marker file remembers it across the restart): one failure with a traceback."""
+    import os
+
+    records, words = int(args["records"]), int(args["words"])
+    marker, fail_at = args["marker"], int(args.get("fail_at", 20_000))
+    word = word_of(words)
+    seen = [0]
+
+    def format_count(kv: tuple[str, int]) -> str:
+        seen[0] += 1
+        if seen[0] == fail_at and not os.path.exists(marker):
+            open(marker, "w").close()
+            raise ValueError(f"bad record {kv!r} (this job fails once, on purpose)")
+        return f"{kv[0]} {kv[1]}"
+
+    p = Pipeline()
+    (p.source(GeneratorSource(records=records, fn=word, rate=float(args.get("rate", 0))))
+      .key_by(str)
+      .count()
+      .map(format_count)
+      .sink(FileSink(args["output"])))
+    return p

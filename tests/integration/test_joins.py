@@ -21,12 +21,13 @@ def exact(result: dict) -> dict:
     return {name: (r["duplicates"], r["missing"], r["unexpected"]) for name, r in result.items()}
 
 
-@pytest.mark.parametrize("mode", ["exactly-once", "unaligned"])
-def test_killed_worker_of_a_join_job_recovers_with_exact_output(run_job, mode):
+@pytest.mark.parametrize("mode, incremental", [("exactly-once", False), ("unaligned", False),
+                                               ("exactly-once", True)])
+def test_killed_worker_of_a_join_job_recovers_with_exact_output(run_job, mode, incremental):
     from streamjob.examples.join import check_output
 
     job = run_job(PIPELINE, name=f"join-{mode}", args={**ARGS, "rate": 8_000},
-                  checkpoint={"mode": mode, "interval": "200ms"})
+                  checkpoint={"mode": mode, "interval": "200ms", "incremental": incremental})
     out = job.cwd / "output"
     job.wait_for(lambda s: s.get("state") == "RUNNING" and s.get("last_checkpoint")
                  and any((job.cwd / "output-window").glob("part-*")),

@@ -51,7 +51,8 @@ def stored_bytes(folder: Path) -> int:
 
 
 def test_api_against_a_real_run(run_job, tmp_path):
-    job = run_job(args={"records": 600_000, "words": 1000, "rate": 100_000},
+    # 15 s at full rate: it must still run when the CLI and the savepoint calls below come
+    job = run_job(args={"records": 1_500_000, "words": 1000, "rate": 100_000},
                   checkpoint={"interval": "300ms", "retained": 100})
     status = job.wait_for(lambda s: s.get("state") == "RUNNING"
                           and (s.get("last_checkpoint") or {}).get("id", 0) >= 2,

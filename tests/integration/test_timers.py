@@ -55,7 +55,9 @@ def test_timer_job_survives_a_killed_worker_with_exact_output(run_job):
 def test_timers_move_with_their_key_groups_from_p2_to_p3(run_job):
     from tests.integration.test_rescale import savepoint
 
-    job = run_job("tests.integration.jobs:timer_buckets", name="tim2", args=ARGS)
+    # Slower, so that it still runs when the savepoint is asked for (same records).
+    job = run_job("tests.integration.jobs:timer_buckets", name="tim2",
+                  args={**ARGS, "rate": 25_000})
     job.wait_for(lambda s: s.get("records_in", 0) > RECORDS // 3, what="a third done")
     uri = savepoint(job, stop=True)
     assert job.wait() == 0, job.output()

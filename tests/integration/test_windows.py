@@ -41,7 +41,10 @@ def test_open_windows_move_with_their_key_groups_from_p2_to_p3(run_job):
 
     args = {"records": RECORDS, "words": WORDS, "events_per_second": EPS, "lateness_ms": 500,
             "rate": 50_000}
-    job = run_job("streamjob.examples.windowsum:build", name="win2", args=args)
+    # Slower, so that it still runs when the savepoint is asked for on a loaded machine
+    # (the records do not depend on the rate).
+    job = run_job("streamjob.examples.windowsum:build", name="win2",
+                  args={**args, "rate": 20_000})
     job.wait_for(lambda s: s.get("records_in", 0) > RECORDS // 3, what="a third done")
     uri = savepoint(job, stop=True)
     assert job.wait() == 0, job.output()

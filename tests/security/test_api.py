@@ -31,6 +31,7 @@ class FakeCoordinator:
     def __init__(self):
         self.history = [{"id": 1, "kind": "checkpoint", "status": "COMPLETED",
                          "triggered_at": 1.0, "timings": {"t0": []}}]
+        self.failures: list[dict] = []
         self.refuse: str | None = None
 
         class T:
@@ -84,6 +85,14 @@ def test_every_documented_route_answers_over_http_and_needs_the_token(api):
             for token in (None, "wrong", TOKEN + "x"):
                 assert _raw(base, method.upper(), concrete, token, body) == (
                     401, {"error": "unauthorized", "message": "unauthorized"})
+
+
+def test_the_dashboard_needs_the_token_too(api):
+    base, _, _ = api
+    for path in ("/ui", "/ui/", "/ui/config", "/ui/checkpoints/1", "/ui/static/dashboard.js"):
+        for token in (None, "wrong", TOKEN + "x"):
+            assert _raw(base, "GET", path, token) == (
+                401, {"error": "unauthorized", "message": "unauthorized"}), (path, token)
 
 
 def test_clients_of_the_cli_and_the_operator(api):

@@ -56,3 +56,32 @@ def test_the_ttl_example_forgets_a_key_after_ten_minutes_without_reads():
     assert op.process_batch(["x"]) == []
     now[0] += 600_000
     assert op.process_batch(["x"]) == ["x"]
+
+
+def test_the_window_examples_build_and_compute_what_the_page_says(tmp_path):
+    from streamjob.windows import LATE, MAX_WATERMARK
+
+    [block] = [b for b in BLOCKS if "def build_sessions(" in b]
+    ns = _run(block)
+    hop = ns["build"]({"output": str(tmp_path / "hop")})
+    hop.validate()
+    p = ns["build_sessions"]({"output": str(tmp_path / "s")})
+    p.validate()
+    assert len(p.sink_connector.sinks) == 2        # sessions and their late clicks
+    backend = KeyedStateBackend()
+    backend.max_parallelism = 128
+    [window] = [t for t in p.tasks if t.steps[0].kind == "keyed"]
+    op = window.steps[0].fn.create(backend, itemgetter(1))
+    op.process_batch([(0, "u", 1), (20_000, "u", 2), (20_500, "u", 1), (90_000, "u", 3)])
+    assert op.on_watermark(52_000) == [(0, 50_500, "u", (3, 2))]
+    assert op.process_batch([(10_000, "u", 9)]) == [(0, 50_500, "u", (4, 3))]  # late, allowed
+    op.on_watermark(56_000)                        # 50.5 s + 5 s lateness: dropped
+    assert op.process_batch([(10_000, "u", 9)]) == []
+    assert op.side_outputs[LATE] == [(10_000, "u", 9)]
+    assert op.on_watermark(MAX_WATERMARK) == [(90_000, 120_000, "u", (1, 1))]
+    [hop_window] = [t for t in hop.tasks if t.steps[0].kind == "keyed"]
+    hop_op = hop_window.steps[0].fn.create(KeyedStateBackend(), itemgetter(1))
+    hop_op.process_batch([(1_000, "u", 1), (3_000, "u", 1)])
+    assert hop_op.on_watermark(MAX_WATERMARK) == [
+        (-8000, "u", 1), (-6000, "u", 2), (-4000, "u", 2), (-2000, "u", 2), (0, "u", 2),
+        (2000, "u", 1)]

@@ -136,3 +136,12 @@ def test_join_api_errors_say_what_is_missing():
     a.join(b).window(10).apply(pair).sink(PrintSink())
     q.validate()
     assert q.tasks[2].steps[0].kind == "co_keyed"
+
+
+def test_a_snapshot_of_waiting_records_does_not_change_with_later_records():
+    op, backend = operator(WindowJoinFunction(pair, 10, 10, TS))
+    op.process_batch([("k", 1, "a1")])
+    frozen = backend.freeze()
+    op.process_batch([("k", 2, "a2")])  # appended in place to the same window's list
+    assert frozen["join/left"] == ("map", {"k": {0: [("k", 1, "a1")]}})
+    assert backend.tables["join/left"]["k"][0] == [("k", 1, "a1"), ("k", 2, "a2")]

@@ -35,6 +35,8 @@ class FakeCoordinator:
             task_id, name = "t0", "Source: x"
 
         self.pipeline = type("P", (), {"tasks": [T()]})()
+        self.failures = [{"reason": "lost worker 1 (pid 7)", "detected_at": 2.0, "attempt": 0,
+                          "restarts": 1, "action": "restart", "exception": None}]
 
     def status(self):
         return {"state": "RUNNING", "savepoints": []}

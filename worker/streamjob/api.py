@@ -6,7 +6,8 @@ body is read; a body (only ``POST /api/v1/savepoints`` has one) is at most
 ``STREAMJOB_API_MAX_BODY`` bytes (64 KiB, larger is refused with 413 before it is read) and
 must arrive within ``STREAMJOB_API_TIMEOUT`` seconds (10), which is also how long a
 connection may sit without sending a request; at most ``STREAMJOB_API_MAX_CONNECTIONS`` (64)
-connections are open at once (more are closed on arrival). Errors are JSON
+connections are open at once (more are closed on arrival). ``/ui/`` serves the dashboard
+(``dashboard.py``: HTML pages, read-only) behind the same token. Errors are JSON
 ``{"error": reason, "message": reason}``: the CLI reads ``error``, the operator ``message``.
 """
 
@@ -44,6 +45,20 @@ async def _refuse(request: web.Request, status: int, reason: str) -> web.StreamR
         await response.write_eof()
         request.protocol.force_close()  # no lingering read of the rest of the body
     return response
+
+
+def max_alignment_ms(entry: dict[str, Any]) -> float | None:
+    """The longest alignment of any subtask in a history entry (None: no timings)."""
+    aligns = [t.get("alignment_ms", 0.0) for subtasks in (entry.get("timings") or {}).values()
+              for t in subtasks if t]
+    return max(aligns) if aligns else None
+
+
+def history_summary(entry: dict[str, Any]) -> dict[str, Any]:
+    """A history entry without its per-subtask timings, with the longest alignment."""
+    out = {k: v for k, v in entry.items() if k != "timings"}
+    out["alignment_ms"] = max_alignment_ms(entry)
+    return out
 
 
 class _OneLine(logging.LoggerAdapter):
@@ -166,11 +181,22 @@ class ApiServer:
         if request.can_read_body:
             async with asyncio.timeout(self.timeout):
                 body = await request.read()  # at most client_max_size, else 413
+        if request.path == "/ui" or request.path.startswith("/ui/"):
+            return self._dashboard(request)
         status, payload = await self._route(request.method, request.path, body,
                                             request.query)
         if status >= 400 and "error" in payload:
             return _error(status, payload["error"])
         return web.json_response(payload, status=status)
+
+    def _dashboard(self, request: web.Request) -> web.Response:
+        if request.method not in ("GET", "HEAD"):
+            return _error(405, "the dashboard is read-only")
+        from streamjob import dashboard
+
+        page = dashboard.render(self.coordinator, request.path)
+        return web.Response(text=page.body, status=page.status, content_type=page.content_type,
+                            headers=dashboard.SECURITY_HEADERS)
 
     async def _route(self, method: str, path: str, body: bytes,
                      query: Mapping[str, str] | None = None) -> tuple[int, Any]:
@@ -189,8 +215,7 @@ class ApiServer:
                 return 400, {"error": f"window must be a number of seconds, got {raw[:40]!r}"}
             return 200, c.tasks(window)
         if parts == ["checkpoints"] and method == "GET":
-            return 200, {"checkpoints": [{k: v for k, v in h.items() if k != "timings"}
-                                         for h in c.history]}
+            return 200, {"checkpoints": [history_summary(h) for h in c.history]}
         if len(parts) == 2 and parts[0] == "checkpoints" and method == "GET":
             for h in c.history:
                 if str(h["id"]) == parts[1]:
@@ -211,6 +236,8 @@ class ApiServer:
                 return 409, {"error": str(err)}
             return 200, {"uri": summary["path"], "id": summary["id"],
                          "size_bytes": summary["size_bytes"]}
+        if parts == ["failures"] and method == "GET":
+            return 200, {"failures": c.failures}
         if parts == ["savepoints"] and method == "GET":
             return 200, {"savepoints": c.status()["savepoints"]}
         return 404, {"error": "not found"}

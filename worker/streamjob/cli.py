@@ -239,6 +239,28 @@ def _show_checkpoint(args: argparse.Namespace, entry: dict[str, Any]) -> int:
     return 0
 
 
+def cmd_ui(args: argparse.Namespace) -> int:
+    from streamjob import uiproxy
+
+    def announce(url: str) -> None:
+        print(f"dashboard of {args.kube or args.name}: {url}  (Ctrl-C to stop)", flush=True)
+
+    if args.kube:
+        from streamjob import kube_access
+
+        if args.name:
+            raise ManifestError("name a local job or pass --kube NAMESPACE/NAME, not both")
+        try:
+            with kube_access.coordinator_api(args.kube) as (base, token, _):
+                return uiproxy.serve(lambda: (base, token), args.port, announce, args.open)
+        except kube_access.KubeAccessError as err:
+            raise ManifestError(str(err)) from None
+    if not args.name:
+        raise ManifestError("name a running job, or pass --kube NAMESPACE/NAME")
+    _local_api(args.name)  # fail now, in one line, if there is no job to show
+    return uiproxy.serve(lambda: _local_api(args.name), args.port, announce, args.open)
+
+
 def cmd_savepoints(args: argparse.Namespace) -> int:
     import datetime as dt
 
@@ -305,6 +327,17 @@ def build_parser() -> argparse.ArgumentParser:
                          "an API-server port-forward, the token from the job's Secret")
     sp.add_argument("--stop", action="store_true", help="stop the job after the savepoint")
     sp.set_defaults(fn=cmd_savepoint)
+
+    ui = sub.add_parser("ui", help="open the web dashboard of a running job (local, or in "
+                        "Kubernetes with --kube) through a local proxy that holds the token")
+    ui.add_argument("name", nargs="?", help="the job's metadata.name (a local run here)")
+    ui.add_argument("--kube", metavar="NAMESPACE/NAME",
+                    help="a StreamJob in Kubernetes (KUBECONFIG): through an API-server "
+                         "port-forward, the token from the job's Secret")
+    ui.add_argument("--port", type=int, default=0,
+                    help="local port of the proxy on 127.0.0.1 (default: any free port)")
+    ui.add_argument("--open", action="store_true", help="also open it in a browser")
+    ui.set_defaults(fn=cmd_ui)
 
     sps = sub.add_parser("savepoints", help="list the savepoints kept in a storage location")
     sps.add_argument("storage", help="the jobs' storage: a folder, file:// or s3:// URI")

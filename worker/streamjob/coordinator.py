@@ -49,6 +49,8 @@ from streamjob.taskmetrics import TaskMetrics, job_graph
 
 log = logging.getLogger("streamjob.coordinator")
 
+FAILURE_HISTORY = 50
+
 
 
 @dataclass
@@ -109,7 +111,8 @@ class Coordinator:
         self.deploying_from: int | None = None
         self.savepoint_body: dict[str, Any] | None = None
         self.source_tasks = [t.task_id for t in source_tasks(self.pipeline.tasks)]
-        self.records = RecordCounter(self.source_tasks)
+        self.records = RecordCounter(self.source_tasks, [t.task_id for t in self.pipeline.tasks
+                                                         if t.sink is not None])
         self.task_metrics = TaskMetrics()
         self.graph = job_graph(self.pipeline.tasks)
         self.done: asyncio.Event | None = None  # created in run(), inside the event loop
@@ -117,6 +120,8 @@ class Coordinator:
         self.running_since: float | None = None
         self.attempt_running_at: float | None = None
         self.last_failure: dict[str, Any] | None = None
+        #: restart history, newest last (``GET /api/v1/failures``, the dashboard)
+        self.failures: list[dict[str, Any]] = []
         self.finished_at: float | None = None
         self._deploy_task: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
@@ -407,7 +412,9 @@ class Coordinator:
                 # could not reach): the next deploy tries an older checkpoint.
                 self.restore_problems[self.deploying_from] = (
                     f"restore failed: {msg['reason']}")
-            self._failover(msg["reason"])
+            exception = msg.get("exception")
+            self._failover(msg["reason"], exception=exception if isinstance(exception, str)
+                           else None)
 
     def _on_final(self, pc: PendingCheckpoint) -> None:
         if pc.stop:
@@ -433,7 +440,8 @@ class Coordinator:
 
     # -- failover ----------------------------------------------------------------------------
 
-    def _failover(self, reason: str, timed_out: bool = False) -> None:
+    def _failover(self, reason: str, timed_out: bool = False,
+                  exception: str | None = None) -> None:
         strategy = self.spec.restart_strategy
         tr = js.on_failure(self.state, self.restarts, reason, strategy_type=strategy.type,
                            max_attempts=strategy.max_attempts, delay_for=strategy.delay_for,
@@ -451,6 +459,9 @@ class Coordinator:
         log.warning("job %s fails over: %s", self.job_id, reason)
         self.last_failure = {"reason": reason, "detected_at": time.time(),
                              "attempt": self.attempt}
+        self.failures.append({**self.last_failure, "exception": exception,
+                              "restarts": tr.restarts, "action": tr.action})
+        del self.failures[:-FAILURE_HISTORY]
         self.checkpoints.abort_all("job restarting")
         self.restarts = tr.restarts
         self.metrics.restarts.set(self.restarts)

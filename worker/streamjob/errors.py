@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import logging
 import threading
+import traceback
+
+#: the longest exception text a worker sends with FAILED (the end of a traceback matters most)
+TRACEBACK_LIMIT = 8000
 
 _seen: dict[tuple[str, str, str], int] = {}
 _lock = threading.Lock()
@@ -24,3 +28,10 @@ def log_failure(log: logging.Logger, err: BaseException, msg: str, *args: object
     else:
         log.error("%s: %s: %s (again, %d times; traceback logged the first time)", text,
                   type(err).__name__, err, count)
+
+
+def traceback_text(err: BaseException, limit: int = TRACEBACK_LIMIT) -> str:
+    """The traceback of ``err`` as text, its last ``limit`` characters (for the failure
+    history the coordinator keeps and the dashboard shows)."""
+    text = "".join(traceback.format_exception(err))
+    return text if len(text) <= limit else "…" + text[-limit:]

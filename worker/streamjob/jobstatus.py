@@ -14,17 +14,18 @@ log = logging.getLogger("streamjob.coordinator")
 
 
 class RecordCounter:
-    """Records read by the sources: the current attempt from the workers' STATS (a worker
-    sends one just before COMMITTED, so the count is exact at the end) plus what earlier
-    attempts read (replays included)."""
+    """Records read by the sources and records written into the sinks: the
+    current attempt from the workers' STATS (a worker sends one just before COMMITTED, so the
+    count is exact at the end) plus what earlier attempts did (replays included)."""
 
-    def __init__(self, source_tasks: list[str]):
+    def __init__(self, source_tasks: list[str], sink_tasks: list[str] | None = None):
         self.source_tasks = source_tasks
+        self.sink_tasks = sink_tasks or []
         self.latest: dict[int, dict[str, list[int]]] = {}
         self.lag: dict[int, dict[str, int]] = {}  # per worker: split -> records not read
-        self.base = 0
-        self.rate = 0.0
-        self._mark: tuple[float, int] | None = None
+        self.base = self.base_out = 0
+        self.rate = self.rate_out = 0.0
+        self._mark: tuple[float, int, int] | None = None
 
     def on_stats(self, worker: int, tasks: dict[str, list[int]],
                  lag: dict[str, int] | None = None) -> None:
@@ -38,6 +39,7 @@ class RecordCounter:
     def new_attempt(self) -> None:
         """Subtasks of the next attempt count from 0: keep the total cumulative."""
         self.base += self.current()
+        self.base_out += self.current_out()
         self.latest = {}
         self.lag = {}
 
@@ -48,17 +50,25 @@ class RecordCounter:
     def total(self) -> int:
         return self.base + self.current()
 
+    def current_out(self) -> int:
+        return sum(v.get(task, [0, 0])[1] for v in self.latest.values()
+                   for task in self.sink_tasks)
+
+    def total_out(self) -> int:
+        return self.base_out + self.current_out()
+
     def update_rate(self, now: float) -> bool:
         """Once a second: the rate over the last second; True when it changed."""
-        total = self.total()
+        total, out = self.total(), self.total_out()
         if self._mark is None:
-            self._mark = (now, total)
+            self._mark = (now, total, out)
             return False
         if now - self._mark[0] < 1.0:
             return False
-        t0, n0 = self._mark
+        t0, n0, o0 = self._mark
         self.rate = max(0.0, (total - n0) / (now - t0))
-        self._mark = (now, total)
+        self.rate_out = max(0.0, (out - o0) / (now - t0))
+        self._mark = (now, total, out)
         return True
 
 
@@ -80,6 +90,8 @@ def status_document(c: Any) -> dict[str, Any]:
         "skipped_checkpoints": {str(n): why for n, why in sorted(c.restore_problems.items())},
         "records_per_second": round(c.records.rate, 1),
         "records_in": c.records.total(),
+        "records_out_per_second": round(c.records.rate_out, 1),
+        "records_out": c.records.total_out(),
         "source_lag": c.records.source_lag(),
         "last_checkpoint": None if last is None else {
             k: last[k] for k in ("id", "completed_at", "duration_ms", "size_bytes")},

@@ -67,7 +67,11 @@ class WindowJoinFunction(CoProcessFunction):
             if end <= watermark:
                 continue  # this window has fired already
             records = state.get(start)
-            state.put(start, [value] if records is None else [*records, value])
+            if records is None:
+                state.put(start, [value])
+            else:  # in place (no copy per record), then put: incremental checkpoints see it
+                records.append(value)
+                state.put(start, records)
             self.timers.register_event_time(end)
             added = True
         if not added:
@@ -127,7 +131,11 @@ class IntervalJoinFunction(CoProcessFunction):
                     out.extend(fn(o, value) for o in others)
         state = self.sides[side]
         records = state.get(ts)
-        state.put(ts, [value] if records is None else [*records, value])
+        if records is None:
+            state.put(ts, [value])
+        else:
+            records.append(value)
+            state.put(ts, records)
         self.timers.register_event_time(self._cleanup_time(side, ts))
 
     def process1(self, key: Any, value: Any, out: Collector) -> None:

@@ -166,20 +166,27 @@ class KeyedStream:
 
         return IntervalJoin(self.connect(other))
 
-    def window(self, size_ms: int, timestamp: Callable[[Any], int] | None = None) -> Any:
-        """Tumbling event-time windows of ``size_ms``; finish with ``.reduce(fn)`` or
-        ``.sum(value_fn)``. Each record's event time is read with the source's
-        ``assign_timestamps`` function (records must still carry it) unless ``timestamp``
-        gives another one for the records as they reach the window."""
-        from streamjob.windows import WindowedStream
+    def window(self, assigner: Any, timestamp: Callable[[Any], int] | None = None) -> Any:
+        """Event-time windows: ``assigner`` is ``TumblingEventTimeWindows(size)`` (or just
+        the size in ms), ``SlidingEventTimeWindows(size, slide)`` or
+        ``EventTimeSessionWindows(gap)`` (``streamjob.windows``); then optionally
+        ``.allowed_lateness(ms)``, and ``.sum(value_fn)``, ``.reduce(fn)`` or
+        ``.aggregate(create, add, merge, result)``. Each record's event time is read with the
+        source's ``assign_timestamps`` function (records must still carry it) unless
+        ``timestamp`` gives another one for the records as they reach the window."""
+        from streamjob.windows.assigners import TumblingEventTimeWindows
+        from streamjob.windows.stream import WindowedStream
 
-        if int(size_ms) <= 0:
-            raise PipelineError(f"window size must be a positive number of ms, got {size_ms}")
+        if isinstance(assigner, int | float):
+            if int(assigner) <= 0:
+                raise PipelineError(f"window size must be a positive number of ms, got "
+                                    f"{assigner}")
+            assigner = TumblingEventTimeWindows(int(assigner))
         watermarks = self._p.event_time(o.task for o in self._origins)
         if watermarks is None:
             raise PipelineError("window(...) needs event time: call "
                                 "assign_timestamps(...) right after source(...)")
-        return WindowedStream(self, int(size_ms), timestamp or watermarks.timestamp_fn)
+        return WindowedStream(self, assigner, timestamp or watermarks.timestamp_fn)
 
     def reduce(self, fn: Callable[[Any, Any], Any], name: str = "Keyed reduce") -> Stream:
         """Emit ``(key, acc)`` after each record, ``acc = fn(acc, record)``."""

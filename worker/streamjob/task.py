@@ -4,7 +4,7 @@ The task loop takes batches from its input gate (or polls its source), pushes th
 the chained operators and emits the result downstream or into the sink. Barriers reach it
 between batches; snapshots are taken there, so state and emitted records always agree.
 Watermarks (event time) also arrive between batches: windows fire, then the watermark goes on
-downstream (see ``windows.py``).
+downstream (see ``windows/``); processing-time timers fire from the loop when due.
 
 A task with several input edges (union, connect; see ``jobgraph.py``) has one gate over the
 channels of all of them: alignment and the watermark span every input. A connected task's

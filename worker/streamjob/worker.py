@@ -335,7 +335,8 @@ class Worker:
         except Exception as err:  # noqa: BLE001 - user code failed: the job restarts
             errors.log_failure(log, err, "%s failed", runner.name)
             if self.deployment is d:
-                self.send("FAILED", reason=f"{runner.name} failed: {type(err).__name__}: {err}")
+                self.send("FAILED", reason=f"{runner.name} failed: {type(err).__name__}: {err}",
+                          exception=errors.traceback_text(err))
 
     async def _cancel(self) -> None:
         self.watchdog.cancel_since = time.monotonic()

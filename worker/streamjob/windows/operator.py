@@ -1,0 +1,410 @@
+"""Window operators: tumbling, sliding and session windows over keyed event time.
+
+Each window's accumulator is keyed map state (``key -> {window_start: acc}``, for sessions
+``key -> {start: (end, acc)}``), so windows are checkpointed, restored and rescaled by key
+group like any keyed state. A window's accumulator is ``first(record)`` (by default
+``value_fn(record)``) then ``combine(acc, value_fn(record))``: ``sum`` and ``reduce`` are
+that directly, ``aggregate`` has ``first = add(create(), record)``, ``value_fn`` the identity
+and ``combine = add``; ``merge`` joins two accumulators when sessions merge; ``result`` (if
+any) turns the accumulator into what is emitted.
+
+When the watermark reaches a window's end the window *fires*: tumbling and sliding windows
+emit ``(window_start, key, result)``, session windows ``(start, end, key, result)`` (their end
+depends on the data). With ``allowed_lateness`` L a fired window is kept until the watermark
+reaches ``end + L``: a record that arrives for it meanwhile is added and the window fires
+again at once with the updated result (Flink's late firing). A record whose windows are all
+past ``end + L`` is *late*: it is counted (``late_records``) and, if the pipeline asked for
+``late_records()``, handed to the operator's side output ``late`` (``side_outputs``, which the
+task sends on after each batch; records of a side output nobody reads are dropped).
+
+A subtask's watermark is part of its snapshot: after a restore, a window that already fired
+and was cleared must not be opened again by a replayed record (it would fire twice).
+
+Pure logic, no I/O: the task feeds batches and watermarks and pushes what comes out.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable
+from typing import Any
+
+from streamjob.keygroups import key_group
+from streamjob.operators import MUTABLE, KeyedStateBackend, is_mutable
+from streamjob.windows.watermarks import MIN_WATERMARK
+
+LATE = "late"  # the side output of records beyond the allowed lateness
+
+_MISSING = object()
+
+
+class _EventTimeOperator:
+    """What every window operator shares: watermark, per-key-group floors after a rescale,
+    late records and their side output."""
+
+    def __init__(self, backend: KeyedStateBackend, key_fn: Callable[[Any], Any],
+                 timestamp_fn: Callable[[Any], int], name: str, allowed_lateness: int):
+        if allowed_lateness < 0:
+            raise ValueError("allowed_lateness must be 0 or more ms")
+        self.backend = backend
+        self.table = backend.table(name, "map")
+        self.table_name = name
+        self.key_fn, self.timestamp_fn = key_fn, timestamp_fn
+        self.lateness = int(allowed_lateness)
+        self.watermark: float = MIN_WATERMARK
+        self.late_records = 0
+        # Side outputs by tag: the task takes them after each batch (``late`` only here).
+        self.side_outputs: dict[str, list[Any]] = {}
+        # After a rescale, key groups may come from subtasks that were at different
+        # watermarks: until the watermark passes the highest, lateness is per key group.
+        self._floors: dict[int, float] | None = None
+        self._floor_max: float = MIN_WATERMARK
+
+    def restore_watermark(self, floors: dict[int, float]) -> None:
+        """Start from the watermark(s) the restored state was taken at."""
+        if not floors:
+            return
+        low, high = min(floors.values()), max(floors.values())
+        self.watermark = max(self.watermark, low)
+        if high > low:
+            self._floors, self._floor_max = floors, high
+
+    def _floor(self, key: Any) -> float:
+        """The watermark that applies to ``key`` (its key group's, after a rescale)."""
+        if self._floors is None:
+            return self.watermark
+        return max(self.watermark, self._floors.get(key_group(key, self.backend.max_parallelism),
+                                                    MIN_WATERMARK))
+
+    def _advance(self, watermark: float) -> bool:
+        if watermark <= self.watermark:
+            return False
+        self.watermark = watermark
+        if self._floors is not None and watermark >= self._floor_max:
+            self._floors = None
+        return True
+
+    def _late(self, records: list[Any]) -> None:
+        if records:
+            self.late_records += len(records)
+            self.side_outputs.setdefault(LATE, []).extend(records)
+
+    def _note(self, acc: Any) -> None:
+        if type(acc) in MUTABLE and is_mutable(acc):
+            self.backend.mutable.add(self.table_name)  # snapshot copies it deeply
+
+
+class WindowOperator(_EventTimeOperator):
+    """Tumbling (``slide`` None) or sliding event-time windows of ``size`` ms."""
+
+    def __init__(self, backend: KeyedStateBackend, key_fn: Callable[[Any], Any],
+                 timestamp_fn: Callable[[Any], int], size: int,
+                 value_fn: Callable[[Any], Any], combine: Callable[[Any, Any], Any],
+                 name: str = "window", *, slide: int | None = None, allowed_lateness: int = 0,
+                 first: Callable[[Any], Any] | None = None,
+                 result: Callable[[Any], Any] | None = None):
+        super().__init__(backend, key_fn, timestamp_fn, name, allowed_lateness)
+        self.size, self.slide = size, slide
+        self.value_fn, self.combine, self.result = value_fn, combine, result
+        self.first = first or value_fn  # a window's first accumulator from its first record
+        # Windows not fired yet, by start, and fired windows kept for late records (allowed
+        # lateness), by start: both derived from the table and the watermark (not state),
+        # built lazily because the table is loaded after the operator is created.
+        self._by_window: dict[int, dict[Any, None]] | None = None
+        self._fired: dict[int, dict[Any, None]] = {}
+
+    def _index(self) -> dict[int, dict[Any, None]]:
+        if self._by_window is None:
+            self._by_window = {}
+            for key, windows in self.table.items():
+                floor = self._floor(key)
+                for start in windows:
+                    target = self._fired if start + self.size <= floor else self._by_window
+                    target.setdefault(start, {})[key] = None
+        return self._by_window
+
+    def _starts(self, ts: int) -> range:
+        last = ts - ts % self.slide
+        return range(last, ts - self.size, -self.slide)
+
+    def process_batch(self, batch: list[Any]) -> list[Any]:
+        if self.slide is None and self.lateness == 0:
+            return self._process_tumbling(batch)
+        table, index, fired = self.table, self._index(), self._fired
+        key_fn, ts_fn, value_fn, combine = self.key_fn, self.timestamp_fn, self.value_fn, \
+            self.combine
+        first, size, lateness, result = self.first, self.size, self.lateness, self.result
+        slide = self.slide or size
+        dirty = self.backend.dirty
+        out: list[Any] = []
+        late: list[Any] = []
+        for record in batch:
+            key = key_fn(record)
+            ts = ts_fn(record)
+            floor = self._floor(key)
+            added = False
+            last = ts - ts % slide
+            for start in range(last, ts - size, -slide):
+                end = start + size
+                if end + lateness <= floor:
+                    continue  # this window is gone for good
+                windows = table.get(key)
+                if windows is None:
+                    windows = table[key] = {}
+                acc = windows.get(start, _MISSING)
+                if acc is _MISSING:
+                    acc = first(record)
+                    (fired if end <= floor else index).setdefault(start, {})[key] = None
+                else:
+                    acc = combine(acc, value_fn(record))
+                windows[start] = acc
+                self._note(acc)
+                added = True
+                if end <= floor:  # fired already, within the allowed lateness: fire again
+                    out.append((start, key, acc if result is None else result(acc)))
+            if not added:
+                late.append(record)
+            elif dirty is not None:
+                dirty.add(key)
+        self._late(late)
+        return out
+
+    def _process_tumbling(self, batch: list[Any]) -> list[Any]:
+        """The common case, tumbling windows without lateness, in one tight loop."""
+        table, index = self.table, self._index()
+        key_fn, ts_fn, value_fn, combine = self.key_fn, self.timestamp_fn, self.value_fn, \
+            self.combine
+        first, size, wm, floors = self.first, self.size, self.watermark, self._floors
+        m = self.backend.max_parallelism
+        dirty = self.backend.dirty
+        late = []
+        for record in batch:
+            key = key_fn(record)
+            ts = ts_fn(record)
+            start = ts - ts % size
+            if start + size <= wm or (floors is not None and
+                                      start + size <= floors.get(key_group(key, m),
+                                                                 MIN_WATERMARK)):
+                late.append(record)  # its window already fired
+                continue
+            windows = table.get(key)
+            if windows is None:
+                windows = table[key] = {}
+            acc = windows.get(start, _MISSING)
+            if acc is _MISSING:
+                acc = windows[start] = first(record)
+                if type(acc) in MUTABLE and is_mutable(acc):
+                    self.backend.mutable.add(self.table_name)  # snapshot copies it deeply
+                keys = index.get(start)
+                if keys is None:
+                    keys = index[start] = {}
+                keys[key] = None
+            else:
+                acc = windows[start] = combine(acc, value_fn(record))
+                if type(acc) in MUTABLE and is_mutable(acc):
+                    self.backend.mutable.add(self.table_name)  # snapshot copies it deeply
+            if dirty is not None:
+                dirty.add(key)
+        if late:
+            self._late(late)
+        return []
+
+    def on_watermark(self, watermark: float) -> list[Any]:
+        """Advance to ``watermark``: fire every window that ends at or before it, oldest
+        first, then drop those whose allowed lateness has passed too."""
+        if not self._advance(watermark):
+            return []
+        index, table, size, out = self._index(), self.table, self.size, []
+        lateness, result, fired = self.lateness, self.result, self._fired
+        dirty = self.backend.dirty
+        for start in sorted(s for s in index if s + size <= watermark):
+            for key in index.pop(start):
+                windows = table[key]
+                acc = windows[start]
+                out.append((start, key, acc if result is None else result(acc)))
+                if lateness:
+                    fired.setdefault(start, {})[key] = None
+                    continue
+                del windows[start]
+                if not windows:
+                    del table[key]
+                if dirty is not None:
+                    dirty.add(key)
+        for start in [s for s in fired if s + size + lateness <= watermark]:
+            for key in fired.pop(start):
+                windows = table.get(key)
+                if windows is not None and windows.pop(start, _MISSING) is not _MISSING:
+                    if not windows:
+                        del table[key]
+                    if dirty is not None:
+                        dirty.add(key)
+        return out
+
+
+class SessionWindowOperator(_EventTimeOperator):
+    """Event-time session windows: a record opens ``[ts, ts + gap)`` and every session of
+    its key that overlaps or touches it merges with it (their accumulators joined with
+    ``merge``): as in Flink, ``[a, b)`` and ``[c, d)`` merge when ``a <= d and c <= b``, so
+    two records at most ``gap`` apart are in one session."""
+
+    def __init__(self, backend: KeyedStateBackend, key_fn: Callable[[Any], Any],
+                 timestamp_fn: Callable[[Any], int], gap: int,
+                 value_fn: Callable[[Any], Any], combine: Callable[[Any, Any], Any],
+                 merge: Callable[[Any, Any], Any], name: str = "session", *,
+                 allowed_lateness: int = 0, first: Callable[[Any], Any] | None = None,
+                 result: Callable[[Any], Any] | None = None):
+        super().__init__(backend, key_fn, timestamp_fn, name, allowed_lateness)
+        self.gap = gap
+        self.value_fn, self.combine, self.merge, self.result = value_fn, combine, merge, result
+        self.first = first or value_fn
+        # (end, key, start) of sessions not fired yet and (end + lateness, key, start) of
+        # fired ones kept for late records: derived (entries of merged sessions go stale and
+        # are skipped), built lazily after the table is loaded.
+        self._pending: list[tuple[Any, ...]] | None = None
+        self._fired: list[tuple[Any, ...]] = []
+        self._seq = 0  # tie-breaker: keys of different types never get compared
+
+    def _heaps(self) -> list[tuple[Any, ...]]:
+        if self._pending is None:
+            self._pending = []
+            for key, sessions in self.table.items():
+                floor = self._floor(key)
+                for start, (end, _acc) in sessions.items():
+                    self._push(end <= floor, end, key, start)
+        return self._pending
+
+    def _push(self, fired: bool, end: int, key: Any, start: int) -> None:
+        self._seq += 1
+        if fired:
+            heapq.heappush(self._fired, (end + self.lateness, self._seq, key, start, end))
+        else:
+            heapq.heappush(self._pending, (end, self._seq, key, start, end))
+
+    def _emit(self, start: int, end: int, key: Any, acc: Any) -> tuple[Any, ...]:
+        return (start, end, key, acc if self.result is None else self.result(acc))
+
+    def process_batch(self, batch: list[Any]) -> list[Any]:
+        self._heaps()
+        table, key_fn, ts_fn, value_fn = self.table, self.key_fn, self.timestamp_fn, \
+            self.value_fn
+        gap, lateness, merge, combine = self.gap, self.lateness, self.merge, self.combine
+        dirty = self.backend.dirty
+        out: list[Any] = []
+        late: list[Any] = []
+        for record in batch:
+            key = key_fn(record)
+            ts = ts_fn(record)
+            floor = self._floor(key)
+            start, end = ts, ts + gap
+            sessions = table.get(key)
+            overlapping = [] if sessions is None else sorted(
+                s for s, (e, _) in sessions.items() if s <= end and ts <= e)
+            for s in overlapping:
+                start, end = min(start, s), max(end, sessions[s][0])
+            if end + lateness <= floor:
+                late.append(record)  # even merged, its session is gone for good
+                continue
+            if sessions is None:
+                sessions = table[key] = {}
+            # Inside one session that it does not extend: that session's heap entry stays
+            # valid (a second one would fire it twice).
+            known = len(overlapping) == 1 and overlapping[0] == start and \
+                sessions[start][0] == end
+            acc = _MISSING
+            for s in overlapping:
+                _, other = sessions.pop(s)
+                acc = other if acc is _MISSING else merge(acc, other)
+            acc = self.first(record) if acc is _MISSING else combine(acc, value_fn(record))
+            sessions[start] = (end, acc)
+            self._note(acc)
+            if dirty is not None:
+                dirty.add(key)
+            if end <= floor:  # merged into a fired session: fire the result again now
+                out.append(self._emit(start, end, key, acc))
+            if not known:
+                self._push(end <= floor, end, key, start)
+        self._late(late)
+        return out
+
+    def _live(self, key: Any, start: int, end: int) -> Any:
+        """The session's accumulator if it still exists as (start, end), else _MISSING."""
+        sessions = self.table.get(key)
+        if sessions is None:
+            return _MISSING
+        entry = sessions.get(start)
+        if entry is None or entry[0] != end:
+            return _MISSING
+        return entry[1]
+
+    def on_watermark(self, watermark: float) -> list[Any]:
+        """Fire sessions that end at or before ``watermark`` (by end), then drop fired
+        sessions whose allowed lateness has passed."""
+        if not self._advance(watermark):
+            return []
+        pending, fired, out = self._heaps(), self._fired, []
+        dirty = self.backend.dirty
+        while pending and pending[0][0] <= watermark:
+            end, _, key, start, _ = heapq.heappop(pending)
+            acc = self._live(key, start, end)
+            if acc is _MISSING:
+                continue  # merged into another session since
+            out.append(self._emit(start, end, key, acc))
+            if self.lateness:
+                self._push(True, end, key, start)
+            else:
+                self._drop(key, start, dirty)
+        while fired and fired[0][0] <= watermark:
+            _, _, key, start, end = heapq.heappop(fired)
+            if self._live(key, start, end) is not _MISSING:
+                self._drop(key, start, dirty)
+        return out
+
+    def _drop(self, key: Any, start: int, dirty: set[Any] | None) -> None:
+        sessions = self.table[key]
+        del sessions[start]
+        if not sessions:
+            del self.table[key]
+        if dirty is not None:
+            dirty.add(key)
+
+
+class WindowOperatorFactory:
+    """What a windowed stream adds to its task: builds the operator for each subtask."""
+
+    def __init__(self, assigner: Any, timestamp_fn: Callable[[Any], int],
+                 value_fn: Callable[[Any], Any], combine: Callable[[Any, Any], Any],
+                 merge: Callable[[Any, Any], Any] | None = None,
+                 result: Callable[[Any], Any] | None = None, allowed_lateness: int = 0,
+                 first: Callable[[Any], Any] | None = None):
+        from streamjob.windows.assigners import (
+            EventTimeSessionWindows,
+            SlidingEventTimeWindows,
+            TumblingEventTimeWindows,
+        )
+
+        if not isinstance(assigner, (TumblingEventTimeWindows, SlidingEventTimeWindows,
+                                     EventTimeSessionWindows)):
+            raise TypeError(f"not a window assigner: {assigner!r}")
+        self.assigner, self.timestamp_fn = assigner, timestamp_fn
+        self.value_fn, self.combine, self.merge, self.result = value_fn, combine, merge, result
+        self.allowed_lateness, self.first = allowed_lateness, first
+
+    @property
+    def size(self) -> int | None:
+        return getattr(self.assigner, "size", None)
+
+    def create(self, backend: KeyedStateBackend, key_fn: Callable[[Any], Any]) -> Any:
+        from streamjob.windows.assigners import EventTimeSessionWindows, SlidingEventTimeWindows
+
+        a = self.assigner
+        if isinstance(a, EventTimeSessionWindows):
+            if self.merge is None:
+                raise ValueError("session windows need a merge function")
+            return SessionWindowOperator(backend, key_fn, self.timestamp_fn, a.gap,
+                                         self.value_fn, self.combine, self.merge,
+                                         allowed_lateness=self.allowed_lateness,
+                                         first=self.first, result=self.result)
+        slide = a.slide if isinstance(a, SlidingEventTimeWindows) else None
+        return WindowOperator(backend, key_fn, self.timestamp_fn, a.size, self.value_fn,
+                              self.combine, slide=slide, allowed_lateness=self.allowed_lateness,
+                              first=self.first, result=self.result)
