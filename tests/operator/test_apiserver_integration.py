@@ -385,3 +385,32 @@ def test_the_autoscaler_rescales_a_busy_job_by_itself(cluster, coordinator, oper
     header, row = table[0].split(), table[1].split()
     assert row[header.index("RECOMMENDED")] == "2"
     kubectl(cluster, "-n", NS, "delete", "sj", "busy", "--wait=false")
+
+
+def test_the_e2e_fixture_replaces_an_older_crd_with_this_checkouts(cluster, tmp_path):
+    """tests/e2e/sjenv.apply_crd (the e2e helm install runs it first): a cluster that holds an
+    older StreamJob CRD gets this checkout's schema (helm never upgrades CRDs)."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "tests" / "e2e"))
+    import sjenv
+    from kubernetes import config
+
+    crd = yaml.safe_load((REPO / "crds" / "streamjob.dev_streamjobs.yaml").read_text())
+    old = json.loads(json.dumps(crd))
+    spec = old["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    del spec["properties"]["autoscaler"]
+    spec["x-kubernetes-validations"] = spec["x-kubernetes-validations"][:1]  # (the others
+    # are about spec.autoscaler)
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump(old))
+    api_client = config.new_client_from_config(str(cluster.kubeconfig))
+    sjenv.apply_crd(api_client, tmp_path / "old.yaml")
+
+    def stored() -> dict[str, Any]:
+        out = kubectl(cluster, "get", "crd", "streamjobs.streamjob.dev", "-o", "json").stdout
+        return json.loads(out)["spec"]["versions"][0]["schema"]["openAPIV3Schema"][
+            "properties"]["spec"]["properties"]
+
+    assert "autoscaler" not in stored()
+    sjenv.apply_crd(api_client)
+    assert "autoscaler" in stored()
