@@ -1,13 +1,15 @@
 """The operator's autoscaler, locally: its decision function driving `streamjob run` processes.
 
-    python bench/autoscale.py [--base 150] [--peak 1000] [--cost-us 200] [--step 40]
-                              [--peak-for 60] [--tail 60]
+    python bench/autoscale.py [--base 150] [--peak 5000] [--cost-us 200] [--step 40]
+                              [--peak-for 40] [--tail 60]
 
 The job (``streamjob.examples.scheduled``) is a keyed count whose keyed task spends
 ``--cost-us`` of CPU per record, so one subtask handles about ``1e6 / cost_us`` records/s at
-most; its generator follows the schedule ``base`` -> ``peak`` (from ``--step`` s) -> ``base``
-(from ``step + peak-for`` s), counted from the job's first start (``start_at``), and stops
-after ``tail`` more seconds' worth of records. It starts at parallelism 1.
+most (the default peak is that: at ``targetUtilization`` 0.7 one subtask never suffices,
+however idle the machine); its generator follows the schedule ``base`` -> ``peak`` (from
+``--step`` s) -> ``base`` (from ``step + peak-for`` s), counted from the job's first start
+(``start_at``), and stops after ``tail`` more seconds' worth of records. It starts at
+parallelism 1.
 
 Every second this script reads the coordinator's ``GET /api/v1/tasks`` and calls the
 operator's pure decision (``streamjob_operator.autoscaler.decide``) with the manifest's
@@ -109,10 +111,10 @@ class Run:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--base", type=float, default=150)
-    ap.add_argument("--peak", type=float, default=1000)
+    ap.add_argument("--peak", type=float, default=5000)
     ap.add_argument("--cost-us", type=float, default=200)
     ap.add_argument("--step", type=float, default=40)
-    ap.add_argument("--peak-for", type=float, default=60)
+    ap.add_argument("--peak-for", type=float, default=40)
     ap.add_argument("--tail", type=float, default=60)
     ap.add_argument("--max-parallelism", type=int, default=4)
     a = ap.parse_args()
@@ -158,6 +160,7 @@ def main() -> None:
         timeline: list[tuple[float, int, int | None, str]] = []   # t, p, backlog, action
         rescales: list[tuple[float, int, int, str]] = []          # t, from, to, reason
         running_at: list[tuple[float, int]] = [(0.0, 1)]          # t the new p runs
+        launched: list[tuple[float, int]] = []   # t a new p was started from its savepoint
         deadline = start_at + end + 600
         try:
             while run.proc.poll() is None:
@@ -182,6 +185,7 @@ def main() -> None:
                     rescales.append((now - start_at, run.p, d.target, d.reason))
                     uri = run.stop_with_savepoint()
                     run = Run(cwd, path, d.target, uri, log)
+                    launched.append((run.started - start_at, run.p))
                     memory = auto.Memory(last_rescale_at=run.started)
             code = run.proc.wait()
         finally:
@@ -216,9 +220,11 @@ def main() -> None:
             converged.append(0.0)
             continue
         decided, target = mine[-1][0], mine[-1][2]
-        ran = [t for t, p in running_at if t >= decided and p == target]
+        # (a run that finished before it was seen RUNNING: when it was started)
+        ran = ([t for t, p in running_at if t >= decided and p == target] or
+               [t for t, p in launched if t >= decided and p == target])
         converged.append(ran[0] - at if ran else float("nan"))
-    sequence = [p for i, (_, p) in enumerate(running_at) if i == 0 or running_at[i - 1][1] != p]
+    sequence = [1] + [r[2] for r in rescales]
     down_decided = next((r[0] for r in rescales if r[0] >= down_at), float("inf"))
     peak_lag = max((b or 0 for t, _, b, _ in timeline if a.step <= t < down_decided), default=0)
     steps = " and ".join(f"{c:.0f}" for c in converged)

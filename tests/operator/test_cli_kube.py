@@ -82,8 +82,27 @@ def test_pick_the_running_coordinator_of_the_newest_revision_and_incarnation():
 # ---------------------------------------------------------------- a fake coordinator API
 
 class FakeCoordinatorApi(BaseHTTPRequestHandler):
+    savepoint_requests: list[Any] = []
+
     def log_message(self, *args: Any) -> None:
         pass
+
+    def do_POST(self) -> None:  # noqa: N802
+        length = int(self.headers.get("Content-Length", 0))
+        request = json.loads(self.rfile.read(length) or b"{}")
+        if self.headers.get("Authorization") != f"Bearer {TOKEN}" or \
+                self.path != "/api/v1/savepoints":
+            self.send_response(401)
+            self.end_headers()
+            return
+        self.savepoint_requests.append(request)
+        data = json.dumps({"uri": "s3://b/ck/uid-1/savepoints/sp-9", "id": 9,
+                           "size_bytes": 1234}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
 
     def do_GET(self) -> None:  # noqa: N802
         if self.headers.get("Authorization") != f"Bearer {TOKEN}":
@@ -200,6 +219,19 @@ def test_timeline_json_and_svg_of_a_job_in_kubernetes(kube, capsys, tmp_path):
     assert out_file.read_text().lstrip().startswith("<")
     assert main(["checkpoints", "--kube", "jobs/wc", "--id", str(ENTRY["id"]), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["timings"] == ENTRY["timings"]
+
+
+def test_savepoint_of_a_job_in_kubernetes(kube, capsys):
+    FakeCoordinatorApi.savepoint_requests.clear()
+    assert main(["savepoint", "--kube", "jobs/wc"]) == 0
+    assert main(["savepoint", "--kube", "jobs/wc", "--stop"]) == 0
+    out = capsys.readouterr()
+    assert out.out.splitlines() == ["s3://b/ck/uid-1/savepoints/sp-9"] * 2
+    assert "savepoint 9 (1234 bytes)" in out.err
+    assert FakeCoordinatorApi.savepoint_requests == [{"stop": False}, {"stop": True}]
+    assert kube.forwarded == [("jobs", "wc-coordinator-1", 8081)] * 2
+    assert main(["savepoint", "wc", "--kube", "jobs/wc"]) == 2
+    assert "not both" in capsys.readouterr().err
 
 
 def test_kube_errors_are_one_line_messages(kube, monkeypatch, capsys):
