@@ -173,3 +173,15 @@ def test_q12_counts_every_bid_once_whatever_the_clock():
     events = [bid(1, 1, t, bidder=b) for t, b in ((0, 8), (1, 9), (20_000, 8), (3, 8))]
     assert rows(q12_totals(run("q12", events))) == rows(QUERIES["q12"].reference(events)) \
         == rows([{"bidder": 8, "bid_count": 3}, {"bidder": 9, "bid_count": 1}])
+
+
+def test_q4_averages_the_winning_bid_in_range_of_each_auction_per_category():
+    events = [bid(100, 70, 1),                       # before its auction arrives, in range
+              auction(100, 1, 10, 0), bid(100, 50, 2), bid(100, 90, 6),  # 6 > expires (5)
+              auction(101, 1, 10, 10), bid(101, 5, 11), bid(101, 8, 12),
+              auction(102, 1, 11, 20), bid(102, 3, 19),  # before its start: no winner
+              auction(103, 1, 12, 30), bid(103, 7, 31)]
+    # category 10: winners 70 and 8 -> (70 + 8) // 2 = 39; category 12: 7; category 11: none
+    assert rows(run("q4", events)) == rows([{"category": 10, "final": 39},
+                                            {"category": 12, "final": 7}])
+    assert rows(run("q4", events)) == rows(QUERIES["q4"].reference(events))
