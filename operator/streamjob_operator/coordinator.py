@@ -111,6 +111,13 @@ class CoordinatorClient:
     def job(self) -> JobView:
         return JobView.from_json(self._call("GET", "/api/v1/job"))
 
+    def tasks(self, window: float) -> dict[str, Any]:
+        """The task metrics (``GET /api/v1/tasks``): rates, busy and backpressure per task."""
+        answer = self._call("GET", f"/api/v1/tasks?window={window:g}")
+        if not isinstance(answer, dict):
+            raise CoordinatorUnavailable(f"GET {self.base_url}/api/v1/tasks: not an object")
+        return answer
+
     def savepoint(self, stop: bool, timeout: float) -> str:
         """Take a savepoint (and stop the job if ``stop``); its URI once complete."""
         answer = self._call("POST", "/api/v1/savepoints", {"stop": stop}, timeout=timeout)

@@ -25,6 +25,17 @@ class Op(enum.StrEnum):
     CONTINUE = "continue"      # take the next step of status.operation (it was recorded first)
 
 
+def target_parallelism(spec: StreamJobSpec, status: JobStatus) -> int:
+    """The parallelism the job should run at: ``spec.parallelism``, or while the autoscaler
+    is on, the parallelism it chose (``spec.parallelism`` until it chooses), within its
+    bounds."""
+    auto = spec.autoscaler
+    if auto is None or not auto.enabled:
+        return spec.parallelism
+    chosen = status.autoscaler.target if status.autoscaler else None
+    return min(max(chosen or spec.parallelism, auto.min_parallelism), auto.max_parallelism)
+
+
 def next_operation(spec: StreamJobSpec, status: JobStatus, now: float | None = None) -> Op:
     phase = Phase(status.phase) if status.phase else None
     dep = status.deployment
@@ -49,7 +60,8 @@ def next_operation(spec: StreamJobSpec, status: JobStatus, now: float | None = N
         return Op.HEAL
     if postponed:
         return Op.HEAL
-    if spec.parallelism != dep.parallelism and spec.parallelism != status.failed_rescale:
+    target = target_parallelism(spec, status)
+    if target != dep.parallelism and target != status.failed_rescale:
         return Op.RESCALE
     if spec.savepoint_nonce is not None and spec.savepoint_nonce != status.observed_savepoint_nonce:
         return Op.SAVEPOINT

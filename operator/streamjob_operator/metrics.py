@@ -9,6 +9,11 @@
 * ``streamjob_operator_reconcile_duration_seconds``: time of one pass (any result).
 * ``streamjob_operator_jobs{phase}``: jobs this operator handles, per phase, read at scrape time
   from the phase each job's last reconcile wrote (every phase is listed, 0 when none).
+* ``streamjob_operator_autoscaler_decisions_total{action}``: autoscaler polls by decision:
+  ``scale`` (a rescale was started), ``hold`` (stabilising or cooling down), ``none`` (at the
+  parallelism it needs), ``wait`` (no usable metrics: checkpoint, restore, not RUNNING).
+* ``streamjob_operator_autoscaler_recommended_parallelism{namespace,job}``: the parallelism
+  the autoscaler recommends for each job (its last poll with metrics).
 
 Everything lives in :data:`REGISTRY` (not the process-wide default one) and is served with
 prometheus-client's HTTP server on ``STREAMJOB_OPERATOR_METRICS_PORT`` (off when unset).
@@ -24,6 +29,7 @@ from contextlib import contextmanager
 from prometheus_client import (
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     PlatformCollector,
     ProcessCollector,
@@ -34,6 +40,7 @@ from prometheus_client.core import GaugeMetricFamily
 from streamjob_operator.phases import Phase
 
 RESULTS = ("ok", "retry", "error", "deferred")
+AUTOSCALER_ACTIONS = ("scale", "hold", "none", "wait")
 FAILURE_KINDS = ("reconcile", "job")
 
 
@@ -93,6 +100,14 @@ class OperatorMetrics:
             self.reconciles.labels(result)
         for kind in FAILURE_KINDS:
             self.failures.labels(kind)
+        self.autoscaler_decisions = Counter(
+            "streamjob_operator_autoscaler_decisions", "Autoscaler polls, by decision",
+            ["action"], registry=r)
+        for action in AUTOSCALER_ACTIONS:
+            self.autoscaler_decisions.labels(action)
+        self.recommended = Gauge("streamjob_operator_autoscaler_recommended_parallelism",
+                                 "Parallelism the autoscaler recommends", ["namespace", "job"],
+                                 registry=r)
         self.phases = JobPhases()
         r.register(self.phases)
 
@@ -118,6 +133,12 @@ class OperatorMetrics:
 
     def deferred(self) -> None:
         self.reconciles.labels("deferred").inc()
+
+    def autoscaler_decision(self, namespace: str, name: str, action: str,
+                            recommended: int | None) -> None:
+        self.autoscaler_decisions.labels(action).inc()
+        if recommended is not None:
+            self.recommended.labels(namespace, name).set(recommended)
 
     def job_phase(self, namespace: str, name: str, phase: str | None,
                   changed: bool = False) -> None:

@@ -45,6 +45,17 @@ class Savepoint(_Camel):
     nonce: int | None = None
 
 
+class AutoscalerStatus(_Camel):
+    """``status.autoscaler``: what the autoscaler decided last and remembers (see
+    ``autoscaler.py``); ``target`` is the parallelism it scaled the job to (the operator
+    rolls it out like a spec change), ``recommended`` what it would choose now."""
+    target: int | None = None
+    recommended: int | None = None
+    last_decision: dict[str, Any] | None = Field(None, alias="lastDecision")
+    last_scale: dict[str, Any] | None = Field(None, alias="lastScale")
+    memory: dict[str, Any] | None = None
+
+
 class JobStatus(_Camel):
     phase: str | None = None
     message: str = ""
@@ -62,6 +73,7 @@ class JobStatus(_Camel):
     recovering_since_attempt: int | None = Field(None, alias="recoveringSinceAttempt")
     attempt: int | None = None
     restarts: int = 0
+    autoscaler: AutoscalerStatus | None = None
 
     @classmethod
     def from_body(cls, status: Any) -> JobStatus:

@@ -22,6 +22,7 @@ import kopf
 
 from streamjob import faults
 from streamjob.manifest import StreamJob
+from streamjob_operator import autoscaler as auto
 from streamjob_operator import builders, kube, names
 from streamjob_operator import operation as ops
 from streamjob_operator.background import REQUESTS
@@ -32,7 +33,7 @@ from streamjob_operator.coordinator import (
     JobView,
     stop_savepoint,
 )
-from streamjob_operator.decide import next_operation
+from streamjob_operator.decide import next_operation, target_parallelism
 from streamjob_operator.desired import (
     DeploymentSpec,
     Mode,
@@ -43,6 +44,7 @@ from streamjob_operator.desired import (
 )
 from streamjob_operator.metrics import METRICS
 from streamjob_operator.model import (
+    AutoscalerStatus,
     Deployment,
     InvalidSpec,
     JobStatus,
@@ -314,8 +316,15 @@ class Reconciler:
             # fault point for tests: the operator dies right after recording this step
             faults.point(f"operator.{op.type.value}.{op.step.value}")
 
+    @property
+    def target_parallelism(self) -> int:
+        return target_parallelism(self.spec, self.status)
+
     # ------------------------------------------------------------------ entry
     def run(self) -> None:
+        if self.status.autoscaler is not None and not (
+                self.spec.autoscaler and self.spec.autoscaler.enabled):
+            self.status.autoscaler = None         # off: spec.parallelism rules again
         op = next_operation(self.spec, self.status, self.clock())
         log.debug("%s/%s: %s", self.namespace, self.name, op)
         try:
@@ -328,8 +337,8 @@ class Reconciler:
         self.status.observed_restart_nonce = self.spec.restart_nonce
         self.status.observed_savepoint_nonce = self.spec.savepoint_nonce
         start = self.spec.initial_savepoint_path
-        self.roll_out(self.spec.parallelism, start, self.uid, Event.DEPLOYED,
-                      f"deployed at parallelism {self.spec.parallelism}"
+        self.roll_out(self.target_parallelism, start, self.uid, Event.DEPLOYED,
+                      f"deployed at parallelism {self.target_parallelism}"
                       + (f" from savepoint {start}" if start else ""))
 
     def op_suspend(self) -> None:
@@ -353,21 +362,21 @@ class Reconciler:
         self.extra["resumeFrom"] = None
         job_id = self.fresh_job_id() if start and dep else (dep.job_id if dep else self.uid)
         how = f" from savepoint {start}" if start else " from the latest checkpoint"
-        self.roll_out(self.spec.parallelism, start, job_id, Event.RESUMED, "resumed" + how)
+        self.roll_out(self.target_parallelism, start, job_id, Event.RESUMED, "resumed" + how)
 
     def op_restart(self) -> None:
         dep = self.status.deployment
         assert dep is not None
         self.status.observed_restart_nonce = self.spec.restart_nonce
         self.status.failed_rescale = None
-        self.roll_out(self.spec.parallelism, dep.from_savepoint, dep.job_id, Event.RESTARTED,
+        self.roll_out(self.target_parallelism, dep.from_savepoint, dep.job_id, Event.RESTARTED,
                       "restarted (restartNonce) from the latest checkpoint")
 
     def op_upgrade(self) -> None:
         dep = self.status.deployment
         assert dep is not None
         mode = self.spec.upgrade_mode
-        p = self.spec.parallelism
+        p = self.target_parallelism
         if mode == "stateless":
             self.roll_out(p, None, self.fresh_job_id(), Event.RESTARTED,
                           "upgraded (stateless): started with empty state")
@@ -381,7 +390,7 @@ class Reconciler:
     def op_rescale(self) -> None:
         dep = self.status.deployment
         assert dep is not None
-        target = self.spec.parallelism
+        target = self.target_parallelism
         if self.phase != Phase.RUNNING:
             if self.phase == Phase.PENDING and not self.raw_status.get("lastCheckpoint"):
                 self.roll_out(target, dep.from_savepoint, dep.job_id, Event.DEPLOYED,
@@ -574,7 +583,7 @@ class Reconciler:
                                   Event.RESCALE_STARTED, f"rescaling {op.source} -> {op.target} "
                                   f"from savepoint {op.savepoint}")
                 else:
-                    self.roll_out(self.spec.parallelism, op.savepoint, self.fresh_job_id(),
+                    self.roll_out(self.target_parallelism, op.savepoint, self.fresh_job_id(),
                                   Event.RESTARTED, f"upgraded from savepoint {op.savepoint}")
             case Action.ROLL_OUT_LAST_STATE:
                 dep = self.status.deployment
@@ -582,7 +591,7 @@ class Reconciler:
                 self.status.operation = op.at(ex.step, now)
                 self.emit(self.body, "Warning", "UpgradeWithoutSavepoint",
                           f"upgrade: {why}; upgrading from the latest checkpoint")
-                self.roll_out(self.spec.parallelism, dep.from_savepoint, dep.job_id,
+                self.roll_out(self.target_parallelism, dep.from_savepoint, dep.job_id,
                               Event.RESTARTED, f"upgraded from the latest checkpoint ({why})")
             case Action.STOP_PODS:
                 self.status.operation = op.at(ex.step, now)
@@ -851,6 +860,8 @@ class Reconciler:
             log.debug("%s/%s: %s", self.namespace, self.name, err)
             return
         self.copy_view(view)
+        if self.phase == Phase.RUNNING and self.status.operation is None:
+            self.autoscale(pods)
         current = [p for p in pods if p.revision == dep.revision and p.alive
                    and p.name not in plan.delete]
         all_running = (len(current) == dep.parallelism + 1
@@ -874,6 +885,46 @@ class Reconciler:
                 self.to(Event.JOB_RUNNING, f"running again, {restored}")
             elif self.phase in (Phase.PENDING, Phase.RESCALING):
                 self.to(Event.JOB_RUNNING, f"running at parallelism {dep.parallelism}")
+
+    def autoscale(self, pods: list[PodInfo]) -> None:
+        """One autoscaler poll: read the task metrics, decide (``autoscaler.decide``), record
+        the decision in ``status.autoscaler``; a ``scale`` decision sets its target, which the
+        next pass rolls out like a change of ``spec.parallelism`` (savepoint rescale with its
+        rollback)."""
+        spec = self.spec.autoscaler
+        dep = self.status.deployment
+        if spec is None or not spec.enabled:
+            return
+        assert dep is not None
+        policy = auto.policy_from_spec(spec, self.spec.max_parallelism)
+        state = self.status.autoscaler or AutoscalerStatus()
+        memory = auto.Memory.load(state.memory)
+        # any rollout (the autoscaler's, a manual change, a restart) restarts the cooldown
+        since = max(memory.last_rescale_at or 0.0, dep.started_at) or None
+        memory = auto.Memory(memory.direction, memory.since, memory.bound, since)
+        try:
+            doc = self.client(pods).tasks(spec.metrics_window)
+        except CoordinatorUnavailable as err:
+            log.debug("%s: autoscaler: %s", self.key, err)
+            return
+        now = self.clock()
+        d = auto.decide(now, auto.Metrics.from_json(doc), dep.parallelism, memory, policy)
+        METRICS.autoscaler_decision(self.namespace, self.name, d.action, d.recommended)
+        decision = {"at": _iso(now), "action": d.action, "reason": d.reason,
+                    "parallelism": d.current, "recommended": d.recommended,
+                    "target": d.target, "need": d.need, "metrics": d.inputs}
+        state = state.model_copy(update={
+            "recommended": d.recommended if d.recommended is not None else state.recommended,
+            "last_decision": decision, "memory": d.memory.dump()})
+        if d.action == "scale" and d.target is not None:
+            state = state.model_copy(update={"target": d.target, "last_scale": decision})
+            log.info("%s: autoscaler: %s -> %s: %s", self.key, d.current, d.target, d.reason)
+            self.emit(self.body, "Normal", "Autoscaled",
+                      f"parallelism {d.current} -> {d.target}: {d.reason}")
+            _dirty.add(self.key)              # roll it out in the next pass, right away
+        elif state.target is None:
+            state = state.model_copy(update={"target": dep.parallelism})
+        self.status.autoscaler = state
 
     def copy_view(self, view: JobView) -> None:
         self.status.attempt = view.attempt

@@ -178,6 +178,49 @@ def test_invalid_manifests_are_refused_with_the_field_named(cluster):
     assert "spec.checkpoint.interval" in result.stderr
 
 
+AUTOSCALED = """
+apiVersion: streamjob.dev/v1alpha1
+kind: StreamJob
+metadata: {name: auto, namespace: jobs}
+spec:
+  pipeline: streamjob.examples.wordcount:build
+  storage: s3://ckpt/jobs
+  parallelism: 2
+  state: suspended
+  autoscaler: {enabled: true, minParallelism: 1, maxParallelism: 4}
+"""
+
+
+def test_autoscaler_settings_are_validated_and_kubectl_scale_is_refused_while_on(cluster):
+    for change, message in [
+        ("minParallelism: 1, maxParallelism: 4", "minParallelism: 5, maxParallelism: 4"),
+        ("maxParallelism: 4}", "maxParallelism: 4, targetUtilization: 1.5}"),
+        ("maxParallelism: 4}", "maxParallelism: 4, targetUtilization: 0}"),
+        ("maxParallelism: 4}", "maxParallelism: 200}"),
+    ]:
+        result = kubectl(cluster, "apply", "-f", "-", check=False,
+                         stdin=AUTOSCALED.replace(change, message))
+        assert result.returncode != 0, message
+        assert "spec.autoscaler" in result.stderr, result.stderr
+    kubectl(cluster, "apply", "-f", "-", stdin=AUTOSCALED)
+    spec = job(cluster, "auto")["spec"]["autoscaler"]
+    assert spec["targetUtilization"] == 0.7 and spec["stabilization"] == "10s"  # defaults
+    # kubectl scale (the scale subresource) and a plain edit are both refused while on
+    result = kubectl(cluster, "-n", NS, "scale", "sj", "auto", "--replicas=3", check=False)
+    assert result.returncode != 0
+    assert "cannot change while spec.autoscaler.enabled" in result.stderr, result.stderr
+    result = kubectl(cluster, "-n", NS, "patch", "sj", "auto", "--type=merge", "-p",
+                     json.dumps({"spec": {"parallelism": 3}}), check=False)
+    assert "cannot change while spec.autoscaler.enabled" in result.stderr, result.stderr
+    # turning it off in the same edit is the way to set a parallelism by hand
+    kubectl(cluster, "-n", NS, "patch", "sj", "auto", "--type=merge", "-p", json.dumps(
+        {"spec": {"parallelism": 3, "autoscaler": {"enabled": False}}}))
+    assert job(cluster, "auto")["spec"]["parallelism"] == 3
+    kubectl(cluster, "-n", NS, "scale", "sj", "auto", "--replicas=1")
+    assert job(cluster, "auto")["spec"]["parallelism"] == 1
+    kubectl(cluster, "-n", NS, "delete", "sj", "auto", "--wait=false")
+
+
 def test_job_lifecycle_on_a_real_api_server(cluster, coordinator, operator):
     timings: dict[str, float] = {}
     kubectl(cluster, "apply", "-f", "-", stdin=MANIFEST)

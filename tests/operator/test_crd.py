@@ -44,13 +44,28 @@ def test_status_and_scale_subresources():
 
 def test_printer_columns():
     visible = [c["name"] for c in VERSION["additionalPrinterColumns"] if not c.get("priority")]
-    assert visible == ["Phase", "Parallelism", "Last Checkpoint", "Age"]
+    assert visible == ["Phase", "Parallelism", "Recommended", "Last Checkpoint", "Age"]
+    recommended = next(c for c in VERSION["additionalPrinterColumns"]
+                       if c["name"] == "Recommended")
+    assert recommended["jsonPath"] == ".status.autoscaler.recommended"
 
 
 def test_parallelism_rule_spans_fields_and_names_the_field():
-    (rule,) = SPEC["x-kubernetes-validations"]
+    rule = SPEC["x-kubernetes-validations"][0]
     assert rule["rule"] == "self.parallelism <= self.maxParallelism"
     assert rule["fieldPath"] == ".parallelism"
+
+
+def test_autoscaler_defaults_are_the_manifest_models_defaults():
+    minimal = {"pipeline": "m:f", "storage": "s3://b/p", "autoscaler": {}}
+    defaulted = apply_defaults(SPEC, {**minimal, "autoscaler": {}})
+    body = streamjob_body()
+    from_crd = parse_manifest({**body, "status": None, "spec": defaulted}).spec
+    from_model = parse_manifest({**body, "status": None, "spec": minimal}).spec
+    assert from_crd.autoscaler == from_model.autoscaler
+    crd_fields = set(SPEC["properties"]["autoscaler"]["properties"])
+    from streamjob.manifest import AutoscalerSpec
+    assert crd_fields == {f.alias or n for n, f in AutoscalerSpec.model_fields.items()}
 
 
 def test_crd_defaults_are_the_manifest_models_defaults():

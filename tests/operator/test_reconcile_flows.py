@@ -52,6 +52,8 @@ class FakeCoordinator:
         self.kill_operator_during_savepoint = False
         self.on_stop: Any = None                   # what the coordinator does after a stop
         self.killed: Any = lambda: None
+        self.busy = 0.5                            # GET /api/v1/tasks: the keyed task's busy
+        self.checkpointing = False
 
     def job(self) -> JobView:
         if not self.reachable:
@@ -60,6 +62,25 @@ class FakeCoordinator:
                        restored_from=3, last_checkpoint={"id": 3, "completed_at": 1.7e9,
                                                          "duration_ms": 42.0, "size_bytes": 10},
                        savepoints=tuple(self.completed))
+
+    def tasks(self, window: float) -> dict[str, Any]:
+        """A job of two tasks at its parallelism, 10k records/s, the keyed one ``busy``."""
+        if not self.reachable:
+            raise CoordinatorUnavailable("connection refused")
+        p = self.parallelism or 1
+
+        def task(tid: str, inputs: list[str], busy: float) -> dict[str, Any]:
+            subs = [{"index": i, "records_in_per_s": 10_000 / p, "records_out_per_s": 10_000 / p,
+                     "busy_ratio": busy, "backpressured_ratio": 0.0, "idle_ratio": 1 - busy,
+                     "backlog": 0 if not inputs else None,
+                     "backlog_growth_per_s": 0.0 if not inputs else None} for i in range(p)]
+            return {"id": tid, "name": tid, "inputs": inputs, "parallelism": p,
+                    "busy_ratio": busy, "backlog": 0 if not inputs else None,
+                    "backlog_growth_per_s": 0.0 if not inputs else None, "subtasks": subs}
+
+        return {"window_s": window, "state": self.state, "restoring": False,
+                "checkpoint_in_progress": self.checkpointing,
+                "tasks": [task("t0", [], 0.01), task("t1", ["t0"], self.busy)]}
 
     def savepoint(self, stop: bool, timeout: float) -> str:
         if not self.reachable:
@@ -723,3 +744,72 @@ def test_a_refusal_after_a_restart_waits_for_the_earlier_request(cluster):
     cluster.reconcile()
     assert cluster.status["operation"]["step"] == "savepoint-requested"   # not abandoned
     assert cluster.status["phase"] == "Rescaling"
+
+
+AUTOSCALER = {"enabled": True, "minParallelism": 1, "maxParallelism": 8,
+              "targetUtilization": 0.7, "metricsWindow": "1s", "stabilization": "0s",
+              "scaleUpCooldown": "0s", "scaleDownInterval": "0s", "catchUpDuration": "60s",
+              "maxScaleDownFactor": 0.5}
+
+
+def long_running(cluster: FakeCluster) -> None:
+    """The current revision started long ago: no cooldown left."""
+    cluster.body["status"]["deployment"]["startedAt"] = time.time() - 3600
+
+
+def test_autoscaler_scales_a_busy_job_through_the_savepoint_rescale_and_reports(cluster):
+    cluster.update_spec(parallelism=1, autoscaler=AUTOSCALER)
+    running(cluster)
+    long_running(cluster)
+    cluster.coordinator.busy = 0.99   # 10k/s at 1 subtask busy 0.99 (+ 0.01): 1.0 / 0.7 = 1.43 -> 2
+    cluster.reconcile()
+    auto = cluster.status["autoscaler"]
+    assert auto["target"] == 2 and auto["recommended"] == 2
+    assert auto["lastScale"]["reason"].startswith("task t1 busy 0.99 at 1 subtask; needs")
+    assert auto["lastDecision"]["metrics"]["t1"]["trueRate"] == pytest.approx(10_101, abs=1)
+    (autoscaled,) = [m for _, r, m in cluster.events if r == "Autoscaled"]
+    assert autoscaled.startswith("parallelism 1 -> 2: task t1 busy 0.99")
+    # ... rolled out as a rescale (stop-savepoint, new pods) in the same reconcile
+    assert cluster.coordinator.savepoints == [True]
+    assert cluster.status["phase"] == "Rescaling" and cluster.status["parallelism"] == 2
+    cluster.run_all()
+    cluster.coordinator.parallelism = 2
+    cluster.coordinator.busy = 0.25
+    cluster.reconcile()
+    assert cluster.status["phase"] == "Running"
+    assert cluster.status["message"].startswith("rescaled 1 -> 2")
+    # right after the rescale the cooldown holds any new decision
+    cluster.coordinator.busy = 0.05
+    cluster.reconcile()
+    assert cluster.status["autoscaler"]["lastDecision"]["action"] in ("hold", "none")
+    assert cluster.status["parallelism"] == 2
+
+
+def test_autoscaler_waits_during_a_checkpoint_and_never_scales_beyond_its_bounds(cluster):
+    cluster.update_spec(parallelism=1, autoscaler={**AUTOSCALER, "maxParallelism": 2})
+    running(cluster)
+    long_running(cluster)
+    cluster.coordinator.busy = 0.99 * 3   # would need 5 (a ratio above 1 is clipped: ok)
+    cluster.coordinator.checkpointing = True
+    cluster.reconcile()
+    assert cluster.status["autoscaler"]["lastDecision"]["action"] == "wait"
+    assert cluster.status["parallelism"] == 1 and cluster.coordinator.savepoints == []
+    cluster.coordinator.checkpointing = False
+    cluster.reconcile()
+    assert cluster.status["autoscaler"]["target"] == 2
+
+
+def test_turning_the_autoscaler_off_returns_to_spec_parallelism(cluster):
+    cluster.update_spec(parallelism=1, autoscaler=AUTOSCALER)
+    running(cluster)
+    long_running(cluster)
+    cluster.coordinator.busy = 0.99
+    cluster.reconcile()
+    cluster.run_all()
+    cluster.coordinator.parallelism = 2
+    cluster.reconcile()
+    assert cluster.status["parallelism"] == 2
+    cluster.update_spec(autoscaler={**AUTOSCALER, "enabled": False})
+    cluster.reconcile()
+    assert cluster.status["phase"] == "Rescaling" and cluster.status["parallelism"] == 1
+    assert "autoscaler" not in cluster.status

@@ -98,6 +98,36 @@ class ResourcesSpec(_Strict):
     memory: str | None = None
 
 
+Ratio = Annotated[float, Strict()]
+
+
+class AutoscalerSpec(_Strict):
+    """``spec.autoscaler``: Kubernetes only (the operator decides; ``streamjob run`` ignores
+    it, ``bench/autoscale.py`` reads it). See docs/autoscaler.md."""
+
+    enabled: Bool = False
+    min_parallelism: Int = Field(1, alias="minParallelism", ge=1, le=32768)
+    max_parallelism: Int = Field(8, alias="maxParallelism", ge=1, le=32768)
+    target_utilization: Ratio | Int = Field(0.7, alias="targetUtilization", gt=0, le=1)
+    metrics_window: Duration = Field(10.0, alias="metricsWindow")
+    stabilization: Duration = 10.0
+    catch_up_duration: Duration = Field(60.0, alias="catchUpDuration")
+    scale_up_cooldown: Duration = Field(20.0, alias="scaleUpCooldown")
+    scale_down_interval: Duration = Field(60.0, alias="scaleDownInterval")
+    max_scale_down_factor: Ratio | Int = Field(0.5, alias="maxScaleDownFactor", gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AutoscalerSpec:
+        if self.min_parallelism > self.max_parallelism:
+            raise ValueError(f"minParallelism {self.min_parallelism} is above maxParallelism "
+                             f"{self.max_parallelism}")
+        if not 1 <= self.metrics_window <= 300:
+            raise ValueError("metricsWindow must be between 1s and 300s")
+        if self.catch_up_duration <= 0:
+            raise ValueError("catchUpDuration must be above 0")
+        return self
+
+
 class StreamJobSpec(_Strict):
     pipeline: str
     args: dict[str, Any] = Field(default_factory=dict)
@@ -120,6 +150,7 @@ class StreamJobSpec(_Strict):
     initial_savepoint_path: str | None = Field(None, alias="initialSavepointPath")
     savepoint_nonce: Int | None = Field(None, alias="savepointNonce")
     restart_nonce: Int | None = Field(None, alias="restartNonce")
+    autoscaler: AutoscalerSpec | None = None
 
     @model_validator(mode="after")
     def _parallelism_fits(self) -> StreamJobSpec:
@@ -130,6 +161,10 @@ class StreamJobSpec(_Strict):
             raise ValueError(f"pipeline {self.pipeline!r} must be 'module:function'")
         if not self.storage.startswith(("file://", "s3://")):
             raise ValueError(f"storage {self.storage!r} must start with file:// or s3://")
+        if self.autoscaler is not None and \
+                self.autoscaler.max_parallelism > self.max_parallelism:
+            raise ValueError(f"autoscaler.maxParallelism {self.autoscaler.max_parallelism} is "
+                             f"above maxParallelism {self.max_parallelism} (the key groups)")
         return self
 
 
@@ -159,7 +194,8 @@ def _field_path(loc: tuple[Any, ...]) -> str:
     return ".".join(parts)
 
 
-_MODELS = (CheckpointSpec, RestartStrategySpec, ResourcesSpec, StreamJobSpec, Metadata, StreamJob)
+_MODELS = (CheckpointSpec, RestartStrategySpec, ResourcesSpec, AutoscalerSpec, StreamJobSpec,
+           Metadata, StreamJob)
 # Python field name -> the manifest's (camelCase) name, for error messages.
 _ALIASES = {name: f.alias or name for model in _MODELS for name, f in model.model_fields.items()}
 

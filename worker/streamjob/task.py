@@ -59,6 +59,35 @@ BATCH = 2048
 SINK_QUEUE = 8
 
 
+class Pace:
+    """How many more records a rate-limited source subtask may read now (``allowed``; None:
+    unlimited). A ``rate`` counts from the attempt's start; a generator's ``schedule`` from
+    its ``start_at`` (the job's first start, on the wall clock every process shares) against
+    what its splits have read since then, so the pace survives restarts and rescales."""
+
+    def __init__(self, source: Any, reader: Any, share: float):
+        self.share, self.reader = share, reader
+        self.schedule = getattr(source, "schedule", None)
+        start_at = getattr(source, "start_at", None)
+        self.origin = time.time() if start_at is None else start_at
+        self.rate = source.rate * share
+        self.started = time.monotonic()
+        self.read = 0  # records read in this attempt
+
+    def allowed(self) -> int | None:
+        if self.schedule is not None:
+            due = self.schedule.due(time.time() - self.origin) * self.share
+            return int(due) - self.reader.emitted()
+        if self.rate > 0:
+            return int((time.monotonic() - self.started) * self.rate) - self.read
+        return None
+
+    def rate_now(self) -> float:
+        if self.schedule is not None:
+            return self.schedule.rate_at(time.time() - self.origin) * self.share
+        return self.rate
+
+
 class SinkStagingError(RuntimeError):
     """The sink could not stage the output of a checkpoint."""
 
@@ -130,10 +159,7 @@ class SubtaskRunner:
         self.busy_s = 0.0
         self.backpressure_seconds = 0.0
         self.started: float | None = None
-        # Rate-limited sources: the pace they keep (records/s) and what they emitted since.
-        self.paced_rate = 0.0
-        self.paced_since = 0.0
-        self.paced_emitted = 0
+        self.pace: Pace | None = None  # sources: the rate they keep
         self.triggers: list[dict[str, Any]] = []
         self.trigger_event = asyncio.Event()
         self.source_finished = False
@@ -233,10 +259,10 @@ class SubtaskRunner:
             return sum(lag().values())
         remaining = getattr(self.reader, "remaining", None)
         left = remaining() if remaining is not None else None
-        if self.paced_rate <= 0:
+        allowed = self.pace.allowed() if self.pace is not None else None
+        if allowed is None:
             return left
-        due = int((time.monotonic() - self.paced_since) * self.paced_rate) - self.paced_emitted
-        due = max(0, due)
+        due = max(0, allowed)
         return due if left is None else min(due, left)
 
     @property
@@ -366,12 +392,8 @@ class SubtaskRunner:
                                                      backpressured_before)
 
     async def _run_source(self) -> None:
-        rate = self.source.rate
         share = len(self.reader.positions()) / max(1, len(self.source.split_ids()))
-        my_rate = rate * share
-        started = self.paced_since = time.monotonic()
-        self.paced_rate = my_rate
-        emitted = 0
+        pace = self.pace = Pace(self.source, self.reader, share)
         while True:
             while self.triggers:
                 await self._source_barrier(self.triggers.pop(0))
@@ -392,13 +414,14 @@ class SubtaskRunner:
                 trig.cancel()
                 continue
             budget = BATCH
-            if my_rate > 0:
-                allowed = int((time.monotonic() - started) * my_rate) - emitted
+            allowed = pace.allowed()
+            if allowed is not None:
                 if allowed <= 0:
                     self.trigger_event.clear()
+                    rate = pace.rate_now()
                     try:
-                        await asyncio.wait_for(self.trigger_event.wait(),
-                                               min(0.05, (1 - allowed) / my_rate))
+                        await asyncio.wait_for(self.trigger_event.wait(), min(
+                            0.05, (1 - allowed) / rate) if rate > 0 else 0.05)
                     except TimeoutError:
                         pass
                     continue
@@ -414,8 +437,7 @@ class SubtaskRunner:
                 self.source_finished = True
                 self.send("SOURCE_FINISHED", task=self.spec.task_id, subtask=self.subtask)
                 continue
-            emitted += len(batch)
-            self.paced_emitted = emitted
+            pace.read += len(batch)
             self.records_in += len(batch)
             await self.push(batch)
             if self.watermark_gen is not None:
@@ -423,8 +445,8 @@ class SubtaskRunner:
             elif self.source_watermarks:
                 await self._emit_watermark(self.reader.watermark(time.monotonic()))
             self._busy(t0, b0)
-            behind = my_rate <= 0 or (time.monotonic() - started) * my_rate >= emitted + 1
-            if self.output is None or not behind:
+            allowed = pace.allowed()
+            if self.output is None or (allowed is not None and allowed < 1):
                 await asyncio.sleep(0)  # let control messages and readers run
                 continue
             # Subtasks of a worker share its event loop: while a source that could read more

@@ -4,26 +4,88 @@ Record g (0 <= g < records) is ``fn(g)``. The records are divided into ``splits`
 (split k holds g = k, k + S, k + 2S, ...); a split's position is how many of its records
 were emitted. The same records come out whatever the parallelism.
 
+Pace: ``rate`` (records/s for the whole job, 0 = as fast as possible), or a ``schedule`` of
+rate steps such as ``"0s:50000,30s:400000,90s:50000"`` (from 0 s on 50k/s, from 30 s on
+400k/s, ...). With ``start_at`` (Unix time of the job's first start) the pace is kept from
+then on, across restarts and rescales: by time t the job has read what the schedule allowed
+since ``start_at`` (read from the restored positions), so a job that fell behind - or was
+stopped for a rescale - is behind by exactly that backlog and catches up. Without it the pace
+starts again with every attempt.
+
 ``batch_fn`` (optional) makes the records of a list of g at once (``batch_fn([g, ...])``,
 one record per g in order): for generators that vectorise, such as the Nexmark generator.
 """
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from streamjob.durations import parse_duration
+
+
+def parse_schedule(text: str) -> list[tuple[float, float]]:
+    """``"0s:50000,30s:400000"`` -> [(0.0, 50000.0), (30.0, 400000.0)]; ValueError (one
+    sentence) for anything else."""
+    steps: list[tuple[float, float]] = []
+    for item in str(text).split(","):
+        at, sep, rate = item.strip().partition(":")
+        try:
+            if not sep:
+                raise ValueError
+            step = (parse_duration(at.strip()), float(rate))
+        except ValueError:
+            raise ValueError(f"schedule step {item.strip()!r} is not '<offset>:<records/s>' "
+                             f"(for example '30s:400000')") from None
+        if not step[1] >= 0 or step[1] == float("inf"):
+            raise ValueError(f"schedule step {item.strip()!r}: the rate must be 0 or more")
+        if steps and step[0] <= steps[-1][0]:
+            raise ValueError(f"schedule offsets must increase, {item.strip()!r} does not")
+        steps.append(step)
+    if not steps or steps[0][0] != 0:
+        raise ValueError("a schedule starts at 0s (for example '0s:50000,30s:400000')")
+    return steps
+
+
+class RateSchedule:
+    """Rate steps over time; ``due(t)``: records the job may have read t seconds in."""
+
+    def __init__(self, steps: list[tuple[float, float]]):
+        self.steps = steps
+        self.starts = [at for at, _ in steps]
+        self.totals = [0.0]  # records due at the start of each step
+        for (a, r), (b, _) in zip(steps, steps[1:], strict=False):
+            self.totals.append(self.totals[-1] + (b - a) * r)
+
+    def rate_at(self, t: float) -> float:
+        return self.steps[max(0, bisect.bisect_right(self.starts, t) - 1)][1]
+
+    def due(self, t: float) -> float:
+        if t <= 0:
+            return 0.0
+        i = max(0, bisect.bisect_right(self.starts, t) - 1)
+        at, rate = self.steps[i]
+        return self.totals[i] + (t - at) * rate
 
 
 class GeneratorSource:
     def __init__(self, records: int, fn: Callable[[int], Any] = lambda g: g, rate: float = 0,
                  splits: int = 128,
-                 batch_fn: Callable[[Sequence[int]], list[Any]] | None = None):
+                 batch_fn: Callable[[Sequence[int]], list[Any]] | None = None,
+                 schedule: str | None = None, start_at: float | None = None):
         if records < 0:
             raise ValueError(f"records must be 0 or more, got {records}")
         if rate < 0:
             raise ValueError(f"rate must be 0 (unlimited) or more, got {rate}")
         self.records, self.fn, self.rate, self.splits = int(records), fn, float(rate), splits
         self.batch_fn = batch_fn if batch_fn is not None else lambda gs: list(map(fn, gs))
+        self.schedule: RateSchedule | None = None
+        if schedule:
+            self.schedule = RateSchedule(parse_schedule(schedule))
+        elif start_at is not None and rate > 0:
+            self.schedule = RateSchedule([(0.0, float(rate))])
+        self.start_at = None if start_at is None else float(start_at)
 
     def split_ids(self) -> list[str]:
         return [str(k) for k in range(self.splits)]
@@ -46,6 +108,10 @@ class GeneratorReader:
 
     def positions(self) -> dict[str, int]:
         return {str(k): v for k, v in self.pos.items()}
+
+    def emitted(self) -> int:
+        """Records of this reader's splits read so far (since the job's start)."""
+        return sum(self.pos.values())
 
     def remaining(self) -> int:
         """Records of this reader's splits not read yet."""
