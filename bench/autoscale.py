@@ -1,13 +1,15 @@
 """The operator's autoscaler, locally: its decision function driving `streamjob run` processes.
 
-    python bench/autoscale.py [--base 150] [--peak 1000] [--cost-us 200] [--step 40]
-                              [--peak-for 60] [--tail 60]
+    python bench/autoscale.py [--base 150] [--peak 5000] [--cost-us 200] [--step 40]
+                              [--peak-for 40] [--tail 60]
 
 The job (``streamjob.examples.scheduled``) is a keyed count whose keyed task spends
 ``--cost-us`` of CPU per record, so one subtask handles about ``1e6 / cost_us`` records/s at
-most; its generator follows the schedule ``base`` -> ``peak`` (from ``--step`` s) -> ``base``
-(from ``step + peak-for`` s), counted from the job's first start (``start_at``), and stops
-after ``tail`` more seconds' worth of records. It starts at parallelism 1.
+most (the default peak is that: at ``targetUtilization`` 0.7 one subtask never suffices,
+however idle the machine); its generator follows the schedule ``base`` -> ``peak`` (from
+``--step`` s) -> ``base`` (from ``step + peak-for`` s), counted from the job's first start
+(``start_at``), and stops after ``tail`` more seconds' worth of records. It starts at
+parallelism 1.
 
 Every second this script reads the coordinator's ``GET /api/v1/tasks`` and calls the
 operator's pure decision (``streamjob_operator.autoscaler.decide``) with the manifest's
@@ -109,10 +111,10 @@ class Run:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--base", type=float, default=150)
-    ap.add_argument("--peak", type=float, default=1000)
+    ap.add_argument("--peak", type=float, default=5000)
     ap.add_argument("--cost-us", type=float, default=200)
     ap.add_argument("--step", type=float, default=40)
-    ap.add_argument("--peak-for", type=float, default=60)
+    ap.add_argument("--peak-for", type=float, default=40)
     ap.add_argument("--tail", type=float, default=60)
     ap.add_argument("--max-parallelism", type=int, default=4)
     a = ap.parse_args()

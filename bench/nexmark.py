@@ -335,6 +335,7 @@ def main() -> int:
                 cell.error = compare(outputs["streamjob"], outputs["flink"])
             elif not cell.error:
                 cell.error = "not compared (one system only)"
+            log(f"{q} p={p}: {'results match' if not cell.error else cell.error}")
 
     print(f"\nMachine: {peers.machine()}; load average at end {os.getloadavg()[0]:.1f}")
     print(f"Flink: {'; '.join(versions) or 'not run'}")

@@ -239,6 +239,9 @@ logger.server.name = kafka.server
 logger.server.level = INFO
 logger.coord.name = org.apache.kafka.coordinator
 logger.coord.level = INFO
+# The transaction coordinator's markers (tests look for markers it skipped after a crash)
+logger.txn.name = kafka.coordinator.transaction
+logger.txn.level = INFO
 """
 
 

@@ -94,9 +94,42 @@ def create_namespace(core, name: str) -> None:
         time.sleep(0.2)
 
 
+CRD_PATH = REPO / "crds" / "streamjob.dev_streamjobs.yaml"
+
+
+def apply_crd(api_client, path: Path = CRD_PATH, timeout: float = 30) -> None:
+    """Create or replace the StreamJob CRD with this checkout's. `helm install` leaves a CRD
+    that exists alone (Helm never upgrades what is in a chart's crds/), so a cluster that saw
+    an older chart would keep the older schema without this."""
+    import yaml
+    from kubernetes import client
+
+    api = client.ApiextensionsV1Api(api_client)
+    body = yaml.safe_load(path.read_text())
+    name = body["metadata"]["name"]
+    try:
+        current = api.read_custom_resource_definition(name)
+    except client.ApiException as err:
+        if err.status != 404:
+            raise
+        api.create_custom_resource_definition(body)
+    else:
+        body["metadata"]["resourceVersion"] = current.metadata.resource_version
+        api.replace_custom_resource_definition(name, body)
+
+    def established() -> bool:
+        conditions = api.read_custom_resource_definition(name).status.conditions or []
+        return any(c.type == "Established" and c.status == "True" for c in conditions)
+
+    if not poll_until(established, timeout):
+        raise RuntimeError(f"CRD {name} not Established within {timeout:g}s")
+
+
 def helm_install(core, kubeconfig: str, image: str, *, prefix: str = "e2e",
                  extra: tuple[str, ...] = ()) -> Release:
-    """`helm install` of helm/streamjob into a fresh namespace, watching a second fresh one."""
+    """`helm install` of helm/streamjob into a fresh namespace, watching a second fresh one,
+    with this checkout's CRD applied first."""
+    apply_crd(core.api_client)
     suffix = uuid.uuid4().hex[:6]
     rel = Release(name=f"sj{suffix}", system_ns=f"{prefix}-sys-{suffix}",
                   jobs_ns=f"{prefix}-jobs-{suffix}", helm=helm_binary(), kubeconfig=kubeconfig)

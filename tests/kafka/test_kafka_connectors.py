@@ -232,9 +232,6 @@ def test_a_silent_partition_and_a_subtask_without_partitions_do_not_stall_window
     assert job.wait() == 0, job.output()
 
 
-@pytest.mark.xfail(strict=False, reason="known bug (open, issue 14): a broker SIGKILL + restart "
-                   "mid-run has produced duplicates (546 of 60,000 lines in one run); "
-                   "see docs/kafka.md, Known limits")
 def test_broker_killed_and_restarted_mid_run_keeps_exactly_once(run_job, fresh_kafka):
     from tests.kafka.topics import Topics
 

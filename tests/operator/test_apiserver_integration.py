@@ -36,6 +36,7 @@ NS = "jobs"
 class FakeCoordinator(BaseHTTPRequestHandler):
     state: dict[str, Any] = {}
     savepoints: list[dict[str, Any]] = []
+    tasks: dict[str, Any] = {}  # what GET /api/v1/tasks answers
 
     def log_message(self, *args: Any) -> None:
         pass
@@ -52,6 +53,8 @@ class FakeCoordinator(BaseHTTPRequestHandler):
         if not self.headers.get("Authorization", "").startswith("Bearer ") or \
                 len(self.headers["Authorization"]) < 30:
             return self._send(401, {"message": "unauthorized"})
+        if self.path.startswith("/api/v1/tasks"):
+            return self._send(200, dict(self.tasks))
         self._send(200, dict(self.state))
 
     def do_POST(self) -> None:  # noqa: N802
@@ -331,3 +334,83 @@ def test_job_lifecycle_on_a_real_api_server(cluster, coordinator, operator):
         yaml.safe_dump({k: round(v, 2) for k, v in timings.items()}))
     for what, seconds in timings.items():
         assert seconds < 5, f"{what} took {seconds:.1f}s"
+
+
+def busy_tasks(p: int, busy: float) -> dict[str, Any]:
+    """GET /api/v1/tasks of a running two-task job at 10k records/s, its keyed task ``busy``."""
+    def task(tid: str, inputs: list[str], ratio: float) -> dict[str, Any]:
+        subs = [{"index": i, "records_in_per_s": 10_000 / p, "records_out_per_s": 10_000 / p,
+                 "busy_ratio": ratio, "backpressured_ratio": 0.0, "idle_ratio": 1 - ratio,
+                 "backlog": None if inputs else 0,
+                 "backlog_growth_per_s": None if inputs else 0.0} for i in range(p)]
+        return {"id": tid, "name": tid, "inputs": inputs, "parallelism": p,
+                "busy_ratio": ratio, "backlog": None if inputs else 0,
+                "backlog_growth_per_s": None if inputs else 0.0, "subtasks": subs}
+    return {"window_s": 1, "state": "RUNNING", "checkpoint_in_progress": False,
+            "restoring": False, "tasks": [task("t0", [], 0.01), task("t1", ["t0"], busy)]}
+
+
+def test_the_autoscaler_rescales_a_busy_job_by_itself(cluster, coordinator, operator):
+    coordinator.state.update(state="CREATED", parallelism=None, attempt=0, restored_from=None,
+                             last_checkpoint=None, savepoints=[])
+    coordinator.tasks = busy_tasks(1, 0.99)
+    before = len(coordinator.savepoints)
+    manifest = AUTOSCALED.replace("name: auto,", "name: busy,").replace(
+        "  state: suspended\n", "").replace("parallelism: 2", "parallelism: 1").replace(
+        "maxParallelism: 4}", "maxParallelism: 4, metricsWindow: 1s, stabilization: 0s, "
+        "scaleUpCooldown: 0s}")
+    kubectl(cluster, "apply", "-f", "-", stdin=manifest)
+    wait_for("2 pods", lambda: len(pods(cluster, "busy")) == 2)
+    run_all(cluster, "busy")
+    coordinator.state.update(state="RUNNING", parallelism=1)
+    # nobody touches it: 10k/s at 1 subtask busy 0.99 (+0.01) needs 1.0 / 0.7 -> 2
+    wait_for("the autoscaler's rescale", lambda: len(coordinator.savepoints) > before, 30)
+    assert coordinator.savepoints[-1] == {"stop": True}
+    status = wait_for("status.autoscaler", lambda: (job(cluster, "busy")["status"].get(
+        "autoscaler") or {}).get("lastScale") and job(cluster, "busy")["status"])
+    auto = status["autoscaler"]
+    assert auto["target"] == 2 and auto["recommended"] == 2
+    assert auto["lastScale"]["reason"].startswith("task t1 busy 0.99 at 1 subtask; needs 1.4")
+    assert auto["lastScale"]["metrics"]["t1"]["busy"] == 0.99
+    wait_for("2 workers of revision 2", lambda: len([
+        p for p in pods(cluster, "busy").values()
+        if p["metadata"]["labels"]["streamjob.dev/role"] == "worker"
+        and p["metadata"]["labels"]["streamjob.dev/revision"] == "2"]) == 2)
+    events = kubectl(cluster, "-n", NS, "get", "events", "--field-selector",
+                     "reason=Autoscaled", "-o", "json").stdout
+    (event,) = [e for e in json.loads(events)["items"]
+                if e["involvedObject"]["name"] == "busy"]
+    assert event["message"].startswith("parallelism 1 -> 2: task t1 busy 0.99")
+    table = kubectl(cluster, "-n", NS, "get", "sj", "busy").stdout.splitlines()
+    header, row = table[0].split(), table[1].split()
+    assert row[header.index("RECOMMENDED")] == "2"
+    kubectl(cluster, "-n", NS, "delete", "sj", "busy", "--wait=false")
+
+
+def test_the_e2e_fixture_replaces_an_older_crd_with_this_checkouts(cluster, tmp_path):
+    """tests/e2e/sjenv.apply_crd (the e2e helm install runs it first): a cluster that holds an
+    older StreamJob CRD gets this checkout's schema (helm never upgrades CRDs)."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "tests" / "e2e"))
+    import sjenv
+    from kubernetes import config
+
+    crd = yaml.safe_load((REPO / "crds" / "streamjob.dev_streamjobs.yaml").read_text())
+    old = json.loads(json.dumps(crd))
+    spec = old["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    del spec["properties"]["autoscaler"]
+    spec["x-kubernetes-validations"] = spec["x-kubernetes-validations"][:1]  # (the others
+    # are about spec.autoscaler)
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump(old))
+    api_client = config.new_client_from_config(str(cluster.kubeconfig))
+    sjenv.apply_crd(api_client, tmp_path / "old.yaml")
+
+    def stored() -> dict[str, Any]:
+        out = kubectl(cluster, "get", "crd", "streamjobs.streamjob.dev", "-o", "json").stdout
+        return json.loads(out)["spec"]["versions"][0]["schema"]["openAPIV3Schema"][
+            "properties"]["spec"]["properties"]
+
+    assert "autoscaler" not in stored()
+    sjenv.apply_crd(api_client)
+    assert "autoscaler" in stored()

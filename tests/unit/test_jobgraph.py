@@ -92,10 +92,6 @@ def test_building_errors_are_raised_where_the_mistake_is(tmp_path):
     mapped = src.map(str)
     with pytest.raises(PipelineError, match="already continued with Map"):
         src.filter(bool)  # src's chain now goes on with the map
-    ended = p.source(GeneratorSource(1))
-    ended.sink(PrintSink())
-    with pytest.raises(PipelineError, match="nothing can follow a sink"):
-        ended.map(str)
     with pytest.raises(PipelineError, match="side_output"):
         mapped.rebalance().side_output("late")
     with pytest.raises(PipelineError, match="connect"):
@@ -112,6 +108,24 @@ def test_two_sinks_to_one_folder_are_refused(tmp_path):
     s.rebalance().sink(FileSink(str(tmp_path / "out")))
     with pytest.raises(PipelineError, match="two sinks write to"):
         p.validate()
+
+
+def test_a_stream_that_fed_a_sink_can_be_used_again():
+    p = Pipeline()
+    s = p.source(GeneratorSource(1)).map(str)
+    s.map(repr).sink(PrintSink())
+    s.filter(bool).print()  # the first branch moves to a task of its own
+    s.key_by(str).count().print()
+    p.validate()
+    assert [[st.kind for st in t.steps] for t in p.tasks] == [
+        ["source", "map"], ["map", "sink"], ["filter", "sink"], ["keyed", "sink"]]
+    assert [(e.source, e.exchange.kind) for t in p.tasks[1:] for e in t.inputs] == [
+        (0, FORWARD), (0, FORWARD), (0, KEYED)]
+    t = Pipeline()
+    src = t.source(GeneratorSource(1))
+    src.map(str).key_by(str).count().print()
+    with pytest.raises(PipelineError, match="already continued with Map"):
+        src.filter(bool)  # the map's output is read by another task: it cannot be moved
 
 
 def _task(index, inputs, *kinds):

@@ -12,9 +12,14 @@ import pytest
 
 from streamjob import Pipeline
 from streamjob.connectors import GeneratorSource, PrintSink
-from streamjob.joins import IntervalJoinFunction, WindowJoinFunction, window_starts
+from streamjob.joins import IntervalJoinFunction, WindowJoinFunction
 from streamjob.operators import CoProcessOperatorFactory, KeyedStateBackend
 from streamjob.pipeline import PipelineError
+from streamjob.windows import (
+    EventTimeSessionWindows,
+    SlidingEventTimeWindows,
+    TumblingEventTimeWindows,
+)
 
 TS = (itemgetter(1), itemgetter(1))
 
@@ -34,14 +39,8 @@ def empty(backend) -> bool:
     return not any(backend.tables.values())
 
 
-def test_window_starts_tumbling_and_sliding():
-    assert window_starts(12, 10, 10) == [10]
-    assert window_starts(7, 10, 5) == [5, 0]
-    assert window_starts(-3, 10, 5) == [-5, -10]
-
-
 def test_tumbling_window_join_pairs_each_window_when_the_watermark_passes_its_end():
-    op, backend = operator(WindowJoinFunction(pair, 10, 10, TS))
+    op, backend = operator(WindowJoinFunction(pair, TumblingEventTimeWindows(10), TS))
     op.process_batch([("k", 1, "a1"), ("k", 5, "a2"), ("k", 12, "a3"), ("j", 3, "ja")])
     op.process_batch2([("k", 7, "b1"), ("k", 15, "b2"), ("k", 25, "b3"), ("j", 30, "jb")])
     assert op.on_watermark(9) == []
@@ -55,7 +54,7 @@ def test_tumbling_window_join_pairs_each_window_when_the_watermark_passes_its_en
 
 
 def test_sliding_window_join_pairs_within_every_window_they_share():
-    op, backend = operator(WindowJoinFunction(pair, 10, 5, TS))
+    op, backend = operator(WindowJoinFunction(pair, SlidingEventTimeWindows(10, 5), TS))
     op.process_batch([("k", 7, "a")])       # windows [5, 15) and [0, 10)
     op.process_batch2([("k", 3, "b"), ("k", 12, "c")])  # [0, 10), [-5, 5); [10, 20), [5, 15)
     assert Counter(op.on_watermark(math.inf)) == Counter([("a", "b"), ("a", "c")])
@@ -85,9 +84,12 @@ def brute_interval(lefts, rights, lower, upper):
 
 
 def brute_window(lefts, rights, size, slide):
+    """Pairs per window [s, s + size), s a multiple of slide, holding both timestamps."""
+    def windows(ts):
+        return {s for s in range(-size, 200, slide) if s <= ts < s + size}
+
     return Counter((a[2], b[2]) for a in lefts for b in rights if a[0] == b[0]
-                   for s in set(window_starts(a[1], size, slide))
-                   & set(window_starts(b[1], size, slide)))
+                   for _ in windows(a[1]) & windows(b[1]))
 
 
 def records(rng, side, n):
@@ -102,8 +104,10 @@ def test_joins_match_the_brute_force_reference_in_any_interleaving(seed):
             (lambda: IntervalJoinFunction(pair, -4, 7, TS),
              brute_interval(lefts, rights, -4, 7)),
             (lambda: IntervalJoinFunction(pair, 2, 9, TS), brute_interval(lefts, rights, 2, 9)),
-            (lambda: WindowJoinFunction(pair, 10, 10, TS), brute_window(lefts, rights, 10, 10)),
-            (lambda: WindowJoinFunction(pair, 12, 4, TS), brute_window(lefts, rights, 12, 4))):
+            (lambda: WindowJoinFunction(pair, TumblingEventTimeWindows(10), TS),
+             brute_window(lefts, rights, 10, 10)),
+            (lambda: WindowJoinFunction(pair, SlidingEventTimeWindows(12, 4), TS),
+             brute_window(lefts, rights, 12, 4))):
         op, backend = operator(make())
         out, a, b = [], list(lefts), list(rights)
         while a or b:  # random batches of each side, in random order
@@ -128,8 +132,10 @@ def test_join_api_errors_say_what_is_missing():
         a.interval_join(b).between(5, 0)
     with pytest.raises(PipelineError, match="needs .window"):
         a.join(b).apply(pair, timestamps=TS)
-    with pytest.raises(PipelineError, match="window slide must be a positive"):
-        a.join(b).window(10, 0)
+    with pytest.raises(PipelineError, match="window size must be a positive"):
+        a.join(b).window(0)
+    with pytest.raises(PipelineError, match="tumbling or sliding windows, not Event"):
+        a.join(b).window(EventTimeSessionWindows(10))
     q = Pipeline()
     a = q.source(GeneratorSource(1)).assign_timestamps(int).key_by(str)
     b = q.source(GeneratorSource(1)).assign_timestamps(int).key_by(str)
@@ -139,7 +145,7 @@ def test_join_api_errors_say_what_is_missing():
 
 
 def test_a_snapshot_of_waiting_records_does_not_change_with_later_records():
-    op, backend = operator(WindowJoinFunction(pair, 10, 10, TS))
+    op, backend = operator(WindowJoinFunction(pair, TumblingEventTimeWindows(10), TS))
     op.process_batch([("k", 1, "a1")])
     frozen = backend.freeze()
     op.process_batch([("k", 2, "a2")])  # appended in place to the same window's list

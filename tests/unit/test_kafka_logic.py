@@ -14,6 +14,7 @@ from streamjob.connectors.kafkasink import (
     fence_ids,
     marker_group,
     to_finish,
+    to_reproduce,
     transactional_id,
 )
 from streamjob.connectors.kafkasource import (
@@ -77,6 +78,10 @@ def test_a_restored_writer_fences_its_slots_and_the_old_subtasks_handed_to_it():
     ids = fence_ids("p", 1, pending)
     assert ids[:SLOTS] == [f"p-1-{k}" for k in range(SLOTS)]
     assert ids[SLOTS:] == ["old-4-0"]  # own slot 3 is fenced once
+    # With the old subtasks' numbers, every slot of theirs: also those not in the snapshot
+    # (a transaction a crash left open there would otherwise hold readers back).
+    ids = fence_ids("p", 1, pending, old_subtasks=[1, 4])
+    assert ids[SLOTS:] == ["old-4-0"] + [f"p-4-{k}" for k in range(SLOTS)]
 
 
 def test_restore_finishes_exactly_the_transactions_above_their_marker():
@@ -88,6 +93,15 @@ def test_restore_finishes_exactly_the_transactions_above_their_marker():
     redo = to_finish(pending, {"p-0": 7, "p-1": 8, "p-2": -1001})
     assert [(t["id"], t["epoch"]) for t in redo] == [("p-0-1", 8), ("p-2-0", 8)]
     assert to_finish(pending, {"p-0": 8, "p-1": 8, "p-2": 8}) == []
+
+
+def test_only_partitions_where_no_record_of_the_epoch_is_visible_are_produced_again():
+    txn = {"id": "p-0-1", "epoch": 8, "ranges": [[0, 10, 19, 10], [3, 5, 5, 1], [6, 0, 4, 5]]}
+    # Committed on partition 3 before the broker crashed, aborted (or closed) on 0 and 6.
+    assert to_reproduce(txn, {0: 0, 3: 1}) == [0, 6]
+    assert to_reproduce(txn, {0: 10, 3: 1, 6: 5}) == []  # all visible: never again
+    with pytest.raises(RuntimeError, match="4 of its 10 record"):
+        to_reproduce(txn, {0: 4})  # part of a partition: the log is not what we wrote
 
 
 def test_partition_watermarks_are_the_minimum_of_active_partitions():

@@ -5,10 +5,11 @@ by key, the records waiting for a partner are keyed map state and the clean-up r
 event-time timers (``ctx.timers``), so a join is checkpointed, restored and moved by key group
 on rescale like any keyed state.
 
-* **Window join**: ``a.key_by(f).join(b.key_by(g)).window(size_ms[, slide_ms]).apply(fn)``:
-  the records of both sides with equal keys that fall in the same event-time window
-  (tumbling, or sliding with ``slide_ms``) are paired when the watermark reaches the window's
-  end, ``fn(left, right)`` once per pair (an inner join: a window with records on one side
+* **Window join**: ``a.key_by(f).join(b.key_by(g)).window(assigner).apply(fn)``: the
+  records of both sides with equal keys that fall in the same event-time window (the
+  assigners of ``streamjob.windows``: ``TumblingEventTimeWindows(size)`` or just the size in
+  ms, ``SlidingEventTimeWindows(size, slide)``) are paired when the watermark reaches the
+  window's end, ``fn(left, right)`` once per pair (an inner join: a window with records on one side
   only emits nothing). The window's records are then dropped.
 * **Interval join**: ``a.key_by(f).interval_join(b.key_by(g)).between(lower, upper).apply(fn)``:
   ``fn(left, right)`` for every pair with equal keys and
@@ -33,24 +34,19 @@ from typing import Any
 
 from streamjob.jobgraph import PipelineError
 from streamjob.operators import Collector, CoProcessFunction, KeyedContext
+from streamjob.windows.assigners import SlidingEventTimeWindows, TumblingEventTimeWindows
 
 Timestamp = Callable[[Any], int]
-
-
-def window_starts(ts: int, size: int, slide: int) -> list[int]:
-    """Starts of every window ``[s, s + size)`` that holds ``ts`` (windows start every
-    ``slide`` ms; ``slide == size``: tumbling, one window)."""
-    last = ts - ts % slide
-    return list(range(last, ts - size, -slide))
+Assigner = TumblingEventTimeWindows | SlidingEventTimeWindows
 
 
 class WindowJoinFunction(CoProcessFunction):
     """The window join (see the module docstring). State per key: ``left`` and ``right``,
     each ``window start -> records``; one event-time timer per (key, window end)."""
 
-    def __init__(self, fn: Callable[[Any, Any], Any], size: int, slide: int,
+    def __init__(self, fn: Callable[[Any, Any], Any], assigner: Assigner,
                  timestamps: tuple[Timestamp, Timestamp]):
-        self.fn, self.size, self.slide = fn, size, slide
+        self.fn, self.assigner, self.size = fn, assigner, assigner.size
         self.timestamps = timestamps
         self.late_records = 0
 
@@ -62,7 +58,7 @@ class WindowJoinFunction(CoProcessFunction):
         ts = self.timestamps[side](value)
         state, watermark = self.sides[side], self.timers.current_watermark()
         added = False
-        for start in window_starts(ts, self.size, self.slide):
+        for start in self.assigner.starts(ts):
             end = start + self.size
             if end <= watermark:
                 continue  # this window has fired already
@@ -154,12 +150,6 @@ class IntervalJoinFunction(CoProcessFunction):
 # -- the pipeline API ------------------------------------------------------------------
 
 
-def _positive(name: str, value: Any) -> int:
-    if int(value) != value or value <= 0:
-        raise PipelineError(f"{name} must be a positive whole number of ms, got {value!r}")
-    return int(value)
-
-
 def _event_time(connected: Any, timestamps: tuple[Timestamp, Timestamp] | None,
                 what: str) -> tuple[Timestamp, Timestamp]:
     if timestamps is not None:
@@ -177,26 +167,33 @@ def _event_time(connected: Any, timestamps: tuple[Timestamp, Timestamp] | None,
 
 
 class JoinedStreams:
-    """``a.key_by(f).join(b.key_by(g))``: finish with ``.window(size_ms[, slide_ms])`` and
+    """``a.key_by(f).join(b.key_by(g))``: finish with ``.window(assigner)`` and
     ``.apply(fn)``."""
 
     def __init__(self, connected: Any):
         self._connected = connected
-        self.size: int | None = None
-        self.slide: int | None = None
+        self.assigner: Assigner | None = None
 
-    def window(self, size_ms: int, slide_ms: int | None = None) -> JoinedStreams:
-        """Tumbling windows of ``size_ms``, or sliding ones every ``slide_ms``."""
-        self.size = _positive("window size", size_ms)
-        self.slide = self.size if slide_ms is None else _positive("window slide", slide_ms)
+    def window(self, assigner: Assigner | int) -> JoinedStreams:
+        """``TumblingEventTimeWindows(size)`` (or just the size in ms) or
+        ``SlidingEventTimeWindows(size, slide)``."""
+        if isinstance(assigner, int | float):
+            try:
+                assigner = TumblingEventTimeWindows(assigner)
+            except ValueError as err:
+                raise PipelineError(str(err)) from None
+        if not isinstance(assigner, TumblingEventTimeWindows | SlidingEventTimeWindows):
+            raise PipelineError(f"a window join takes tumbling or sliding windows, not "
+                                f"{type(assigner).__name__}")
+        self.assigner = assigner
         return self
 
     def apply(self, fn: Callable[[Any, Any], Any], name: str = "Window join",
               timestamps: tuple[Timestamp, Timestamp] | None = None) -> Any:
         """``fn(left, right)`` per pair of each window: a stream of what it returns."""
-        if self.size is None:
-            raise PipelineError("join(...) needs .window(size_ms) before .apply(fn)")
-        function = WindowJoinFunction(fn, self.size, self.slide,
+        if self.assigner is None:
+            raise PipelineError("join(...) needs .window(assigner) before .apply(fn)")
+        function = WindowJoinFunction(fn, self.assigner,
                                       _event_time(self._connected, timestamps, "join"))
         return self._connected.process(function, name)
 

@@ -274,13 +274,21 @@ class Pipeline:
 
     def _check_end(self, stream: Stream) -> None:
         task = self.tasks[stream._task]
+        tail = task.steps[stream._at:]
+        if task.sink is not None and tail and all(st.kind != "timestamps" for st in tail):
+            # The stream went on to a sink and is used again (fan-out): what followed it
+            # moves to a task of its own, fed over a forward edge (nothing reads the task's
+            # main output: it ended in a sink), so the stream is the end of its task again.
+            del task.steps[stream._at:]
+            self.tasks.append(TaskSpec(len(self.tasks), [InputEdge(task.index,
+                                                                   Exchange(FORWARD))], tail))
         if task.sink is not None:
             raise PipelineError("nothing can follow a sink")
         if len(task.steps) != stream._at:
             raise PipelineError(f"this stream of {task.task_id} was already continued with "
                                 f"{task.steps[stream._at].name}: operators chain onto the end "
-                                "of a stream (to fan out, start every branch but the last with "
-                                "rebalance() or key_by(...))")
+                                "of a stream (to fan out, end every branch but the last with a "
+                                "sink, or start it with rebalance() or key_by(...))")
 
     def _chain(self, stream: Stream, step: Step) -> Stream:
         """Add a one-input operator (or a sink) to ``stream``."""

@@ -226,6 +226,13 @@ class Worker:
                 for r in d.runners:
                     await r.on_complete(msg["id"])
         except Exception as err:  # noqa: BLE001
+            if self.deployment is not d:
+                # A cancelled attempt's commit (it outlives the attempt on the executor):
+                # reported as FAILED it would fail the attempt that replaced it, whose
+                # restore settles this commit anyway.
+                log.warning("worker %d: commit of checkpoint %d of cancelled attempt %d "
+                            "failed: %s", self.index, msg["id"], d.attempt, err)
+                return
             self.send("FAILED", reason=f"commit of checkpoint {msg['id']} failed: {err}")
             return
         if msg.get("final"):

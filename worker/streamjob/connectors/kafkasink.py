@@ -16,16 +16,26 @@ Exactly once (two-phase commit, as Flink's ``KafkaSink``):
 
 On restore from checkpoint n, the writer that takes over an old subtask (``old % p``):
 
-1. fences: ``init_transactions`` on every slot id of its own subtask and on every id in the
-   snapshot. That aborts whatever the crashed attempt left open and fences zombies (a
-   producer of the old attempt can no longer commit).
-2. finishes the commit: a transaction of the snapshot whose epoch is above the marker group's
-   offset never committed (the broker aborted it at step 1). Its records are still in the
-   log, marked aborted: the writer reads them back (``read_uncommitted``, the offset ranges
-   from the snapshot, the transaction's nonce in a ``streamjob.txn`` header tells them from
-   other producers' records) and produces them again in a new transaction that also sets
-   the marker to the epoch. The marker makes this idempotent: a crash during the re-produce
-   leaves the marker below the epoch, and the next restore does it again.
+1. fences: ``init_transactions`` on every slot id of its own subtask, of each old subtask
+   handed to it, and on every id in the snapshot. That aborts whatever the crashed attempt
+   left open and fences zombies (a producer of the old attempt can no longer commit).
+2. closes: a transaction of the snapshot whose epoch is above the marker group's committed
+   offset did not commit as a whole. For each, one transaction on its id writes an empty
+   record (header ``streamjob.close``) to each of its partitions and the marker group's
+   offset, then aborts. A broker that crashed after deciding a commit but before writing
+   its markers can come back with the transaction finished in its coordinator and still
+   open in the partitions (it skips markers for partitions without a leader while it
+   starts): nothing ends it until the next transaction of the same producer id, whose
+   commit would then make it visible too (after a re-produce: twice). The abort ends it
+   now, on every partition, so what follows reads a settled log.
+3. finishes the commit: for each of those transactions the writer waits until the last
+   stable offset of each of its partitions is past its records, counts them with
+   ``read_committed`` (the transaction's nonce in a ``streamjob.txn`` header tells them
+   from other producers' records) and, for the partitions where none is visible, reads
+   them back with ``read_uncommitted`` and produces them again, in one transaction that
+   also sets the marker to the epoch. So an epoch that is visible is never produced again,
+   and the marker makes this idempotent: a crash during the re-produce leaves the marker
+   below the epoch, and the next restore does it again.
 
 confluent-kafka cannot resume another producer's transaction by id (Flink does it by
 reflection), so "commit on restore" re-produces instead: the output of a completed checkpoint
@@ -64,8 +74,10 @@ log = logging.getLogger("streamjob.kafka")
 
 SLOTS = 8  # transactions a subtask may have open at once (see the module doc)
 NONCE_HEADER = "streamjob.txn"
+CLOSE_HEADER = "streamjob.close"  # the empty records of restore step 2 (always aborted)
 GUARANTEES = ("exactly-once", "at-least-once")
 STATE_VERSION = 1
+SETTLE_TIMEOUTS = 3  # restore waits this many sink timeouts for a partition to settle
 
 
 def transactional_id(prefix: str, subtask: int, slot: int) -> str:
@@ -87,11 +99,30 @@ def to_finish(pending: list[dict[str, Any]], markers: dict[str, int]) -> list[di
                   key=lambda t: (t["group"], t["epoch"]))
 
 
-def fence_ids(prefix: str, subtask: int, pending: list[dict[str, Any]]) -> list[str]:
-    """Every transactional id a restored writer must fence: its own slots, then those of the
-    snapshot's transactions (old subtasks handed to it)."""
+def fence_ids(prefix: str, subtask: int, pending: list[dict[str, Any]],
+              old_subtasks: list[int] | None = None) -> list[str]:
+    """Every transactional id a restored writer must fence: its own slots, then the slots of
+    the old subtasks handed to it and the ids of the snapshot's transactions."""
     own = [transactional_id(prefix, subtask, k) for k in range(SLOTS)]
-    return own + sorted({t["id"] for t in pending} - set(own))
+    old = {transactional_id(prefix, i, k) for i in old_subtasks or [] for k in range(SLOTS)}
+    return own + sorted((old | {t["id"] for t in pending}) - set(own))
+
+
+def to_reproduce(txn: dict[str, Any], visible: dict[int, int]) -> list[int]:
+    """The partitions of a transaction whose records must be produced again: those where
+    none of them is visible to ``read_committed`` readers. A transaction commits or aborts
+    on a partition as a whole, so a part of its records visible there means the log is not
+    what the snapshot says (records removed by retention): an error, never a guess."""
+    out = []
+    for partition, _first, _last, count in txn["ranges"]:
+        seen = visible.get(partition, 0)
+        if seen == 0:
+            out.append(partition)
+        elif seen != count:
+            raise KafkaConnectError(
+                f"the output of checkpoint {txn['epoch']} ({txn['id']}) in partition "
+                f"{partition}: {seen} of its {count} record(s) are committed; cannot finish it")
+    return out
 
 
 def _encode(value: Any) -> bytes | None:
@@ -256,22 +287,43 @@ class TransactionalWriter(_Writer):
     def restore(self, states: list[dict[str, Any]]) -> None:
         super().restore(states)
         pending = [t for s in states for t in s.get("pending", [])]
-        ids = fence_ids(self.prefix, self.subtask, pending)
+        old = sorted({s["subtask"] for s in states if "subtask" in s})
+        ids = fence_ids(self.prefix, self.subtask, pending, old)
         t0 = time.monotonic()
         with ThreadPoolExecutor(max_workers=8) as pool:
             slots = dict(zip(ids, pool.map(lambda i: _Slot(self.sink, i), ids), strict=True))
-        markers = self._markers({t["group"] for t in pending})
-        redo = to_finish(pending, markers)
+            markers = self._markers({t["group"] for t in pending})
+            redo = to_finish(pending, markers)
+            # Step 2 before the log is read: see the module doc.
+            list(pool.map(lambda t: self._close(slots[t["id"]], t), redo))
         for t in redo:
-            self._reproduce(slots[t["id"]], t)
+            partitions = to_reproduce(t, visible_records(self.sink, t))
+            self._reproduce(slots[t["id"]], t, partitions)
         own = {transactional_id(self.prefix, self.subtask, k): k for k in range(SLOTS)}
         self.free = [slots[i] for i in own]
         self.slot_of = own
         self.restored = True
         if pending or redo:
-            log.warning("kafka sink %d: fenced %d transactional ids, re-produced %d "
-                        "transaction(s) of completed checkpoints in %.2fs", self.subtask,
-                        len(ids), len(redo), time.monotonic() - t0)
+            log.warning("kafka sink %d: fenced %d transactional ids, finished %d "
+                        "transaction(s) of completed checkpoints in %.2fs (epochs %s, "
+                        "markers %s)", self.subtask, len(ids), len(redo),
+                        time.monotonic() - t0, [t["epoch"] for t in pending], markers)
+
+    def _close(self, slot: _Slot, txn: dict[str, Any]) -> None:
+        """Restore step 2: end whatever of ``txn`` a broker crash left open (module doc)."""
+        from confluent_kafka import KafkaException
+
+        slot.begin()
+        for partition, *_ in txn["ranges"]:
+            slot.producer.produce(self.sink.topic, b"", None, partition=partition,
+                                  headers=[(CLOSE_HEADER, txn["nonce"])])
+        try:
+            self._flush(slot.producer, slot.errors)  # the partitions join the transaction
+            self._send_marker(slot, txn["group"], txn["epoch"])
+            slot.producer.abort_transaction(self.sink.timeout)
+        except KafkaException as err:
+            raise KafkaConnectError(f"cannot close {txn['id']} (epoch {txn['epoch']}) at "
+                                    f"{self.sink.bootstrap}: {err}") from None
 
     def _markers(self, groups: set[str]) -> dict[str, int]:
         from confluent_kafka import Consumer, TopicPartition
@@ -296,10 +348,11 @@ class TransactionalWriter(_Writer):
                 c.close()
         return out
 
-    def _reproduce(self, slot: _Slot, txn: dict[str, Any]) -> None:
-        """Produce again, in one transaction with the marker, the records of a transaction
-        the fencing aborted (see the module doc, step 2)."""
-        records = read_transaction(self.sink, txn)
+    def _reproduce(self, slot: _Slot, txn: dict[str, Any], partitions: list[int]) -> None:
+        """Produce again, in one transaction with the marker, the records ``txn`` has in
+        ``partitions`` (none visible there; see the module doc, step 3). With no partition
+        (every record visible) the transaction only moves the marker."""
+        records = read_transaction(self.sink, txn, partitions)
         slot.begin()
         for key, value, headers, ts, partition in records:
             slot.producer.produce(self.sink.topic, value, key, partition=partition,
@@ -307,9 +360,9 @@ class TransactionalWriter(_Writer):
             slot.producer.poll(0)
         self._flush(slot.producer, slot.errors)
         self._send_marker(slot, txn["group"], txn["epoch"])
-        slot.producer.commit_transaction(self.sink.timeout)
-        log.warning("kafka sink %d: re-produced %d record(s) of %s (epoch %d)", self.subtask,
-                    len(records), txn["id"], txn["epoch"])
+        _commit(slot, self.sink)
+        log.warning("kafka sink %d: re-produced %d record(s) of %s (epoch %d) in partitions "
+                    "%s", self.subtask, len(records), txn["id"], txn["epoch"], partitions)
 
     def _send_marker(self, slot: _Slot, group: str, epoch: int) -> None:
         from confluent_kafka import Consumer, TopicPartition
@@ -351,7 +404,7 @@ class TransactionalWriter(_Writer):
                 with self.lock:
                     self.pending[checkpoint_id] = slot
             with self.lock:
-                return {"version": STATE_VERSION, "pending": [
+                return {"version": STATE_VERSION, "subtask": self.subtask, "pending": [
                     {"id": s.txid, "group": self.group, "epoch": n, "nonce": s.nonce,
                      "ranges": [[p, *r] for p, r in sorted(s.ranges.items())]}
                     for n, s in sorted(self.pending.items())]}
@@ -364,7 +417,7 @@ class TransactionalWriter(_Writer):
         for n in ready:
             slot = self.pending[n]
             faults.point("sink.before-commit")
-            slot.producer.commit_transaction(self.sink.timeout)
+            _commit(slot, self.sink)
             faults.point("sink.during-commit")
             with self.lock:
                 del self.pending[n]
@@ -378,9 +431,78 @@ class TransactionalWriter(_Writer):
             slot.producer.flush(0)
 
 
-def read_transaction(sink: KafkaSink, txn: dict[str, Any]) -> list[tuple[Any, ...]]:
+def _commit(slot: _Slot, sink: KafkaSink) -> None:
+    """``commit_transaction``, called again on a retriable error (a timeout, a coordinator
+    moving): librdkafka then resumes the same commit, whose outcome is unknown until it
+    answers. Any other error, or no answer within three timeouts, fails the job; the
+    restore then reads the outcome from the log (module doc, steps 2 and 3)."""
+    from confluent_kafka import KafkaException
+
+    deadline = time.monotonic() + SETTLE_TIMEOUTS * sink.timeout
+    while True:
+        try:
+            slot.producer.commit_transaction(sink.timeout)
+            return
+        except KafkaException as exc:
+            err = exc.args[0]
+            if not err.retriable() or time.monotonic() > deadline:
+                raise
+            log.warning("kafka sink: commit of %s: %s; retrying", slot.txid, err.str())
+
+
+def visible_records(sink: KafkaSink, txn: dict[str, Any]) -> dict[int, int]:
+    """Per partition of ``txn``: how many of its records ``read_committed`` readers see,
+    once the partition's last stable offset is past them (no transaction open before its
+    last record, so the answer is final)."""
+    from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+    c = Consumer(client_config(sink.bootstrap, {
+        "group.id": f"{txn['group']}-reader", "enable.auto.commit": False,
+        "isolation.level": "read_committed", "enable.partition.eof": True}))
+    out: dict[int, int] = {}
+    wait = SETTLE_TIMEOUTS * sink.timeout
+    try:
+        for partition, first, last, _count in txn["ranges"]:
+            tp = TopicPartition(sink.topic, partition)
+            deadline = time.monotonic() + wait
+            # read_committed: the "high" offset is the last stable offset.
+            while c.get_watermark_offsets(tp, timeout=sink.timeout)[1] <= last:
+                if time.monotonic() > deadline:
+                    raise KafkaConnectError(
+                        f"{sink.topic}[{partition}] at {sink.bootstrap}: a transaction is "
+                        f"still open before offset {last} after {wait:g}s (the output of "
+                        f"checkpoint {txn['epoch']}, {txn['id']}, cannot be checked)")
+                time.sleep(0.1)  # polling the broker's answer, bounded by the deadline
+            c.assign([TopicPartition(sink.topic, partition, first)])
+            seen, deadline = 0, time.monotonic() + wait
+            while True:
+                if time.monotonic() > deadline:
+                    raise KafkaConnectError(f"cannot read {sink.topic}[{partition}] at "
+                                            f"{sink.bootstrap} within {wait:g}s")
+                m = c.poll(0.2)
+                if m is None:
+                    continue
+                if m.partition() != partition:  # left over from the previous assignment
+                    continue
+                if m.error() is not None:
+                    if m.error().code() == KafkaError._PARTITION_EOF:
+                        break
+                    continue
+                if m.offset() > last:
+                    break
+                if (NONCE_HEADER, txn["nonce"]) in (m.headers() or []):
+                    seen += 1
+            out[partition] = seen
+    finally:
+        c.close()
+    return out
+
+
+def read_transaction(sink: KafkaSink, txn: dict[str, Any],
+                     partitions: list[int] | None = None) -> list[tuple[Any, ...]]:
     """The records of an aborted transaction: ``(key, value, headers, timestamp, partition)``
-    in offset order per partition, from the ranges and nonce of the snapshot."""
+    in offset order per partition, from the ranges and nonce of the snapshot (only those in
+    ``partitions`` if given)."""
     from confluent_kafka import Consumer, KafkaError, TopicPartition
 
     c = Consumer(client_config(sink.bootstrap, {
@@ -389,6 +511,8 @@ def read_transaction(sink: KafkaSink, txn: dict[str, Any]) -> list[tuple[Any, ..
     out: list[tuple[Any, ...]] = []
     try:
         for partition, first, last, count in txn["ranges"]:
+            if partitions is not None and partition not in partitions:
+                continue
             c.assign([TopicPartition(sink.topic, partition, first)])
             found: list[tuple[Any, ...]] = []
             deadline = time.monotonic() + sink.timeout
@@ -397,7 +521,7 @@ def read_transaction(sink: KafkaSink, txn: dict[str, Any]) -> list[tuple[Any, ..
                 if time.monotonic() > deadline:
                     break
                 m = c.poll(0.2)
-                if m is None:
+                if m is None or m.partition() != partition:
                     continue
                 if m.error() is not None:
                     if m.error().code() == KafkaError._PARTITION_EOF:
