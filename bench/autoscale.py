@@ -160,6 +160,7 @@ def main() -> None:
         timeline: list[tuple[float, int, int | None, str]] = []   # t, p, backlog, action
         rescales: list[tuple[float, int, int, str]] = []          # t, from, to, reason
         running_at: list[tuple[float, int]] = [(0.0, 1)]          # t the new p runs
+        launched: list[tuple[float, int]] = []   # t a new p was started from its savepoint
         deadline = start_at + end + 600
         try:
             while run.proc.poll() is None:
@@ -184,6 +185,7 @@ def main() -> None:
                     rescales.append((now - start_at, run.p, d.target, d.reason))
                     uri = run.stop_with_savepoint()
                     run = Run(cwd, path, d.target, uri, log)
+                    launched.append((run.started - start_at, run.p))
                     memory = auto.Memory(last_rescale_at=run.started)
             code = run.proc.wait()
         finally:
@@ -218,9 +220,11 @@ def main() -> None:
             converged.append(0.0)
             continue
         decided, target = mine[-1][0], mine[-1][2]
-        ran = [t for t, p in running_at if t >= decided and p == target]
+        # (a run that finished before it was seen RUNNING: when it was started)
+        ran = ([t for t, p in running_at if t >= decided and p == target] or
+               [t for t, p in launched if t >= decided and p == target])
         converged.append(ran[0] - at if ran else float("nan"))
-    sequence = [p for i, (_, p) in enumerate(running_at) if i == 0 or running_at[i - 1][1] != p]
+    sequence = [1] + [r[2] for r in rescales]
     down_decided = next((r[0] for r in rescales if r[0] >= down_at), float("inf"))
     peak_lag = max((b or 0 for t, _, b, _ in timeline if a.step <= t < down_decided), default=0)
     steps = " and ".join(f"{c:.0f}" for c in converged)

@@ -140,6 +140,13 @@ class OperatorMetrics:
         if recommended is not None:
             self.recommended.labels(namespace, name).set(recommended)
 
+    def forget_job(self, namespace: str, name: str) -> None:
+        """A deleted job: its recommendation series goes too."""
+        try:
+            self.recommended.remove(namespace, name)
+        except KeyError:
+            pass
+
     def job_phase(self, namespace: str, name: str, phase: str | None,
                   changed: bool = False) -> None:
         """Record the phase a reconcile wrote (``None``: the job is gone)."""

@@ -136,6 +136,7 @@ def forget(namespace: str, name: str, uid: str | None) -> None:
         _tokens.pop(uid or "", None)
     REQUESTS.forget(f"{namespace}/{name}")
     METRICS.job_phase(namespace, name, None)
+    METRICS.forget_job(namespace, name)
 
 
 def post_event(body: Any, type_: str, reason: str, message: str) -> None:

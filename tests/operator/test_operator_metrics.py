@@ -54,6 +54,23 @@ def test_jobs_per_phase_follow_the_last_written_phase_and_forget_deleted_jobs():
     assert sum(counts.values()) == 1 + 1
 
 
+def test_autoscaler_decisions_are_counted_and_recommendations_kept_per_job():
+    m = fresh()
+    for action in ("scale", "hold", "none", "wait"):
+        assert value(m, "streamjob_operator_autoscaler_decisions_total", action=action) == 0
+    m.autoscaler_decision("a", "j1", "hold", 4)
+    m.autoscaler_decision("a", "j1", "scale", 4)
+    m.autoscaler_decision("a", "j1", "wait", None)
+    assert value(m, "streamjob_operator_autoscaler_decisions_total", action="hold") == 1
+    assert value(m, "streamjob_operator_autoscaler_decisions_total", action="wait") == 1
+    assert value(m, "streamjob_operator_autoscaler_recommended_parallelism",
+                 namespace="a", job="j1") == 4
+    m.forget_job("a", "j1")
+    m.forget_job("a", "j1")  # twice: harmless
+    assert m.registry.get_sample_value("streamjob_operator_autoscaler_recommended_parallelism",
+                                       {"namespace": "a", "job": "j1"}) is None
+
+
 def test_a_job_failure_counts_once_when_the_phase_changes_to_failed():
     m = fresh()
     m.job_phase("a", "j", "Failed", changed=True)

@@ -25,6 +25,7 @@ class Query:
     build: Callable[[Any], Any]          # Stream of events -> Stream of rows
     reference: Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
     event_time: bool = False             # needs timestamps and watermarks
+    deterministic: bool = True           # False: rows depend on the wall clock (q12)
 
 
 def is_bid(e: dict[str, Any]) -> bool:
@@ -435,6 +436,62 @@ def q11_reference(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+# ------------------------------------------------------------------------ q12 processing time
+
+END_OF_INPUT = 1 << 62  # an event-time timer no watermark reaches before the end of input
+
+
+class Q12Count(KeyedProcessFunction):
+    """Bids per bidder in processing-time tumbling windows of 10 s, keyed by bidder: a bid
+    counts in the window of the wall clock when it is processed; a window is emitted when a
+    processing-time timer at its end fires. At the end of input (the final watermark) the
+    windows still open are emitted too, so every bid is counted exactly once (an event-time
+    timer far in the future, set while the bidder has an open window, does that)."""
+
+    def open(self, ctx: Any) -> None:
+        self.ctx = ctx
+        self.windows = ctx.map_state("windows")  # window start -> bids
+
+    def process(self, key: Any, e: dict[str, Any], out: list[Any]) -> None:
+        timers = self.ctx.timers
+        now = timers.current_processing_time()
+        start = now - now % WINDOW_MS
+        n = self.windows.get(start)
+        if n is None:
+            if not self.windows.items():
+                timers.register_event_time(END_OF_INPUT)
+            timers.register_processing_time(start + WINDOW_MS - 1)
+            n = 0
+        self.windows.put(start, n + 1)
+
+    def on_timer(self, ts: Any, key: Any, out: Any) -> None:
+        for start, n in list(self.windows.items()):
+            if ts == END_OF_INPUT or start + WINDOW_MS - 1 <= ts:
+                out.append({"bidder": key, "bid_count": n, "starttime": start,
+                            "endtime": start + WINDOW_MS})
+                self.windows.remove(start)
+        if ts != END_OF_INPUT and not self.windows.items():
+            self.ctx.timers.delete_event_time(END_OF_INPUT)
+
+
+def q12(stream: Any) -> Any:
+    return stream.filter(is_bid, "Bids").key_by(q11_bidder).process(Q12Count(), "q12")
+
+
+def q12_reference(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What is deterministic in q12: each bidder's bids over all windows."""
+    totals = Counter(e["bid"]["bidder"] for e in events if e["event_type"] == 2)
+    return [{"bidder": b, "bid_count": n} for b, n in totals.items()]
+
+
+def q12_totals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """q12's rows summed over windows per bidder: comparable with :func:`q12_reference`."""
+    totals: Counter[int] = Counter()
+    for r in rows:
+        totals[r["bidder"]] += r["bid_count"]
+    return [{"bidder": b, "bid_count": n} for b, n in totals.items()]
+
+
 QUERIES: dict[str, Query] = {
     "q0": Query("q0", "SELECT auction, bidder, price, dateTime, extra FROM bid",
                 q0, q0_reference),
@@ -479,4 +536,9 @@ QUERIES: dict[str, Query] = {
                         "INTERVAL '10' SECOND) AS endtime FROM bid B GROUP BY B.bidder, "
                         "SESSION(B.dateTime, INTERVAL '10' SECOND)",
                  q11, q11_reference, event_time=True),
+    "q12": Query("q12", "SELECT B.bidder, count(*) AS bid_count, TUMBLE_START(B.p_time, "
+                        "INTERVAL '10' SECOND) AS starttime, TUMBLE_END(B.p_time, INTERVAL "
+                        "'10' SECOND) AS endtime FROM (SELECT *, PROCTIME() AS p_time FROM bid) "
+                        "B GROUP BY B.bidder, TUMBLE(B.p_time, INTERVAL '10' SECOND)",
+                 q12, q12_reference, event_time=True, deterministic=False),
 }
