@@ -13,11 +13,11 @@ from .test_observability import call
 
 pytestmark = pytest.mark.integration
 
-RECORDS, WORDS = 40_000, 300
+RECORDS, WORDS = 80_000, 300  # well beyond what the queues read ahead (~30,000)
 
 
 def test_a_schedule_started_in_the_past_is_behind_by_its_backlog_and_catches_up(run_job):
-    # The schedule allowed 1,000/s from 300 s ago: all 40,000 records are due at once (and
+    # The schedule allowed 1,000/s from 300 s ago: all 80,000 records are due at once (and
     # the keyed task reads at most ~3,300/s per subtask: 300 us of CPU per record). Counted
     # from the attempt instead, at most a few thousand would be due by the first report.
     job = run_job("streamjob.examples.scheduled:build", name="sched",

@@ -136,3 +136,52 @@ def test_q11_counts_each_bidders_bids_per_session_of_10_seconds_gap():
         {"bidder": 8, "bid_count": 1, "starttime": T0 + 30_000, "endtime": T0 + 40_000},
         {"bidder": 9, "bid_count": 1, "starttime": T0 + 5000, "endtime": T0 + 15_000}])
     assert rows(run("q11", events)) == rows(QUERIES["q11"].reference(events))
+
+
+def test_q12_counts_bids_per_bidder_in_processing_time_windows_of_a_given_clock():
+    """q12 on a hand-made clock: a bid counts in the 10-second window of the wall clock when
+    it is processed (not of its event time); a window is emitted when its processing-time
+    timer fires, and the windows still open at the end of input by the final watermark."""
+    from streamjob.examples.nexmark.queries import Q12Count
+    from streamjob.operators import ProcessOperator
+
+    now = [T0 + 3000]
+    backend = KeyedStateBackend()
+    backend.max_parallelism = 128
+    op = ProcessOperator(backend, lambda e: e["bid"]["bidder"], Q12Count(),
+                         clock=lambda: now[0])
+    # event times are irrelevant: the bids at 50 s of event time fall in the wall clock's
+    assert op.process_batch([bid(1, 1, 50_000, bidder=8), bid(1, 1, 0, bidder=8),
+                             bid(1, 1, 0, bidder=9)]) == []
+    now[0] = T0 + 9998
+    assert op.on_processing_time() == []                 # the window [0 s, 10 s) is open
+    op.process_batch([bid(1, 1, 0, bidder=8)])
+    now[0] = T0 + 12_000
+    op.process_batch([bid(1, 1, 0, bidder=9)])           # in the next window
+    assert rows(op.on_processing_time()) == rows([
+        {"bidder": 8, "bid_count": 3, "starttime": T0, "endtime": T0 + 10_000},
+        {"bidder": 9, "bid_count": 1, "starttime": T0, "endtime": T0 + 10_000}])
+    assert op.on_watermark(T0 + 60_000) == []            # event time does not fire them
+    assert op.on_watermark(math.inf) == [                # the end of input does
+        {"bidder": 9, "bid_count": 1, "starttime": T0 + 10_000, "endtime": T0 + 20_000}]
+    assert op.on_processing_time() == [] and op.on_watermark(math.inf) == []
+
+
+def test_q12_counts_every_bid_once_whatever_the_clock():
+    from streamjob.examples.nexmark.queries import q12_totals
+
+    events = [bid(1, 1, t, bidder=b) for t, b in ((0, 8), (1, 9), (20_000, 8), (3, 8))]
+    assert rows(q12_totals(run("q12", events))) == rows(QUERIES["q12"].reference(events)) \
+        == rows([{"bidder": 8, "bid_count": 3}, {"bidder": 9, "bid_count": 1}])
+
+
+def test_q4_averages_the_winning_bid_in_range_of_each_auction_per_category():
+    events = [bid(100, 70, 1),                       # before its auction arrives, in range
+              auction(100, 1, 10, 0), bid(100, 50, 2), bid(100, 90, 6),  # 6 > expires (5)
+              auction(101, 1, 10, 10), bid(101, 5, 11), bid(101, 8, 12),
+              auction(102, 1, 11, 20), bid(102, 3, 19),  # before its start: no winner
+              auction(103, 1, 12, 30), bid(103, 7, 31)]
+    # category 10: winners 70 and 8 -> (70 + 8) // 2 = 39; category 12: 7; category 11: none
+    assert rows(run("q4", events)) == rows([{"category": 10, "final": 39},
+                                            {"category": 12, "final": 7}])
+    assert rows(run("q4", events)) == rows(QUERIES["q4"].reference(events))

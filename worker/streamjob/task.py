@@ -452,10 +452,13 @@ class SubtaskRunner:
             # Subtasks of a worker share its event loop: while a source that could read more
             # yields, the loop runs downstream subtasks (and their readers). Time it is held
             # back that way is backpressure as much as a full channel is (in Flink each task
-            # has a thread of its own and would wait on the full channel instead).
+            # has a thread of its own and would wait on the full channel instead). A paced
+            # source less than a batch ahead of its schedule is on time, not held back: that
+            # yield is idle time.
             t0 = time.perf_counter()
             await asyncio.sleep(0)
-            self.backpressure_seconds += time.perf_counter() - t0
+            if allowed is None or allowed >= BATCH:
+                self.backpressure_seconds += time.perf_counter() - t0
 
     async def _emit_watermark(self, watermark: float | None) -> None:
         if watermark is not None and self.output is not None:

@@ -25,6 +25,8 @@ class Query:
     build: Callable[[Any], Any]          # Stream of events -> Stream of rows
     reference: Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
     event_time: bool = False             # needs timestamps and watermarks
+    deterministic: bool = True           # False: rows depend on the wall clock (q12)
+    flink: bool = True                   # False: not compared with Flink SQL in the bench
 
 
 def is_bid(e: dict[str, Any]) -> bool:
@@ -435,6 +437,163 @@ def q11_reference(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+# ------------------------------------------------------------------------ q12 processing time
+
+END_OF_INPUT = 1 << 62  # an event-time timer no watermark reaches before the end of input
+
+
+class Q12Count(KeyedProcessFunction):
+    """Bids per bidder in processing-time tumbling windows of 10 s, keyed by bidder: a bid
+    counts in the window of the wall clock when it is processed; a window is emitted when a
+    processing-time timer at its end fires. At the end of input (the final watermark) the
+    windows still open are emitted too, so every bid is counted exactly once (an event-time
+    timer far in the future, set while the bidder has an open window, does that)."""
+
+    def open(self, ctx: Any) -> None:
+        self.ctx = ctx
+        self.windows = ctx.map_state("windows")  # window start -> bids
+
+    def process(self, key: Any, e: dict[str, Any], out: list[Any]) -> None:
+        timers = self.ctx.timers
+        now = timers.current_processing_time()
+        start = now - now % WINDOW_MS
+        n = self.windows.get(start)
+        if n is None:
+            if not self.windows.items():
+                timers.register_event_time(END_OF_INPUT)
+            timers.register_processing_time(start + WINDOW_MS - 1)
+            n = 0
+        self.windows.put(start, n + 1)
+
+    def on_timer(self, ts: Any, key: Any, out: Any) -> None:
+        for start, n in list(self.windows.items()):
+            if ts == END_OF_INPUT or start + WINDOW_MS - 1 <= ts:
+                out.append({"bidder": key, "bid_count": n, "starttime": start,
+                            "endtime": start + WINDOW_MS})
+                self.windows.remove(start)
+        if ts != END_OF_INPUT and not self.windows.items():
+            self.ctx.timers.delete_event_time(END_OF_INPUT)
+
+
+def q12(stream: Any) -> Any:
+    return stream.filter(is_bid, "Bids").key_by(q11_bidder).process(Q12Count(), "q12")
+
+
+def q12_reference(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What is deterministic in q12: each bidder's bids over all windows."""
+    totals = Counter(e["bid"]["bidder"] for e in events if e["event_type"] == 2)
+    return [{"bidder": b, "bid_count": n} for b, n in totals.items()]
+
+
+def q12_totals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """q12's rows summed over windows per bidder: comparable with :func:`q12_reference`."""
+    totals: Counter[int] = Counter()
+    for r in rows:
+        totals[r["bidder"]] += r["bid_count"]
+    return [{"bidder": b, "bid_count": n} for b, n in totals.items()]
+
+
+# ------------------------------------------------------------------------ q4 average price
+
+def q4_relevant(e: dict[str, Any]) -> bool:
+    return e["event_type"] != 0
+
+
+def q4_auction_id(e: dict[str, Any]) -> int:
+    return e["auction"]["id"] if e["event_type"] == 1 else e["bid"]["auction"]
+
+
+class Q4Winning(KeyedProcessFunction):
+    """The highest bid of each auction among its bids within ``[dateTime, expires]``, keyed
+    by auction id (Nexmark's inner join of auctions and bids). A bid may come before its
+    auction (bids go to auctions up to 10 ids ahead): it waits in state until the auction
+    arrives. Q4's result is an updating table; this emits each auction's final
+    ``(category, max price)`` once, at the end of input (an event-time timer no watermark but
+    the final one reaches), so the averages downstream are the table's final values."""
+
+    def open(self, ctx: Any) -> None:
+        self.ctx = ctx
+        self.auction = ctx.value_state("auction")    # (dateTime, expires, category)
+        self.top = ctx.value_state("top")            # highest price in range so far
+        self.waiting = ctx.value_state("waiting")    # ((dateTime, price), ...) before it
+
+    def _bid(self, auction: tuple, t: int, price: int) -> None:
+        if auction[0] <= t <= auction[1]:
+            top = self.top.value()
+            if top is None:
+                self.ctx.timers.register_event_time(END_OF_INPUT)
+                self.top.update(price)
+            elif price > top:
+                self.top.update(price)
+
+    def process(self, key: Any, e: dict[str, Any], out: list[Any]) -> None:
+        if e["event_type"] == 1:
+            a = e["auction"]
+            auction = (a["dateTime"], a["expires"], a["category"])
+            self.auction.update(auction)
+            for t, price in self.waiting.value() or ():
+                self._bid(auction, t, price)
+            self.waiting.clear()
+            return
+        b = e["bid"]
+        auction = self.auction.value()
+        if auction is None:
+            self.waiting.update((*(self.waiting.value() or ()), (b["dateTime"], b["price"])))
+        else:
+            self._bid(auction, b["dateTime"], b["price"])
+
+    def on_timer(self, ts: Any, key: Any, out: Any) -> None:
+        out.append((self.auction.value()[2], self.top.value()))
+
+
+def q4_category(r: tuple) -> int:
+    return r[0]
+
+
+class Q4Average(KeyedProcessFunction):
+    """The average winning price per category, keyed by category, emitted at the end of
+    input as Flink's ``AVG`` of a BIGINT: an integer (the sum divided by the count, the
+    fraction dropped)."""
+
+    def open(self, ctx: Any) -> None:
+        self.ctx = ctx
+        self.sum = ctx.value_state("sum")  # (total, auctions)
+
+    def process(self, key: Any, r: tuple, out: list[Any]) -> None:
+        total = self.sum.value()
+        if total is None:
+            self.ctx.timers.register_event_time(END_OF_INPUT)
+            total = (0, 0)
+        self.sum.update((total[0] + r[1], total[1] + 1))
+
+    def on_timer(self, ts: Any, key: Any, out: Any) -> None:
+        total, n = self.sum.value()
+        out.append({"category": key, "final": total // n})
+
+
+def q4(stream: Any) -> Any:
+    return (stream.filter(q4_relevant, "Auctions and bids").key_by(q4_auction_id)
+            .process(Q4Winning(), "Winning bids").key_by(q4_category)
+            .process(Q4Average(), "q4 average per category"))
+
+
+def q4_reference(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    auctions = {e["auction"]["id"]: e["auction"] for e in events if e["event_type"] == 1}
+    top: dict[int, int] = {}
+    for e in events:
+        if e["event_type"] == 2:
+            b = e["bid"]
+            a = auctions.get(b["auction"])
+            if a is not None and a["dateTime"] <= b["dateTime"] <= a["expires"]:
+                top[a["id"]] = max(top.get(a["id"], b["price"]), b["price"])
+    sums: dict[int, list[int]] = defaultdict(lambda: [0, 0])
+    for aid, price in top.items():
+        s = sums[auctions[aid]["category"]]
+        s[0] += price
+        s[1] += 1
+    return [{"category": c, "final": t // n} for c, (t, n) in sums.items()]
+
+
 QUERIES: dict[str, Query] = {
     "q0": Query("q0", "SELECT auction, bidder, price, dateTime, extra FROM bid",
                 q0, q0_reference),
@@ -479,4 +638,15 @@ QUERIES: dict[str, Query] = {
                         "INTERVAL '10' SECOND) AS endtime FROM bid B GROUP BY B.bidder, "
                         "SESSION(B.dateTime, INTERVAL '10' SECOND)",
                  q11, q11_reference, event_time=True),
+    "q12": Query("q12", "SELECT B.bidder, count(*) AS bid_count, TUMBLE_START(B.p_time, "
+                        "INTERVAL '10' SECOND) AS starttime, TUMBLE_END(B.p_time, INTERVAL "
+                        "'10' SECOND) AS endtime FROM (SELECT *, PROCTIME() AS p_time FROM bid) "
+                        "B GROUP BY B.bidder, TUMBLE(B.p_time, INTERVAL '10' SECOND)",
+                 q12, q12_reference, event_time=True, deterministic=False,
+                 flink=False),
+    "q4": Query("q4", "SELECT Q.category, AVG(Q.final) AS final FROM (SELECT MAX(B.price) "
+                      "AS final, A.category FROM auction A, bid B WHERE A.id = B.auction AND "
+                      "B.dateTime BETWEEN A.dateTime AND A.expires GROUP BY A.id, A.category) "
+                      "Q GROUP BY Q.category", q4, q4_reference, event_time=True,
+                flink=False),
 }
