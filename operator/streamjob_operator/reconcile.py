@@ -8,6 +8,7 @@ thread waits behind a savepoint.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import hmac
@@ -902,7 +903,7 @@ class Reconciler:
         memory = auto.Memory.load(state.memory)
         # any rollout (the autoscaler's, a manual change, a restart) restarts the cooldown
         since = max(memory.last_rescale_at or 0.0, dep.started_at) or None
-        memory = auto.Memory(memory.direction, memory.since, memory.bound, since)
+        memory = dataclasses.replace(memory, last_rescale_at=since)
         try:
             doc = self.client(pods).tasks(spec.metrics_window)
         except CoordinatorUnavailable as err:

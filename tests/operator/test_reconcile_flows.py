@@ -799,6 +799,26 @@ def test_autoscaler_waits_during_a_checkpoint_and_never_scales_beyond_its_bounds
     assert cluster.status["autoscaler"]["target"] == 2
 
 
+def test_autoscaler_decides_anyway_after_checkpoints_back_to_back(cluster):
+    """A job that cannot keep up checkpoints back to back (barriers wait behind its backlog):
+    the operator carries since when every poll found a checkpoint in progress from one poll
+    to the next, and decides once that lasts max(stabilization, metricsWindow)."""
+    cluster.update_spec(parallelism=1, autoscaler=AUTOSCALER)
+    running(cluster)
+    long_running(cluster)
+    cluster.coordinator.busy = 0.99
+    cluster.coordinator.checkpointing = True
+    cluster.reconcile()
+    auto = cluster.body["status"]["autoscaler"]
+    assert auto["lastDecision"]["action"] == "wait"
+    assert auto["memory"]["checkpointingSince"] is not None
+    auto["memory"]["checkpointingSince"] -= 10     # polls with a checkpoint in progress for 10 s
+    cluster.reconcile()
+    auto = cluster.body["status"]["autoscaler"]
+    assert auto["lastScale"]["reason"].endswith("decided anyway) → 2"), auto["lastScale"]
+    assert auto["target"] == 2 and cluster.status["parallelism"] == 2
+
+
 def test_turning_the_autoscaler_off_returns_to_spec_parallelism(cluster):
     cluster.update_spec(parallelism=1, autoscaler=AUTOSCALER)
     running(cluster)
