@@ -15,8 +15,8 @@ q0 pass-through, q1 currency conversion, q2 selection, q3 local item suggestion
 (incremental join of persons and auctions), q4 average winning price per category (final
 values at the end of input: its result is an updating table), q5 hot items (sliding
 windows, with event-time timers), q7 highest bid per 10 s window, q8 new users
-(tumbling-window join of persons and auctions), q11 user sessions (session windows, with
-event-time timers), q12 bids per bidder in processing-time windows of 10 s (not
+(tumbling-window join of persons and auctions), q11 user sessions (the session window
+operator), q12 bids per bidder in processing-time windows of 10 s (not
 deterministic: the windows follow the wall clock).
 """
 
