@@ -647,6 +647,5 @@ QUERIES: dict[str, Query] = {
     "q4": Query("q4", "SELECT Q.category, AVG(Q.final) AS final FROM (SELECT MAX(B.price) "
                       "AS final, A.category FROM auction A, bid B WHERE A.id = B.auction AND "
                       "B.dateTime BETWEEN A.dateTime AND A.expires GROUP BY A.id, A.category) "
-                      "Q GROUP BY Q.category", q4, q4_reference, event_time=True,
-                flink=False),
+                      "Q GROUP BY Q.category", q4, q4_reference, event_time=True),
 }
