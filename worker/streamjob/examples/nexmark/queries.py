@@ -14,7 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from streamjob.operators import KeyedProcessFunction
-from streamjob.windows import EventTimeSessionWindows
+from streamjob.windows import (
+    EventTimeSessionWindows,
+    SlidingEventTimeWindows,
+    TumblingEventTimeWindows,
+)
 
 WINDOW_MS = 10_000  # q7, q8: 10-second tumbling windows
 Q3_STATES = ("OR", "ID", "CA")
@@ -266,77 +270,49 @@ def q5_auction(e: dict[str, Any]) -> int:
     return e["bid"]["auction"]
 
 
-class Q5Count(KeyedProcessFunction):
-    """Bids per auction in each sliding window, keyed by auction: counts per 2-second pane,
-    a window ``[s, s + 10 s)`` is the sum of its five panes, emitted as ``(s, auction, n)``
-    when the watermark passes its end (an event-time timer at ``end - 1``, as Flink fires
-    windows)."""
-
-    def open(self, ctx: Any) -> None:
-        self.ctx = ctx
-        self.panes = ctx.map_state("panes")  # pane start -> bids
-
-    def process(self, key: Any, e: dict[str, Any], out: list[Any]) -> None:
-        t = e["bid"]["dateTime"]
-        pane = t - t % SLIDE_MS
-        n = self.panes.get(pane)
-        if n is None:
-            watermark = self.ctx.timers.current_watermark()
-            if pane + HOP_MS - 1 <= watermark:
-                return  # late: every window holding it has fired
-            # The pane is in the windows ending pane + 2 s ... pane + 10 s: a timer for each
-            # that has not fired yet.
-            for end in range(pane + SLIDE_MS, pane + HOP_MS + 1, SLIDE_MS):
-                if end - 1 > watermark:
-                    self.ctx.timers.register_event_time(end - 1)
-            n = 0
-        self.panes.put(pane, n + 1)
-
-    def on_timer(self, ts: Any, key: Any, out: Any) -> None:
-        start = ts + 1 - HOP_MS
-        total = 0
-        for pane, n in self.panes.items():
-            if start <= pane < start + HOP_MS:
-                total += n
-            if pane < start + SLIDE_MS:
-                self.panes.remove(pane)  # no later window holds it
-        if total:
-            out.append((start, key, total))
+def _one(_: Any) -> int:
+    return 1
 
 
-def q5_window(r: tuple) -> int:
+def q5_last_ms(r: tuple[int, int, int]) -> int:
+    """A window count's event time: its window's last ms (as Flink stamps window results)."""
+    return r[0] + HOP_MS - 1
+
+
+def q5_window(r: tuple[int, int, int]) -> int:
     return r[0]
 
 
-class Q5Top(KeyedProcessFunction):
-    """The auctions with the most bids of each window, keyed by window start: emitted when
-    the watermark passes the window's end, once every count of it has arrived."""
+def q5_top(top: tuple[int, tuple[int, ...]], r: tuple[int, int, int]) -> tuple:
+    """``(most bids, auctions with that many)`` of a window, one count ``(start, auction,
+    bids)`` at a time."""
+    _, auction, n = r
+    if n > top[0]:
+        return (n, (auction,))
+    if n == top[0]:
+        return (n, (*top[1], auction))
+    return top
 
-    def open(self, ctx: Any) -> None:
-        self.ctx = ctx
-        self.top = ctx.value_state("top")  # (most bids, auctions with that many)
 
-    def process(self, key: Any, r: tuple, out: list[Any]) -> None:
-        _, auction, n = r
-        top = self.top.value()
-        if top is None:
-            self.ctx.timers.register_event_time(key + HOP_MS - 1)
-            self.top.update((n, (auction,)))
-        elif n > top[0]:
-            self.top.update((n, (auction,)))
-        elif n == top[0]:
-            self.top.update((n, (*top[1], auction)))
+def q5_no_bids() -> tuple[int, tuple[int, ...]]:
+    return (0, ())
 
-    def on_timer(self, ts: Any, key: Any, out: Any) -> None:
-        n, auctions = self.top.value()
-        for a in auctions:
-            out.append({"auction": a, "num": n})
-        self.top.clear()
+
+def q5_rows(fired: tuple[int, int, tuple]) -> list[dict[str, Any]]:
+    _, _, (n, auctions) = fired
+    return [{"auction": a, "num": n} for a in auctions]
 
 
 def q5(stream: Any) -> Any:
-    return (stream.filter(is_bid, "Bids").key_by(q5_auction).process(Q5Count(), "Bids per window")
-            .key_by(q5_window).process(Q5Top(), "q5 top auctions"))
+    """Bids per auction in each sliding window (the sliding window operator), then the
+    auctions with the most bids of each window: the counts of window ``[s, s + 10 s)`` carry
+    the time ``s + 10 s - 1``, so each window's counts fall in one 2-second tumbling window
+    of their own, keyed by ``s``, which fires when the watermark passes ``s + 10 s``, once
+    every count of it has arrived."""
+    return (stream.filter(is_bid, "Bids").key_by(q5_auction)
+            .window(SlidingEventTimeWindows(HOP_MS, SLIDE_MS)).sum(_one, "Bids per window")
+            .key_by(q5_window).window(TumblingEventTimeWindows(SLIDE_MS), timestamp=q5_last_ms)
+            .aggregate(q5_no_bids, q5_top, name="Top auctions").flat_map(q5_rows, "q5"))
 
 
 def q5_reference(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
