@@ -13,10 +13,10 @@ p > 1 reading one file: the parse is the work to spread).
 Queries (the Nexmark SQL of each is in :mod:`streamjob.examples.nexmark.queries`):
 q0 pass-through, q1 currency conversion, q2 selection, q3 local item suggestion
 (incremental join of persons and auctions), q4 average winning price per category (final
-values at the end of input: its result is an updating table), q5 hot items (sliding
-windows, with event-time timers), q7 highest bid per 10 s window, q8 new users
-(tumbling-window join of persons and auctions), q11 user sessions (the session window
-operator), q12 bids per bidder in processing-time windows of 10 s (not
+values at the end of input: its result is an updating table), q5 hot items (the sliding
+window operator, then a tumbling window for the top auctions of each), q7 highest bid per
+10 s window, q8 new users (tumbling-window join of persons and auctions), q11 user sessions
+(the session window operator), q12 bids per bidder in processing-time windows of 10 s (not
 deterministic: the windows follow the wall clock).
 """
 
