@@ -16,8 +16,8 @@ q0 pass-through, q1 currency conversion, q2 selection, q3 local item suggestion
 values at the end of input: its result is an updating table), q5 hot items (the sliding
 window operator, then a tumbling window for the top auctions of each), q7 highest bid per
 10 s window, q8 new users (tumbling-window join of persons and auctions), q11 user sessions
-(the session window operator), q12 bids per bidder in processing-time windows of 10 s (not
-deterministic: the windows follow the wall clock).
+(session windows, with event-time timers), q12 bids per bidder in processing-time windows of
+10 s (not deterministic: the windows follow the wall clock).
 """
 
 from __future__ import annotations
