@@ -136,3 +136,25 @@ def assert_exactly_once(folder: Path, records: int, words: int) -> dict[str, Any
     assert result["missing"] == 0, result
     assert result["unexpected"] == 0, result
     return result
+
+
+def kill_worker_and_finish(job, worker: int) -> dict[str, Any]:
+    """SIGKILL one worker of a running job, wait for the restart and the job's clean end: it
+    must have FINISHED from a restored checkpoint. Returns the final status."""
+    os.kill(job.workers()[worker], signal.SIGKILL)
+    job.wait_for(lambda s: s.get("restarts", 0) >= 1 and s.get("state") == "RUNNING",
+                 what="the restart")
+    assert job.wait() == 0, job.output()
+    status = job.status()
+    assert status["state"] == "FINISHED" and status["restored_from"] is not None, status
+    return status
+
+
+def savepoint(job, stop: bool) -> str:
+    """Take a savepoint of a running job through the CLI (``--stop``: and stop it); its URI."""
+    env = dict(job.env, PYTHONPATH=PYPATH)
+    out = subprocess.run([sys.executable, "-m", "streamjob", "savepoint", job.name,
+                          *(["--stop"] if stop else [])], cwd=job.cwd, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip().splitlines()[-1]

@@ -4,12 +4,9 @@ reference."""
 
 from __future__ import annotations
 
-import os
-import signal
-
 import pytest
 
-from tests.integration.test_rescale import savepoint
+from tests.integration.conftest import kill_worker_and_finish, savepoint
 
 pytestmark = pytest.mark.integration
 
@@ -32,12 +29,7 @@ def test_killed_worker_of_a_join_job_recovers_with_exact_output(run_job, mode, i
     job.wait_for(lambda s: s.get("state") == "RUNNING" and s.get("last_checkpoint")
                  and any((job.cwd / "output-window").glob("part-*")),
                  what="committed window join output")
-    os.kill(job.workers()[0], signal.SIGKILL)
-    job.wait_for(lambda s: s.get("restarts", 0) >= 1 and s.get("state") == "RUNNING",
-                 what="the restart")
-    assert job.wait() == 0, job.output()
-    status = job.status()
-    assert status["state"] == "FINISHED" and status["restored_from"] is not None, status
+    kill_worker_and_finish(job, 0)
     result = check_output(str(out), ARGS)
     assert exact(result) == {"interval": (0, 0, 0), "window": (0, 0, 0)}, result
 

@@ -8,20 +8,11 @@ import sys
 
 import pytest
 
-from tests.integration.conftest import PYPATH, assert_exactly_once
+from tests.integration.conftest import PYPATH, assert_exactly_once, savepoint
 
 pytestmark = pytest.mark.integration
 
 RECORDS, WORDS = 300_000, 700
-
-
-def savepoint(job, stop: bool) -> str:
-    env = dict(job.env, PYTHONPATH=PYPATH)
-    out = subprocess.run([sys.executable, "-m", "streamjob", "savepoint", job.name,
-                          *(["--stop"] if stop else [])], cwd=job.cwd, env=env,
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    return out.stdout.strip().splitlines()[-1]
 
 
 def test_stop_with_savepoint_and_resume_at_4_then_3_is_exactly_once(run_job):

@@ -8,6 +8,8 @@ import signal
 
 import pytest
 
+from tests.integration.conftest import kill_worker_and_finish
+
 pytestmark = pytest.mark.integration
 
 # 10 s of event time at most 2.5x faster than the wall clock; 500 users.
@@ -28,17 +30,12 @@ def test_sessions_survive_a_killed_worker_with_exact_output(run_job):
     output = job.cwd / "output"
     job.wait_for(lambda s: s.get("state") == "RUNNING" and s.get("last_checkpoint") is not None
                  and any(output.glob("part-*")), what="committed sessions")
-    os.kill(job.workers()[0], signal.SIGKILL)
-    job.wait_for(lambda s: s.get("restarts", 0) >= 1 and s.get("state") == "RUNNING",
-                 what="restart")
-    assert job.wait() == 0, job.output()
-    status = job.status()
-    assert status["state"] == "FINISHED" and status["restored_from"] is not None, status
+    kill_worker_and_finish(job, 0)
     _assert_exact(output, ARGS)
 
 
 def test_open_sessions_move_with_their_key_groups_from_p2_to_p3(run_job):
-    from tests.integration.test_rescale import savepoint
+    from tests.integration.conftest import savepoint
 
     # Slower, so that it still runs when the savepoint is asked for (same records).
     job = run_job("streamjob.examples.sessions:build", name="ses2",

@@ -3,13 +3,12 @@ exactly the lines a plain-Python reference computes, after kill -9 and after p 2
 
 from __future__ import annotations
 
-import os
-import signal
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
+from tests.integration.conftest import kill_worker_and_finish
 from tests.integration.jobs import timer_buckets_expected
 
 pytestmark = pytest.mark.integration
@@ -43,17 +42,12 @@ def test_timer_job_survives_a_killed_worker_with_exact_output(run_job):
     job.wait_for(lambda s: s.get("state") == "RUNNING" and s.get("last_checkpoint") is not None
                  and any(output.glob("part-*")) and s.get("records_in", 0) > RECORDS // 2,
                  what="committed timer output")
-    os.kill(job.workers()[1], signal.SIGKILL)
-    job.wait_for(lambda s: s.get("restarts", 0) >= 1 and s.get("state") == "RUNNING",
-                 what="restart")
-    assert job.wait() == 0, job.output()
-    status = job.status()
-    assert status["state"] == "FINISHED" and status["restored_from"] is not None, status
+    kill_worker_and_finish(job, 1)
     assert_exact(output)
 
 
 def test_timers_move_with_their_key_groups_from_p2_to_p3(run_job):
-    from tests.integration.test_rescale import savepoint
+    from tests.integration.conftest import savepoint
 
     # Slower, so that it still runs when the savepoint is asked for (same records).
     job = run_job("tests.integration.jobs:timer_buckets", name="tim2",

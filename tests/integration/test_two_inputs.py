@@ -4,12 +4,9 @@ line with the pure-Python reference."""
 
 from __future__ import annotations
 
-import os
-import signal
-
 import pytest
 
-from tests.integration.test_rescale import savepoint
+from tests.integration.conftest import kill_worker_and_finish, savepoint
 
 pytestmark = pytest.mark.integration
 
@@ -30,12 +27,7 @@ def test_killed_worker_of_a_two_input_job_recovers_in_every_checkpoint_mode(run_
     out = job.cwd / "output"
     job.wait_for(lambda s: s.get("state") == "RUNNING" and s.get("last_checkpoint")
                  and any(out.glob("part-*")), what="committed output")
-    os.kill(job.workers()[1], signal.SIGKILL)
-    job.wait_for(lambda s: s.get("restarts", 0) >= 1 and s.get("state") == "RUNNING",
-                 what="the restart")
-    assert job.wait() == 0, job.output()
-    status = job.status()
-    assert status["state"] == "FINISHED" and status["restored_from"] is not None, status
+    kill_worker_and_finish(job, 1)
     result = check_output(str(out), ARGS)
     if mode == "at-least-once":
         # Records after a barrier may be in the snapshot and replayed too: counts may run

@@ -8,6 +8,8 @@ import time
 
 import pytest
 
+from tests.integration.conftest import kill_worker_and_finish
+
 pytestmark = pytest.mark.integration
 
 RECORDS, WORDS, EPS = 300_000, 200, 20_000  # 15 one-second event-time windows
@@ -24,12 +26,7 @@ def test_windowsum_survives_a_killed_worker_with_each_window_committed_once(run_
     job.wait_for(lambda s: s.get("state") == "RUNNING" and s.get("last_checkpoint") is not None
                  and any(output.glob("part-*")), what="committed windows")
     time.sleep(0.4)
-    os.kill(job.workers()[1], signal.SIGKILL)
-    job.wait_for(lambda s: s.get("restarts", 0) >= 1 and s.get("state") == "RUNNING",
-                 what="restart")
-    assert job.wait() == 0, job.output()
-    status = job.status()
-    assert status["state"] == "FINISHED" and status["restored_from"] is not None, status
+    kill_worker_and_finish(job, 1)
     result = check_output(str(output), RECORDS, WORDS, EPS)
     assert (result["duplicates"], result["missing"], result["unexpected"],
             result["wrong"]) == (0, 0, 0, 0), result
@@ -37,7 +34,7 @@ def test_windowsum_survives_a_killed_worker_with_each_window_committed_once(run_
 
 def test_open_windows_move_with_their_key_groups_from_p2_to_p3(run_job):
     from streamjob.examples.windowsum import check_output
-    from tests.integration.test_rescale import savepoint
+    from tests.integration.conftest import savepoint
 
     args = {"records": RECORDS, "words": WORDS, "events_per_second": EPS, "lateness_ms": 500,
             "rate": 50_000}

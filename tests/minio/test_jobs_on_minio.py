@@ -14,7 +14,7 @@ from streamjob import checkpoints as ckpt
 from streamjob.examples.wordcount import check_output, expected_counts
 from streamjob.s3storage import S3Storage
 from tests.integration.conftest import PYPATH, ROOT
-from tests.integration.test_rescale import savepoint
+from tests.integration.conftest import savepoint
 
 WORDS = 500
 
