@@ -13,8 +13,7 @@ import pytest
 from streamjob import checkpoints as ckpt
 from streamjob.examples.wordcount import check_output, expected_counts
 from streamjob.s3storage import S3Storage
-from tests.integration.conftest import PYPATH, ROOT
-from tests.integration.conftest import savepoint
+from tests.integration.conftest import PYPATH, ROOT, savepoint
 
 WORDS = 500
 
