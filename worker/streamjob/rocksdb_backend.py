@@ -225,9 +225,10 @@ class RocksDBTable(dict):
     # -- write-back ------------------------------------------------------------------------
 
     def evict(self) -> None:
-        """Write (if dirty) and drop the oldest half of the cache, by first use."""
+        """Write (if dirty) and drop the oldest entries, by first use, down to half the
+        bound."""
         dirty = self.backend.dirty
-        old = list(itertools.islice(dict.keys(self), dict.__len__(self) // 2))
+        old = list(itertools.islice(dict.keys(self), dict.__len__(self) - self._limit // 2))
         batch = WriteBatch(raw_mode=True)
         encode, pack, handle, n = self.backend.encode_key, self.backend.pack, self._handle, 0
         for k in old:
