@@ -216,7 +216,7 @@ def test_savepoints_are_canonical_both_ways(tmp_path, opened):
     assert not [n for n in os.listdir(backend.instance_dir) if n.startswith("sp-")]
     memory: dict = {}
     for j in range(2):
-        for name, kind, entries, deleted in state.read_keyed_state(
+        for name, _kind, entries, _deleted in state.read_keyed_state(
                 storage, handle, key_group_range(j, 2, M)):
             memory.setdefault(name, {}).update(entries)
     assert memory == expected
