@@ -237,6 +237,7 @@ class Worker:
         self.port = server.sockets[0].getsockname()[1]
         host, _, port = self.coordinator.rpartition(":")
         reader, self.ctrl_writer = await _connect_with_retry(host, int(port), 30.0)
+        wire.watch_peer(self.ctrl_writer)  # a coordinator gone without a word: see wire
         self.send("HELLO", host=self.advertise, port=self.port, pid=os.getpid(),
                   token=self.token)
         stats = asyncio.ensure_future(self._report_stats())
@@ -246,8 +247,9 @@ class Worker:
             while True:
                 try:
                     kind, payload = await wire.read_frame(reader)
-                except (asyncio.IncompleteReadError, ConnectionError):
-                    log.error("worker %d: lost the coordinator; exiting", self.index)
+                except (asyncio.IncompleteReadError, OSError) as err:  # reset, timed out
+                    log.error("worker %d: lost the coordinator (%s); exiting", self.index,
+                              type(err).__name__)
                     return EXIT_COORDINATOR_LOST
                 msg = wire.unpack_control(payload)
                 if await self._handle(msg):
@@ -483,13 +485,17 @@ def _source_lag(runners: list[SubtaskRunner]) -> dict[str, int]:
 
 
 async def _connect_with_retry(host: str, port: int, timeout: float):
+    """Connect, retrying until ``timeout``; each attempt is bounded too (a host that drops
+    the connection request would otherwise hold one attempt for minutes of SYN retries)."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            return await asyncio.open_connection(host, port)
-        except OSError:
+            return await asyncio.wait_for(asyncio.open_connection(host, port),
+                                          max(0.1, deadline - time.monotonic()))
+        except OSError as err:  # TimeoutError included
             if time.monotonic() > deadline:
-                raise
+                raise ConnectionError(f"cannot connect to {host}:{port} within "
+                                      f"{timeout:g}s: {err or type(err).__name__}") from None
             await asyncio.sleep(0.05)
 
 
