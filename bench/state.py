@@ -284,8 +284,8 @@ def large(backend: str, keys: int, block_cache_mb: int, minio: bool) -> dict[str
         read_at, full = checkpoint_after(run, load, "load")
         r["load_s"] = read_at - t0
         r["full_checkpoint_s"] = full["duration_ms"] / 1000
-        r["full_checkpoint_bytes"] = full["size_bytes"]
         before = storage.files()
+        r["storage_bytes"] = sum(before.values())
         (gates / f"gate-{load}").touch()
         _, incr = checkpoint_after(run, load + change, "change 1 %")
         after = storage.files()
@@ -390,8 +390,9 @@ def main() -> None:
         ("peak RSS per worker, p = 3", lambda r: f"{r['rss_p3'] / gb:.2f} GB", None, ""),
         ("load (every key once, read by sources)", lambda r: f"{r['load_s']:.1f} s "
          f"({a.keys / r['load_s']:,.0f}/s)", None, ""),
-        ("checkpoint after the load", lambda r: f"{r['full_checkpoint_s']:.2f} s, "
-         f"{r['full_checkpoint_bytes'] / gb:.2f} GB", None, ""),
+        ("checkpoint after the load", lambda r: f"{r['full_checkpoint_s']:.2f} s", None, ""),
+        ("checkpoint storage after the load", lambda r: f"{r['storage_bytes'] / gb:.2f} GB",
+         None, ""),
         ("upload for 1 % of keys changed", lambda r: f"{r['upload_bytes'] / 1e6:.1f} MB = "
          f"{r['upload_bytes'] / state_bytes:.2%}",
          lambda r: r["upload_bytes"] <= TARGETS["upload_ratio"] * state_bytes,
