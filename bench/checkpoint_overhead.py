@@ -27,6 +27,7 @@ checkpoints off. The final checkpoint of every run is read back and must hold ev
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import statistics
@@ -99,8 +100,10 @@ def strategy(name: str, keys: int, value_bytes: int, seconds: float) -> dict[str
         t0 = time.perf_counter()
         if name == "fork":
             r, w = os.pipe()
+            gc.freeze()  # the parent's collector leaves the objects shared with the child alone
             pid = os.fork()
             if pid == 0:  # the child: encode, write, report, exit (no other thread runs here)
+                gc.disable()
                 os.close(r)
                 with open(f"{tmp}/snap-{os.getpid()}", "wb") as f:
                     state.encode_snapshot_to(f, {"value": ("value", table)}, None, kg_of)
@@ -112,6 +115,7 @@ def strategy(name: str, keys: int, value_bytes: int, seconds: float) -> dict[str
                 copied = float(os.read(r, 64) or 0)
                 os.close(r)
                 os.waitpid(pid, 0)
+                gc.unfreeze()
                 child_mb.append(copied)
                 durations.append(time.perf_counter() - t0)
 
