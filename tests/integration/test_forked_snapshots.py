@@ -89,9 +89,12 @@ def test_savepoint_of_forked_snapshots_restores_at_another_parallelism(run_job):
     from streamjob import checkpoints as ckpt
     from streamjob.storage import LocalStorage
 
-    job = run_job(args={"records": RECORDS, "words": WORDS, "rate": RATE // 2},
-                  checkpoint=FORK)
-    job.wait_for(big_enough, what="checkpoints of a big enough state")
+    # No periodic checkpoint: one whose child still runs would make the savepoint encode on
+    # a thread (one child per worker).
+    job = run_job(args={"records": RECORDS, "words": WORDS, "rate": RATE // 4},
+                  checkpoint={**FORK, "interval": "1h"})
+    job.wait_for(lambda s: s.get("state") == "RUNNING" and s.get("records_in", 0) > 3 * WORDS,
+                 what="a big enough state")
     uri = savepoint(job, stop=True)
     assert job.wait() == 0, job.output()
     _, body = ckpt.resolve_savepoint(LocalStorage(job.checkpoints()), uri)
