@@ -104,6 +104,7 @@ def main() -> None:
     a = ap.parse_args()
     if a.quick:
         a.keys, a.checkpoints = 100_000, 8
+    load_start = os.getloadavg()[0]
     tmp = Path(tempfile.mkdtemp(prefix="sj-bench-"))
     server = MinioServer(tmp / "minio").start()
     env = server.env
@@ -160,7 +161,9 @@ def main() -> None:
     full, inc = results["full"], results["incremental"]
     state_bytes = statistics.median(h["size_bytes"] for h in full)
     inc_bytes = statistics.median(h["size_bytes"] for h in inc)
-    print(f"checkpoints on MinIO ({server.endpoint}), p = 2, {os.cpu_count()} cores")
+    print(f"checkpoints on MinIO ({server.endpoint}), p = 2, {os.cpu_count()} cores, load "
+          f"average {load_start:.1f} at start, {os.getloadavg()[0]:.1f} at end (a shared "
+          f"machine: durations grow with the load)")
     print(f"small state (1,000 keys): p50 {pct(d_small, .5):.0f} ms, p99 "
           f"{pct(d_small, .99):.0f} ms over {len(d_small)} checkpoints")
     df = [h["duration_ms"] for h in full]
