@@ -21,6 +21,12 @@ How a record is timed (all clocks are the one wall clock of this machine):
     machine; the table shows that lag against the file's ctime (the kernel's time of the
     rename, from a clock that ticks every few ms, so the lag shown is up to one tick high).
 
+"checkpoint p50" is the median duration of the run's checkpoints (trigger to completed, as
+the coordinator reports it in the local run's status file, sampled every 50 ms); "then
+renamed p50" the median time from a checkpoint's completion to its part file's ctime (the
+coordinator writes the checkpoint's metadata, tells the workers, and each sink renames its
+staged file; up to one clock tick low).
+
 Records of the first ``--warmup`` seconds (start-up, first checkpoint) and of the last
 ``interval + 1`` seconds (committed by the final checkpoint at the end of input, not by the
 periodic ones) are not counted. Every run's committed output is checked: each word's lines
@@ -32,6 +38,7 @@ checkpoint's duration and commit; p99 ≈ the interval + that.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -62,17 +69,23 @@ class Samples:
     processing: list[float] = field(default_factory=list)
     committed: list[float] = field(default_factory=list)
     reader_lag: list[float] = field(default_factory=list)  # per file: seen - ctime
+    checkpoint_ms: list[float] = field(default_factory=list)  # completed checkpoints' durations
+    renamed_after: list[float] = field(default_factory=list)  # part's ctime - its completion
     files: int = 0
     errors: list[str] = field(default_factory=list)
 
 
 class FolderWatch:
-    """Notes when each ``part-*`` file first appears in a folder (a thread polling it)."""
+    """Notes when each ``part-*`` file first appears in a folder (a thread polling it), and
+    the duration of each completed checkpoint the local run's status file reports."""
 
-    def __init__(self, folder: Path, period_s: float):
-        self.folder, self.period_s = folder, period_s
+    STATUS_EVERY_S = 0.05
+
+    def __init__(self, folder: Path, status: Path, period_s: float):
+        self.folder, self.status, self.period_s = folder, status, period_s
         self.seen: dict[str, float] = {}
         self.ctime: dict[str, float] = {}
+        self.checkpoints: dict[int, tuple[float, float]] = {}  # id -> (duration ms, completed)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -94,9 +107,21 @@ class FolderWatch:
                 except FileNotFoundError:
                     pass
 
+    def read_status(self) -> None:
+        try:
+            last = json.loads(self.status.read_text()).get("last_checkpoint") or {}
+            self.checkpoints[int(last["id"])] = (float(last["duration_ms"]),
+                                                 float(last["completed_at"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # not written yet, or being replaced
+
     def _run(self) -> None:
+        next_status = 0.0
         while not self._stop.is_set():
             self.scan()
+            if time.monotonic() >= next_status:
+                self.read_status()
+                next_status = time.monotonic() + self.STATUS_EVERY_S
             time.sleep(self.period_s)
 
     def stop(self) -> None:
@@ -134,7 +159,8 @@ def run(interval: float, a: argparse.Namespace, work: Path, into: Samples) -> No
                          "checkpoint": {"interval": f"{round(interval * 1000)}ms"},
                          "storage": f"file://{work / 'ckpt'}"}}
     (work / "job.yaml").write_text(yaml.safe_dump(manifest))
-    watch = FolderWatch(out, a.poll_ms / 1000).start()
+    status = work / ".streamjob" / "runs" / "latency" / "status.json"
+    watch = FolderWatch(out, status, a.poll_ms / 1000).start()
     proc = subprocess.Popen([sys.executable, "-m", "streamjob", "run", "-q", "job.yaml"],
                             cwd=work, env=dict(os.environ, PYTHONPATH=PYPATH),
                             stdout=subprocess.DEVNULL, stderr=open(work / "stderr.log", "wb"))
@@ -160,17 +186,26 @@ def run(interval: float, a: argparse.Namespace, work: Path, into: Samples) -> No
                 rows.append((float(emitted), float(written), visible))
         if name in watch.ctime:
             into.reader_lag.append(visible - watch.ctime[name])
+            checkpoint = watch.checkpoints.get(int(name.rsplit("-", 1)[1]))
+            if checkpoint:
+                into.renamed_after.append(watch.ctime[name] - checkpoint[1])
     into.files += len(watch.seen)
+    into.checkpoint_ms += [d for d, _ in watch.checkpoints.values()]
     error = check(lines, records, a.words)
     if error:
         into.errors.append(f"interval {interval}s: {error}")
         return
     first, last = min(r[0] for r in rows), max(r[0] for r in rows)
     lo, hi = first + a.warmup, last - interval - 1.0
-    for emitted, written, visible in rows:
-        if lo <= emitted <= hi:
-            into.processing.append(written - emitted)
-            into.committed.append(visible - emitted)
+    processing = [w - e for e, w, _ in rows if lo <= e <= hi]
+    committed = [v - e for e, _, v in rows if lo <= e <= hi]
+    into.processing += processing
+    into.committed += committed
+    if committed:
+        print(f"  committed p50 {ms(statistics.median(committed))} p99 "
+              f"{ms(quantile(committed, .99))} ms, processing p99 "
+              f"{ms(quantile(processing, .99))} ms, {len(watch.checkpoints)} checkpoints "
+              f"seen, load average {os.getloadavg()[0]:.1f}", flush=True)
 
 
 def ms(seconds: float) -> str:
@@ -201,7 +236,7 @@ def main() -> None:
         for r in range(a.rounds):
             for interval in intervals:
                 print(f"round {r + 1}/{a.rounds}: checkpoint every {interval:g} s ...",
-                      file=sys.stderr, flush=True)
+                      flush=True)
                 run(interval, a, tmp / f"r{r}-{interval:g}", samples[interval])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -213,7 +248,9 @@ def main() -> None:
           f"{load0:.1f} at start, {load1:.1f} at end; times in ms, from the source's stamp")
     head = (f"{'interval':>8}  {'records':>9}  {'processing p50':>14}  {'p99':>6}  "
             f"{'committed p50':>13}  {'p99':>6}  {'max':>6}  {'p50 ÷ interval':>14}  "
-            f"{'p50 - interval/2':>16}  {'reader lag p50':>14}  {'p99':>5}  result")
+            f"{'p50 - interval/2':>16}  {'checkpoint p50':>14}  {'then renamed p50':>16}  "
+            f"{'reader lag p50':>14}  "
+            f"{'p99':>5}  result")
     print(head)
     failed = False
     for interval in intervals:
@@ -227,7 +264,9 @@ def main() -> None:
               f"  {ms(quantile(s.processing, .99)):>6}  {ms(p50):>13}  "
               f"{ms(quantile(s.committed, .99)):>6}  {ms(max(s.committed)):>6}  "
               f"{p50 / interval:>14.2f}  {ms(p50 - interval / 2):>16}  "
-              f"{ms(statistics.median(s.reader_lag)):>14}  {ms(quantile(s.reader_lag, .99)):>5}"
+              f"{ms(statistics.median(s.checkpoint_ms) / 1000) if s.checkpoint_ms else '-':>14}"
+              f"  {ms(statistics.median(s.renamed_after)) if s.renamed_after else '-':>16}"
+              f"  {ms(statistics.median(s.reader_lag)):>14}  {ms(quantile(s.reader_lag, .99)):>5}"
               f"  exactly once ({s.files} files)")
     sys.exit(1 if failed else 0)
 
