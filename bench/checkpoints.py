@@ -174,6 +174,8 @@ def main() -> None:
           f"uploaded {inc_bytes / 1e6:.2f} MB per checkpoint = "
           f"{inc_bytes / state_bytes * 100:.2f} % of the full state "
           f"(keys changed per checkpoint: ~{rate / a.keys * 100:.1f} %)")
+    print(f"incremental ÷ full, same state, same run: duration p50 "
+          f"{pct(di, .5) / pct(df, .5):.3f}, bytes uploaded {inc_bytes / state_bytes:.4f}")
     r = results["rescale"]
     print(f"rescale 2 -> 4 with {r['savepoint_bytes'] / 1e6:.0f} MB: {r['total']:.1f} s from "
           f"request to running (savepoint {r['savepoint']:.1f} s, stop {r['stop']:.1f} s, "
