@@ -1,6 +1,6 @@
 """End-to-end latency of committed output vs the checkpoint interval.
 
-    python bench/latency.py                                  # 0.2, 0.5, 1, 2 s; ~4 minutes
+    python bench/latency.py                                  # 0.2, 0.5, 1, 2 s; ~6 minutes
     python bench/latency.py --intervals 0.5,1 --rate 50000 --seconds 10 --rounds 1
 
 The job is the wordcount with timestamps (``bench.jobs:stamped_count``, p = 1 unless ``-p``,
@@ -21,8 +21,11 @@ How a record is timed (all clocks are the one wall clock of this machine):
     machine; the table shows that lag against the file's ctime (the kernel's time of the
     rename, from a clock that ticks every few ms, so the lag shown is up to one tick high).
 
-"checkpoint p50" is the median duration of the run's checkpoints (trigger to completed, as
-the coordinator reports it in the local run's status file, sampled every 50 ms); "then
+"actual" is the mean time between two checkpoints' completions in a run (median over the
+runs): the next checkpoint is triggered once the interval has passed since the last trigger
+and the last one has completed (one at a time, as Flink's default). "checkpoint p50" is the
+median duration of the run's checkpoints (trigger to completed, as the coordinator reports
+it in the local run's status file, sampled every 50 ms); "then
 renamed p50" the median time from a checkpoint's completion to its part file's ctime (the
 coordinator writes the checkpoint's metadata, tells the workers, and each sink renames its
 staged file; up to one clock tick low).
@@ -71,6 +74,7 @@ class Samples:
     reader_lag: list[float] = field(default_factory=list)  # per file: seen - ctime
     checkpoint_ms: list[float] = field(default_factory=list)  # completed checkpoints' durations
     renamed_after: list[float] = field(default_factory=list)  # part's ctime - its completion
+    spacing: list[float] = field(default_factory=list)  # per run: mean s between completions
     files: int = 0
     errors: list[str] = field(default_factory=list)
 
@@ -191,6 +195,10 @@ def run(interval: float, a: argparse.Namespace, work: Path, into: Samples) -> No
                 into.renamed_after.append(watch.ctime[name] - checkpoint[1])
     into.files += len(watch.seen)
     into.checkpoint_ms += [d for d, _ in watch.checkpoints.values()]
+    ids = sorted(watch.checkpoints)
+    if len(ids) >= 2:
+        into.spacing.append((watch.checkpoints[ids[-1]][1] - watch.checkpoints[ids[0]][1])
+                            / (ids[-1] - ids[0]))
     error = check(lines, records, a.words)
     if error:
         into.errors.append(f"interval {interval}s: {error}")
@@ -246,7 +254,7 @@ def main() -> None:
           f"p={a.parallelism}, {a.rate:,.0f} records/s for {a.seconds:g} s per run, "
           f"{a.words:,} keys, {a.rounds} round(s); {os.cpu_count()} cores, load average "
           f"{load0:.1f} at start, {load1:.1f} at end; times in ms, from the source's stamp")
-    head = (f"{'interval':>8}  {'records':>9}  {'processing p50':>14}  {'p99':>6}  "
+    head = (f"{'interval':>8}  {'actual':>6}  {'records':>9}  {'processing p50':>14}  {'p99':>6}  "
             f"{'committed p50':>13}  {'p99':>6}  {'max':>6}  {'p50 ÷ interval':>14}  "
             f"{'p50 - interval/2':>16}  {'checkpoint p50':>14}  {'then renamed p50':>16}  "
             f"{'reader lag p50':>14}  "
@@ -260,8 +268,10 @@ def main() -> None:
             print(f"{interval:>7g}s  FAILED: {'; '.join(s.errors) or 'no records measured'}")
             continue
         p50 = statistics.median(s.committed)
-        print(f"{interval:>7g}s  {len(s.committed):>9,}  {ms(statistics.median(s.processing)):>14}"
-              f"  {ms(quantile(s.processing, .99)):>6}  {ms(p50):>13}  "
+        spacing = f"{statistics.median(s.spacing):.2f}s" if s.spacing else "-"
+        print(f"{interval:>7g}s  {spacing:>6}  {len(s.committed):>9,}  "
+              f"{ms(statistics.median(s.processing)):>14}  "
+              f"{ms(quantile(s.processing, .99)):>6}  {ms(p50):>13}  "
               f"{ms(quantile(s.committed, .99)):>6}  {ms(max(s.committed)):>6}  "
               f"{p50 / interval:>14.2f}  {ms(p50 - interval / 2):>16}  "
               f"{ms(statistics.median(s.checkpoint_ms) / 1000) if s.checkpoint_ms else '-':>14}"
