@@ -327,7 +327,8 @@ class Worker:
             SubtaskRunner(t, self.index, p, spec.max_parallelism, msg["job_id"], self.storage,
                           self.executor, spec.checkpoint.mode, spec.checkpoint.aligned_timeout,
                           self.send, t.steps[0].fn if t.is_source else None,
-                          spec.checkpoint.incremental, spec.checkpoint.max_deltas)
+                          spec.checkpoint.incremental, spec.checkpoint.max_deltas,
+                          spec.state_backend)
             for t in self.pipeline.tasks]
         d = self.deployment = Deployment(attempt, runners)
         restore = msg.get("restore")
