@@ -13,7 +13,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from streamjob.operators import KeyedProcessFunction
-from streamjob.windows import SlidingEventTimeWindows, TumblingEventTimeWindows
+from streamjob.windows import (
+    EventTimeSessionWindows,
+    SlidingEventTimeWindows,
+    TumblingEventTimeWindows,
+)
 
 WINDOW_MS = 10_000  # q7, q8: 10-second tumbling windows
 Q3_STATES = ("OR", "ID", "CA")
@@ -334,59 +338,22 @@ def q11_bidder(e: dict[str, Any]) -> int:
     return e["bid"]["bidder"]
 
 
-class Q11Sessions(KeyedProcessFunction):
-    """Session windows of each bidder (gap 10 s), keyed by bidder: a bid opens ``[t, t +
-    gap)``, merged with every session it touches (Flink's rule: the intervals intersect,
-    ends included); a session is emitted when the watermark passes its end.
+def q11_time(e: dict[str, Any]) -> int:
+    return e["bid"]["dateTime"]
 
-    Timers are lazy: a session's timer is set at its end when it opens and is not moved when
-    bids extend it; when it fires for a session that has grown since, it is set again at the
-    new end. A bidder who bids every few milliseconds costs one timer per 10 s of event time,
-    not a delete and a register per bid."""
 
-    def open(self, ctx: Any) -> None:
-        self.ctx = ctx
-        self.sessions = ctx.value_state("sessions")  # ((start, end, bids), ...)
-
-    def process(self, key: Any, e: dict[str, Any], out: list[Any]) -> None:
-        t = e["bid"]["dateTime"]
-        sessions = self.sessions.value()
-        if sessions is not None and len(sessions) == 1:
-            s0, s1, n = sessions[0]
-            if s0 <= t <= s1:  # the common case: a bid inside the open session
-                self.sessions.update(((s0, max(s1, t + GAP_MS), n + 1),))
-                return
-        timers = self.ctx.timers
-        start, end, n = t, t + GAP_MS, 1
-        if end - 1 <= timers.current_watermark():
-            return  # late: its session has fired
-        keep = []
-        for s in sessions or ():
-            if s[0] <= end and s[1] >= start:
-                start, end, n = min(start, s[0]), max(end, s[1]), n + s[2]
-            else:
-                keep.append(s)
-        keep.append((start, end, n))
-        timers.register_event_time(end - 1)
-        self.sessions.update(tuple(keep))
-
-    def on_timer(self, ts: Any, key: Any, out: Any) -> None:
-        keep = []
-        for s in self.sessions.value() or ():
-            if s[1] - 1 <= ts:
-                out.append({"bidder": key, "bid_count": s[2], "starttime": s[0],
-                            "endtime": s[1]})
-            else:
-                keep.append(s)
-                self.ctx.timers.register_event_time(s[1] - 1)  # grew since: its new end
-        if keep:
-            self.sessions.update(tuple(keep))
-        else:
-            self.sessions.clear()
+def q11_row(fired: tuple[int, int, int, int]) -> dict[str, Any]:
+    start, end, bidder, bids = fired
+    return {"bidder": bidder, "bid_count": bids, "starttime": start, "endtime": end}
 
 
 def q11(stream: Any) -> Any:
-    return stream.filter(is_bid, "Bids").key_by(q11_bidder).process(Q11Sessions(), "q11")
+    """Session windows of each bidder (gap 10 s) on the session window operator, counting
+    bids: a bid opens ``[t, t + 10 s)``, merged with every session it touches; a session is
+    emitted when the watermark passes its end."""
+    return (stream.filter(is_bid, "Bids").key_by(q11_bidder)
+            .window(EventTimeSessionWindows(GAP_MS), timestamp=q11_time)
+            .sum(_one, "Sessions").map(q11_row, "q11"))
 
 
 def q11_reference(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
