@@ -228,6 +228,27 @@ def test_a_late_record_inside_a_fired_session_refires_it_once_per_record():
     assert op.on_watermark(650) == [] and op.table == {}
 
 
+def _restored(backend):
+    """A backend restored from ``backend``'s snapshot: a full one, or (as incremental
+    checkpoints do) the full one it was last restored from plus the changes since."""
+    restored = _backend(track_changes=True)
+    base, n = getattr(backend, "base", None), getattr(backend, "restores", 0)
+    if base is None or n % 2:
+        frozen = {name: (kind, dict(entries)) for name, (kind, entries)
+                  in backend.freeze().items()}
+    else:
+        frozen = {name: (kind, dict(base.get(name, (kind, {}))[1]))
+                  for name, kind in backend.kinds.items()}
+        for name, (kind, changed, deleted) in backend.freeze_delta().items():
+            frozen[name][1].update(changed)
+            for k in deleted:
+                frozen[name][1].pop(k, None)
+    for name, (kind, entries) in frozen.items():
+        restored.load(name, kind, entries)
+    restored.base, restored.restores = frozen, n + 1
+    return restored
+
+
 class _SessionModel:
     """Session windows the slow, obvious way: a list of [start, end, total] per key, every
     record merged with every session it touches; a session fires when the watermark passes
@@ -295,10 +316,7 @@ def test_session_windows_match_a_plain_model_on_random_out_of_order_input(seed):
             assert sorted(fired) == sorted(expected)
             assert [f[1] for f in fired] == sorted(f[1] for f in fired)  # by end
         if rnd.random() < 0.15:  # restore from a snapshot and go on
-            restored = _backend(track_changes=True)
-            for name, (kind, entries) in backend.freeze().items():
-                restored.load(name, kind, entries)
-            backend, sides = restored, op.side_outputs
+            backend, sides = _restored(backend), op.side_outputs
             op = _sessions(backend, gap=gap, allowed_lateness=lateness)
             op.side_outputs = sides
             op.restore_watermark({kg: watermark for kg in range(128)})
@@ -325,3 +343,45 @@ def test_windows_restored_from_a_snapshot_fire_on_the_first_watermark_after_it(m
     fired = op2.on_watermark(MAX_WATERMARK)
     assert [f[-2:] for f in fired] == [("a", 1)]
     assert len(op2.table) == 0
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_tumbling_windows_match_a_plain_model_on_random_runs_of_keys(seed):
+    """Runs of one key and window (folded in a local accumulator), keys switching, records
+    out of order and late, watermarks, snapshots restored mid-way: every firing, every late
+    record and the state equal a plain dict of sums."""
+    import random
+
+    rnd = random.Random(seed)
+    size = rnd.choice([10, 100])
+    backend = _backend(track_changes=True)
+    op = _sum(backend, size=size)
+    sums, watermark, t, late, expected_late = {}, float("-inf"), 0, [], []
+    for _ in range(60):
+        batch = []
+        for _ in range(rnd.randrange(0, 40)):
+            t += rnd.randrange(0, 4)
+            key = rnd.choice("ab") if rnd.random() < 0.8 else rnd.choice("cdefg")
+            record = (t - rnd.randrange(0, 2 * size), key, rnd.randrange(1, 100))
+            batch.append(record)
+            start = record[0] - record[0] % size
+            if start + size <= watermark:
+                expected_late.append(record)
+            else:
+                sums[(start, key)] = sums.get((start, key), 0) + record[2]
+        assert op.process_batch(batch) == []
+        late = op.side_outputs.get(LATE, [])
+        assert sorted(late) == sorted(expected_late)
+        if rnd.random() < 0.6:
+            watermark = max(watermark, t - rnd.randrange(0, 2 * size))
+            due = sorted(w for w in sums if w[0] + size <= watermark)
+            assert sorted(op.on_watermark(watermark)) == [(s, k, sums.pop((s, k))) for s, k in due]
+        if rnd.random() < 0.15:
+            backend, sides = _restored(backend), op.side_outputs
+            op = _sum(backend, size=size)
+            op.side_outputs = sides
+            op.restore_watermark({kg: watermark for kg in range(128)})
+        state = {}
+        for (s, k), v in sums.items():
+            state.setdefault(k, {})[s] = v
+        assert dict(op.table.items()) == state

@@ -170,7 +170,9 @@ class WindowOperator(_EventTimeOperator):
         return out
 
     def _process_tumbling(self, batch: list[Any]) -> list[Any]:
-        """The common case, tumbling windows without lateness, in one tight loop."""
+        """The common case, tumbling windows without lateness, in one tight loop. A run of
+        records of one key and window (one key per window, or a hot key) folds into a local
+        accumulator, written back to the table once at the end of the run."""
         table, index = self.table, self._index()
         key_fn, ts_fn, value_fn, combine = self.key_fn, self.timestamp_fn, self.value_fn, \
             self.combine
@@ -178,36 +180,51 @@ class WindowOperator(_EventTimeOperator):
         m = self.backend.max_parallelism
         dirty = self.backend.dirty
         late = []
+        # The run: its key, window start, the key's windows and the accumulator.
+        run_key: Any = _MISSING
+        run_start: Any = None
+        windows: Any = None
+        acc: Any = None
         for record in batch:
             key = key_fn(record)
             ts = ts_fn(record)
             start = ts - ts % size
+            if start == run_start and key == run_key:
+                acc = combine(acc, value_fn(record))
+                continue
             if start + size <= wm or (floors is not None and
                                       start + size <= floors.get(key_group(key, m),
                                                                  MIN_WATERMARK)):
                 late.append(record)  # its window already fired
                 continue
+            if windows is not None:
+                self._write(run_key, windows, run_start, acc)
+            run_key, run_start = key, start
             windows = table.get(key)
             if windows is None:
-                windows = table[key] = {}
+                windows = {}
             acc = windows.get(start, _MISSING)
             if acc is _MISSING:
-                acc = windows[start] = first(record)
-                if type(acc) in MUTABLE and is_mutable(acc):
-                    self.backend.mutable.add(self.table_name)  # snapshot copies it deeply
+                acc = first(record)
                 keys = index.get(start)
                 if keys is None:
                     keys = index[start] = {}
                 keys[key] = None
             else:
-                acc = windows[start] = combine(acc, value_fn(record))
-                if type(acc) in MUTABLE and is_mutable(acc):
-                    self.backend.mutable.add(self.table_name)  # snapshot copies it deeply
+                acc = combine(acc, value_fn(record))
             if dirty is not None:
                 dirty.add(key)
+        if windows is not None:
+            self._write(run_key, windows, run_start, acc)
         if late:
             self._late(late)
         return []
+
+    def _write(self, key: Any, windows: dict[int, Any], start: int, acc: Any) -> None:
+        windows[start] = acc
+        self.table[key] = windows  # write back (a table need not be a plain dict)
+        if type(acc) in MUTABLE and is_mutable(acc):
+            self.backend.mutable.add(self.table_name)  # snapshot copies it deeply
 
     def on_watermark(self, watermark: float) -> list[Any]:
         """Advance to ``watermark``: fire every window that ends at or before it, oldest

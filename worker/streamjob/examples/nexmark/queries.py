@@ -146,30 +146,47 @@ def q3_reference(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 # ------------------------------------------------------------------------ q7 highest bid
 
-def q7_partial(e: dict[str, Any]) -> list[tuple[int, int, tuple, tuple]]:
-    """A bid as window partials ``(event time, max price, bids at it, boundary bids)``: it
-    counts for its own window's maximum, and a bid exactly on a window's end is also a
-    candidate of the window before (Nexmark's ``BETWEEN end - 10 s AND end`` includes it)."""
+def q7_bids(e: dict[str, Any]) -> tuple[Any, ...]:
+    """A bid counts for its own window's maximum, and a bid exactly on a window's end is
+    also a candidate of the window before (Nexmark's ``BETWEEN end - 10 s AND end`` includes
+    it): that second copy is the bid wrapped in a 1-tuple."""
     b = e["bid"]
-    row = (b["auction"], b["price"], b["bidder"], b["dateTime"], b["extra"])
-    own = (b["dateTime"], b["price"], (row,), ())
     if b["dateTime"] % WINDOW_MS == 0:
-        return [own, (b["dateTime"] - 1, -1, (), (row,))]
-    return [own]
+        return (b, (b,))
+    return (b,)
 
 
-def q7_merge(a: tuple, b: tuple) -> tuple:
-    if a[1] > b[1]:
-        top = a[1], a[2]
-    elif b[1] > a[1]:
-        top = b[1], b[2]
-    else:
-        top = a[1], a[2] + b[2]
-    return (a[0], top[0], top[1], a[3] + b[3])
+def q7_time(p: Any) -> int:
+    """A bid's event time; a boundary copy's is 1 ms before, in the window it ends."""
+    return p["dateTime"] if type(p) is dict else p[0]["dateTime"] - 1
+
+
+def q7_row(b: dict[str, Any]) -> tuple[Any, ...]:
+    return (b["auction"], b["price"], b["bidder"], b["dateTime"], b["extra"])
+
+
+def q7_no_bids() -> tuple[int, tuple, tuple]:
+    return (-1, (), ())
+
+
+def q7_add(acc: tuple[int, tuple, tuple], p: Any) -> tuple[int, tuple, tuple]:
+    """``(max price, bids at it, boundary bids at least at it)`` of a window, one bid (or
+    boundary copy) at a time. A bid below the maximum so far changes nothing (the common
+    case: no allocation); the maximum only grows, so such a bid can never be a top bid."""
+    if type(p) is dict:
+        price = p["price"]
+        if price < acc[0]:
+            return acc
+        if price > acc[0]:
+            return (price, (q7_row(p),), acc[2])
+        return (price, acc[1] + (q7_row(p),), acc[2])
+    if p[0]["price"] < acc[0]:
+        return acc
+    return (acc[0], acc[1], acc[2] + (q7_row(p[0]),))
 
 
 def q7_rows(fired: tuple[int, Any, tuple]) -> list[dict[str, Any]]:
-    _, _, (_, price, top, boundary) = fired
+    _, _, (price, top, boundary) = fired
     if price < 0:
         return []  # no bid of its own: the window does not exist
     return [{"auction": r[0], "price": r[1], "bidder": r[2], "dateTime": r[3], "extra": r[4]}
@@ -185,9 +202,9 @@ def _first(p: tuple) -> int:
 
 
 def q7(stream: Any) -> Any:
-    return (stream.filter(is_bid, "Bids").flat_map(q7_partial, "Bid partials")
-            .key_by(_zero).window(WINDOW_MS, timestamp=_first).reduce(q7_merge, "Max price")
-            .flat_map(q7_rows, "q7"))
+    return (stream.filter(is_bid, "Bids").flat_map(q7_bids, "Bids and boundary copies")
+            .key_by(_zero).window(WINDOW_MS, timestamp=q7_time)
+            .aggregate(q7_no_bids, q7_add, name="Max price").flat_map(q7_rows, "q7"))
 
 
 def q7_reference(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
