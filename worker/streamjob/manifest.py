@@ -135,6 +135,10 @@ class RocksDBSpec(_Strict):
     block_cache_mb: Int = Field(256, alias="blockCacheMB", ge=8, le=1 << 20)
     write_buffer_mb: Int = Field(64, alias="writeBufferMB", ge=1, le=1 << 16)
     local_dir: str = Field("/tmp/streamjob-state", alias="localDir", min_length=1)
+    #: Kubernetes only: the ``sizeLimit`` of the pod's ``emptyDir`` at ``localDir`` (a
+    #: quantity such as ``20Gi``); unset, no limit (see docs/operator.md)
+    local_dir_size_limit: str | None = Field(None, alias="localDirSizeLimit",
+                                             pattern=r"^[0-9]+(\.[0-9]+)?(k|M|G|T|Ki|Mi|Gi|Ti)?$")
 
     @model_validator(mode="after")
     def _absolute(self) -> RocksDBSpec:
