@@ -239,7 +239,7 @@ def _restored(backend):
     else:
         frozen = {name: (kind, dict(base.get(name, (kind, {}))[1]))
                   for name, kind in backend.kinds.items()}
-        for name, (kind, changed, deleted) in backend.freeze_delta().items():
+        for name, (_kind, changed, deleted) in backend.freeze_delta().items():
             frozen[name][1].update(changed)
             for k in deleted:
                 frozen[name][1].pop(k, None)
