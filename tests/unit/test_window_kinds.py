@@ -345,8 +345,8 @@ def test_windows_restored_from_a_snapshot_fire_on_the_first_watermark_after_it(m
     assert len(op2.table) == 0
 
 
-@pytest.mark.parametrize("seed", range(20))
-def test_tumbling_windows_match_a_plain_model_on_random_runs_of_keys(seed):
+@pytest.mark.parametrize("seed", range(30))
+def test_tumbling_and_sliding_windows_match_a_plain_model_on_random_runs_of_keys(seed):
     """Runs of one key and window (folded in a local accumulator), keys switching, records
     out of order and late, watermarks, snapshots restored mid-way: every firing, every late
     record and the state equal a plain dict of sums."""
@@ -354,8 +354,9 @@ def test_tumbling_windows_match_a_plain_model_on_random_runs_of_keys(seed):
 
     rnd = random.Random(seed)
     size = rnd.choice([10, 100])
+    slide = None if seed % 3 == 0 else rnd.choice([size // 2, size // 5, size])
     backend = _backend(track_changes=True)
-    op = _sum(backend, size=size)
+    op = _sum(backend, size=size, slide=slide)
     sums, watermark, t, late, expected_late = {}, float("-inf"), 0, [], []
     for _ in range(60):
         batch = []
@@ -364,10 +365,12 @@ def test_tumbling_windows_match_a_plain_model_on_random_runs_of_keys(seed):
             key = rnd.choice("ab") if rnd.random() < 0.8 else rnd.choice("cdefg")
             record = (t - rnd.randrange(0, 2 * size), key, rnd.randrange(1, 100))
             batch.append(record)
-            start = record[0] - record[0] % size
-            if start + size <= watermark:
+            ts, step = record[0], slide or size
+            starts = [s for s in range(ts - ts % step, ts - size, -step)
+                      if s + size > watermark]
+            if not starts:
                 expected_late.append(record)
-            else:
+            for start in starts:
                 sums[(start, key)] = sums.get((start, key), 0) + record[2]
         assert op.process_batch(batch) == []
         late = op.side_outputs.get(LATE, [])
@@ -378,7 +381,7 @@ def test_tumbling_windows_match_a_plain_model_on_random_runs_of_keys(seed):
             assert sorted(op.on_watermark(watermark)) == [(s, k, sums.pop((s, k))) for s, k in due]
         if rnd.random() < 0.15:
             backend, sides = _restored(backend), op.side_outputs
-            op = _sum(backend, size=size)
+            op = _sum(backend, size=size, slide=slide)
             op.side_outputs = sides
             op.restore_watermark({kg: watermark for kg in range(128)})
         state = {}

@@ -128,8 +128,10 @@ class WindowOperator(_EventTimeOperator):
         return range(last, ts - self.size, -self.slide)
 
     def process_batch(self, batch: list[Any]) -> list[Any]:
-        if self.slide is None and self.lateness == 0:
-            return self._process_tumbling(batch)
+        if self.lateness == 0:
+            if self.slide is None:
+                return self._process_tumbling(batch)
+            return self._process_sliding(batch)
         table, index, fired = self.table, self._index(), self._fired
         key_fn, ts_fn, value_fn, combine = self.key_fn, self.timestamp_fn, self.value_fn, \
             self.combine
@@ -216,6 +218,59 @@ class WindowOperator(_EventTimeOperator):
                 dirty.add(key)
         if windows is not None:
             self._write(run_key, windows, run_start, acc)
+        if late:
+            self._late(late)
+        return []
+
+    def _process_sliding(self, batch: list[Any]) -> list[Any]:
+        """Sliding windows without lateness: ``value_fn`` once per record, the key's windows
+        looked up once per run of records of one key."""
+        table, index = self.table, self._index()
+        key_fn, ts_fn, value_fn, combine = self.key_fn, self.timestamp_fn, self.value_fn, \
+            self.combine
+        first, size, slide, wm, floors = self.first, self.size, self.slide, self.watermark, \
+            self._floors
+        m, dirty, mutable = self.backend.max_parallelism, self.backend.dirty, False
+        late = []
+        run_key: Any = _MISSING
+        windows: Any = None
+        for record in batch:
+            key = key_fn(record)
+            ts = ts_fn(record)
+            floor = wm if floors is None else max(wm, floors.get(key_group(key, m),
+                                                                 MIN_WATERMARK))
+            last = ts - ts % slide
+            if last + size <= floor:
+                late.append(record)  # even its latest window fired already
+                continue
+            if key != run_key or windows is None:
+                if windows is not None:
+                    table[run_key] = windows  # write back (a table need not be a dict)
+                run_key = key
+                windows = table.get(key)
+                if windows is None:
+                    windows = {}
+                if dirty is not None:
+                    dirty.add(key)
+            value = value_fn(record)
+            for start in range(last, ts - size, -slide):
+                if start + size <= floor:
+                    break  # this one and the earlier ones fired already
+                acc = windows.get(start, _MISSING)
+                if acc is _MISSING:
+                    acc = windows[start] = first(record)
+                    keys = index.get(start)
+                    if keys is None:
+                        keys = index[start] = {}
+                    keys[key] = None
+                else:
+                    acc = windows[start] = combine(acc, value)
+                if type(acc) in MUTABLE and is_mutable(acc):
+                    mutable = True
+        if windows is not None:
+            table[run_key] = windows
+        if mutable:
+            self.backend.mutable.add(self.table_name)  # snapshot copies it deeply
         if late:
             self._late(late)
         return []
