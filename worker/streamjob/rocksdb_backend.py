@@ -1,0 +1,683 @@
+"""The embedded RocksDB keyed state backend (``spec.stateBackend.type: rocksdb``).
+
+Keyed state on local disk, bounded in memory, checkpointed by uploading only new SST files.
+Operators, timers, TTL, windows and joins use it unchanged: :meth:`table` returns a
+:class:`RocksDBTable`, a dict-like object with the methods they call on the memory backend's
+plain dicts (``get``, ``[]``, ``[]=``, ``del``, ``pop``, ``in``, ``items``, ``len``...).
+
+Decisions, and why:
+
+* **Measured first.** From Python, one ``rocksdict`` ``get`` costs about 4-7 us, a ``put``
+  with the WAL about 18 us, a ``put`` inside a ``WriteBatch`` about 4 us, while a dict
+  lookup is well under 0.1 us. Going to RocksDB per record would cost 10-50x the memory
+  backend. So each table keeps a **bounded write-back cache**: a dict of recently used
+  entries (``cache_entries`` per table, 131,072 by default) plus the set of keys written
+  since they were last stored. A hit costs one dict lookup (and, for a container value, one
+  set insertion: see below); a miss reads and decodes one value. Dirty entries reach RocksDB
+  in one ``WriteBatch`` at the snapshot barrier and, for the oldest half of the cache, when
+  it grows past its bound (only what is evicted is written). A job whose hot keys fit the
+  cache runs near dict speed; a job with 20 M keys keeps only the cache in Python memory and
+  the rest in RocksDB's block cache and files.
+* **Mutation in place.** A value that is a container (map state's inner dict, a list...) may
+  be changed in place by the caller after ``get``; so handing one out marks its key dirty
+  (a conservative rule that needs no cooperation from the operators). Eviction takes the
+  oldest half of the cache by first use, so the entry an operator just fetched stays cached
+  while it mutates it. Holding a container across many other keys' accesses and mutating it
+  afterwards without writing it back is not supported (the rule of the memory backend too:
+  call ``update()``/``put()`` after mutating).
+* **Keys** are ``key group (2 bytes, big-endian) + msgpack(key)`` and values msgpack (never
+  pickle), one column family per state (table). A key-group range is then one contiguous
+  key range: rescaling clips a restored database with ``delete_range`` or copies one range.
+  msgpack turns tuples into arrays: a value read back from disk is a list where a tuple was
+  written (as after a restore on the memory backend); keys come back as tuples.
+* **No WAL.** Durability comes from checkpoints (as in Flink): writes go without the
+  write-ahead log; a crash restores the last checkpoint anyway.
+* **Checkpoints.** Synchronous part: write the dirty entries, then a RocksDB ``Checkpoint``
+  (flush + hard links, milliseconds) into ``<base>/chk-<n>-<instance>``. Asynchronous part:
+  upload the SST files not uploaded before to ``<job>/shared/<task>/<subtask>-<instance>-
+  <file>`` (names unique per database instance, so two attempts never overwrite each other's
+  files) and the small files (MANIFEST, CURRENT, OPTIONS...) into the checkpoint's own folder.
+  The handle lists every file with its size and sha256, the tables and the key-group range;
+  ``checkpoints.handle_keys`` returns the shared files, so the coordinator's
+  reference-counted clean-up keeps them while a retained checkpoint needs them.
+* **Restore.** Each file is verified against its sha256; a missing or corrupt file raises
+  ``CorruptStateError`` and the coordinator falls back to the next older checkpoint. The
+  files come from the local checkpoint folder when it is still there and matches (local
+  recovery: a restarted worker on the same node downloads nothing), else from storage.
+  Same key-group range: open the checkpoint as the new database. Another range (rescale):
+  one old database covering the new range is opened and clipped with ``delete_range``;
+  otherwise the overlapping key range of each old database is copied into a new one.
+* **Directories.** ``<localDir>/<job>/<task>/<subtask>/`` is the subtask's, independent of the
+  attempt (so local recovery finds it). Each database instance lives in ``inst-<uuid>/db``
+  next to a ``lock`` file held (``flock``) while it is open: two attempts that overlap briefly
+  never share a RocksDB directory, and a folder whose lock nobody holds is left over from a
+  dead process and removed.
+* **Savepoints** stay canonical (``state.write_snapshot_sections``, the memory backend's
+  format by key group) and are written by iterating a RocksDB checkpoint in key order, one
+  key group at a time: the state is never materialised in memory, and either backend can
+  restore them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import itertools
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import msgpack
+from rocksdict import (
+    AccessType,
+    BlockBasedOptions,
+    Cache,
+    Checkpoint,
+    Options,
+    Rdict,
+    WriteBatch,
+    WriteOptions,
+)
+
+from streamjob.keygroups import key_group
+from streamjob.operators import KeyedStateBackend
+from streamjob.state import CorruptStateError
+
+log = logging.getLogger("streamjob.rocksdb")
+
+FORMAT = 1
+MB = 1 << 20
+CACHE_ENTRIES = 1 << 17  # per table: entries kept decoded in Python (see the docstring)
+LOCAL_CHECKPOINTS = 2    # local checkpoint folders kept per subtask (local recovery)
+COPY_BATCH = 10_000      # entries per WriteBatch when copying a key range (rescale)
+DEFAULT_CF = "default"
+
+_MISSING = object()
+_ABSENT = object()  # cached: the key has no value (a deletion not written yet, or a miss)
+
+
+def subtask_dir(local_dir: str, job_id: str, task_id: str, subtask: int) -> str:
+    """The subtask's folder under ``localDir``: the same for every attempt (local recovery)."""
+    for part in (job_id, task_id):
+        if not part or "/" in part or part in (".", ".."):
+            raise ValueError(f"cannot make a directory name of {part!r}")
+    return os.path.join(local_dir, job_id, task_id, str(subtask))
+
+
+def kg_prefix(kg: int) -> bytes:
+    return kg.to_bytes(2, "big")
+
+
+def _unpack_value(data: bytes) -> Any:
+    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+
+
+def _unpack_key(data: bytes) -> Any:
+    return msgpack.unpackb(data[2:], raw=False, use_list=False, strict_map_key=False)
+
+
+def _sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(MB):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _options(block_cache_mb: int, write_buffer_mb: int) -> Options:
+    opt = Options(raw_mode=True)
+    opt.create_if_missing(True)
+    opt.create_missing_column_families(True)
+    table = BlockBasedOptions()
+    table.set_block_cache(Cache(block_cache_mb * MB))
+    table.set_bloom_filter(10, False)  # a miss (a new key) rarely touches the disk
+    opt.set_block_based_table_factory(table)
+    opt.set_db_write_buffer_size(write_buffer_mb * MB)  # across every column family
+    opt.set_write_buffer_size(max(1, write_buffer_mb // 2) * MB)
+    opt.set_max_background_jobs(2)
+    return opt
+
+
+class RocksDBTable(dict):
+    """One state (a column family) seen as a dict. The dict itself is the cache: reads that
+    hit and every write run at dict speed (no Python-level ``__setitem__``); a miss reads
+    RocksDB (:meth:`__missing__`, :meth:`get`, ``in``). Which cached entries must be written
+    back is the backend's ``dirty`` key set, which every writer keeps already (``touch``);
+    deletions are remembered in ``_deleted`` until written."""
+
+    __slots__ = ("backend", "name", "kind", "_deleted", "_limit", "_cf", "_handle")
+
+    def __init__(self, backend: RocksDBKeyedStateBackend, name: str, kind: str, limit: int):
+        super().__init__()
+        self.backend, self.name, self.kind = backend, name, kind
+        self._deleted: set[Any] = set()  # deleted since the last flush, not written yet
+        self._limit = max(2, limit)
+        self._cf: Any = None       # the column family (an Rdict), bound by the backend
+        self._handle: Any = None   # its handle, for write batches
+
+    # -- reads that miss the cache ---------------------------------------------------------
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        try:
+            return dict.__getitem__(self, key)
+        except KeyError:
+            v = self._load(key)
+            return default if v is _ABSENT else v
+
+    def __missing__(self, key: Any) -> Any:
+        v = self._load(key)
+        if v is _ABSENT:
+            raise KeyError(key)
+        return v
+
+    def __contains__(self, key: Any) -> bool:
+        return dict.__contains__(self, key) or self._load(key) is not _ABSENT
+
+    def _load(self, key: Any) -> Any:
+        """The value of a key not in the cache (cached if it has one), or _ABSENT."""
+        if key in self._deleted:
+            return _ABSENT
+        data = self._cf.get(self.backend.encode_key(key))
+        if data is None:
+            return _ABSENT
+        v = _unpack_value(data)
+        dict.__setitem__(self, key, v)  # bounded by trim() between batches
+        return v
+
+    # -- deletions (remembered until written) ----------------------------------------------
+
+    def __delitem__(self, key: Any) -> None:
+        if not dict.__contains__(self, key) and self._load(key) is _ABSENT:
+            raise KeyError(key)
+        dict.__delitem__(self, key)
+        self._deleted.add(key)
+
+    def pop(self, key: Any, default: Any = _MISSING) -> Any:
+        v = dict.pop(self, key, _MISSING)
+        if v is _MISSING:
+            v = self._load(key)
+            if v is _ABSENT:
+                if default is _MISSING:
+                    raise KeyError(key)
+                return default
+            dict.__delitem__(self, key)
+        self._deleted.add(key)
+        return v
+
+    def setdefault(self, key: Any, default: Any = None) -> Any:
+        v = self.get(key, _MISSING)
+        if v is _MISSING:
+            self[key] = v = default
+        return v
+
+    def popitem(self) -> tuple[Any, Any]:
+        raise NotImplementedError("popitem on a rocksdb state table")
+
+    def clear(self) -> None:
+        dict.clear(self)
+        self._deleted = set()
+        self._cf.delete_range(b"\x00\x00", kg_prefix(0xFFFF) + b"\xff")
+
+    # -- write-back ------------------------------------------------------------------------
+
+    def evict(self) -> None:
+        """Write (if dirty) and drop the oldest entries, by first use, down to half the
+        bound."""
+        dirty = self.backend.dirty
+        old = list(itertools.islice(dict.keys(self), dict.__len__(self) - self._limit // 2))
+        batch = WriteBatch(raw_mode=True)
+        encode, pack, handle, n = self.backend.encode_key, self.backend.pack, self._handle, 0
+        for k in old:
+            v = dict.pop(self, k)
+            if k in dirty:
+                batch.put(encode(k), pack(v), handle)
+                self._deleted.discard(k)
+                n += 1
+        if n:
+            self.backend.db.write(batch)
+
+    def write_dirty(self, batch: WriteBatch, dirty: Iterable[Any]) -> int:
+        """The cached values of ``dirty`` keys and the deletions into ``batch``; how many."""
+        encode, pack, handle, n = self.backend.encode_key, self.backend.pack, self._handle, 0
+        get = dict.get
+        for k in dirty:
+            v = get(self, k, _MISSING)
+            if v is not _MISSING:
+                batch.put(encode(k), pack(v), handle)
+                n += 1
+        for k in self._deleted:
+            if not dict.__contains__(self, k):
+                batch.delete(encode(k), handle)
+                n += 1
+        self._deleted = set()
+        return n
+
+    def drop_cache(self) -> None:
+        dict.clear(self)
+        self._deleted = set()
+
+    # -- whole-table reads (flush first, then the database in key order) ------------------
+
+    def __iter__(self) -> Iterator[Any]:
+        self.backend.flush()
+        return (_unpack_key(k) for k in self._cf.keys())
+
+    def keys(self) -> Iterator[Any]:  # type: ignore[override]
+        return iter(self)
+
+    def items(self) -> Iterator[tuple[Any, Any]]:  # type: ignore[override]
+        self.backend.flush()
+        get = dict.get
+        for kb, vb in self._cf.items():
+            k = _unpack_key(kb)
+            v = get(self, k, _MISSING)  # the cached object (identity, as with a dict)
+            yield k, _unpack_value(vb) if v is _MISSING else v
+
+    def decoded_items(self) -> Iterator[tuple[Any, Any]]:
+        """Like :meth:`items`, but every value decoded from disk: a copy that later changes
+        of cached values do not reach."""
+        self.backend.flush()
+        return ((_unpack_key(k), _unpack_value(v)) for k, v in self._cf.items())
+
+    def values(self) -> Iterator[Any]:  # type: ignore[override]
+        return (v for _, v in self.items())
+
+    def __len__(self) -> int:
+        """Exact, by counting the keys on disk (O(n): for tests and small tables)."""
+        return sum(1 for _ in self)
+
+    def __bool__(self) -> bool:
+        return next(iter(self), _MISSING) is not _MISSING
+
+    def copy(self) -> dict[Any, Any]:
+        return dict(self.items())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, dict):
+            return dict(self.items()) == dict(other.items())
+        return NotImplemented
+
+    def __ne__(self, other: object) -> bool:
+        eq = self.__eq__(other)
+        return eq if eq is NotImplemented else not eq
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"RocksDBTable({self.name!r}, {self.kind})"
+
+
+class RocksDBKeyedStateBackend(KeyedStateBackend):
+    """The keyed state of one subtask in an embedded RocksDB (see the module docstring)."""
+
+    def __init__(self, directory: str, key_groups: range, max_parallelism: int,
+                 block_cache_mb: int = 256, write_buffer_mb: int = 64,
+                 cache_entries: int = CACHE_ENTRIES):
+        # Every writer adds the keys it changed to ``dirty`` (the memory backend's
+        # incremental checkpoints rely on the same): what a flush writes back.
+        super().__init__(track_changes=True)
+        self.key_groups, self.max_parallelism = key_groups, max_parallelism
+        self.base = directory
+        self.cache_entries = cache_entries
+        self.options = _options(block_cache_mb, write_buffer_mb)
+        self.write_options = WriteOptions()
+        self.write_options.disable_wal = True
+        self.pack = msgpack.Packer(use_bin_type=True).pack  # the processing thread's
+        self._kg_cache: dict[Any, bytes] = {}
+        # SST files already in storage: name -> {"name", "key", "size", "sha256"}.
+        self.uploaded: dict[str, dict[str, Any]] = {}
+        self.db: Any = None
+        self._lock: Any = None
+        os.makedirs(self.base, exist_ok=True)
+        self._new_instance()
+        self._reap()
+        self._open(self.db_path)
+
+    # -- instances and directories ---------------------------------------------------------
+
+    def _new_instance(self) -> None:
+        self.instance = uuid.uuid4().hex[:12]
+        self.instance_dir = os.path.join(self.base, f"inst-{self.instance}")
+        self.db_path = os.path.join(self.instance_dir, "db")
+        os.makedirs(self.instance_dir)
+        self._lock = open(os.path.join(self.instance_dir, "lock"), "w")  # noqa: SIM115
+        fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    def _reap(self) -> None:
+        """Remove instance folders nobody holds (left by a dead process)."""
+        for name in os.listdir(self.base):
+            path = os.path.join(self.base, name)
+            if name.startswith("inst-") and path != self.instance_dir:
+                try:
+                    with open(os.path.join(path, "lock"), "a") as f:
+                        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        shutil.rmtree(path, ignore_errors=True)
+                except (BlockingIOError, FileNotFoundError):
+                    continue  # another attempt's database, open right now
+
+    def prune_local_checkpoints(self, uploaded: int) -> None:
+        """After checkpoint ``uploaded`` is in storage: keep our newest local checkpoints up
+        to it (local recovery) and those after it (their uploads are pending); drop the
+        rest, and those of earlier instances (a restore is behind us)."""
+        own = []
+        for name in os.listdir(self.base):
+            parts = name.split("-")
+            if len(parts) != 3 or parts[0] != "chk" or not parts[1].isdigit():
+                continue
+            path = os.path.join(self.base, name)
+            if parts[2] != self.instance:
+                shutil.rmtree(path, ignore_errors=True)
+            elif int(parts[1]) <= uploaded:
+                own.append((int(parts[1]), path))
+        for _, path in sorted(own)[:-LOCAL_CHECKPOINTS]:
+            shutil.rmtree(path, ignore_errors=True)
+
+    def _open(self, path: str) -> None:
+        names = [DEFAULT_CF]
+        if os.path.exists(os.path.join(path, "CURRENT")):
+            names = Rdict.list_cf(path, Options(raw_mode=True))
+        cfs = {n: self.options for n in names if n != DEFAULT_CF}
+        self.db = Rdict(path, self.options, column_families=cfs)
+        self.db.set_write_options(self.write_options)
+        for table in self.tables.values():
+            self._bind(table)
+
+    def _bind(self, table: RocksDBTable) -> None:
+        try:
+            table._cf = self.db.get_column_family(table.name)
+        except Exception:  # noqa: BLE001 - rocksdict raises a plain Exception
+            table._cf = self.db.create_column_family(table.name, self.options)
+        table._handle = self.db.get_column_family_handle(table.name)
+
+    def _close_db(self) -> None:
+        """Close the database for real: rocksdict keeps it open while any column family
+        object lives, so the tables let go of theirs first."""
+        for t in self.tables.values():
+            t._cf = t._handle = None
+        if self.db is not None:
+            self.db.close()
+            self.db = None
+
+    def close(self) -> None:
+        """Close the database and drop its instance folder (the local checkpoints stay)."""
+        self._close_db()
+        if self._lock is not None:
+            shutil.rmtree(self.instance_dir, ignore_errors=True)
+            self._lock.close()
+            self._lock = None
+
+    # -- the interface the operators use ---------------------------------------------------
+
+    def table(self, name: str, kind: str) -> RocksDBTable:  # type: ignore[override]
+        if name in self.tables:
+            if self.kinds[name] != kind:
+                raise ValueError(f"state {name!r} is a {self.kinds[name]} state, not {kind}")
+            return self.tables[name]
+        if name == DEFAULT_CF:
+            raise ValueError(f"{DEFAULT_CF!r} is not a valid state name on rocksdb")
+        t = RocksDBTable(self, name, kind, self.cache_entries)
+        self._bind(t)
+        self.kinds[name] = kind
+        self.tables[name] = t
+        return t
+
+    def encode_key(self, key: Any) -> bytes:
+        prefix = self._kg_cache.get(key)
+        if prefix is None:
+            prefix = kg_prefix(key_group(key, self.max_parallelism))
+            if len(self._kg_cache) < self.cache_entries:
+                self._kg_cache[key] = prefix
+        return prefix + self.pack(key)
+
+    def flush(self) -> int:
+        """Write every table's dirty entries and deletions to RocksDB (one batch); how
+        many."""
+        dirty, self.dirty = self.dirty, set()
+        batch = WriteBatch(raw_mode=True)
+        n = sum(t.write_dirty(batch, dirty) for t in self.tables.values())
+        if n:
+            self.db.write(batch)
+        return n
+
+    def trim(self) -> None:
+        """Between batches (the task calls it): keep the caches and the dirty set within
+        their bounds. Never during a batch: an operator adds the keys it changed to
+        ``dirty`` by the end of its batch, and may hold a value it is changing."""
+        for t in self.tables.values():
+            if dict.__len__(t) > t._limit:
+                t.evict()
+        if len(self.dirty) > 4 * self.cache_entries:
+            self.flush()
+
+    def load(self, name: str, kind: str, entries: dict[Any, Any],
+             deleted: list[Any] = ()) -> None:
+        """Restore from the canonical format (a savepoint, or a memory-backend checkpoint):
+        straight into RocksDB, around the cache."""
+        table = self.table(name, kind)
+        table.drop_cache()
+        batch = WriteBatch(raw_mode=True)
+        encode, pack, handle = self.encode_key, self.pack, table._handle
+        for k, v in entries.items():
+            batch.put(encode(k), pack(v), handle)
+        for k in deleted:
+            batch.delete(encode(k), handle)
+        self.db.write(batch)
+
+    def freeze(self, reset_changes: bool = True) -> dict[str, tuple[str, dict[Any, Any]]]:
+        """The whole state as dicts (materialised: for tests and small states only; the
+        task snapshots with :meth:`checkpoint` and :meth:`savepoint_sections`)."""
+        frozen = {}
+        for name, t in self.tables.items():
+            entries = dict(t.decoded_items())
+            if name in self.expiring:
+                entries = self.expiring[name].live(entries)[0]
+            frozen[name] = (t.kind, entries)
+        return frozen
+
+    def freeze_delta(self) -> Any:
+        raise NotImplementedError("the rocksdb backend checkpoints by SST files")
+
+    def num_keys(self) -> int:
+        return sum(len(t) for t in self.tables.values())
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    def checkpoint(self, checkpoint_id: int) -> LocalCheckpoint:
+        """Synchronous part: dirty entries, then a RocksDB checkpoint (hard links)."""
+        self.flush()
+        path = os.path.join(self.base, f"chk-{checkpoint_id}-{self.instance}")
+        shutil.rmtree(path, ignore_errors=True)
+        Checkpoint(self.db).create_checkpoint(path)
+        return LocalCheckpoint(checkpoint_id, path, dict(self.kinds), self.key_groups)
+
+    def upload(self, storage: Any, local: LocalCheckpoint, private_prefix: str,
+               shared_prefix: str) -> dict[str, Any]:
+        """Asynchronous part: new SST files to ``shared_prefix``, small files to
+        ``private_prefix``; the handle's ``rocksdb`` entry. Runs off the processing thread
+        (uploads of one subtask run one at a time, in checkpoint order)."""
+        files, uploaded = [], 0
+        for name in sorted(os.listdir(local.path)):
+            path = os.path.join(local.path, name)
+            if name.endswith(".sst"):
+                known = self.uploaded.get(name)
+                if known is not None and known["size"] == os.path.getsize(path):
+                    files.append(known)
+                    continue
+                key = f"{shared_prefix}-{self.instance}-{name}"
+            else:
+                key = f"{private_prefix}/{name}"
+            entry = {"name": name, "key": key, "size": os.path.getsize(path),
+                     "sha256": _sha256_file(path)}
+            _put_file(storage, key, path)
+            uploaded += entry["size"]
+            if name.endswith(".sst"):
+                self.uploaded[name] = entry
+            files.append(entry)
+        self.prune_local_checkpoints(local.checkpoint_id)
+        return {"format": FORMAT, "instance": self.instance,
+                "checkpoint_id": local.checkpoint_id, "local": os.path.basename(local.path),
+                "key_groups": [local.key_groups.start, local.key_groups.stop],
+                "tables": local.tables, "files": files, "uploaded": uploaded,
+                "state_size": sum(f["size"] for f in files)}
+
+    def savepoint(self) -> LocalCheckpoint:
+        """Synchronous part of a savepoint: a RocksDB checkpoint to iterate off the loop."""
+        self.flush()
+        path = os.path.join(self.instance_dir, f"sp-{uuid.uuid4().hex[:12]}")
+        Checkpoint(self.db).create_checkpoint(path)
+        return LocalCheckpoint(0, path, dict(self.kinds), self.key_groups)
+
+    def savepoint_sections(self, local: LocalCheckpoint,
+                           ) -> Iterator[tuple[int, list[tuple[str, str, list[Any]]]]]:
+        """``(key group, [(table, kind, [[key, value], ...]), ...])`` in key-group order,
+        read from a savepoint's checkpoint (expired TTL entries left out); the folder is
+        removed afterwards."""
+        try:
+            with _opened(local.path) as db:
+                iters = []
+                for name, kind in local.tables.items():
+                    cf = db.get_column_family(name)
+                    iters.append((name, kind, itertools.groupby(
+                        cf.items(), key=lambda kv: int.from_bytes(kv[0][:2], "big"))))
+                heads: dict[str, Any] = {}
+                for name, _, groups in iters:
+                    heads[name] = next(groups, None)
+                while any(h is not None for h in heads.values()):
+                    kg = min(h[0] for h in heads.values() if h is not None)
+                    sections = []
+                    for name, kind, groups in iters:
+                        head = heads[name]
+                        if head is None or head[0] != kg:
+                            continue
+                        entries = {_unpack_key(k): _unpack_value(v) for k, v in head[1]}
+                        heads[name] = next(groups, None)
+                        if name in self.expiring:
+                            entries = self.expiring[name].live(entries)[0]
+                        if entries:
+                            sections.append((name, kind, list(entries.items())))
+                    if sections:
+                        yield kg, sections
+        finally:
+            shutil.rmtree(local.path, ignore_errors=True)
+
+    def drop_local(self, local: LocalCheckpoint) -> None:
+        shutil.rmtree(local.path, ignore_errors=True)
+
+    # -- restore ---------------------------------------------------------------------------
+
+    def restore(self, storage: Any, handles: list[dict[str, Any]]) -> None:
+        """Open the state of ``handles`` (``rocksdb`` entries of any parallelism) for this
+        subtask's key groups (see the module docstring)."""
+        own = self.key_groups
+        parts = [h for h in handles
+                 if max(h["key_groups"][0], own.start) < min(h["key_groups"][1], own.stop)]
+        if not parts:
+            return
+        for name, kind in itertools.chain.from_iterable(p["tables"].items() for p in parts):
+            self.table(name, kind)
+        for t in self.tables.values():
+            t.drop_cache()
+        first = parts[0]
+        if len(parts) == 1 and first["key_groups"][0] <= own.start \
+                and own.stop <= first["key_groups"][1]:
+            # One old database holds all our key groups: open it (clipped if it holds more).
+            self._close_db()
+            shutil.rmtree(self.db_path)
+            self._fetch(storage, first, self.db_path)
+            self._open(self.db_path)
+            lo, hi = kg_prefix(own.start), kg_prefix(own.stop)
+            if (first["key_groups"][0], first["key_groups"][1]) != (own.start, own.stop):
+                for t in self.tables.values():
+                    t._cf.delete_range(b"\x00\x00", lo)
+                    t._cf.delete_range(hi, kg_prefix(0xFFFF) + b"\xff")
+            # Its files are in storage already (until compaction replaces them).
+            self.uploaded = {f["name"]: f for f in first["files"] if f["name"].endswith(".sst")}
+        else:
+            for part in parts:
+                self._copy_range(storage, part)
+
+    def _fetch(self, storage: Any, part: dict[str, Any], dest: str) -> None:
+        """The files of checkpoint ``part`` into ``dest``, verified: hard links from the
+        local checkpoint folder when it matches, else downloads."""
+        os.makedirs(dest, exist_ok=True)
+        local = os.path.join(self.base, part.get("local", "")) if part.get("local") else None
+        for f in part["files"]:
+            target = os.path.join(dest, f["name"])
+            if local is not None and _matches(os.path.join(local, f["name"]), f):
+                if f["name"].endswith(".sst"):
+                    os.link(os.path.join(local, f["name"]), target)
+                else:  # RocksDB may rewrite these: a copy, not a link
+                    shutil.copyfile(os.path.join(local, f["name"]), target)
+                continue
+            data = storage.get(f["key"])
+            if len(data) != f["size"] or hashlib.sha256(data).hexdigest() != f["sha256"]:
+                raise CorruptStateError(f"{f['key']} does not match its checksum")
+            with open(target, "wb") as out:
+                out.write(data)
+
+    def _copy_range(self, storage: Any, part: dict[str, Any]) -> None:
+        """Copy our key groups out of an old database into ours (raw bytes, no decoding)."""
+        tmp = os.path.join(self.instance_dir, f"restore-{uuid.uuid4().hex[:8]}")
+        try:
+            self._fetch(storage, part, tmp)
+            lo, hi = kg_prefix(self.key_groups.start), kg_prefix(self.key_groups.stop)
+            with _opened(tmp) as old:
+                for name in part["tables"]:
+                    cf, handle = old.get_column_family(name), self.tables[name]._handle
+                    batch, n = WriteBatch(raw_mode=True), 0
+                    for k, v in cf.items(from_key=lo):
+                        if k >= hi:
+                            break
+                        batch.put(k, v, handle)
+                        n += 1
+                        if n % COPY_BATCH == 0:
+                            self.db.write(batch)
+                            batch = WriteBatch(raw_mode=True)
+                    self.db.write(batch)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+class LocalCheckpoint:
+    """A RocksDB checkpoint on local disk, waiting for its asynchronous part."""
+
+    __slots__ = ("checkpoint_id", "path", "tables", "key_groups")
+
+    def __init__(self, checkpoint_id: int, path: str, tables: dict[str, str],
+                 key_groups: range):
+        self.checkpoint_id, self.path, self.tables = checkpoint_id, path, tables
+        self.key_groups = key_groups
+
+
+def _matches(path: str, f: dict[str, Any]) -> bool:
+    try:
+        return os.path.getsize(path) == f["size"] and _sha256_file(path) == f["sha256"]
+    except OSError:
+        return False
+
+
+def _put_file(storage: Any, key: str, path: str) -> None:
+    with open(path, "rb") as f:
+        put_file = getattr(storage, "put_file", None)
+        if put_file is not None:
+            put_file(key, f)
+        else:
+            storage.put(key, f.read())
+
+
+@contextlib.contextmanager
+def _opened(path: str) -> Iterator[Any]:
+    """A checkpoint folder opened read-only (its own instance: never our database)."""
+    opt = Options(raw_mode=True)
+    names = Rdict.list_cf(path, opt)
+    db = Rdict(path, opt, column_families={n: Options(raw_mode=True) for n in names
+                                           if n != DEFAULT_CF},
+               access_type=AccessType.read_only())
+    try:
+        yield db
+    finally:
+        db.close()
