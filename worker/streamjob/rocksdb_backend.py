@@ -80,6 +80,7 @@ from rocksdict import (
     Options,
     Rdict,
     WriteBatch,
+    WriteBufferManager,
     WriteOptions,
 )
 
@@ -128,15 +129,28 @@ def _sha256_file(path: str) -> str:
     return digest.hexdigest()
 
 
+# One block cache and one write buffer manager per process and size: every keyed subtask
+# of a worker (a pipeline may have several keyed tasks) shares them, so RocksDB's memory in
+# a worker is blockCacheMB + writeBufferMB however many databases it has open.
+_SHARED: dict[tuple[int, int], tuple[Cache, WriteBufferManager]] = {}
+
+
 def _options(block_cache_mb: int, write_buffer_mb: int) -> Options:
+    key = (block_cache_mb, write_buffer_mb)
+    if key not in _SHARED:
+        _SHARED[key] = (Cache(block_cache_mb * MB),
+                        WriteBufferManager(write_buffer_mb * MB, False))
+    cache, buffers = _SHARED[key]
     opt = Options(raw_mode=True)
     opt.create_if_missing(True)
     opt.create_missing_column_families(True)
     table = BlockBasedOptions()
-    table.set_block_cache(Cache(block_cache_mb * MB))
+    table.set_block_cache(cache)
+    table.set_cache_index_and_filter_blocks(True)  # bounded by the cache too
+    table.set_pin_l0_filter_and_index_blocks_in_cache(True)
     table.set_bloom_filter(10, False)  # a miss (a new key) rarely touches the disk
     opt.set_block_based_table_factory(table)
-    opt.set_db_write_buffer_size(write_buffer_mb * MB)  # across every column family
+    opt.set_write_buffer_manager(buffers)  # memtables of every database of the process
     opt.set_write_buffer_size(max(1, write_buffer_mb // 2) * MB)
     opt.set_max_background_jobs(2)
     return opt
@@ -147,9 +161,15 @@ class RocksDBTable(dict):
     hit and every write run at dict speed (no Python-level ``__setitem__``); a miss reads
     RocksDB (:meth:`__missing__`, :meth:`get`, ``in``). Which cached entries must be written
     back is the backend's ``dirty`` key set, which every writer keeps already (``touch``);
-    deletions are remembered in ``_deleted`` until written."""
+    deletions are remembered in ``_deleted`` until written.
 
-    __slots__ = ("backend", "name", "kind", "_deleted", "_limit", "_cf", "_handle")
+    While the cache holds *every* key of the state (a new state that never outgrew its
+    bound, or a small one loaded whole after a restore: :meth:`fill`), a key that is not in
+    the dict does not exist, and ``get`` is the dict's own, in C (an instance slot); once
+    entries are evicted it is :meth:`_get`, which reads RocksDB on a miss."""
+
+    __slots__ = ("backend", "name", "kind", "_deleted", "_limit", "_cf", "_handle", "_full",
+                 "get")
 
     def __init__(self, backend: RocksDBKeyedStateBackend, name: str, kind: str, limit: int):
         super().__init__()
@@ -158,10 +178,32 @@ class RocksDBTable(dict):
         self._limit = max(2, limit)
         self._cf: Any = None       # the column family (an Rdict), bound by the backend
         self._handle: Any = None   # its handle, for write batches
+        self._set_full(False)
+
+    def _set_full(self, full: bool) -> None:
+        self._full = full
+        self.get = dict.get.__get__(self) if full else self._get
+
+    def fill(self) -> bool:
+        """Load the whole state into the cache if it fits in half of it (then misses are
+        answered without RocksDB); whether it did."""
+        if self._full:
+            return True
+        self.backend.flush()
+        entries = list(itertools.islice(self._cf.items(), self._limit // 2 + 1))
+        if len(entries) > self._limit // 2:
+            return False
+        get = dict.get
+        for kb, vb in entries:
+            k = _unpack_key(kb)
+            if get(self, k, _MISSING) is _MISSING:
+                dict.__setitem__(self, k, _unpack_value(vb))
+        self._set_full(True)
+        return True
 
     # -- reads that miss the cache ---------------------------------------------------------
 
-    def get(self, key: Any, default: Any = None) -> Any:
+    def _get(self, key: Any, default: Any = None) -> Any:
         try:
             return dict.__getitem__(self, key)
         except KeyError:
@@ -179,7 +221,7 @@ class RocksDBTable(dict):
 
     def _load(self, key: Any) -> Any:
         """The value of a key not in the cache (cached if it has one), or _ABSENT."""
-        if key in self._deleted:
+        if self._full or key in self._deleted:
             return _ABSENT
         data = self._cf.get(self.backend.encode_key(key))
         if data is None:
@@ -221,6 +263,7 @@ class RocksDBTable(dict):
         dict.clear(self)
         self._deleted = set()
         self._cf.delete_range(b"\x00\x00", kg_prefix(0xFFFF) + b"\xff")
+        self._set_full(True)
 
     # -- write-back ------------------------------------------------------------------------
 
@@ -228,6 +271,7 @@ class RocksDBTable(dict):
         """Write (if dirty) and drop the oldest entries, by first use, down to half the
         bound."""
         dirty = self.backend.dirty
+        self._set_full(False)
         old = list(itertools.islice(dict.keys(self), dict.__len__(self) - self._limit // 2))
         batch = WriteBatch(raw_mode=True)
         encode, pack, handle, n = self.backend.encode_key, self.backend.pack, self._handle, 0
@@ -257,8 +301,10 @@ class RocksDBTable(dict):
         return n
 
     def drop_cache(self) -> None:
+        """Forget the cache (after the database under it changed: a restore)."""
         dict.clear(self)
         self._deleted = set()
+        self._set_full(False)
 
     # -- whole-table reads (flush first, then the database in key order) ------------------
 
@@ -327,7 +373,7 @@ class RocksDBKeyedStateBackend(KeyedStateBackend):
         self.write_options = WriteOptions()
         self.write_options.disable_wal = True
         self.pack = msgpack.Packer(use_bin_type=True).pack  # the processing thread's
-        self._kg_cache: dict[Any, bytes] = {}
+        self._encoded: dict[Any, bytes] = {}
         # SST files already in storage: name -> {"name", "key", "size", "sha256"}.
         self.uploaded: dict[str, dict[str, Any]] = {}
         self.db: Any = None
@@ -421,17 +467,21 @@ class RocksDBKeyedStateBackend(KeyedStateBackend):
             raise ValueError(f"{DEFAULT_CF!r} is not a valid state name on rocksdb")
         t = RocksDBTable(self, name, kind, self.cache_entries)
         self._bind(t)
+        t.fill()  # a new state (or a small restored one) is all in the cache
         self.kinds[name] = kind
         self.tables[name] = t
         return t
 
     def encode_key(self, key: Any) -> bytes:
-        prefix = self._kg_cache.get(key)
-        if prefix is None:
-            prefix = kg_prefix(key_group(key, self.max_parallelism))
-            if len(self._kg_cache) < self.cache_entries:
-                self._kg_cache[key] = prefix
-        return prefix + self.pack(key)
+        """``key group + msgpack(key)``, memoised for as many keys as a table caches (a
+        flush encodes the same hot keys at every checkpoint)."""
+        encoded = self._encoded.get(key)
+        if encoded is None:
+            encoded = kg_prefix(key_group(key, self.max_parallelism)) + self.pack(key)
+            if len(self._encoded) >= self.cache_entries:
+                self._encoded.clear()
+            self._encoded[key] = encoded
+        return encoded
 
     def flush(self) -> int:
         """Write every table's dirty entries and deletions to RocksDB (one batch); how
@@ -514,9 +564,9 @@ class RocksDBKeyedStateBackend(KeyedStateBackend):
                      "sha256": _sha256_file(path)}
             _put_file(storage, key, path)
             uploaded += entry["size"]
-            if name.endswith(".sst"):
-                self.uploaded[name] = entry
             files.append(entry)
+        # A file compacted away never comes back: remember only the live ones.
+        self.uploaded = {f["name"]: f for f in files if f["name"].endswith(".sst")}
         self.prune_local_checkpoints(local.checkpoint_id)
         return {"format": FORMAT, "instance": self.instance,
                 "checkpoint_id": local.checkpoint_id, "local": os.path.basename(local.path),
@@ -569,9 +619,13 @@ class RocksDBKeyedStateBackend(KeyedStateBackend):
 
     # -- restore ---------------------------------------------------------------------------
 
-    def restore(self, storage: Any, handles: list[dict[str, Any]]) -> None:
+    def restore(self, storage: Any, handles: list[dict[str, Any]],
+                shared_prefix: str | None = None) -> None:
         """Open the state of ``handles`` (``rocksdb`` entries of any parallelism) for this
-        subtask's key groups (see the module docstring)."""
+        subtask's key groups (see the module docstring). SST files already under
+        ``shared_prefix`` (the job's own shared folder, when restoring its own checkpoint)
+        are not uploaded again; those of another job id are (that job's files are deleted
+        once this job has a checkpoint of its own)."""
         own = self.key_groups
         parts = [h for h in handles
                  if max(h["key_groups"][0], own.start) < min(h["key_groups"][1], own.stop)]
@@ -595,10 +649,20 @@ class RocksDBKeyedStateBackend(KeyedStateBackend):
                     t._cf.delete_range(b"\x00\x00", lo)
                     t._cf.delete_range(hi, kg_prefix(0xFFFF) + b"\xff")
             # Its files are in storage already (until compaction replaces them).
-            self.uploaded = {f["name"]: f for f in first["files"] if f["name"].endswith(".sst")}
+            if shared_prefix is not None:
+                self.uploaded = {f["name"]: f for f in first["files"]
+                                 if f["name"].endswith(".sst")
+                                 and f["key"].startswith(shared_prefix)}
         else:
             for part in parts:
                 self._copy_range(storage, part)
+        self.restored()
+
+    def restored(self) -> None:
+        """After a restore: states small enough to fit in half the cache are loaded whole
+        (their misses need no RocksDB read)."""
+        for t in self.tables.values():
+            t.fill()
 
     def _fetch(self, storage: Any, part: dict[str, Any], dest: str) -> None:
         """The files of checkpoint ``part`` into ``dest``, verified: hard links from the

@@ -336,7 +336,11 @@ class SubtaskRunner:
                 if old_index == 0:
                     faults.point("worker.during-restore")  # one state file read, not all
             if rocksdb_parts:
-                self.rocksdb.restore(self.storage, rocksdb_parts)
+                # Its own checkpoint: the SST files in its shared folder are reused.
+                own = f"{shared_dir(self.job_id)}/" if kind == "checkpoint" else None
+                self.rocksdb.restore(self.storage, rocksdb_parts, own)
+            elif self.rocksdb is not None:
+                self.rocksdb.restored()  # after loading a savepoint (or a memory checkpoint)
             self._restore_watermark(watermarks, own_range)
         restore_sink = getattr(self.sink_writer, "restore", None)
         if restore_sink is not None:
