@@ -62,6 +62,46 @@ def large_state(args: dict[str, Any]) -> Pipeline:
     return p
 
 
+class StampedCount(KeyedProcessFunction):
+    """The running count of each word, carrying the emission time of the record that
+    made it: ``(word, n, emitted_at)``."""
+
+    def open(self, ctx):
+        self.n = ctx.value_state("n", 0)
+
+    def process(self, key, record, out):
+        n = self.n.value() + 1
+        self.n.update(n)
+        out.append((key, n, record[1]))
+
+
+def _written_line(r: tuple[str, int, float]) -> str:
+    # Called by the file sink on its thread as it writes the line into its (not yet
+    # committed) file: the end of processing.
+    return f"{r[0]} {r[1]} {r[2]:.6f} {time.time():.6f}"
+
+
+def stamped_count(args: dict[str, Any]) -> Pipeline:
+    """The wordcount with timestamps, for ``bench/latency.py``: the source stamps each record
+    with the wall-clock time it makes it (``(word, time.time())``, at the moment the source
+    reads it into the job), the keyed count keeps it, and the transactional file sink writes
+    ``<word> <n> <emitted_at> <written_at>``, ``written_at`` taken as the sink writes the
+    line. Committed output: the lines ``w 1`` ... ``w n`` of each word, once each."""
+    records, words = int(args["records"]), int(args.get("words", 1000))
+    word = word_of(words)
+
+    def stamped(g: int) -> tuple[str, float]:
+        return (word(g), time.time())
+
+    p = Pipeline()
+    (p.source(GeneratorSource(records=records, fn=stamped, rate=float(args["rate"])),
+              "Source: stamped words")
+      .key_by(_first)
+      .process(StampedCount(), "Stamped count")
+      .sink(FileSink(str(args["output"]), fmt=_written_line), "Sink: files"))
+    return p
+
+
 # --- bench/state.py: keyed state of many keys, checked record by record ----------------------
 
 UPDATE, UPDATE_EMIT, VERIFY = 0, 1, 2

@@ -330,7 +330,8 @@ class Worker:
                           self.executor, spec.checkpoint.mode, spec.checkpoint.aligned_timeout,
                           self.send, t.steps[0].fn if t.is_source else None,
                           spec.checkpoint.incremental, spec.checkpoint.max_deltas,
-                          spec.state_backend)
+                          spec.state_backend, spec.checkpoint.snapshot_strategy,
+                          spec.checkpoint.timeout)
             for t in self.pipeline.tasks]
         d = self.deployment = Deployment(attempt, runners)
         restore = msg.get("restore")
