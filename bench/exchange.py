@@ -92,7 +92,7 @@ def run(p: int, records: int, words: int) -> tuple[dict[str, float], dict[str, i
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--records", type=int, default=1_000_000)
+    ap.add_argument("--records", type=int, default=2_000_000)
     ap.add_argument("--words", type=int, default=10_000)
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()

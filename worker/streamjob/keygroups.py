@@ -99,13 +99,14 @@ class KeyRouter:
         Routing is the main CPU a keyed exchange adds per record, so the per-record work runs
         in C: ``map`` applies the key function, looks the targets up in the cache and appends
         each record to its target's list (``operator.call``), about half the CPU of a Python
-        loop or of one comprehension per target. A batch with a key not in the cache (new, or
-        evicted) looks its keys up through ``target``, which fills the cache."""
+        loop or of one comprehension per target. A batch with keys not in the cache (new, or
+        evicted) computes those through ``target``, which caches them."""
         keys = list(map(key_fn, records))
         try:
             targets = list(map(self._cache.__getitem__, keys))
         except KeyError:
-            targets = list(map(self.target, keys))
+            get, target = self._cache.get, self.target
+            targets = [t if (t := get(k)) is not None else target(k) for k in keys]
         buckets: list[list[Any]] = [[] for _ in range(self.parallelism)]
         appends = [b.append for b in buckets]
         deque(map(call, map(appends.__getitem__, targets), records), maxlen=0)
