@@ -104,6 +104,7 @@ def main() -> None:
     a = ap.parse_args()
     if a.quick:
         a.keys, a.checkpoints = 100_000, 8
+    load_start = os.getloadavg()[0]
     tmp = Path(tempfile.mkdtemp(prefix="sj-bench-"))
     server = MinioServer(tmp / "minio").start()
     env = server.env
@@ -160,7 +161,9 @@ def main() -> None:
     full, inc = results["full"], results["incremental"]
     state_bytes = statistics.median(h["size_bytes"] for h in full)
     inc_bytes = statistics.median(h["size_bytes"] for h in inc)
-    print(f"checkpoints on MinIO ({server.endpoint}), p = 2, {os.cpu_count()} cores")
+    print(f"checkpoints on MinIO ({server.endpoint}), p = 2, {os.cpu_count()} cores, load "
+          f"average {load_start:.1f} at start, {os.getloadavg()[0]:.1f} at end (a shared "
+          f"machine: durations grow with the load)")
     print(f"small state (1,000 keys): p50 {pct(d_small, .5):.0f} ms, p99 "
           f"{pct(d_small, .99):.0f} ms over {len(d_small)} checkpoints")
     df = [h["duration_ms"] for h in full]
@@ -171,6 +174,8 @@ def main() -> None:
           f"uploaded {inc_bytes / 1e6:.2f} MB per checkpoint = "
           f"{inc_bytes / state_bytes * 100:.2f} % of the full state "
           f"(keys changed per checkpoint: ~{rate / a.keys * 100:.1f} %)")
+    print(f"incremental ÷ full, same state, same run: duration p50 "
+          f"{pct(di, .5) / pct(df, .5):.3f}, bytes uploaded {inc_bytes / state_bytes:.4f}")
     r = results["rescale"]
     print(f"rescale 2 -> 4 with {r['savepoint_bytes'] / 1e6:.0f} MB: {r['total']:.1f} s from "
           f"request to running (savepoint {r['savepoint']:.1f} s, stop {r['stop']:.1f} s, "

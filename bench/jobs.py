@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import time
 from typing import Any
 
 from streamjob import Pipeline
-from streamjob.connectors import DiscardSink, GeneratorSource
+from streamjob.connectors import DiscardSink, FileSink, GeneratorSource
+from streamjob.connectors.generator import GeneratorReader
 from streamjob.examples.wordcount import word_of
 from streamjob.keygroups import key_group
 from streamjob.operators import KeyedProcessFunction
@@ -57,3 +60,201 @@ def large_state(args: dict[str, Any]) -> Pipeline:
       .process(PreloadedState(keys, value_bytes))
       .sink(DiscardSink()))
     return p
+
+
+class StampedCount(KeyedProcessFunction):
+    """The running count of each word, carrying the emission time of the record that
+    made it: ``(word, n, emitted_at)``."""
+
+    def open(self, ctx):
+        self.n = ctx.value_state("n", 0)
+
+    def process(self, key, record, out):
+        n = self.n.value() + 1
+        self.n.update(n)
+        out.append((key, n, record[1]))
+
+
+def _written_line(r: tuple[str, int, float]) -> str:
+    # Called by the file sink on its thread as it writes the line into its (not yet
+    # committed) file: the end of processing.
+    return f"{r[0]} {r[1]} {r[2]:.6f} {time.time():.6f}"
+
+
+def stamped_count(args: dict[str, Any]) -> Pipeline:
+    """The wordcount with timestamps, for ``bench/latency.py``: the source stamps each record
+    with the wall-clock time it makes it (``(word, time.time())``, at the moment the source
+    reads it into the job), the keyed count keeps it, and the transactional file sink writes
+    ``<word> <n> <emitted_at> <written_at>``, ``written_at`` taken as the sink writes the
+    line. Committed output: the lines ``w 1`` ... ``w n`` of each word, once each."""
+    records, words = int(args["records"]), int(args.get("words", 1000))
+    word = word_of(words)
+
+    def stamped(g: int) -> tuple[str, float]:
+        return (word(g), time.time())
+
+    p = Pipeline()
+    (p.source(GeneratorSource(records=records, fn=stamped, rate=float(args["rate"])),
+              "Source: stamped words")
+      .key_by(_first)
+      .process(StampedCount(), "Stamped count")
+      .sink(FileSink(str(args["output"]), fmt=_written_line), "Sink: files"))
+    return p
+
+
+# --- bench/state.py: keyed state of many keys, checked record by record ----------------------
+
+UPDATE, UPDATE_EMIT, VERIFY = 0, 1, 2
+CHANGED_EVERY, CHANGED_AT = 100, 37      # 1 % of the keys change: k % 100 == 37
+VERIFY_EVERY, VERIFY_AT = 20, 17         # 5 % are read back at the end (every changed key too)
+VALUE_BYTES = 100
+
+
+def state_value(key: int, version: int) -> bytes:
+    """The 100-byte value of ``key`` at ``version``: who and which, then padding."""
+    return key.to_bytes(8, "little") + version.to_bytes(4, "little") + b"." * 88
+
+
+def state_phases(keys: int) -> tuple[int, int, int]:
+    """Records of the three phases of the large-state job: load (every key once), change
+    (1 % of the keys), verify (every 20th key read back)."""
+    if keys < CHANGED_EVERY:
+        raise ValueError(f"keys must be at least {CHANGED_EVERY}, got {keys}")
+    return keys, keys // CHANGED_EVERY, (keys - VERIFY_AT + VERIFY_EVERY - 1) // VERIFY_EVERY
+
+
+def state_record(g: int, keys: int) -> tuple[int, int, int]:
+    """Record g of the large-state job: (key, version, mode)."""
+    load, change, _ = state_phases(keys)
+    if g < load:
+        return g, 1, UPDATE
+    g -= load
+    if g < change:
+        return g * CHANGED_EVERY + CHANGED_AT, 2, UPDATE
+    return (g - change) * VERIFY_EVERY + VERIFY_AT, 0, VERIFY
+
+
+def expected_verify_lines(keys: int) -> set[str]:
+    return {f"{k} {2 if k % CHANGED_EVERY == CHANGED_AT else 1}"
+            for k in range(VERIFY_AT, keys, VERIFY_EVERY)}
+
+
+def churn_record(g: int, keys: int, records: int) -> tuple[int, int, int]:
+    """Record g of the few-keys job: key g % keys at its next version; the key's last record
+    is emitted."""
+    key, version = g % keys, g // keys + 1
+    return key, version, UPDATE_EMIT if g + keys >= records else UPDATE
+
+
+def expected_churn_lines(keys: int, records: int) -> set[str]:
+    return {f"{k} {(records - k + keys - 1) // keys}" for k in range(min(keys, records))}
+
+
+class CheckedValue(KeyedProcessFunction):
+    """Read-modify-write of one 100-byte value per key, checked on every record: the value
+    read must be the key's previous version (a record applied twice or lost, or state not
+    restored exactly, shows up as a ``BAD`` line). Emits ``key version`` when asked to."""
+
+    def open(self, ctx):
+        self.state = ctx.value_state("value")
+
+    def process(self, key, record, out):
+        _, version, mode = record
+        old = self.state.value()
+        if mode == VERIFY:
+            seen = int.from_bytes(old[8:12], "little") if old else 0
+            ok = old is not None and bytes(old) == state_value(key, seen)
+            out.append(f"{key} {seen}" if ok else f"BAD {key} read {old!r:.40}")
+            return
+        expected = None if version == 1 else state_value(key, version - 1)
+        if (None if old is None else bytes(old)) != expected:
+            out.append(f"BAD {key} {version} read {old!r:.40}")
+        self.state.update(state_value(key, version))
+        if mode == UPDATE_EMIT:
+            out.append(f"{key} {version}")
+
+
+class GatedGeneratorSource(GeneratorSource):
+    """A generator that holds back record ``b`` and later ones, for each boundary ``b`` in
+    ``gates``, until the file ``<gate_dir>/gate-<b>`` exists: a benchmark can let a
+    checkpoint complete at an exact position between two phases. Positions are the
+    generator's, so a restored or rescaled job keeps its place."""
+
+    def __init__(self, records: int, fn, gates: list[int], gate_dir: str):
+        super().__init__(records=records, fn=fn)
+        self.gates, self.gate_dir = sorted(gates), gate_dir
+
+    def create_reader(self, positions):
+        return GatedReader(self, {int(k): int(v) for k, v in positions.items()})
+
+
+class GatedReader(GeneratorReader):
+    """``GeneratorReader.poll`` with the records at and after the first closed gate held
+    back."""
+
+    IDLE_S = 0.02   # while held back: do not spin the worker's event loop
+
+    def __init__(self, source: GatedGeneratorSource, positions: dict[int, int]):
+        super().__init__(source, positions)
+        self.open_gates: set[int] = set()
+
+    def _limit(self) -> int | None:
+        for b in self.source.gates:
+            if b not in self.open_gates:
+                if not os.path.exists(os.path.join(self.source.gate_dir, f"gate-{b}")):
+                    return b
+                self.open_gates.add(b)
+        return None
+
+    def poll(self, max_records: int) -> list[Any] | None:
+        limit = self._limit()
+        S, make, pos = self.source.splits, self.source.batch_fn, self.pos
+        n = self.source.records if limit is None else min(limit, self.source.records)
+        size = {k: max(0, (n - k + S - 1) // S) for k in pos}      # split k's g < n
+        live = [k for k, r in pos.items() if r < size[k]]
+        if not live:
+            if limit is None:
+                return None
+            time.sleep(self.IDLE_S)
+            return []
+        r0 = min(pos[k] for k in live)
+        lagging = [k for k in live if pos[k] == r0]
+        if len(lagging) != len(live):
+            out = make([k + S * r0 for k in lagging])
+            for k in lagging:
+                pos[k] += 1
+            return out
+        r1 = min(r0 + max(1, max_records // len(live)), max(size[k] for k in live))
+        out = make([g for r in range(r0, r1) for k in live if (g := k + S * r) < n])
+        for k in live:
+            pos[k] = min(r1, size[k])
+        return out
+
+
+def large_state_checked(args: dict[str, Any]) -> Pipeline:
+    """bench/state.py's large-state job: load ``keys`` keys, change 1 %, read 5 % back;
+    held at the phase boundaries until the benchmark opens them (``gate_dir``)."""
+    keys = int(args["keys"])
+    load, change, verify = state_phases(keys)
+    p = Pipeline()
+    (p.source(GatedGeneratorSource(load + change + verify, lambda g: state_record(g, keys),
+                                   [load, load + change], str(args["gate_dir"])))
+      .key_by(_first)
+      .process(CheckedValue())
+      .sink(FileSink(str(args["output"]))))
+    return p
+
+
+def churn_checked(args: dict[str, Any]) -> Pipeline:
+    """bench/state.py's throughput job: ``records`` read-modify-writes over ``keys`` keys."""
+    keys, records = int(args["keys"]), int(args["records"])
+    p = Pipeline()
+    (p.source(GeneratorSource(records=records, fn=lambda g: churn_record(g, keys, records)))
+      .key_by(_first)
+      .process(CheckedValue())
+      .sink(FileSink(str(args["output"]))))
+    return p
+
+
+def _first(record: tuple[Any, ...]) -> Any:
+    return record[0]

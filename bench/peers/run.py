@@ -459,7 +459,7 @@ class FlinkBase(System):
         if cell.checkpoint:
             argv += ["--checkpoint-ms", str(int(CHECKPOINT_S * 1000)),
                      "--checkpoint-dir", str(work / "ckpt")]
-        argv += self.extra_args()
+        argv += ["--output", str(work / "out"), *self.extra_args()]
         env = {"PATH": f"{self.root / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"}
         return [self.popen(argv, work, env=env, stdout=work / "stdout.log")]
 
@@ -467,7 +467,9 @@ class FlinkBase(System):
         return []
 
     def output_files(self, work: Path) -> list[Path]:
-        return [work / "stdout.log"]
+        # Finished part files only (Flink keeps in-progress and pending ones hidden,
+        # ".part-..."), written by the FileSink (DataStream) or the filesystem connector (SQL).
+        return sorted((work / "out").glob("part-*"))
 
     def job_seconds(self, work: Path) -> float | None:
         # Flink's net runtime of the job: submission to finish, without JVM start-up.
@@ -500,16 +502,8 @@ class FlinkSQL(FlinkBase):
     can_kill_worker = False
     sink = "filesystem"
 
-    def start(self, cell: Cell, records: int, work: Path) -> list[subprocess.Popen]:
-        self._out = work / "out"
-        return super().start(cell, records, work)
-
     def extra_args(self) -> list[str]:
-        return ["--sink", self.sink, "--output", str(self._out)]
-
-    def output_files(self, work: Path) -> list[Path]:
-        # Committed part files only (Flink keeps in-progress ones hidden, ".part-...").
-        return sorted((work / "out").glob("part-*"))
+        return ["--sink", self.sink]
 
 
 class FlinkSQLBlackhole(FlinkSQL):
@@ -522,25 +516,17 @@ class FlinkSQLBlackhole(FlinkSQL):
 
 # ----------------------------------------------------------------------------- results
 
-_PREFIX = re.compile(r"^\d+> ")
 _expected_cache: dict[tuple, dict] = {}
 
 
 def read_rows(files: Iterable[Path]) -> Iterator[list[str]]:
-    """Output rows as fields, from `a b c` lines or Flink's `+I[a, b, c]` changelog lines."""
+    """Output rows as fields: every system writes `a b c` text lines to files."""
     for f in files:
         if not f.exists():
             continue
         with open(f, errors="replace") as fh:
             for line in fh:
-                line = _PREFIX.sub("", line.rstrip("\n"))
-                if not line:
-                    continue
-                if line[0] in "+-" and line[2:3] == "[":
-                    if line[0] == "-":
-                        continue
-                    yield line[3:-1].split(", ")
-                else:
+                if line.strip():
                     yield line.split()
 
 

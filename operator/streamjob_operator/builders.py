@@ -13,11 +13,13 @@ import kopf
 from kubernetes import client as k8s
 
 from streamjob.manifest import StreamJob
-from streamjob_operator import names
+from streamjob_operator import names, statebackend
 from streamjob_operator.config import Settings
 from streamjob_operator.model import Deployment, manifest_text
 
 STORAGE_KEYS = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+#: the worker volume at ``spec.stateBackend.rocksdb.localDir`` (rocksdb backend)
+STATE_VOLUME = "state"
 
 
 def _owned(obj: Any, owner: Mapping[str, Any] | None) -> Any:
@@ -34,19 +36,45 @@ def _security_context(settings: Settings) -> tuple[k8s.V1PodSecurityContext,
         seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault"))
     container = k8s.V1SecurityContext(
         run_as_non_root=True, allow_privilege_escalation=False, privileged=False,
-        read_only_root_filesystem=True,    # the one writable path is /tmp (an emptyDir)
+        read_only_root_filesystem=True,    # writable: /tmp and a rocksdb localDir (emptyDirs)
         capabilities=k8s.V1Capabilities(drop=["ALL"]),
         seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault"))
     return pod, container
 
 
-def _resources(job: StreamJob) -> k8s.V1ResourceRequirements | None:
+def _resources(job: StreamJob, role: str) -> k8s.V1ResourceRequirements | None:
     res = job.spec.resources
-    if res is None or (res.cpu is None and res.memory is None):
+    cpu, memory = (res.cpu, res.memory) if res is not None else (None, None)
+    limits = {k: v for k, v in (("cpu", cpu), ("memory", memory)) if v}
+    requests = dict(limits)
+    if role == names.ROLE_WORKER and memory is None and statebackend.uses_rocksdb(job):
+        # no memory given: at least request what the block cache and write buffers take,
+        # so the scheduler does not place the worker where that does not fit (no limit)
+        requests["memory"] = f"{statebackend.memory_floor_mib(job)}Mi"
+    if not requests:
         return None
-    requests = {k: v for k, v in (("cpu", res.cpu), ("memory", res.memory)) if v}
-    limits = {k: v for k, v in (("cpu", res.cpu), ("memory", res.memory)) if v}
-    return k8s.V1ResourceRequirements(requests=requests, limits=limits)
+    return k8s.V1ResourceRequirements(requests=requests, limits=limits or None)
+
+
+def _volumes(job: StreamJob, role: str) -> tuple[list[k8s.V1Volume], list[k8s.V1VolumeMount]]:
+    """``/tmp`` (an emptyDir: the one writable path of the read-only root filesystem) and, in
+    workers of a rocksdb job, an emptyDir of its own at ``localDir`` (its ``sizeLimit`` bounds
+    the state files alone). ``localDir: /tmp`` is the ``/tmp`` volume itself (one mount per
+    path); a ``localDir`` under ``/tmp`` is mounted over it."""
+    tmp = k8s.V1EmptyDirVolumeSource()
+    volumes = [k8s.V1Volume(name="tmp", empty_dir=tmp)]
+    mounts = [k8s.V1VolumeMount(name="tmp", mount_path=statebackend.TMP)]
+    if role != names.ROLE_WORKER or not statebackend.uses_rocksdb(job):
+        return volumes, mounts
+    path = statebackend.local_dir(job)
+    size_limit = job.spec.state_backend.rocksdb.local_dir_size_limit
+    if path == statebackend.TMP:
+        tmp.size_limit = size_limit
+    else:
+        volumes.append(k8s.V1Volume(name=STATE_VOLUME, empty_dir=k8s.V1EmptyDirVolumeSource(
+            size_limit=size_limit)))
+        mounts.append(k8s.V1VolumeMount(name=STATE_VOLUME, mount_path=path))
+    return volumes, mounts
 
 
 def _storage_env(job: StreamJob) -> list[k8s.V1EnvVar]:
@@ -79,13 +107,14 @@ def _pod(job: StreamJob, settings: Settings, *, role: str, subtask: int | None,
          readiness: k8s.V1Probe | None, owner: Mapping[str, Any] | None) -> k8s.V1Pod:
     name = job.metadata.name
     pod_sc, container_sc = _security_context(settings)
+    volumes, mounts = _volumes(job, role)
     container = k8s.V1Container(
         name=role, image=job.spec.image or settings.default_image,
         image_pull_policy=job.spec.image_pull_policy or settings.default_pull_policy,
         command=command[:1], args=command[1:], env=_downward_env() + env, ports=ports,
-        resources=_resources(job), security_context=container_sc,
+        resources=_resources(job, role), security_context=container_sc,
         termination_message_policy="FallbackToLogsOnError", readiness_probe=readiness,
-        volume_mounts=[k8s.V1VolumeMount(name="tmp", mount_path="/tmp")])
+        volume_mounts=mounts)
     pod = k8s.V1Pod(
         api_version="v1", kind="Pod",
         metadata=k8s.V1ObjectMeta(
@@ -97,7 +126,7 @@ def _pod(job: StreamJob, settings: Settings, *, role: str, subtask: int | None,
             containers=[container], restart_policy="Never", security_context=pod_sc,
             automount_service_account_token=False, enable_service_links=False,
             termination_grace_period_seconds=10 if role == names.ROLE_COORDINATOR else 5,
-            volumes=[k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource())]))
+            volumes=volumes))
     return _owned(pod, owner)
 
 

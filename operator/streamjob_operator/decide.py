@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 
 from streamjob.manifest import StreamJobSpec
-from streamjob_operator.model import JobStatus, spec_hash
+from streamjob_operator.model import Deployment, JobStatus, spec_hash
 from streamjob_operator.phases import Phase
 
 
@@ -66,3 +66,13 @@ def next_operation(spec: StreamJobSpec, status: JobStatus, now: float | None = N
     if spec.savepoint_nonce is not None and spec.savepoint_nonce != status.observed_savepoint_nonce:
         return Op.SAVEPOINT
     return Op.HEAL
+
+
+def upgrade_mode(spec: StreamJobSpec, dep: Deployment) -> str:
+    """How an upgrade rolls out: ``spec.upgradeMode``, except that a change of state backend
+    goes through a savepoint even in ``last-state`` mode. A checkpoint is in its backend's
+    own format (RocksDB files, or a snapshot of dicts); a savepoint is canonical, readable by
+    either backend (Flink's rule too). ``stateless`` stays stateless: no state to carry."""
+    if spec.upgrade_mode == "last-state" and spec.state_backend.type != dep.state_backend:
+        return "savepoint"
+    return spec.upgrade_mode

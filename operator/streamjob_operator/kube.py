@@ -19,6 +19,10 @@ from streamjob_operator import names
 
 log = logging.getLogger(__name__)
 
+# (connect, read) seconds for every call: without it the client waits for an answer forever,
+# and a handler stuck on an API server that stopped answering never retries.
+REQUEST_TIMEOUT = (5.0, 30.0)
+
 
 @cache
 def api_client() -> k8s.ApiClient:
@@ -47,13 +51,16 @@ def create(obj: Any) -> bool:
     try:
         match obj.kind:
             case "Pod":
-                core().create_namespaced_pod(namespace, obj)
+                core().create_namespaced_pod(namespace, obj, _request_timeout=REQUEST_TIMEOUT)
             case "Service":
-                core().create_namespaced_service(namespace, obj)
+                core().create_namespaced_service(namespace, obj,
+                                                _request_timeout=REQUEST_TIMEOUT)
             case "Secret":
-                core().create_namespaced_secret(namespace, obj)
+                core().create_namespaced_secret(namespace, obj,
+                                               _request_timeout=REQUEST_TIMEOUT)
             case "NetworkPolicy":
-                networking().create_namespaced_network_policy(namespace, obj)
+                networking().create_namespaced_network_policy(
+                    namespace, obj, _request_timeout=REQUEST_TIMEOUT)
             case other:
                 raise TypeError(f"cannot create a {other}")
     except ApiException as err:
@@ -66,7 +73,8 @@ def create(obj: Any) -> bool:
 
 def delete_pod(namespace: str, name: str, grace_seconds: int | None = None) -> bool:
     try:
-        core().delete_namespaced_pod(name, namespace, grace_period_seconds=grace_seconds)
+        core().delete_namespaced_pod(name, namespace, grace_period_seconds=grace_seconds,
+                                     _request_timeout=REQUEST_TIMEOUT)
     except ApiException as err:
         if err.status == 404:
             return False
@@ -77,13 +85,15 @@ def delete_pod(namespace: str, name: str, grace_seconds: int | None = None) -> b
 
 def list_pods(namespace: str, job: str) -> list[k8s.V1Pod]:
     selector = f"{names.LABEL_JOB}={job},{names.LABEL_MANAGED_BY}={names.MANAGED_BY}"
-    return list(core().list_namespaced_pod(namespace, label_selector=selector).items)
+    return list(core().list_namespaced_pod(namespace, label_selector=selector,
+                                           _request_timeout=REQUEST_TIMEOUT).items)
 
 
 def get_job(namespace: str, name: str) -> dict[str, Any] | None:
     try:
         return custom().get_namespaced_custom_object(names.GROUP, names.VERSION, namespace,
-                                                     names.PLURAL, name)
+                                                     names.PLURAL, name,
+                                                     _request_timeout=REQUEST_TIMEOUT)
     except ApiException as err:
         if err.status == 404:
             return None
@@ -108,7 +118,8 @@ def patch_status(namespace: str, name: str, status: dict[str, Any],
         body["metadata"] = {"resourceVersion": resource_version}
     try:
         result = custom().patch_namespaced_custom_object_status(
-            names.GROUP, names.VERSION, namespace, names.PLURAL, name, body)
+            names.GROUP, names.VERSION, namespace, names.PLURAL, name, body,
+            _request_timeout=REQUEST_TIMEOUT)
     except ApiException as err:
         if err.status == 404:               # the job is gone: nothing to report on
             return None
@@ -123,7 +134,7 @@ def read_secret_key(namespace: str, name: str, key: str) -> str | None:
     import base64
 
     try:
-        secret = core().read_namespaced_secret(name, namespace)
+        secret = core().read_namespaced_secret(name, namespace, _request_timeout=REQUEST_TIMEOUT)
     except ApiException as err:
         if err.status == 404:
             return None

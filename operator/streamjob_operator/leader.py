@@ -65,11 +65,16 @@ class LeaderElector:
         self.duration, self.renew_every = duration, renew_every
         self.clock = clock
         self.renewed_at = 0.0
+        # A renewal (two calls) ends within a renewal period: one stuck on an API server that
+        # stopped answering would otherwise never notice that the lease ran out (and another
+        # replica would act beside this one).
+        self.request_timeout = (min(5.0, renew_every / 2), renew_every / 2)
         self._stop = threading.Event()
 
     def _read(self) -> tuple[k8s.V1Lease | None, Holder | None]:
         try:
-            lease = self.coordination.read_namespaced_lease(self.name, self.namespace)
+            lease = self.coordination.read_namespaced_lease(
+                self.name, self.namespace, _request_timeout=self.request_timeout)
         except ApiException as err:
             if err.status == 404:
                 return None, None
@@ -95,14 +100,15 @@ class LeaderElector:
                 spec.lease_transitions = 0
                 self.coordination.create_namespaced_lease(self.namespace, k8s.V1Lease(
                     metadata=k8s.V1ObjectMeta(name=self.name, namespace=self.namespace),
-                    spec=spec))
+                    spec=spec), _request_timeout=self.request_timeout)
             else:
                 assert lease is not None
                 old = lease.spec or k8s.V1LeaseSpec()
                 spec.acquire_time = old.acquire_time if action == "renew" else _micro(now)
                 spec.lease_transitions = (old.lease_transitions or 0) + (action == "take")
                 lease.spec = spec          # replace with the resourceVersion we read
-                self.coordination.replace_namespaced_lease(self.name, self.namespace, lease)
+                self.coordination.replace_namespaced_lease(
+                    self.name, self.namespace, lease, _request_timeout=self.request_timeout)
         except ApiException as err:
             if err.status in (409, 422):   # someone else wrote it first
                 return False
@@ -158,6 +164,7 @@ class LeaderElector:
             lease, holder = self._read()
             if lease is not None and holder is not None and holder.identity == self.me:
                 lease.spec.holder_identity = None
-                self.coordination.replace_namespaced_lease(self.name, self.namespace, lease)
+                self.coordination.replace_namespaced_lease(
+                    self.name, self.namespace, lease, _request_timeout=self.request_timeout)
         except Exception as err:  # noqa: BLE001 - best effort on the way out
             log.debug("could not release the lease: %s", err)

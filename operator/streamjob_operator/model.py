@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from streamjob.manifest import ManifestError, StreamJob, StreamJobSpec, parse_manifest
+from streamjob_operator import statebackend
 from streamjob_operator.operation import Operation
 
 
@@ -36,6 +37,9 @@ class Deployment(_Camel):
     spec_hash: str = Field("", alias="specHash")
     started_at: float = Field(0.0, alias="startedAt")
     coordinator_crashes: int = Field(0, alias="coordinatorCrashes")
+    #: ``spec.stateBackend.type`` of this rollout (status written before the field existed:
+    #: memory, the only backend then)
+    state_backend: str = Field("memory", alias="stateBackend")
 
 
 class Savepoint(_Camel):
@@ -90,9 +94,13 @@ def parse_job(body: Any) -> StreamJob:
         "spec": dict(body.get("spec") or {}),
     }
     try:
-        return parse_manifest(json.loads(json.dumps(data)))
+        job = parse_manifest(json.loads(json.dumps(data)))
     except ManifestError as err:
         raise InvalidSpec(str(err)) from None
+    problem = statebackend.problem(job)
+    if problem:
+        raise InvalidSpec(problem)
+    return job
 
 
 #: spec fields whose change is an upgrade of the running pods (not a rescale or lifecycle knob)
@@ -101,9 +109,16 @@ UPGRADE_FIELDS = ("pipeline", "args", "image", "imagePullPolicy", "storageSecret
 
 
 def spec_hash(spec: StreamJobSpec) -> str:
-    """A short hash of the fields whose change needs new pods (see :data:`UPGRADE_FIELDS`)."""
+    """A short hash of the fields whose change needs new pods (see :data:`UPGRADE_FIELDS`).
+
+    ``stateBackend`` counts only when it is rocksdb: the hash of a job on the memory backend
+    stays what it was before the field existed (an operator upgrade restarts no job), and the
+    rocksdb settings of a job on the memory backend change nothing.
+    """
     data = spec.model_dump(by_alias=True, mode="json")
     relevant = {k: data.get(k) for k in UPGRADE_FIELDS}
+    if spec.state_backend.type != "memory":
+        relevant["stateBackend"] = data["stateBackend"]
     text = json.dumps(relevant, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

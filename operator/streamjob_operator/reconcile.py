@@ -34,7 +34,7 @@ from streamjob_operator.coordinator import (
     JobView,
     stop_savepoint,
 )
-from streamjob_operator.decide import next_operation, target_parallelism
+from streamjob_operator.decide import next_operation, target_parallelism, upgrade_mode
 from streamjob_operator.desired import (
     DeploymentSpec,
     Mode,
@@ -377,7 +377,7 @@ class Reconciler:
     def op_upgrade(self) -> None:
         dep = self.status.deployment
         assert dep is not None
-        mode = self.spec.upgrade_mode
+        mode = upgrade_mode(self.spec, dep)
         p = self.target_parallelism
         if mode == "stateless":
             self.roll_out(p, None, self.fresh_job_id(), Event.RESTARTED,
@@ -701,7 +701,7 @@ class Reconciler:
         self.status.deployment = Deployment(
             revision=(dep.revision + 1) if dep else 1, parallelism=parallelism, job_id=job_id,
             from_savepoint=from_savepoint, spec_hash=spec_hash(self.spec),
-            started_at=self.clock())
+            started_at=self.clock(), state_backend=self.spec.state_backend.type)
         self.status.recovering_since_attempt = None
         self.to(event, message)
         self.ensure_support_objects()

@@ -1,10 +1,14 @@
 """The project's container image, built locally: debootstrap'd Debian + Python venv + wheel.
 
-Layer 1 (cached, keyed by suite/packages/dependency list): a Debian root made with debootstrap,
-python3, a venv at /opt/streamjob with the project's dependencies installed by pip inside the
-root, and the user streamjob (uid 10001).
-Layer 2 (rebuilt every time, seconds): the project's wheel (`pip wheel --no-deps` of the working
-tree) installed into that venv inside an overlay mount; the overlay's upper dir is the layer.
+Three layers, each cached by what it is made of, so that a change rebuilds only its layer:
+Layer 1, the OS (keyed by suite and packages; minutes, once): a Debian root made with
+debootstrap, python3, and the user streamjob (uid 10001).
+Layer 2, the dependencies (keyed by layer 1 and the dependency list of pyproject.toml; about a
+minute when a dependency is added or changed): a venv at /opt/streamjob with the project's
+dependencies (wheels fetched by the host's pip) installed inside an overlay on layer 1.
+Layer 3, the project (rebuilt every time, seconds): the project's wheel (`pip wheel --no-deps`
+of the working tree) installed into that venv inside an overlay on layers 1 and 2.
+An overlay's upper dir is its layer.
 """
 from __future__ import annotations
 
@@ -25,7 +29,9 @@ from .util import log, run
 
 IMG = C.CACHE / "images"
 BASE_PACKAGES = ["python3", "python3-venv", "ca-certificates", "tini"]
-BASE_RECIPE_VERSION = 1  # bump when the recipe below changes
+OS_RECIPE_VERSION = 1    # bump when ensure_os's recipe changes
+DEPS_RECIPE_VERSION = 1  # bump when ensure_deps's recipe changes
+KEEP_DEPS_LAYERS = 3     # older dependency layers are deleted (350 MB each)
 
 
 def _mirror() -> str:
@@ -48,9 +54,13 @@ def _requirements() -> list[str]:
     return reqs
 
 
-def _base_key(reqs: list[str]) -> str:
-    blob = json.dumps([BASE_RECIPE_VERSION, C.DEBIAN_SUITE, BASE_PACKAGES, sorted(reqs),
-                       C.IMAGE_UID])
+def _os_key() -> str:
+    blob = json.dumps([OS_RECIPE_VERSION, C.DEBIAN_SUITE, BASE_PACKAGES, C.IMAGE_UID])
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _deps_key(os_key: str, reqs: list[str]) -> str:
+    blob = json.dumps([DEPS_RECIPE_VERSION, os_key, sorted(reqs)])
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -83,35 +93,19 @@ def _bind_dev(root: Path):
     return undo
 
 
-def ensure_base() -> tuple[Path, Path]:
-    """Returns (rootfs dir, layer tar) of the cached base."""
-    reqs = _requirements()
-    key = _base_key(reqs)
-    d = IMG / f"base-{C.DEBIAN_SUITE}-{key}"
+def ensure_os() -> tuple[Path, Path]:
+    """Returns (rootfs dir, layer tar) of the cached OS layer."""
+    d = IMG / f"os-{C.DEBIAN_SUITE}-{_os_key()}"
     layer = d / "layer.tar"
     if layer.exists() and (d / "rootfs").is_dir():
         return d / "rootfs", layer
     t0 = time.monotonic()
-    log(f"building base rootfs {d.name} (debootstrap {C.DEBIAN_SUITE} + deps; once)")
+    log(f"building OS rootfs {d.name} (debootstrap {C.DEBIAN_SUITE}; once)")
     shutil.rmtree(d, ignore_errors=True)
     d.mkdir(parents=True)
     root = d / "rootfs"
     run(["nice", "-n", "10", "debootstrap", "--variant=minbase",
          "--include=" + ",".join(BASE_PACKAGES), C.DEBIAN_SUITE, root, _mirror()])
-    # wheels for the dependencies, built/fetched by the host's pip (same CPython 3.11 ABI)
-    wh = root / "tmp" / "wheels"
-    wh.mkdir(parents=True)
-    (wh / "requirements.txt").write_text("\n".join(reqs) + "\n")
-    run(["nice", "-n", "10", "python3", "-m", "pip", "wheel", "-q", "--wheel-dir", wh,
-         "-r", wh / "requirements.txt"])
-    undo = _bind_dev(root)
-    try:
-        _chroot(root, "python3", "-m", "venv", "/opt/streamjob")
-        _chroot(root, "/opt/streamjob/bin/pip", "install", "-q", "--no-index", "--no-cache-dir",
-                "--find-links", "/tmp/wheels", "-r", "/tmp/wheels/requirements.txt")
-    finally:
-        undo()
-    shutil.rmtree(wh)
     # user streamjob, uid/gid 10001
     uid = C.IMAGE_UID
     with open(root / "etc/passwd", "a") as f:
@@ -135,9 +129,79 @@ def ensure_base() -> tuple[Path, Path]:
     (root / "etc/resolv.conf").unlink(missing_ok=True)
     (root / "etc/hostname").unlink(missing_ok=True)
     oci.tar_dir(root, layer)
-    log(f"base image layer built in {time.monotonic() - t0:.0f}s "
-        f"({layer.stat().st_size >> 20} MiB)")
+    log(f"OS layer built in {time.monotonic() - t0:.0f}s ({layer.stat().st_size >> 20} MiB)")
     return root, layer
+
+
+class _Overlay:
+    """``merged`` = ``upper`` over ``lowers`` (leftmost on top) while inside ``with``; files
+    written to ``merged`` land in ``upper``, which then is a layer."""
+
+    def __init__(self, lowers: list[Path], upper: Path, scratch: Path) -> None:
+        self.lowers, self.upper = lowers, upper
+        self.work, self.merged = scratch / "work", scratch / "merged"
+
+    def __enter__(self) -> Path:
+        for p in (self.upper, self.work, self.merged):
+            p.mkdir(parents=True, exist_ok=True)
+        lower = ":".join(str(p) for p in self.lowers)
+        run(["mount", "-t", "overlay", "overlay", "-o",
+             f"lowerdir={lower},upperdir={self.upper},workdir={self.work}", self.merged],
+            quiet=True)
+        self.undo_dev = _bind_dev(self.merged)
+        return self.merged
+
+    def __exit__(self, *exc: object) -> None:
+        self.undo_dev()
+        run(["umount", self.merged], quiet=True)
+        for n in ["null", "zero", "urandom", "random"]:   # mount points of _bind_dev
+            p = self.upper / "dev" / n
+            if p.exists() and p.is_file():
+                p.unlink()
+        _check_no_whiteouts(self.upper)
+
+
+def ensure_deps(os_root: Path) -> tuple[Path, Path]:
+    """Returns (upper dir, layer tar) of the cached dependency layer for pyproject's list."""
+    reqs = _requirements()
+    d = IMG / f"deps-{C.DEBIAN_SUITE}-{_deps_key(os_root.parent.name, reqs)}"
+    layer = d / "layer.tar"
+    if layer.exists() and (d / "upper").is_dir():
+        os.utime(d)                                     # most recently used: kept by _prune
+        return d / "upper", layer
+    t0 = time.monotonic()
+    log(f"building dependency layer {d.name} ({len(reqs)} requirements)")
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir(parents=True)
+    with tempfile.TemporaryDirectory(dir=IMG) as td:
+        scratch = Path(td)
+        # wheels for the dependencies, built/fetched by the host's pip (same CPython 3.11 ABI)
+        wh = scratch / "wheels"
+        wh.mkdir()
+        (wh / "requirements.txt").write_text("\n".join(reqs) + "\n")
+        run(["nice", "-n", "10", "python3", "-m", "pip", "wheel", "-q", "--wheel-dir", wh,
+             "-r", wh / "requirements.txt"])
+        with _Overlay([os_root], d / "upper", scratch) as merged:
+            shutil.copytree(wh, merged / "tmp" / "wheels")
+            _chroot(merged, "python3", "-m", "venv", "/opt/streamjob")
+            _chroot(merged, "/opt/streamjob/bin/pip", "install", "-q", "--no-index",
+                    "--no-cache-dir", "--find-links", "/tmp/wheels",
+                    "-r", "/tmp/wheels/requirements.txt")
+            shutil.rmtree(merged / "tmp" / "wheels")
+    oci.tar_dir(d / "upper", layer)
+    log(f"dependency layer built in {time.monotonic() - t0:.0f}s "
+        f"({layer.stat().st_size >> 20} MiB)")
+    _prune("deps-", keep=d)
+    return d / "upper", layer
+
+
+def _prune(prefix: str, keep: Path) -> None:
+    """Delete all but the KEEP_DEPS_LAYERS most recently used layers named ``prefix*``."""
+    old = sorted((p for p in IMG.glob(prefix + "*") if p.is_dir() and p != keep),
+                 key=lambda p: p.stat().st_mtime, reverse=True)
+    for p in old[KEEP_DEPS_LAYERS - 1:]:
+        log(f"deleting the unused layer {p.name}")
+        shutil.rmtree(p, ignore_errors=True)
 
 
 def _check_no_whiteouts(upper: Path) -> None:
@@ -149,7 +213,7 @@ def _check_no_whiteouts(upper: Path) -> None:
                                  "whiteouts are not supported, rebuild the base")
 
 
-def build_app_layer(root: Path) -> Path:
+def build_app_layer(lowers: list[Path]) -> Path:
     out_dir = IMG / "app"
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=IMG) as td:
@@ -158,38 +222,23 @@ def build_app_layer(root: Path) -> Path:
         run(["nice", "-n", "10", "python3", "-m", "pip", "wheel", "-q", "--no-deps",
              "--wheel-dir", wheels, str(C.REPO)])
         whl = next(wheels.glob("streamjob-*.whl"))
-        upper, work, merged = td / "upper", td / "work", td / "merged"
-        for p in (upper, work, merged):
-            p.mkdir()
-        run(["mount", "-t", "overlay", "overlay", "-o",
-             f"lowerdir={root},upperdir={upper},workdir={work}", merged], quiet=True)
-        try:
+        with _Overlay(lowers, td / "upper", td) as merged:
             shutil.copy(whl, merged / "tmp" / whl.name)
-            undo = _bind_dev(merged)
-            try:
-                _chroot(merged, "/opt/streamjob/bin/pip", "install", "-q", "--no-deps",
-                        "--no-index", "--no-cache-dir", f"/tmp/{whl.name}")
-            finally:
-                undo()
+            _chroot(merged, "/opt/streamjob/bin/pip", "install", "-q", "--no-deps",
+                    "--no-index", "--no-cache-dir", f"/tmp/{whl.name}")
             (merged / "tmp" / whl.name).unlink()
-        finally:
-            run(["umount", merged], quiet=True)
-        for n in ["null", "zero", "urandom", "random"]:
-            p = upper / "dev" / n
-            if p.exists() and p.is_file():
-                p.unlink()
-        _check_no_whiteouts(upper)
         layer = out_dir / "layer.tar"
-        oci.tar_dir(upper, layer)
+        oci.tar_dir(td / "upper", layer)
         return layer
 
 
 def build(import_into_cluster: bool = True) -> Path:
     t0 = time.monotonic()
-    root, base_layer = ensure_base()
-    app_layer = build_app_layer(root)
+    os_root, os_layer = ensure_os()
+    deps_upper, deps_layer = ensure_deps(os_root)
+    app_layer = build_app_layer([deps_upper, os_root])
     archive = IMG / "streamjob-dev.oci.tar"
-    oci.write_archive(archive, C.IMAGE_REF, [base_layer, app_layer], {
+    oci.write_archive(archive, C.IMAGE_REF, [os_layer, deps_layer, app_layer], {
         "User": f"{C.IMAGE_UID}:{C.IMAGE_UID}",
         "Env": ["PATH=/opt/streamjob/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:"
                 "/sbin:/bin", "PYTHONUNBUFFERED=1", "LANG=C.UTF-8", "HOME=/home/streamjob"],

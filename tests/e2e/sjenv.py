@@ -326,6 +326,13 @@ class PhaseRecorder:
         return out
 
 
+def storage_keys(server, prefix: str, bucket: str = "bucket") -> list[str]:
+    """The object keys under s3://bucket/prefix."""
+    from streamjob.s3storage import S3Storage
+
+    return list(S3Storage.from_uri(f"s3://{bucket}", env=server.env).list(prefix))
+
+
 def committed_lines(server, bucket: str = "bucket", folder: str = "out") -> Counter[str]:
     """Every line of the committed ``part-*`` objects under s3://bucket/folder/."""
     from streamjob.s3storage import S3Storage

@@ -1,7 +1,8 @@
 """The operator end to end on the real cluster (issue 6, end-to-end tier).
 
 `helm install` of helm/streamjob (image localhost/streamjob:dev, pull policy Never) → the
-wordcount StreamJob with MinIO storage → Ready → checkpoints complete → a worker pod deleted →
+wordcount StreamJob with MinIO storage → Ready → checkpoints complete → switched to the RocksDB
+state backend (an upgrade through a savepoint; SST files in MinIO) → a worker pod deleted →
 Recovering → Ready → scale subresource 2 → 3 (what `kubectl scale` does) → Rescaling → Ready →
 suspend, resume → Finished → the committed output in MinIO is exactly the expected set → delete
 (finalizer released, owned objects gone); and an invalid manifest refused with its field named.
@@ -22,14 +23,20 @@ from sjenv import (
     poll_until,
     s3_env,
     start_minio,
+    storage_keys,
     storage_secret,
     wordcount_job,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
-# ~120-180 s of input at the pods' CPU limit: long enough for failover, rescale and suspend.
+# ~120-180 s of input at the pods' CPU limit: long enough for the backend switch, failover,
+# rescale and suspend.
 RECORDS, WORDS, RATE = 90_000, 100, 600
+# Small caches (the pods have 384Mi); localDir off /tmp: a mount on the read-only root.
+ROCKSDB = {"type": "rocksdb", "rocksdb": {"blockCacheMB": 16, "writeBufferMB": 8,
+                                          "localDir": "/var/lib/streamjob-state",
+                                          "localDirSizeLimit": "1Gi"}}
 
 
 @pytest.fixture(scope="module")
@@ -120,6 +127,25 @@ def _scenario(jobs: Jobs, minio, name: str, rec: PhaseRecorder) -> None:
     cp = body["status"]["lastCheckpoint"]
     assert cp["completedAt"] and cp.get("durationMs") is not None, cp
 
+    # The RocksDB state backend (issue 17): a spec change, so an upgrade through a savepoint
+    # (canonical: the memory backend's state restored into RocksDB).
+    jobs.patch(name, {"spec": {"stateBackend": ROCKSDB}})
+    body = jobs.wait(name, lambda b: is_ready(b) and ((b["status"].get("deployment") or {})
+                                                      .get("stateBackend") == "rocksdb"),
+                     180, "upgraded to rocksdb")
+    assert "savepoint" in (body["status"]["deployment"].get("fromSavepoint") or ""), body["status"]
+    for pod in jobs.live_pods(name, "worker"):
+        [container] = pod.spec.containers
+        mounts = {m.mount_path: m.name for m in container.volume_mounts}
+        assert mounts == {"/tmp": "tmp", "/var/lib/streamjob-state": "state"}, mounts
+        assert container.security_context.read_only_root_filesystem is True
+        [state] = [v for v in pod.spec.volumes if v.name == "state"]
+        assert state.empty_dir.size_limit == "1Gi"
+    job_id = body["status"]["deployment"]["jobId"]
+    assert poll_until(lambda: any(k.endswith(".sst") for k in storage_keys(
+        minio, f"checkpoints/{job_id}/shared/")), 120, 1.0), "no SST file uploaded"
+    _assert_not_finished(body)
+
     # A worker pod deleted → Recovering → Ready, restored from a completed checkpoint.
     victim = sorted(p.metadata.name for p in jobs.live_pods(name, "worker"))[-1]
     t_kill = time.time()
@@ -202,3 +228,35 @@ def _owned_left(jobs: Jobs, name: str) -> list[str]:
                jobs.core.list_namespaced_secret(jobs.ns, label_selector=sel).items]
             + [f"networkpolicy/{n.metadata.name}" for n in
                net.list_namespaced_network_policy(jobs.ns, label_selector=sel).items])
+
+
+def test_a_rocksdb_worker_pod_with_the_default_local_dir_writes_there_and_nowhere_else(
+        kube, namespace):
+    """The worker pod the operator builds for the default localDir (/tmp/streamjob-state, an
+    emptyDir mounted over the /tmp emptyDir) on the real node: non-root, RocksDB opens in
+    localDir, /tmp is writable, the root filesystem is not."""
+    from streamjob_operator import builders
+    from streamjob_operator.config import Settings
+    from streamjob_operator.model import Deployment, parse_job
+
+    job = parse_job({
+        "apiVersion": "streamjob.dev/v1alpha1", "kind": "StreamJob",
+        "metadata": {"name": "probe", "namespace": namespace, "uid": "u1"},
+        "spec": {"pipeline": "m:f", "storage": "s3://b/p", "parallelism": 1,
+                 "stateBackend": {"type": "rocksdb", "rocksdb": {
+                     "blockCacheMB": 16, "writeBufferMB": 8, "localDirSizeLimit": "64Mi"}},
+                 "resources": {"cpu": "100m", "memory": "384Mi"}}})
+    pod = builders.worker_pod(job, Deployment(job_id="u1"), 0, 0, "x", Settings(
+        default_image=kube.image, default_pull_policy="IfNotPresent"))
+    [c] = pod.spec.containers
+    c.env = [e for e in c.env if e.value_from is None or e.value_from.field_ref is not None]
+    c.command, c.args = ["/bin/sh", "-c"], [
+        "id -u && touch /tmp/streamjob-state/a /tmp/b && python3 -c 'import rocksdict; "
+        "d = rocksdict.Rdict(\"/tmp/streamjob-state/db\"); d[b\"k\"] = b\"v\"; "
+        "print(d[b\"k\"].decode()); d.close()' && if touch /c 2>/dev/null; then echo ROOT-RW; "
+        "fi"]
+    kube.core.create_namespaced_pod(namespace, pod)
+    done = kube.wait_phase(namespace, pod.metadata.name, ("Succeeded", "Failed"))
+    logs = kube.core.read_namespaced_pod_log(pod.metadata.name, namespace)
+    assert done.status.phase == "Succeeded", logs
+    assert logs.split() == ["10001", "v"], logs

@@ -91,7 +91,8 @@ def run_job(tmp_path: Path):
               parallelism: int = 2, args: dict[str, Any] | None = None,
               checkpoint: dict[str, Any] | None = None, restart: dict[str, Any] | None = None,
               extra: list[str] | None = None, max_parallelism: int = 128,
-              storage: str | None = None, env: dict[str, str] | None = None) -> Job:
+              storage: str | None = None, env: dict[str, str] | None = None,
+              state_backend: dict[str, Any] | None = None) -> Job:
         manifest = {
             "apiVersion": "streamjob.dev/v1alpha1", "kind": "StreamJob",
             "metadata": {"name": name},
@@ -104,6 +105,8 @@ def run_job(tmp_path: Path):
                      "restartStrategy": {"type": "fixed-delay", "delay": "100ms",
                                          "maxAttempts": 20, **(restart or {})}},
         }
+        if state_backend is not None:  # {"type": "rocksdb", "rocksdb": {...}}
+            manifest["spec"]["stateBackend"] = state_backend
         path = tmp_path / f"{name}.yaml"
         path.write_text(yaml.safe_dump(manifest))
         log = tmp_path / f"{name}.log"

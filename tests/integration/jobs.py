@@ -128,6 +128,35 @@ def hanging_wordcount(args: dict[str, Any]) -> Pipeline:
     return p
 
 
+def busy_wordcount(args: dict[str, Any]) -> Pipeline:
+    """Wordcount whose source-side map computes for ``busy_cpu`` seconds of CPU on record
+    ``busy_at`` the first time it is seen (a flag file remembers it): one long batch that
+    holds the event loop while checkpoints are triggered, as a heavy batch does on an
+    overloaded machine. The worker works all along: its watchdog must leave it alone."""
+    from pathlib import Path
+
+    records, words = int(args["records"]), int(args["words"])
+    busy_at, busy_cpu, flag = int(args["busy_at"]), float(args["busy_cpu"]), Path(args["flag"])
+    word = word_of(words)
+
+    def maybe_compute(g: int) -> str:
+        if g == busy_at and not flag.exists():
+            flag.write_text("busy\n")
+            end = time.thread_time() + busy_cpu
+            while time.thread_time() < end:  # CPU time: as long under any machine load
+                sum(range(1000))
+        return word(g)
+
+    p = Pipeline()
+    (p.source(GeneratorSource(records=records, rate=float(args.get("rate", 0))))
+      .map(maybe_compute)
+      .key_by(str)
+      .count()
+      .map(lambda kv: f"{kv[0]} {kv[1]}")
+      .sink(FileSink(args["output"])))
+    return p
+
+
 TIMER_FAR = 10**9  # the "last record" timer sits this far after the record: fires at the end
 
 

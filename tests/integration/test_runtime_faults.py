@@ -100,6 +100,23 @@ def test_user_function_that_blocks_forever_is_killed_and_the_job_recovers(run_jo
     assert_exactly_once(job.cwd / "output", records, WORDS)
 
 
+def test_a_batch_that_computes_longer_than_the_cancel_timeout_is_not_killed(run_job, tmp_path):
+    """A batch that holds the event loop for more than ``STREAMJOB_CANCEL_TIMEOUT`` while
+    checkpoints are triggered (a heavy batch, or an overloaded machine) but keeps working:
+    the watchdog measures work, not wall time, so the worker is not restarted."""
+    records = 60_000
+    job = run_job("tests.integration.jobs:busy_wordcount", name="busy",
+                  args={"records": records, "words": WORDS, "rate": 25_000,
+                        "busy_at": 20_000, "busy_cpu": 5, "flag": str(tmp_path / "busy.flag")},
+                  checkpoint={"interval": "200ms"},
+                  env={"STREAMJOB_CANCEL_TIMEOUT": "3"})
+    assert job.wait(180) == 0, job.output()[-3000:]
+    assert (tmp_path / "busy.flag").exists()
+    assert "watchdog:" not in job.output(), job.output()[-3000:]
+    assert job.status()["restarts"] == 0
+    assert_exactly_once(job.cwd / "output", records, WORDS)
+
+
 def test_upload_stuck_in_storage_does_not_hang_a_cancel(run_job, tmp_path):
     """A state upload that never returns: the checkpoint times out, the job restarts, and the
     worker whose cancel waits for that upload is ended by its watchdog."""

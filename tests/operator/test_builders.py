@@ -11,7 +11,7 @@ from sj_bodies import streamjob_body
 from streamjob.manifest import parse_manifest
 from streamjob_operator import builders, names
 from streamjob_operator.config import Settings
-from streamjob_operator.model import Deployment, parse_job
+from streamjob_operator.model import Deployment, InvalidSpec, parse_job
 
 SETTINGS = Settings(default_image="streamjob:default", operator_namespace="streamjob-system",
                     operator_pod_labels={"app.kubernetes.io/name": "streamjob-operator"})
@@ -230,3 +230,105 @@ def test_superseded_job_ids_are_every_earlier_revisions_id_but_the_current_one()
     assert names.superseded_job_ids("", 5, "x") == []
     many = names.superseded_job_ids("u", 100, "u-r100")
     assert len(many) == names.MAX_SUPERSEDED and many[-1] == "u-r99"  # newest kept
+
+
+# --- spec.stateBackend: rocksdb workers get a volume at localDir and memory for the cache
+
+def rocksdb_body(**rocksdb):
+    return streamjob_body(stateBackend={"type": "rocksdb", "rocksdb": rocksdb},
+                          resources={"cpu": "500m", "memory": "1Gi"})
+
+
+def volumes_of(pod: dict) -> tuple[dict[str, dict], dict[str, str]]:
+    """Volumes by name, and the container's mount paths by volume name."""
+    mounts = pod["spec"]["containers"][0]["volumeMounts"]
+    assert len({m["mountPath"] for m in mounts}) == len(mounts)      # one mount per path
+    return ({v["name"]: v for v in pod["spec"]["volumes"]},
+            {m["name"]: m["mountPath"] for m in mounts})
+
+
+def test_memory_backend_pods_have_only_the_tmp_volume(body):
+    for pod in (builders.coordinator_pod(parse_job(body), DEP, 0, SETTINGS),
+                builders.worker_pod(parse_job(body), DEP, 0, 0, "x", SETTINGS)):
+        volumes, mounts = volumes_of(plain(pod))
+        assert volumes == {"tmp": {"name": "tmp", "emptyDir": {}}}
+        assert mounts == {"tmp": "/tmp"}
+
+
+@pytest.mark.parametrize(("local_dir", "mount"), [
+    ("/tmp/streamjob-state", "/tmp/streamjob-state"),      # the default: over /tmp
+    ("/tmp/state/", "/tmp/state"),                         # normalised
+    ("/var/lib/streamjob", "/var/lib/streamjob"),          # elsewhere on the read-only root
+])
+def test_rocksdb_workers_get_an_empty_dir_at_local_dir_with_its_size_limit(local_dir, mount):
+    job = parse_job(rocksdb_body(localDir=local_dir, localDirSizeLimit="20Gi"))
+    volumes, mounts = volumes_of(plain(builders.worker_pod(job, DEP, 1, 0, "x", SETTINGS)))
+    assert mounts == {"tmp": "/tmp", builders.STATE_VOLUME: mount}
+    assert volumes[builders.STATE_VOLUME]["emptyDir"] == {"sizeLimit": "20Gi"}
+    assert volumes["tmp"]["emptyDir"] == {}
+    # the coordinator holds no keyed state: no state volume there
+    volumes, mounts = volumes_of(plain(builders.coordinator_pod(job, DEP, 0, SETTINGS)))
+    assert mounts == {"tmp": "/tmp"}
+
+
+def test_local_dir_tmp_is_the_tmp_volume_itself_with_the_size_limit():
+    job = parse_job(rocksdb_body(localDir="/tmp", localDirSizeLimit="5Gi"))
+    volumes, mounts = volumes_of(plain(builders.worker_pod(job, DEP, 0, 0, "x", SETTINGS)))
+    assert mounts == {"tmp": "/tmp"}
+    assert volumes == {"tmp": {"name": "tmp", "emptyDir": {"sizeLimit": "5Gi"}}}
+
+
+def test_without_a_size_limit_the_state_volume_is_unbounded():
+    job = parse_job(rocksdb_body())
+    volumes, mounts = volumes_of(plain(builders.worker_pod(job, DEP, 0, 0, "x", SETTINGS)))
+    assert mounts[builders.STATE_VOLUME] == "/tmp/streamjob-state"
+    assert volumes[builders.STATE_VOLUME]["emptyDir"] == {}
+
+
+def test_rocksdb_workers_stay_non_root_read_only_and_without_capabilities():
+    job = parse_job(rocksdb_body(localDir="/var/lib/streamjob"))
+    pod = plain(builders.worker_pod(job, DEP, 0, 0, "x", SETTINGS))
+    sc = pod["spec"]["containers"][0]["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True and sc["runAsNonRoot"] is True
+    assert sc["capabilities"] == {"drop": ["ALL"]} and sc["allowPrivilegeEscalation"] is False
+    assert "add" not in sc["capabilities"]
+    # fsGroup makes the emptyDir writable for the non-root user
+    assert pod["spec"]["securityContext"]["fsGroup"] == SETTINGS.run_as_user
+    assert pod["spec"]["securityContext"]["runAsUser"] == SETTINGS.run_as_user
+
+
+@pytest.mark.parametrize("local_dir", ["/", "/opt", "/opt/streamjob/x", "/proc/x", "/etc",
+                                       "/usr/local/state", "/dev/shm"])
+def test_a_local_dir_that_would_hide_the_system_or_the_venv_is_refused(local_dir):
+    with pytest.raises(InvalidSpec, match="spec.stateBackend.rocksdb.localDir"):
+        parse_job(rocksdb_body(localDir=local_dir))
+    parse_job(streamjob_body(stateBackend={"type": "memory", "rocksdb": {"localDir": local_dir}}))
+
+
+def test_worker_memory_below_block_cache_and_write_buffers_is_refused():
+    # 256 (process) + 256 (block cache) + 2 x 64 (write buffers) = 640 Mi
+    with pytest.raises(InvalidSpec, match=r"spec.resources.memory 512Mi .* 640Mi"):
+        parse_job(streamjob_body(stateBackend={"type": "rocksdb"},
+                                 resources={"cpu": "500m", "memory": "512Mi"}))
+    parse_job(streamjob_body(stateBackend={"type": "rocksdb"},
+                             resources={"cpu": "500m", "memory": "640Mi"}))
+    parse_job(streamjob_body(stateBackend={"type": "rocksdb",
+                                           "rocksdb": {"blockCacheMB": 64, "writeBufferMB": 16}},
+                             resources={"memory": "0.5Gi"}))
+
+
+def test_rocksdb_workers_without_memory_request_the_cache_and_buffers():
+    job = parse_job(streamjob_body(stateBackend={"type": "rocksdb",
+                                                 "rocksdb": {"blockCacheMB": 128}},
+                                   resources={"cpu": "500m"}))
+    worker = plain(builders.worker_pod(job, DEP, 0, 0, "x", SETTINGS))
+    assert worker["spec"]["containers"][0]["resources"] == {
+        "requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"cpu": "500m"}}
+    coordinator = plain(builders.coordinator_pod(job, DEP, 0, SETTINGS))
+    assert coordinator["spec"]["containers"][0]["resources"] == {
+        "requests": {"cpu": "500m"}, "limits": {"cpu": "500m"}}
+    job = parse_job(streamjob_body(stateBackend={"type": "rocksdb"}, resources={
+        "cpu": "1", "memory": "2Gi"}))
+    worker = plain(builders.worker_pod(job, DEP, 0, 0, "x", SETTINGS))
+    assert worker["spec"]["containers"][0]["resources"] == {
+        "requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"cpu": "1", "memory": "2Gi"}}

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 from sj_bodies import streamjob_body
 
-from streamjob_operator.decide import Op, next_operation
-from streamjob_operator.model import Deployment, JobStatus, parse_job, spec_hash
+from streamjob_operator.decide import Op, next_operation, upgrade_mode
+from streamjob_operator.model import UPGRADE_FIELDS, Deployment, JobStatus, parse_job, spec_hash
 
 
 def situation(phase="Running", deployed_p=2, status_extra=None, **spec):
@@ -62,3 +65,44 @@ def test_a_rollout_in_flight_settles_before_the_next_change():
 
 def test_finished_jobs_do_not_rescale():
     assert next_operation(*situation(phase="Finished", parallelism=3)) == Op.HEAL
+
+
+ROCKSDB = {"type": "rocksdb", "rocksdb": {"blockCacheMB": 64}}
+
+
+def test_a_state_backend_change_is_an_upgrade():
+    assert next_operation(*situation(stateBackend=ROCKSDB)) == Op.UPGRADE
+    spec, status = situation(stateBackend=ROCKSDB)
+    assert status.deployment is not None
+    status.deployment.spec_hash = spec_hash(spec)
+    assert next_operation(spec, status) == Op.HEAL
+    # a rocksdb setting changed on a rocksdb job: new pods too
+    changed = parse_job(streamjob_body(stateBackend={"type": "rocksdb",
+                                                     "rocksdb": {"blockCacheMB": 128}})).spec
+    assert next_operation(changed, status) == Op.UPGRADE
+
+
+def test_memory_backend_jobs_keep_the_hash_they_had_before_state_backends_existed():
+    before = parse_job(streamjob_body()).spec
+    data = before.model_dump(by_alias=True, mode="json")
+    text = json.dumps({k: data.get(k) for k in UPGRADE_FIELDS}, sort_keys=True,
+                      separators=(",", ":"))
+    assert spec_hash(before) == hashlib.sha256(text.encode()).hexdigest()[:16]
+    # rocksdb settings of a job on the memory backend do not matter
+    tuned = parse_job(streamjob_body(stateBackend={"type": "memory",
+                                                   "rocksdb": {"blockCacheMB": 64}})).spec
+    assert spec_hash(tuned) == spec_hash(before)
+
+
+def test_a_backend_switch_goes_through_a_savepoint_even_in_last_state_mode():
+    dep = Deployment(revision=1, parallelism=2, job_id="uid-1", spec_hash="h")
+    assert dep.state_backend == "memory"           # status written before the field existed
+    spec = parse_job(streamjob_body(upgradeMode="last-state", stateBackend=ROCKSDB)).spec
+    assert upgrade_mode(spec, dep) == "savepoint"
+    spec = parse_job(streamjob_body(upgradeMode="last-state", args={"x": 1})).spec
+    assert upgrade_mode(spec, dep) == "last-state"
+    spec = parse_job(streamjob_body(upgradeMode="stateless", stateBackend=ROCKSDB)).spec
+    assert upgrade_mode(spec, dep) == "stateless"
+    rocks = dep.model_copy(update={"state_backend": "rocksdb"})
+    spec = parse_job(streamjob_body(upgradeMode="last-state")).spec
+    assert upgrade_mode(spec, rocks) == "savepoint"

@@ -833,3 +833,29 @@ def test_turning_the_autoscaler_off_returns_to_spec_parallelism(cluster):
     cluster.reconcile()
     assert cluster.status["phase"] == "Rescaling" and cluster.status["parallelism"] == 1
     assert "autoscaler" not in cluster.status
+
+
+def test_a_state_backend_switch_upgrades_through_a_savepoint_even_in_last_state_mode(
+        monkeypatch):
+    cluster = running(FakeCluster(streamjob_body(upgradeMode="last-state"), monkeypatch))
+    assert cluster.status["deployment"]["stateBackend"] == "memory"
+    cluster.coordinator.on_stop = cluster.exit_coordinator
+    cluster.update_spec(stateBackend={"type": "rocksdb", "rocksdb": {"blockCacheMB": 64}})
+    for _ in range(3):
+        cluster.reconcile()
+    assert cluster.coordinator.savepoints == [True]          # a stop-savepoint was taken
+    dep = cluster.status["deployment"]
+    assert dep["revision"] == 2 and dep["stateBackend"] == "rocksdb"
+    coord = cluster.args("wc-coordinator-1")
+    assert coord[coord.index("--from-savepoint") + 1].endswith("sp-1")
+    worker = cluster.pods["wc-worker-0-1"]
+    assert {v["name"] for v in worker["spec"]["volumes"]} == {"tmp", "state"}
+    # a later last-state upgrade on the same backend restores the latest checkpoint
+    cluster.run_all()
+    cluster.coordinator.reachable, cluster.coordinator.state = True, "RUNNING"
+    cluster.reconcile()
+    assert cluster.status["phase"] == "Running"
+    cluster.update_spec(args={"words": 7})
+    cluster.reconcile()
+    assert cluster.coordinator.savepoints == [True]
+    assert cluster.status["deployment"]["revision"] == 3

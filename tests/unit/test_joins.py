@@ -13,12 +13,18 @@ import pytest
 from streamjob import Pipeline
 from streamjob.connectors import GeneratorSource, PrintSink
 from streamjob.joins import IntervalJoinFunction, WindowJoinFunction
-from streamjob.operators import CoProcessOperatorFactory, KeyedStateBackend
+from streamjob.operators import CoProcessOperatorFactory
 from streamjob.pipeline import PipelineError
 from streamjob.windows import (
     EventTimeSessionWindows,
     SlidingEventTimeWindows,
     TumblingEventTimeWindows,
+)
+from tests.unit.backends import (  # noqa: F401
+    as_stored,
+    each_backend,
+    memory_only,
+    new_backend,
 )
 
 TS = (itemgetter(1), itemgetter(1))
@@ -29,7 +35,7 @@ def pair(a, b):
 
 
 def operator(function):
-    backend = KeyedStateBackend()
+    backend = new_backend()
     backend.key_groups, backend.max_parallelism = range(128), 128
     op = CoProcessOperatorFactory(function, (itemgetter(0), itemgetter(0))).create(backend)
     return op, backend
@@ -149,5 +155,5 @@ def test_a_snapshot_of_waiting_records_does_not_change_with_later_records():
     op.process_batch([("k", 1, "a1")])
     frozen = backend.freeze()
     op.process_batch([("k", 2, "a2")])  # appended in place to the same window's list
-    assert frozen["join/left"] == ("map", {"k": {0: [("k", 1, "a1")]}})
+    assert frozen["join/left"] == ("map", as_stored({"k": {0: [("k", 1, "a1")]}}))
     assert backend.tables["join/left"]["k"][0] == [("k", 1, "a1"), ("k", 2, "a2")]

@@ -8,8 +8,12 @@ import math
 import pytest
 
 from streamjob.connectors.base import assign_splits
+from streamjob.connectors.kafkabase import KafkaConnectError
 from streamjob.connectors.kafkasink import (
     SLOTS,
+    KafkaSink,
+    TransactionalWriter,
+    _Slot,
     default_prefix,
     fence_ids,
     marker_group,
@@ -135,3 +139,75 @@ def test_idle_channels_do_not_hold_back_the_minimum():
     assert t.update(2, 6_000) == 6_000
     assert math.isnan(t.update(2, IDLE))  # every input idle: the subtask's output is idle
     assert t.update(1, IDLE) is None  # already idle: nothing new
+
+
+class _Delivered:
+    """A delivery report's message, as librdkafka hands it to ``on_delivery``."""
+
+    def __init__(self, partition: int, offset: int | None):
+        self._partition, self._offset = partition, offset
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int | None:
+        return self._offset
+
+
+class _BrokerlessProducer:
+    """Stands in for the slot's producer: the test drives the delivery reports itself."""
+
+    def begin_transaction(self) -> None:
+        pass
+
+    def flush(self, timeout: float) -> int:
+        return 0
+
+
+def _slot_without_broker() -> _Slot:
+    slot = _Slot.__new__(_Slot)
+    slot.txid, slot.producer = "streamjob-test-0-0", _BrokerlessProducer()
+    slot.begin()
+    return slot
+
+
+def test_a_delivery_report_without_an_offset_never_raises_into_librdkafka():
+    # librdkafka reports a retried batch the broker had already written (error
+    # DUPLICATE_SEQUENCE_NUMBER, or acknowledged by a later batch) as delivered with offset
+    # -1, which confluent-kafka turns into None. An exception out of the callback is raised
+    # inside poll/flush (or, with older clients, a SystemError at the next report).
+    slot = _slot_without_broker()
+    slot._delivered(None, _Delivered(0, 5))
+    slot._delivered(None, _Delivered(0, None))
+    slot._delivered(None, _Delivered(0, 7))
+    slot._delivered(None, _Delivered(1, None))
+    assert slot.ranges == {0: [5, 7, 2]}
+    assert slot.errors == []
+
+
+def test_an_epoch_with_a_record_of_unknown_offset_fails_its_staging_so_it_is_written_again():
+    # The snapshot must name the offsets of every record of a pre-committed transaction
+    # (restore step 3 reads them back): without them the epoch cannot be pre-committed.
+    sink = KafkaSink("out", "127.0.0.1:1")
+    writer = TransactionalWriter(sink, 0, "streamjob-test")
+    writer.restored = True
+    writer.current = slot = _slot_without_broker()
+    slot._delivered(None, _Delivered(3, 10))
+    slot._delivered(None, _Delivered(3, None))
+    with pytest.raises(KafkaConnectError, match="1 record.* without an offset"):
+        writer.pre_commit(4)()
+    assert writer.pending == {}  # not pre-committed: the restore aborts it, the job replays
+
+
+def test_a_delivery_report_that_cannot_be_read_is_an_error_of_the_epoch_not_of_librdkafka():
+    class Broken(_Delivered):
+        def partition(self) -> int:
+            raise RuntimeError("message object gone")
+
+    slot = _slot_without_broker()
+    slot._delivered(None, Broken(0, 1))  # no exception into librdkafka's poll or flush
+    assert len(slot.errors) == 1 and "message object gone" in str(slot.errors[0])
+    writer = TransactionalWriter(KafkaSink("out", "127.0.0.1:1"), 0, "streamjob-test")
+    writer.restored, writer.current = True, slot
+    with pytest.raises(KafkaConnectError, match="message object gone"):
+        writer.pre_commit(1)()

@@ -207,3 +207,30 @@ def test_streamjob_run_prints_the_traceback_only_with_verbose(tmp_path, monkeypa
     else:
         assert len(err.splitlines()) == 1, err
     assert not (tmp_path / ".streamjob").exists() and not (tmp_path / "ck").exists()
+
+
+def test_state_backend_defaults_to_memory():
+    backend = parse_manifest(manifest()).spec.state_backend
+    assert backend.type == "memory"
+    assert backend.rocksdb.block_cache_mb == 256 and backend.rocksdb.local_dir.startswith("/")
+
+
+def test_rocksdb_state_backend_settings():
+    spec = parse_manifest(manifest(stateBackend={
+        "type": "rocksdb", "rocksdb": {"blockCacheMB": 64, "writeBufferMB": 16,
+                                       "localDir": "/state"}})).spec
+    assert spec.state_backend.type == "rocksdb"
+    assert (spec.state_backend.rocksdb.block_cache_mb, spec.state_backend.rocksdb.write_buffer_mb,
+            spec.state_backend.rocksdb.local_dir) == (64, 16, "/state")
+    assert spec.state == "running"  # the job's state is another field
+
+
+@pytest.mark.parametrize(("backend", "message"), [
+    ({"type": "heap"}, "stateBackend.type"),
+    ({"type": "rocksdb", "rocksdb": {"localDir": "state"}}, "absolute"),
+    ({"type": "rocksdb", "rocksdb": {"blockCacheMB": 0}}, "blockCacheMB"),
+    ({"type": "rocksdb", "rocksdb": {"cache": 1}}, "cache"),
+])
+def test_bad_state_backend_is_one_line_naming_the_field(backend, message):
+    with pytest.raises(ManifestError, match=message):
+        parse_manifest(manifest(stateBackend=backend))

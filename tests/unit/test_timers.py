@@ -7,9 +7,10 @@ from operator import itemgetter
 
 from streamjob import state
 from streamjob.keygroups import key_group, key_group_range
-from streamjob.operators import KeyedProcessFunction, KeyedStateBackend, ProcessOperator
+from streamjob.operators import KeyedProcessFunction, ProcessOperator
 from streamjob.storage import LocalStorage
 from streamjob.timers import EVENT_TABLE, PROCESSING_TABLE, TimeDomain
+from tests.unit.backends import each_backend, memory_only, new_backend  # noqa: F401
 
 
 class Clock:
@@ -45,7 +46,7 @@ class Reminders(KeyedProcessFunction):
 
 
 def _op(backend=None, clock=None):
-    backend = backend or KeyedStateBackend()
+    backend = backend or new_backend()
     backend.max_parallelism = 128
     return ProcessOperator(backend, itemgetter(0), Reminders(), clock=clock or Clock()), backend
 
@@ -88,7 +89,7 @@ def test_a_timer_registered_in_on_timer_at_or_before_the_watermark_fires_in_the_
             if ts < 130:
                 self.ctx.timers.register_event_time(ts + 10)
 
-    backend = KeyedStateBackend()
+    backend = new_backend()
     op = ProcessOperator(backend, itemgetter(0), Chain())
     op.process_batch([("a", 100)])
     assert op.on_watermark(125) == [100, 110, 120]
@@ -142,7 +143,8 @@ def test_timers_are_keyed_state_restored_and_split_by_key_group_on_rescale(tmp_p
 
 
 def test_incremental_snapshots_carry_timer_registrations_and_deletions():
-    backend = KeyedStateBackend(track_changes=True)
+    memory_only("incremental deltas are the memory backend's")
+    backend = new_backend(track_changes=True)
     backend.max_parallelism = 128
     op = ProcessOperator(backend, itemgetter(0), Reminders(), clock=Clock())
     op.process_batch([("a", 100, 0, None), ("b", 100, 0, None)])
@@ -152,7 +154,7 @@ def test_incremental_snapshots_carry_timer_registrations_and_deletions():
     delta = backend.freeze_delta()
     kind, changed, deleted = delta[EVENT_TABLE]
     assert changed == {"a": (200,)} and deleted == ["b"]
-    restored = KeyedStateBackend()
+    restored = new_backend()
     for name, (k, entries) in base.items():
         restored.load(name, k, entries)
     for name, (k, entries, gone) in delta.items():
@@ -166,7 +168,7 @@ def test_a_function_without_timers_costs_no_state_and_no_timer_service():
         def process(self, key, record, out):
             out.append(record)
 
-    backend = KeyedStateBackend()
+    backend = new_backend()
     op = ProcessOperator(backend, itemgetter(0), Plain())
     assert op.process_batch([("a", 1)]) == [("a", 1)]
     assert op.on_watermark(100) == [] and op.next_processing_time() is None

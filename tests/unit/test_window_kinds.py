@@ -9,7 +9,6 @@ import pytest
 
 from streamjob import Pipeline
 from streamjob.connectors import FileSink, GeneratorSource
-from streamjob.operators import KeyedStateBackend
 from streamjob.pipeline import PipelineError
 from streamjob.windows import (
     LATE,
@@ -21,12 +20,18 @@ from streamjob.windows import (
     WindowOperator,
     WindowOperatorFactory,
 )
+from tests.unit.backends import (  # noqa: F401
+    as_stored,
+    each_backend,
+    memory_only,
+    new_backend,
+)
 
 KEY, TS, VALUE = itemgetter(1), itemgetter(0), itemgetter(2)
 
 
 def _backend(track_changes=False):
-    backend = KeyedStateBackend(track_changes=track_changes)
+    backend = new_backend(track_changes=track_changes)
     backend.max_parallelism = 128
     return backend
 
@@ -145,7 +150,8 @@ def test_aggregate_builds_an_accumulator_merges_and_emits_its_result():
     op.process_batch([(0, "a", 1), (150, "a", 3), (60, "a", 8)])   # 60 bridges: one session
     frozen = backend.freeze()
     assert op.on_watermark(MAX_WATERMARK) == [(0, 250, "a", 4.0)]
-    assert frozen["session"][1]["a"] == {0: (250, [3, 12])}     # the snapshot kept its copy
+    # the snapshot kept its copy
+    assert frozen["session"][1]["a"] == as_stored({0: (250, [3, 12])})
     tumbling = WindowOperatorFactory(TumblingEventTimeWindows(1000), TS, lambda r: r, add,
                                      merge, mean, first=lambda r: add(create(), r))
     op = tumbling.create(_backend(), KEY)
@@ -154,6 +160,7 @@ def test_aggregate_builds_an_accumulator_merges_and_emits_its_result():
 
 
 def test_window_state_changes_are_in_incremental_deltas():
+    memory_only("incremental deltas are the memory backend's")
     backend = _backend(track_changes=True)
     op = _sessions(backend, gap=100)
     op.process_batch([(0, "a", 1), (0, "b", 1)])

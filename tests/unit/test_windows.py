@@ -7,7 +7,6 @@ from streamjob import Pipeline
 from streamjob.channels import InputGate, Marker, Watermark
 from streamjob.connectors import GeneratorSource, PrintSink
 from streamjob.keygroups import key_group
-from streamjob.operators import KeyedStateBackend
 from streamjob.pipeline import PipelineError
 from streamjob.windows import (
     MAX_WATERMARK,
@@ -18,6 +17,7 @@ from streamjob.windows import (
     WindowOperator,
     restored_floors,
 )
+from tests.unit.backends import each_backend, memory_only, new_backend  # noqa: F401
 
 
 def test_tracker_is_the_minimum_over_channels_and_only_moves_forward():
@@ -62,7 +62,7 @@ def test_generator_emits_max_minus_bound_every_interval_and_a_final_watermark():
 
 
 def _sum_op(backend=None, size=1000):
-    backend = backend or KeyedStateBackend()
+    backend = backend or new_backend()
     backend.max_parallelism = 128
     return WindowOperator(backend, itemgetter(1), itemgetter(0), size, itemgetter(2),
                           lambda a, b: a + b), backend

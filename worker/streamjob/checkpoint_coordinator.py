@@ -170,7 +170,8 @@ class CheckpointCoordinator:
             tasks[t.task_id] = {"name": t.name,
                                 "subtasks": [pc.handles[(t.task_id, i)] for i in range(self.p)]}
             timings[t.task_id] = [pc.timings[(t.task_id, i)] for i in range(self.p)]
-        size = sum(h.get("size", 0) for tk in tasks.values() for h in tk["subtasks"])
+        size = sum(h.get("size", 0) + h.get("rocksdb", {}).get("uploaded", 0)
+                   for tk in tasks.values() for h in tk["subtasks"])
         return {"format": ckpt.FORMAT, "version": ckpt.VERSION, "job_id": self.job_id,
                 "job_name": self.job_name, "checkpoint_id": pc.checkpoint_id,
                 "kind": "savepoint" if pc.savepoint else "checkpoint",
@@ -338,8 +339,11 @@ class CheckpointCoordinator:
         if not doomed:
             return
         released: set[str] = set()
-        if self.cfg.incremental:
-            released = self._refs(n for n in doomed if ids[n])
+        # Shared files (incremental chains, rocksdb SST files) go by reference count; a
+        # checkpoint's own files go with its folder.
+        shared = ckpt.shared_dir(self.job_id) + "/"
+        released = {k for k in self._refs(n for n in doomed if ids[n]) if k.startswith(shared)}
+        if released:
             released -= self._refs(keep)
             for pc in [*self.pending.values(), *self.completing.values()]:
                 for h in pc.handles.values():

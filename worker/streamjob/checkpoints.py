@@ -154,9 +154,17 @@ def handles_of(body: dict[str, Any]) -> list[dict[str, Any]]:
     return [h for t in body.get("tasks", {}).values() for h in t["subtasks"]]
 
 
+def state_files(handle: dict[str, Any]) -> list[dict[str, Any]]:
+    """The files one subtask handle needs, each ``{"key", "size", ...}``: its own file, the
+    chain of an incremental one, the files of a rocksdb checkpoint (SST files in
+    ``<job>/shared/``, its small files in the checkpoint's folder)."""
+    parts = [p for p in [*handle.get("chain", []), handle] if "key" in p]
+    return parts + list(handle.get("rocksdb", {}).get("files", []))
+
+
 def handle_keys(handle: dict[str, Any]) -> set[str]:
-    """The state files one subtask handle needs (with the chain of an incremental one)."""
-    return {part["key"] for part in [*handle.get("chain", []), handle] if "key" in part}
+    """The state files one subtask handle needs (see :func:`state_files`)."""
+    return {part["key"] for part in state_files(handle)}
 
 
 def referenced_keys(body: dict[str, Any]) -> set[str]:

@@ -345,6 +345,7 @@ class Coordinator:
             if hello is None:
                 return
             index = hello["worker"]
+            wire.watch_peer(writer)  # a worker gone without a word: see wire
             host = hello.get("host") or writer.get_extra_info("peername")[0]
             old = self.workers.get(index)
             conn = WorkerConn(index, writer, host, hello["port"], hello.get("pid"))

@@ -195,11 +195,11 @@ def missing_or_short(handles: Iterable[dict[str, Any]],
                      size_of: Callable[[str], int | None]) -> str | None:
     """First state file a checkpoint needs that is absent or not of the size its handle says
     (a cheap check before a deploy; bit flips are found by the workers' checksums)."""
+    from streamjob.checkpoints import state_files
+
     for h in handles:
-        for part in [*h.get("chain", []), h]:
-            key = part.get("key")
-            if key is None:
-                continue
+        for part in state_files(h):
+            key = part["key"]
             size = size_of(key)
             if size is None:
                 return f"state file {key} is missing"

@@ -62,6 +62,10 @@ class CheckpointSpec(_Strict):
     # top of a full snapshot, compacted every ``maxDeltas``).
     incremental: Bool = False
     max_deltas: Int = Field(10, alias="maxDeltas", ge=1)
+    # How the memory state backend encodes a snapshot off the task's thread: on an upload
+    # thread (the default), or in a forked copy-on-write child (forked_snapshot.py; the
+    # measurements that decide between them are in docs/benchmarks.md).
+    snapshot_strategy: Literal["thread", "fork"] = Field("thread", alias="snapshotStrategy")
 
     @model_validator(mode="after")
     def _positive_interval(self) -> CheckpointSpec:
@@ -128,6 +132,34 @@ class AutoscalerSpec(_Strict):
         return self
 
 
+class RocksDBSpec(_Strict):
+    """``spec.stateBackend.rocksdb``: memory RocksDB may use per subtask, and where its files
+    live (an ``emptyDir`` in pods; under it each subtask gets a directory of its own)."""
+
+    block_cache_mb: Int = Field(256, alias="blockCacheMB", ge=8, le=1 << 20)
+    write_buffer_mb: Int = Field(64, alias="writeBufferMB", ge=1, le=1 << 16)
+    local_dir: str = Field("/tmp/streamjob-state", alias="localDir", min_length=1)
+    #: Kubernetes only: the ``sizeLimit`` of the pod's ``emptyDir`` at ``localDir`` (a
+    #: quantity such as ``20Gi``); unset, no limit (see docs/operator.md)
+    local_dir_size_limit: str | None = Field(None, alias="localDirSizeLimit",
+                                             pattern=r"^[0-9]+(\.[0-9]+)?(k|M|G|T|Ki|Mi|Gi|Ti)?$")
+
+    @model_validator(mode="after")
+    def _absolute(self) -> RocksDBSpec:
+        if not self.local_dir.startswith("/"):
+            raise ValueError(f"localDir {self.local_dir!r} must be an absolute path")
+        return self
+
+
+class StateBackendSpec(_Strict):
+    """``spec.stateBackend``: where keyed state lives (Flink's ``state.backend.type``).
+    ``memory`` keeps it in Python dicts; ``rocksdb`` on local disk, bounded in memory.
+    (Not ``spec.state``: that is the job's running/suspended state, as in Flink's operator.)"""
+
+    type: Literal["memory", "rocksdb"] = "memory"
+    rocksdb: RocksDBSpec = Field(default_factory=RocksDBSpec)
+
+
 class StreamJobSpec(_Strict):
     pipeline: str
     args: dict[str, Any] = Field(default_factory=dict)
@@ -151,6 +183,8 @@ class StreamJobSpec(_Strict):
     savepoint_nonce: Int | None = Field(None, alias="savepointNonce")
     restart_nonce: Int | None = Field(None, alias="restartNonce")
     autoscaler: AutoscalerSpec | None = None
+    state_backend: StateBackendSpec = Field(default_factory=StateBackendSpec,
+                                            alias="stateBackend")
 
     @model_validator(mode="after")
     def _parallelism_fits(self) -> StreamJobSpec:

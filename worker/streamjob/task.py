@@ -26,7 +26,7 @@ from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from streamjob import barriers, faults, state
+from streamjob import barriers, faults, forked_snapshot, state
 from streamjob.barriers import BarrierHandler
 from streamjob.channels import (
     CHECKPOINT,
@@ -37,8 +37,14 @@ from streamjob.channels import (
     OutputSet,
     Watermark,
 )
-from streamjob.checkpoints import checkpoint_dir, savepoint_path, shared_dir
+from streamjob.checkpoints import (
+    UnusableRestoreError,
+    checkpoint_dir,
+    savepoint_path,
+    shared_dir,
+)
 from streamjob.connectors.base import assign_splits
+from streamjob.forked_snapshot import ForkedSnapshot
 from streamjob.jobgraph import TaskSpec, sides_of_channels
 from streamjob.keygroups import key_group, key_group_range
 from streamjob.operators import KeyedStateBackend
@@ -109,15 +115,19 @@ class Snapshot:
     delta: bool = False
     savepoint: bool = False
     base_epoch: int = 0
+    forked: ForkedSnapshot | None = None  # a child encodes the keyed state (not ``frozen``)
     sync_done: float = field(default_factory=time.time)
     async_start: float = 0.0
+    local: Any = None  # the rocksdb backend's local checkpoint (its sync part)
 
 
 class SubtaskRunner:
     def __init__(self, spec: TaskSpec, subtask: int, parallelism: int, max_parallelism: int,
                  job_id: str, storage: Storage, executor: Executor, checkpoint_mode: str,
                  aligned_timeout: float, send: Callable[..., None], source: Any = None,
-                 incremental: bool = False, max_deltas: int = 10):
+                 incremental: bool = False, max_deltas: int = 10,
+                 state_backend: Any = None, snapshot_strategy: str = "thread",
+                 snapshot_timeout: float = 60.0):
         self.spec = spec
         self.subtask, self.p, self.m = subtask, parallelism, max_parallelism
         self.job_id, self.storage, self.executor = job_id, storage, executor
@@ -171,9 +181,18 @@ class SubtaskRunner:
         # Incremental checkpoints: the files (full snapshot, then deltas) the current state
         # builds on; None means the next checkpoint is a full one.
         self.incremental, self.max_deltas = incremental, max_deltas
+        # spec.stateBackend (manifest.StateBackendSpec); None: memory.
+        self.state_backend = state_backend
+        self.rocksdb: Any = None  # the backend when it is rocksdb (its checkpoint methods)
+        self.trim: Callable[[], None] | None = None  # the rocksdb backend's, between batches
         self.chain: list[dict[str, Any]] | None = None
         self.chain_epoch = 0
         self.upload_lock = asyncio.Lock()
+        # How the memory backend's snapshots are encoded (forked_snapshot.py): on an upload
+        # thread, or by a forked child (at most one per process), within the checkpoint
+        # timeout; the children of this subtask by checkpoint id, until reaped.
+        self.snapshot_strategy, self.snapshot_timeout = snapshot_strategy, snapshot_timeout
+        self.children: dict[int, ForkedSnapshot] = {}
         # Everything the sink does that may block (writes, the cut at a barrier, staging) runs
         # on one thread of its own, in the order of the stream: the records submitted before
         # barrier n are exactly epoch n. Staging starts at the barrier whatever becomes of
@@ -201,9 +220,7 @@ class SubtaskRunner:
                 self.watermark_gen = WatermarkGenerator(fn)
                 self.transforms.append(self.watermark_gen.observe)
             elif step.kind in ("keyed", "co_keyed"):
-                self.backend = KeyedStateBackend(track_changes=self.incremental)
-                self.backend.key_groups = key_group_range(self.subtask, self.p, self.m)
-                self.backend.max_parallelism = self.m
+                self.backend = self._new_backend()
                 if step.kind == "co_keyed":
                     # Not in the chain: each input enters through its own method, then the
                     # chain goes on from transform 0 (also for what fires on a watermark).
@@ -222,6 +239,24 @@ class SubtaskRunner:
                     self.side_ops.append(op)
             elif step.kind == "sink":
                 self.sink_writer = fn.create_writer(self.subtask, self.job_id)
+
+    def _new_backend(self) -> KeyedStateBackend:
+        """The keyed state backend that ``spec.stateBackend`` asks for."""
+        key_groups = key_group_range(self.subtask, self.p, self.m)
+        sb = self.state_backend
+        if sb is not None and sb.type == "rocksdb":
+            from streamjob.rocksdb_backend import RocksDBKeyedStateBackend, subtask_dir
+
+            backend = self.rocksdb = RocksDBKeyedStateBackend(
+                subtask_dir(sb.rocksdb.local_dir, self.job_id, self.spec.task_id,
+                            self.subtask), key_groups, self.m,
+                block_cache_mb=sb.rocksdb.block_cache_mb,
+                write_buffer_mb=sb.rocksdb.write_buffer_mb)
+            self.trim = backend.trim
+            return backend
+        backend = KeyedStateBackend(track_changes=self.incremental)
+        backend.key_groups, backend.max_parallelism = key_groups, self.m
+        return backend
 
     def _kg_of(self, key: Any) -> int:
         kg = self._kg_cache.get(key)
@@ -278,6 +313,7 @@ class SubtaskRunner:
             same_parallelism = len(task_state["subtasks"]) == self.p
             own_range = key_group_range(self.subtask, self.p, self.m)
             watermarks: list[float | None] = []
+            rocksdb_parts: list[dict[str, Any]] = []
             for old_index, handle in enumerate(task_state["subtasks"]):
                 op_state = state.read_operator_state(self.storage, handle)
                 positions.update(op_state.get("splits", {}))
@@ -288,17 +324,31 @@ class SubtaskRunner:
                 if same_parallelism and old_index == self.subtask:
                     for channel, batches in op_state.get("inflight", []):
                         self.replay.extend((channel, b) for b in batches)
-                    if self.incremental and kind == "checkpoint" and self.backend is not None:
+                    if (self.incremental and kind == "checkpoint" and self.backend is not None
+                            and self.rocksdb is None):
                         # Keep building deltas on the files we restored from.
                         self.chain = [*handle.get("chain", []),
                                       {k: v for k, v in handle.items() if k != "chain"}]
-                if self.backend is not None and (handle.get("key_groups") or
-                                                 handle.get("chain")):
+                if self.backend is not None and "rocksdb" in handle:
+                    if self.rocksdb is None:
+                        raise UnusableRestoreError(
+                            f"{self.name}: checkpoint {task_state.get('checkpoint_id', '')} "
+                            "was taken on the rocksdb state backend and the job now runs on "
+                            "memory: switch backends through a savepoint")
+                    rocksdb_parts.append(handle["rocksdb"])
+                elif self.backend is not None and (handle.get("key_groups") or
+                                                   handle.get("chain")):
                     for name, table_kind, entries, deleted in state.read_keyed_state(
                             self.storage, handle, own_range):
                         self.backend.load(name, table_kind, entries, deleted)
                 if old_index == 0:
                     faults.point("worker.during-restore")  # one state file read, not all
+            if rocksdb_parts:
+                # Its own checkpoint: the SST files in its shared folder are reused.
+                own = f"{shared_dir(self.job_id)}/" if kind == "checkpoint" else None
+                self.rocksdb.restore(self.storage, rocksdb_parts, own)
+            elif self.rocksdb is not None:
+                self.rocksdb.restored()  # after loading a savepoint (or a memory checkpoint)
             self._restore_watermark(watermarks, own_range)
         restore_sink = getattr(self.sink_writer, "restore", None)
         if restore_sink is not None:
@@ -341,6 +391,8 @@ class SubtaskRunner:
             await self._emit(batch)
         if self.side_ops:
             await self._emit_side_outputs()
+        if self.trim is not None:
+            self.trim()
 
     async def _emit(self, batch: Any) -> None:
         self.records_out += len(batch)
@@ -477,6 +529,8 @@ class SubtaskRunner:
             fired = op.on_watermark(watermark)
             if fired:
                 await self.push(fired, index + 1)
+        if self.trim is not None:
+            self.trim()
         await self._emit_watermark(watermark)
 
     def _next_processing_time(self) -> float | None:
@@ -490,6 +544,8 @@ class SubtaskRunner:
             fired = op.on_processing_time()
             if fired:
                 await self.push(fired, index + 1)
+        if self.trim is not None:
+            self.trim()
 
     async def _source_barrier(self, trig: dict[str, Any]) -> None:
         now = time.time()
@@ -585,16 +641,26 @@ class SubtaskRunner:
                              alignment_ms: float, buffered: int, unaligned: bool) -> Snapshot:
         t0 = time.perf_counter()
         savepoint = kind == SAVEPOINT
-        delta = False
+        delta, local, forked = False, None, None
         if self.backend is None:
             frozen = {}
-        elif savepoint:
-            frozen = self.backend.freeze(reset_changes=False)
-        elif (self.incremental and self.chain is not None
-              and len(self.chain) <= self.max_deltas):
-            frozen, delta = self.backend.freeze_delta(), True
-        else:
-            frozen = self.backend.freeze()
+        elif self.rocksdb is not None:
+            # Flush the cache, then a RocksDB checkpoint (hard links): the upload reads it.
+            frozen = {}
+            local = (self.rocksdb.savepoint() if savepoint
+                     else self.rocksdb.checkpoint(cid))
+        else:  # the memory backend: a copy now, or a forked child (forked_snapshot.py)
+            delta = (not savepoint and self.incremental and self.chain is not None
+                     and len(self.chain) <= self.max_deltas)
+            if forked_snapshot.choose(self.snapshot_strategy, self.backend.num_keys(),
+                                      forked_snapshot.running()) == "fork":
+                forked = self._fork(cid, delta, savepoint)
+            if forked is not None:
+                frozen = {}
+            elif delta:
+                frozen = self.backend.freeze_delta()
+            else:
+                frozen = self.backend.freeze(reset_changes=not savepoint)
         op_state: dict[str, Any] = {}
         if self.reader is not None:
             op_state["splits"] = self.reader.positions()
@@ -607,10 +673,46 @@ class SubtaskRunner:
         snap = Snapshot(cid, directory, first, alignment_ms, sync_ms, buffered, frozen,
                         op_state, staged, unaligned)
         snap.delta, snap.savepoint, snap.base_epoch = delta, savepoint, self.chain_epoch
+        snap.local, snap.forked = local, forked
         self.pending[cid] = snap
         if self.output is not None:
             await self.output.broadcast_barrier(cid, kind)
         return snap
+
+    def _fork(self, cid: int, delta: bool, savepoint: bool) -> ForkedSnapshot | None:
+        """Start a child that encodes the keyed state as it is now (the delta since the
+        last snapshot if ``delta``); None if no child could be started."""
+        backend = self.backend
+        view = backend.freeze_delta if delta else backend.tables_as_they_are
+        try:
+            child = ForkedSnapshot.start(view, self._kg_of,
+                                         time.monotonic() + self.snapshot_timeout)
+        except OSError as err:
+            log.warning("%s: no snapshot child for checkpoint %d (%s): encoding on a thread",
+                        self.name, cid, err)
+            return None
+        if backend.dirty is not None and not savepoint:
+            backend.dirty = set()  # what changed so far is the child's (as freeze() does)
+        self.children[cid] = child
+        log.info("%s: snapshot child %d encodes checkpoint %d", self.name, child.pid, cid)
+        return child
+
+    def _upload_forked(self, child: ForkedSnapshot, key: str,
+                       operator_state: dict[str, Any]) -> dict[str, Any]:
+        """On an upload thread: the child's state file, once it is complete, to storage."""
+        try:
+            handle = child.finish(operator_state)
+            with open(child.path, "rb") as f:
+                state.upload_file(self.storage, key, f)
+        finally:
+            child.remove_file()
+        handle["key"] = key
+        return handle
+
+    def _reap_child(self, cid: int) -> None:
+        child = self.children.pop(cid, None)
+        if child is not None:
+            child.discard()  # no-op once finished
 
     def _sink_write(self, batch: list[Any]) -> None:
         """On the sink's thread. A failed write fails every later stage (and the task)."""
@@ -654,16 +756,38 @@ class SubtaskRunner:
         """Upload off the processing thread, then ack."""
         self.pending.pop(snap.checkpoint_id, None)
         loop = asyncio.get_running_loop()
-        shared = self.incremental and not snap.savepoint and self.backend is not None
+        shared = (self.incremental and not snap.savepoint and self.backend is not None
+                  and self.rocksdb is None)
         folder = (f"{shared_dir(self.job_id)}/{self.spec.task_id}" if shared
                   else f"{snap.directory}/{self.spec.task_id}")
         key = f"{folder}/{self.subtask}-{snap.checkpoint_id}-{uuid.uuid4().hex[:12]}"
 
         def upload() -> dict[str, Any]:
-            return state.write_snapshot(self.storage, key, snap.frozen, snap.operator_state,
-                                        self._kg_of)
+            if snap.forked is not None:
+                return self._upload_forked(snap.forked, key, snap.operator_state)
+            if snap.local is None:
+                return state.write_snapshot(self.storage, key, snap.frozen,
+                                            snap.operator_state, self._kg_of)
+            if snap.savepoint:  # canonical, by key group, read from the RocksDB checkpoint
+                return state.write_snapshot_sections(
+                    self.storage, key, self.rocksdb.savepoint_sections(snap.local),
+                    snap.operator_state)
+            handle = state.write_snapshot(self.storage, key, {}, snap.operator_state,
+                                          self._kg_of)
+            handle["rocksdb"] = self.rocksdb.upload(
+                self.storage, snap.local, f"{key}-rocksdb",
+                f"{shared_dir(self.job_id)}/{self.spec.task_id}/{self.subtask}")
+            return handle
 
         async def run() -> None:
+            try:
+                await run_snapshot()
+            finally:
+                child = self.children.pop(snap.checkpoint_id, None)
+                if child is not None:  # reaped already unless it never got to upload
+                    await loop.run_in_executor(self.executor, child.discard)
+
+        async def run_snapshot() -> None:
             snap.async_start = time.time()
             t0 = time.perf_counter()
             if snap.staged is not None:
@@ -709,10 +833,16 @@ class SubtaskRunner:
                           "sync_done": snap.sync_done,
                           "async_start": snap.async_start,
                           "ack": time.time(),
-                          "bytes": handle.get("size", 0),
+                          "bytes": handle.get("size", 0) + handle.get(
+                              "rocksdb", {}).get("uploaded", 0),
                           "buffered_records": snap.buffered_records,
                           "inflight_records": inflight,
                           "unaligned": snap.unaligned,
+                          # How the keyed state was encoded (forked_snapshot.py), and what
+                          # a forked child copied of the worker's memory.
+                          "snapshot": "fork" if snap.forked is not None else "thread",
+                          "child_copied_bytes": (snap.forked.copied_bytes
+                                                 if snap.forked is not None else 0),
                       })
 
         task = asyncio.ensure_future(run())
@@ -723,10 +853,13 @@ class SubtaskRunner:
         snap = self.pending.pop(cid, None)
         if self.gate is not None:
             self.gate.drop_capture(cid)
+        if snap is not None and snap.local is not None:
+            self.rocksdb.drop_local(snap.local)
         if snap is not None:
             # Its sink output is being staged already (see _stage): the next completed
             # checkpoint commits it.
             log.info("%s: checkpoint %d dropped: %s", self.name, cid, why)
+            self._reap_child(cid)
 
     def on_trigger(self, trig: dict[str, Any]) -> None:
         if self.gate is None:
@@ -737,6 +870,9 @@ class SubtaskRunner:
         if self.handler is not None:
             self.handler.abort(cid)
         self._drop(cid, "aborted by the coordinator")
+        child = self.children.get(cid)
+        if child is not None:  # its upload fails fast now, and reaps it
+            child.cancel()
 
     async def on_complete(self, cid: int) -> None:
         positions = self.source_snapshots.pop(cid, None)
@@ -749,8 +885,12 @@ class SubtaskRunner:
                 self.executor, self.sink_writer.commit, cid)
 
     async def close(self) -> None:
+        for child in list(self.children.values()):
+            child.cancel()  # an upload waiting for one ends now
         if self.uploads:
             await asyncio.gather(*self.uploads, return_exceptions=True)
+        for cid in list(self.children):
+            self._reap_child(cid)
         close_reader = getattr(self.reader, "close", None)
         if close_reader is not None:
             close_reader()
@@ -761,4 +901,6 @@ class SubtaskRunner:
             # file that was closed.
             await asyncio.wrap_future(self.sink_executor.submit(self.sink_writer.close))
             self.sink_executor.shutdown(wait=False)
+        if self.rocksdb is not None:
+            self.rocksdb.close()  # after its uploads (above): they read its checkpoints
 

@@ -20,6 +20,13 @@ port may be waiting for their HELLO; a new one beyond that closes the oldest. On
 token matched are frames up to ``STREAMJOB_MAX_FRAME`` bytes (256 MiB) read. So an
 unauthenticated peer costs a few KiB for a few seconds, and malformed input costs one log
 line (``read_control_hello``, ``read_data_hello``, ``decode_data``).
+
+A control connection waits for the next message without a timeout (the other side may
+have nothing to say for a long time), so its socket ends it when the peer is gone without a
+word (its host died, the network dropped it): ``watch_peer`` turns on TCP keepalive and a
+``TCP_USER_TIMEOUT``, both ``PEER_TIMEOUT`` seconds (30). The kernel answers them, so a busy
+peer process is never taken for a dead one. Data channels need no such thing: a lost worker
+is noticed on its control connection, and the cancel that follows closes its channels.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import asyncio
 import hmac
 import logging
 import os
+import socket
 import struct
 from collections.abc import Callable
 from typing import Any
@@ -38,6 +46,29 @@ DATA, BARRIER, HELLO, CONTROL, WATERMARK = 1, 2, 3, 4, 5
 HEADER = struct.Struct("<IB")
 
 log = logging.getLogger("streamjob.wire")
+
+PEER_TIMEOUT = 30  # seconds without an answer from the peer's host: the connection is dead
+
+
+def watch_peer(writer: asyncio.StreamWriter, timeout: int = PEER_TIMEOUT) -> None:
+    """End the connection when the peer's host stops answering (see the module doc): idle,
+    keepalive probes from ``timeout / 3`` seconds on; with data unacknowledged, after
+    ``timeout`` seconds (``TCP_USER_TIMEOUT``)."""
+    sock = writer.get_extra_info("socket")
+    if sock is None:
+        return
+    idle = max(1, timeout // 3)
+    options = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
+    for name, value in (("TCP_KEEPIDLE", idle), ("TCP_KEEPINTVL", idle),
+                        ("TCP_KEEPCNT", max(1, (timeout - idle) // idle)),
+                        ("TCP_USER_TIMEOUT", timeout * 1000)):
+        if hasattr(socket, name):  # Linux has them all; elsewhere the system defaults
+            options.append((socket.IPPROTO_TCP, getattr(socket, name), value))
+    for level, option, value in options:
+        try:
+            sock.setsockopt(level, option, value)
+        except OSError:
+            pass
 
 
 def setting(name: str, default: float) -> float:

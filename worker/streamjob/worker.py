@@ -14,16 +14,28 @@ while the job is not over.
 
 Watchdog: user code runs on the event loop, so a user function that blocks (``sleep``, a hung
 socket) would leave the coordinator's CANCEL unanswered forever. A thread checks that the
-loop keeps turning: if it has not turned for ``STREAMJOB_CANCEL_TIMEOUT`` seconds (default 30)
-while a message from the coordinator waits unread (or the coordinator has gone), or if a
-cancel has not completed within that time (an upload stuck in storage), the process exits
-with code 4 so that it is restarted and the job recovers from its last checkpoint.
+worker makes progress, and ends the process with code 4 (it is restarted and the job
+recovers from its last checkpoint) when, with ``T`` = ``STREAMJOB_CANCEL_TIMEOUT`` (default
+30 s):
+
+- the loop has not turned while a message from the coordinator waits unread (or the
+  coordinator has gone), and its thread has done no work (used no CPU) for ``T`` seconds:
+  blocked in a call that does not return; or it has been busy without turning for
+  ``BUSY_FACTOR * T``: a loop that does not end;
+- a cancel has not completed and the process has done no work for ``T`` seconds (an upload
+  stuck in storage), or it has not completed within ``BUSY_FACTOR * T``.
+
+Work, not wall time, is the measure: on an overloaded machine a long batch or a cancel that
+uploads state takes many times its CPU time while it keeps working, and must not be killed
+for that (a restart would only add load). Work is CPU time in quanta (``WORK_QUANTUM``), so
+that the little a waiting process spends (heartbeats, client threads) does not count.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import signal
 import socket
@@ -57,6 +69,10 @@ CANCEL_TIMEOUT_ENV = "STREAMJOB_CANCEL_TIMEOUT"
 DEFAULT_CANCEL_TIMEOUT = 30.0
 
 
+WORK_QUANTUM = 0.05  # CPU seconds that count as work (see the module doc)
+BUSY_FACTOR = 10  # busy, yet not turning or not cancelled, for this many timeouts: stuck
+
+
 def cancel_timeout() -> float:
     try:
         value = float(os.environ.get(CANCEL_TIMEOUT_ENV, DEFAULT_CANCEL_TIMEOUT))
@@ -65,22 +81,49 @@ def cancel_timeout() -> float:
     return value if value > 0 else DEFAULT_CANCEL_TIMEOUT
 
 
+class WorkClock:
+    """When a CPU clock last showed work: ``WORK_QUANTUM`` seconds of CPU used since the
+    previous time it did. A thread blocked in ``sleep`` or on a socket uses none; a thread
+    that computes on an overloaded machine uses it slowly but steadily."""
+
+    def __init__(self) -> None:
+        self.mark: float | None = None
+        self.worked_at = -math.inf  # monotonic time of the last quantum
+
+    def sample(self, now: float, cpu: float | None) -> None:
+        if cpu is None:
+            return
+        if self.mark is None:
+            self.mark = cpu
+        elif cpu - self.mark >= WORK_QUANTUM:
+            self.mark, self.worked_at = cpu, now
+
+
 class Watchdog:
-    """A thread that ends the process when its event loop is stuck (see the module doc)."""
+    """A thread that ends the process when it is stuck (see the module doc)."""
 
     def __init__(self, index: int, timeout: float, interval: float = 0.25):
         self.index, self.timeout, self.interval = index, timeout, interval
+        self.busy_limit = BUSY_FACTOR * timeout
         self.beat = time.monotonic()
         self.cancel_since: float | None = None
         self.ctrl: socket.socket | None = None
+        self.loop_work = WorkClock()  # the event loop's thread
+        self.process_work = WorkClock()  # every thread (uploads, sinks) of the process
+        self._loop_clock: int | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="watchdog", daemon=True)
 
     def start(self, ctrl_writer: asyncio.StreamWriter) -> None:
+        """On the event loop's thread."""
         sock = ctrl_writer.get_extra_info("socket")
         if sock is not None:
             # Our own handle on the control socket, only ever peeked at.
             self.ctrl = socket.socket(fileno=os.dup(sock.fileno()))
+        try:
+            self._loop_clock = time.pthread_getcpuclockid(threading.get_ident())
+        except (AttributeError, OSError):  # no per-thread CPU clock: wall time alone
+            self._loop_clock = None
         self._thread.start()
 
     def stop(self) -> None:
@@ -103,18 +146,39 @@ class Watchdog:
             return True
 
     def check(self, now: float) -> str | None:
-        """Why the process must end now, or None."""
+        """Why the process must end now, or None (decided on the last samples of work)."""
         since = self.cancel_since
-        if since is not None and now - since > self.timeout:
-            return f"a cancel did not complete within {self.timeout:g}s"
-        if now - self.beat > self.timeout and self._coordinator_waiting():
-            return (f"the event loop has been blocked for {now - self.beat:.0f}s (a user "
-                    f"function that does not return?) while the coordinator waits")
+        if since is not None:
+            idle = now - max(since, self.process_work.worked_at)
+            if idle > self.timeout:
+                return (f"a cancel did not complete and the worker did no work for "
+                        f"{idle:.0f}s (an upload stuck in storage?)")
+            if now - since > self.busy_limit:
+                return f"a cancel did not complete within {self.busy_limit:g}s"
+        blocked = now - self.beat
+        idle = now - max(self.beat, self.loop_work.worked_at)
+        if idle > self.timeout and self._coordinator_waiting():
+            return (f"the event loop has been blocked without doing any work for {idle:.0f}s "
+                    f"(a user function that does not return?) while the coordinator waits")
+        if blocked > self.busy_limit and self._coordinator_waiting():
+            return (f"the event loop has been busy without turning for {blocked:.0f}s (a "
+                    f"user function that does not end?) while the coordinator waits")
         return None
+
+    def _loop_cpu(self) -> float | None:
+        if self._loop_clock is None:
+            return None
+        try:
+            return time.clock_gettime(self._loop_clock)
+        except OSError:  # the thread is gone
+            return None
 
     def _watch(self) -> None:
         while not self._stop.wait(self.interval):
-            why = self.check(time.monotonic())
+            now = time.monotonic()
+            self.loop_work.sample(now, self._loop_cpu())
+            self.process_work.sample(now, time.process_time())
+            why = self.check(now)
             if why is not None:
                 print(f"streamjob worker {self.index}: watchdog: {why}; exiting with code "
                       f"{EXIT_WATCHDOG} to be restarted", file=sys.stderr, flush=True)
@@ -173,6 +237,7 @@ class Worker:
         self.port = server.sockets[0].getsockname()[1]
         host, _, port = self.coordinator.rpartition(":")
         reader, self.ctrl_writer = await _connect_with_retry(host, int(port), 30.0)
+        wire.watch_peer(self.ctrl_writer)  # a coordinator gone without a word: see wire
         self.send("HELLO", host=self.advertise, port=self.port, pid=os.getpid(),
                   token=self.token)
         stats = asyncio.ensure_future(self._report_stats())
@@ -182,8 +247,9 @@ class Worker:
             while True:
                 try:
                     kind, payload = await wire.read_frame(reader)
-                except (asyncio.IncompleteReadError, ConnectionError):
-                    log.error("worker %d: lost the coordinator; exiting", self.index)
+                except (asyncio.IncompleteReadError, OSError) as err:  # reset, timed out
+                    log.error("worker %d: lost the coordinator (%s); exiting", self.index,
+                              type(err).__name__)
                     return EXIT_COORDINATOR_LOST
                 msg = wire.unpack_control(payload)
                 if await self._handle(msg):
@@ -261,7 +327,9 @@ class Worker:
             SubtaskRunner(t, self.index, p, spec.max_parallelism, msg["job_id"], self.storage,
                           self.executor, spec.checkpoint.mode, spec.checkpoint.aligned_timeout,
                           self.send, t.steps[0].fn if t.is_source else None,
-                          spec.checkpoint.incremental, spec.checkpoint.max_deltas)
+                          spec.checkpoint.incremental, spec.checkpoint.max_deltas,
+                          spec.state_backend, spec.checkpoint.snapshot_strategy,
+                          spec.checkpoint.timeout)
             for t in self.pipeline.tasks]
         d = self.deployment = Deployment(attempt, runners)
         restore = msg.get("restore")
@@ -419,13 +487,17 @@ def _source_lag(runners: list[SubtaskRunner]) -> dict[str, int]:
 
 
 async def _connect_with_retry(host: str, port: int, timeout: float):
+    """Connect, retrying until ``timeout``; each attempt is bounded too (a host that drops
+    the connection request would otherwise hold one attempt for minutes of SYN retries)."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            return await asyncio.open_connection(host, port)
-        except OSError:
+            return await asyncio.wait_for(asyncio.open_connection(host, port),
+                                          max(0.1, deadline - time.monotonic()))
+        except OSError as err:  # TimeoutError included
             if time.monotonic() > deadline:
-                raise
+                raise ConnectionError(f"cannot connect to {host}:{port} within "
+                                      f"{timeout:g}s: {err or type(err).__name__}") from None
             await asyncio.sleep(0.05)
 
 

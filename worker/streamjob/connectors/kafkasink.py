@@ -238,23 +238,39 @@ class _Slot:
         self.nonce = b""
         self.ranges: dict[int, list[int]] = {}  # partition -> [first, last, count]
         self.errors: list[Any] = []
+        self.unplaced = 0  # records delivered without an offset (see _delivered)
         self.producer = Producer(sink.producer_config({
             "transactional.id": txid, "on_delivery": self._delivered,
             "transaction.timeout.ms": sink.transaction_timeout_ms}))
         _init(self.producer, sink, txid)  # fences older producers of this id
 
     def _delivered(self, err: Any, msg: Any) -> None:
-        if err is not None:
-            self.errors.append(err)
-            return
-        r = self.ranges.get(msg.partition())
-        if r is None:
-            self.ranges[msg.partition()] = [msg.offset(), msg.offset(), 1]
-        else:
-            r[0], r[1], r[2] = min(r[0], msg.offset()), max(r[1], msg.offset()), r[2] + 1
+        """librdkafka's delivery report, called inside ``poll``, ``flush`` and the
+        transaction calls on whichever thread makes them. It never raises: an exception
+        here comes out of librdkafka's call in the middle of its work (older clients: a
+        ``SystemError`` at the next report). What goes wrong is recorded instead, and the
+        flush of the epoch (``pre_commit``, on the sink's thread) raises it."""
+        try:
+            if err is not None:
+                self.errors.append(err)
+                return
+            partition, offset = msg.partition(), msg.offset()
+            if offset is None:
+                # Delivered at an unknown offset: librdkafka reports so a retried batch that
+                # the broker had written already (DUPLICATE_SEQUENCE_NUMBER, or acknowledged
+                # by a later batch), e.g. while a broker restarts.
+                self.unplaced += 1
+                return
+            r = self.ranges.get(partition)
+            if r is None:
+                self.ranges[partition] = [offset, offset, 1]
+            else:
+                r[0], r[1], r[2] = min(r[0], offset), max(r[1], offset), r[2] + 1
+        except Exception as exc:  # noqa: BLE001 - never into librdkafka (see above)
+            self.errors.append(f"unreadable delivery report: {exc!r}")
 
     def begin(self) -> None:
-        self.nonce, self.ranges, self.errors = os.urandom(8), {}, []
+        self.nonce, self.ranges, self.errors, self.unplaced = os.urandom(8), {}, [], 0
         self.producer.begin_transaction()
 
 
@@ -400,6 +416,14 @@ class TransactionalWriter(_Writer):
         def finish() -> dict[str, Any]:
             if slot is not None:
                 self._flush(slot.producer, slot.errors)
+                if slot.unplaced:
+                    # The snapshot must name where every record is (restore step 3 reads
+                    # them back): fail the staging; the restore aborts the transaction and
+                    # the epoch is written again.
+                    raise KafkaConnectError(
+                        f"{slot.unplaced} record(s) of checkpoint {checkpoint_id} were "
+                        f"delivered to {self.sink.topic} without an offset (a retried send "
+                        f"the broker had written already); restoring to write them again")
                 self._send_marker(slot, self.group, checkpoint_id)
                 with self.lock:
                     self.pending[checkpoint_id] = slot

@@ -1,0 +1,249 @@
+"""The rocksdb keyed state backend: the write-back cache, checkpoints by SST file, restore at
+the same and at another parallelism, local recovery, corruption, canonical savepoints."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from streamjob import checkpoints as ckpt
+from streamjob import state
+from streamjob.keygroups import key_group, key_group_range
+from streamjob.operators import CountOperator, KeyedContext, KeyedStateBackend
+from streamjob.rocksdb_backend import RocksDBKeyedStateBackend, subtask_dir
+from streamjob.storage import LocalStorage, NotFoundError
+
+M = 128
+
+
+class CountingStorage(LocalStorage):
+    """Real local storage that counts whole-object reads (downloads)."""
+
+    def __init__(self, root):
+        super().__init__(root)
+        self.gets = 0
+
+    def get(self, key):
+        self.gets += 1
+        return super().get(key)
+
+
+@pytest.fixture
+def opened():
+    backends = []
+    yield backends
+    for b in backends:
+        b.close()
+
+
+def rocks(tmp_path, opened, subtask=0, p=1, name="t1", **kw):
+    b = RocksDBKeyedStateBackend(subtask_dir(str(tmp_path / "local"), "job", name, subtask),
+                                 key_group_range(subtask, p, M), M, block_cache_mb=8,
+                                 write_buffer_mb=4, **kw)
+    opened.append(b)
+    return b
+
+
+def fill(backend, keys, start=0):
+    """Counts (value state) and a map state per key, through the operators' interface."""
+    ctx = KeyedContext(backend)
+    count, seen = ctx.value_state("count", 0), ctx.map_state("seen")
+    for i, k in enumerate(keys, start):
+        ctx.key = k
+        count.update(count.value() + 1)
+        seen.put(i % 3, [k, i])
+    return ctx
+
+
+def contents(backend):
+    return {name: dict(t.decoded_items()) for name, t in backend.tables.items()}
+
+
+def checkpoint(backend, storage, cid, job="job", subtask=0):
+    local = backend.checkpoint(cid)
+    return backend.upload(storage, local, f"{job}/chk-{cid}/t1/{subtask}-x-rocksdb",
+                          f"{job}/shared/t1/{subtask}")
+
+
+def test_the_cache_stays_within_its_bound_and_loses_no_update(tmp_path, opened):
+    backend = rocks(tmp_path, opened, cache_entries=500)
+    op = CountOperator(backend, lambda r: r)
+    keys = [f"k{i}" for i in range(3000)]
+    for _ in range(5):
+        for i in range(0, len(keys), 700):
+            op.process_batch(keys[i:i + 700])
+            backend.trim()  # the task trims between batches
+            assert dict.__len__(backend.tables["count"]) <= 500
+    assert contents(backend)["count"] == {k: 5 for k in keys}
+    assert len(backend.tables["count"]) == 3000
+
+
+def test_table_behaves_like_a_dict(tmp_path, opened):
+    backend = rocks(tmp_path, opened)
+    t = backend.table("v", "value")
+    t["a"], t[("x", 1)], t[7] = 1, [1, 2], {"m": 1}
+    backend.mark_dirty(["a", ("x", 1), 7])  # what every writer does (ctx.touch)
+    assert t.get("a") == 1 and t.get("nope", 5) == 5 and "a" in t and "nope" not in t
+    assert t[("x", 1)] == [1, 2]
+    with pytest.raises(KeyError):
+        t["nope"]
+    assert t.pop("a") == 1 and t.pop("a", None) is None and "a" not in t
+    del t[7]
+    with pytest.raises(KeyError):
+        del t[7]
+    assert t.setdefault("s", 3) == 3 and t.setdefault("s", 4) == 3
+    backend.mark_dirty(["s"])
+    assert dict(t.items()) == {("x", 1): [1, 2], "s": 3} and len(t) == 2 and bool(t)
+    t.backend.flush()
+    t.drop_cache()  # from disk now
+    assert t[("x", 1)] == [1, 2] and "a" not in t and sorted(map(str, t)) == ["('x', 1)", "s"]
+
+
+def test_keys_are_prefixed_by_their_key_group(tmp_path, opened):
+    backend = rocks(tmp_path, opened)
+    fill(backend, ["a", "b", ("t", 3)])
+    backend.flush()
+    raw = list(backend.tables["count"]._cf.keys())
+    assert sorted(raw) == raw
+    assert {int.from_bytes(k[:2], "big") for k in raw} == {key_group(k, M)
+                                                          for k in ["a", "b", ("t", 3)]}
+
+
+def test_checkpoint_restores_the_same_state_and_uploads_only_new_files(tmp_path, opened):
+    storage = CountingStorage(tmp_path / "store")
+    backend = rocks(tmp_path, opened)
+    keys = [f"k{i}" for i in range(20_000)]
+    fill(backend, keys)
+    first = checkpoint(backend, storage, 1)
+    ssts = [f for f in first["files"] if f["name"].endswith(".sst")]
+    assert ssts and all(f["key"].startswith("job/shared/t1/0-") for f in ssts)
+    assert first["uploaded"] == first["state_size"]
+    fill(backend, keys[:100])  # 0.5 % of the keys change
+    second = checkpoint(backend, storage, 2)
+    assert second["uploaded"] < second["state_size"] / 5  # only the new SST files
+    assert {f["key"] for f in ssts} <= {f["key"] for f in second["files"]}
+    handle = {"format": 1, "rocksdb": second}
+    assert {f["key"] for f in second["files"]} == ckpt.handle_keys(handle)
+
+    expected = contents(backend)
+    backend.close()
+    shutil.rmtree(tmp_path / "local")  # another node: nothing local, download
+    restored = rocks(tmp_path, opened)
+    restored.restore(storage, [second])
+    assert contents(restored) == expected
+    assert storage.gets == len(second["files"])
+
+
+def test_local_recovery_reuses_local_files_that_match(tmp_path, opened):
+    storage = CountingStorage(tmp_path / "store")
+    backend = rocks(tmp_path, opened)
+    fill(backend, [f"k{i}" for i in range(5000)])
+    part = checkpoint(backend, storage, 1)
+    expected = contents(backend)
+    # A second attempt of the same subtask while the first is still open (they overlap).
+    again = rocks(tmp_path, opened)
+    again.restore(storage, [part])
+    assert contents(again) == expected
+    assert storage.gets == 0  # every file came from the local checkpoint
+    assert again.db_path != backend.db_path
+    fill(again, ["new"])  # each attempt writes its own database
+    assert "new" not in backend.tables["count"]
+
+
+def test_a_restored_database_uploads_only_files_its_own_job_does_not_have(tmp_path, opened):
+    storage = LocalStorage(tmp_path / "store")
+    backend = rocks(tmp_path, opened)
+    fill(backend, [f"k{i}" for i in range(5000)])
+    part = checkpoint(backend, storage, 1)
+    own = rocks(tmp_path, opened)
+    own.restore(storage, [part], "job/shared/")  # its own checkpoint: files reused
+    fill(own, ["new"])
+    assert checkpoint(own, storage, 2)["uploaded"] < part["uploaded"] / 2
+    other = rocks(tmp_path, opened)
+    other.restore(storage, [part], "another-job/shared/")  # a new job id: uploads its own
+    fill(other, ["new"])
+    again = checkpoint(other, storage, 3, job="another-job")
+    assert again["uploaded"] >= part["uploaded"]
+    assert all(f["key"].startswith("another-job/") for f in again["files"])
+
+
+def test_a_dead_attempts_folder_is_removed(tmp_path, opened):
+    first = rocks(tmp_path, opened)
+    stale = first.instance_dir
+    first._close_db()
+    first._lock.close()  # as if its process died: nobody holds the lock
+    rocks(tmp_path, opened)
+    assert not os.path.exists(stale)
+
+
+def test_a_corrupt_or_missing_sst_file_is_not_restored(tmp_path, opened):
+    storage = LocalStorage(tmp_path / "store")
+    backend = rocks(tmp_path, opened)
+    fill(backend, [f"k{i}" for i in range(3000)])
+    part = checkpoint(backend, storage, 1)
+    backend.close()
+    shutil.rmtree(tmp_path / "local")
+    sst = next(f for f in part["files"] if f["name"].endswith(".sst"))
+    path = storage._path(sst["key"])
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(state.CorruptStateError):
+        rocks(tmp_path, opened).restore(storage, [part])
+    path.unlink()
+    with pytest.raises(NotFoundError):
+        rocks(tmp_path, opened).restore(storage, [part])
+
+
+@pytest.mark.parametrize("old_p, new_p", [(2, 3), (2, 4), (3, 2), (2, 1)])
+def test_restore_at_another_parallelism_moves_exactly_the_key_groups(tmp_path, opened,
+                                                                     old_p, new_p):
+    storage = LocalStorage(tmp_path / "store")
+    keys = [f"k{i}" for i in range(4000)] + [("t", i) for i in range(500)]
+    parts, expected = [], {}
+    for i in range(old_p):
+        kgs = key_group_range(i, old_p, M)
+        b = rocks(tmp_path, opened, i, old_p, name="old")
+        fill(b, [k for k in keys if key_group(k, M) in kgs])
+        for name, entries in contents(b).items():
+            expected.setdefault(name, {}).update(entries)
+        parts.append(checkpoint(b, storage, 1, subtask=i))
+    got: dict = {}
+    for j in range(new_p):
+        b = rocks(tmp_path, opened, j, new_p, name="new")
+        b.restore(storage, parts)
+        mine = key_group_range(j, new_p, M)
+        for name, entries in contents(b).items():
+            assert all(key_group(k, M) in mine for k in entries), name
+            got.setdefault(name, {}).update(entries)
+    assert got == expected
+
+
+def test_savepoints_are_canonical_both_ways(tmp_path, opened):
+    storage = LocalStorage(tmp_path / "store")
+    backend = rocks(tmp_path, opened)
+    fill(backend, [f"k{i}" for i in range(3000)] + [("t", 1)])
+    expected = contents(backend)
+    # rocksdb -> canonical file -> memory backend at parallelism 2
+    handle = state.write_snapshot_sections(storage, "job/sp/t1/0",
+                                           backend.savepoint_sections(backend.savepoint()),
+                                           {"splits": {}})
+    assert not [n for n in os.listdir(backend.instance_dir) if n.startswith("sp-")]
+    memory: dict = {}
+    for j in range(2):
+        for name, _kind, entries, _deleted in state.read_keyed_state(
+                storage, handle, key_group_range(j, 2, M)):
+            memory.setdefault(name, {}).update(entries)
+    assert memory == expected
+    # memory -> canonical file -> rocksdb
+    mem = KeyedStateBackend()
+    for name, entries in expected.items():
+        mem.table(name, backend.kinds[name]).update(entries)
+    handle = state.write_snapshot(storage, "job/sp/t1/1", mem.freeze(), None,
+                                  lambda k: key_group(k, M))
+    again = rocks(tmp_path, opened, name="t2")
+    for name, kind, entries, deleted in state.read_keyed_state(storage, handle, range(M)):
+        again.load(name, kind, entries, deleted)
+    assert contents(again) == expected

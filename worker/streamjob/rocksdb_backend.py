@@ -1,0 +1,749 @@
+"""The embedded RocksDB keyed state backend (``spec.stateBackend.type: rocksdb``).
+
+Keyed state on local disk, bounded in memory, checkpointed by uploading only new SST files.
+Operators, timers, TTL, windows and joins use it unchanged: :meth:`table` returns a
+:class:`RocksDBTable`, a dict-like object with the methods they call on the memory backend's
+plain dicts (``get``, ``[]``, ``[]=``, ``del``, ``pop``, ``in``, ``items``, ``len``...).
+
+Decisions, and why:
+
+* **Measured first.** From Python, one ``rocksdict`` ``get`` costs about 4-7 us, a ``put``
+  with the WAL about 18 us, a ``put`` into a ``WriteBatch`` about 2 us and writing the batch
+  about 2.5 us per entry, while a dict lookup is well under 0.1 us (2-core machine, loaded).
+  Going to RocksDB per record would cost many times the memory backend. So each table is a
+  **dict subclass that is its own write-back cache**: hits and all writes are the dict's own
+  C code (no Python ``__setitem__``), a miss reads one value (``get``, ``__missing__``,
+  ``in``). While a table holds every key of its state (a state that never outgrew the
+  cache, or a small one loaded whole after a restore) even ``get`` is the dict's.
+* **What to write back** is the backend's ``dirty`` key set, which every writer (value and
+  map state, timers, TTL, windows, the count and reduce operators) fills already for the
+  memory backend's incremental checkpoints (``ctx.touch``); deletions are remembered per
+  table. At the snapshot barrier the dirty entries go to RocksDB in one ``WriteBatch``
+  (measured ~5-8 us per entry: the synchronous part grows with the keys changed since the
+  last checkpoint, not with the state). Between batches (:meth:`trim`, called by the task)
+  a cache over its bound (``cache_entries`` per table, 131,072 by default) writes back and
+  drops its oldest entries, by first use; never during a batch, since an operator adds the
+  keys it changed to ``dirty`` by the end of its batch and may still hold a value it is
+  changing in place. A job whose hot keys fit the cache runs near dict speed; one with 20 M
+  keys keeps only the cache in Python memory and the rest in RocksDB's block cache and files.
+* **Keys** are ``key group (2 bytes, big-endian) + msgpack(key)`` and values msgpack (never
+  pickle), one column family per state (table). A key-group range is then one contiguous
+  key range: rescaling clips a restored database with ``delete_range`` or copies one range.
+  msgpack turns tuples into arrays: a value read back from disk is a list where a tuple was
+  written (as after a restore on the memory backend); keys come back as tuples.
+* **No WAL.** Durability comes from checkpoints (as in Flink): writes go without the
+  write-ahead log; a crash restores the last checkpoint anyway.
+* **Checkpoints.** Synchronous part: write the dirty entries, then a RocksDB ``Checkpoint``
+  (flush + hard links, milliseconds) into ``<base>/chk-<n>-<instance>``. Asynchronous part:
+  upload the SST files not uploaded before to ``<job>/shared/<task>/<subtask>-<instance>-
+  <file>`` (names unique per database instance, so two attempts never overwrite each other's
+  files) and the small files (MANIFEST, CURRENT, OPTIONS...) into the checkpoint's own folder.
+  The handle lists every file with its size and sha256, the tables and the key-group range;
+  ``checkpoints.handle_keys`` returns the shared files, so the coordinator's
+  reference-counted clean-up keeps them while a retained checkpoint needs them.
+* **Restore.** Each file is verified against its sha256; a missing or corrupt file raises
+  ``CorruptStateError`` and the coordinator falls back to the next older checkpoint. The
+  files come from the local checkpoint folder when it is still there and matches (local
+  recovery: a restarted worker on the same node downloads nothing), else from storage.
+  Same key-group range: open the checkpoint as the new database. Another range (rescale):
+  one old database covering the new range is opened and clipped with ``delete_range``;
+  otherwise the overlapping key range of each old database is copied into a new one.
+* **Directories.** ``<localDir>/<job>/<task>/<subtask>/`` is the subtask's, independent of the
+  attempt (so local recovery finds it). Each database instance lives in ``inst-<uuid>/db``
+  next to a ``lock`` file held (``flock``) while it is open: two attempts that overlap briefly
+  never share a RocksDB directory, and a folder whose lock nobody holds is left over from a
+  dead process and removed.
+* **Savepoints** stay canonical (``state.write_snapshot_sections``, the memory backend's
+  format by key group) and are written by iterating a RocksDB checkpoint in key order, one
+  key group at a time: the state is never materialised in memory, and either backend can
+  restore them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import itertools
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import msgpack
+from rocksdict import (
+    AccessType,
+    BlockBasedOptions,
+    Cache,
+    Checkpoint,
+    Options,
+    Rdict,
+    WriteBatch,
+    WriteBufferManager,
+    WriteOptions,
+)
+
+from streamjob.keygroups import key_group
+from streamjob.operators import KeyedStateBackend
+from streamjob.state import CorruptStateError
+
+log = logging.getLogger("streamjob.rocksdb")
+
+FORMAT = 1
+MB = 1 << 20
+CACHE_ENTRIES = 1 << 17  # per table: entries kept decoded in Python (see the docstring)
+LOCAL_CHECKPOINTS = 2    # local checkpoint folders kept per subtask (local recovery)
+COPY_BATCH = 10_000      # entries per WriteBatch when copying a key range (rescale)
+DEFAULT_CF = "default"
+
+_MISSING = object()
+_ABSENT = object()  # cached: the key has no value (a deletion not written yet, or a miss)
+
+
+def subtask_dir(local_dir: str, job_id: str, task_id: str, subtask: int) -> str:
+    """The subtask's folder under ``localDir``: the same for every attempt (local recovery)."""
+    for part in (job_id, task_id):
+        if not part or "/" in part or part in (".", ".."):
+            raise ValueError(f"cannot make a directory name of {part!r}")
+    return os.path.join(local_dir, job_id, task_id, str(subtask))
+
+
+def kg_prefix(kg: int) -> bytes:
+    return kg.to_bytes(2, "big")
+
+
+def _unpack_value(data: bytes) -> Any:
+    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+
+
+def _unpack_key(data: bytes) -> Any:
+    return msgpack.unpackb(data[2:], raw=False, use_list=False, strict_map_key=False)
+
+
+def _sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(MB):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# One block cache and one write buffer manager per process and size: every keyed subtask
+# of a worker (a pipeline may have several keyed tasks) shares them, so RocksDB's memory in
+# a worker is blockCacheMB + writeBufferMB however many databases it has open.
+_SHARED: dict[tuple[int, int], tuple[Cache, WriteBufferManager]] = {}
+
+
+def _options(block_cache_mb: int, write_buffer_mb: int) -> Options:
+    key = (block_cache_mb, write_buffer_mb)
+    if key not in _SHARED:
+        _SHARED[key] = (Cache(block_cache_mb * MB),
+                        WriteBufferManager(write_buffer_mb * MB, False))
+    cache, buffers = _SHARED[key]
+    opt = Options(raw_mode=True)
+    opt.create_if_missing(True)
+    opt.create_missing_column_families(True)
+    table = BlockBasedOptions()
+    table.set_block_cache(cache)
+    table.set_cache_index_and_filter_blocks(True)  # bounded by the cache too
+    table.set_pin_l0_filter_and_index_blocks_in_cache(True)
+    table.set_bloom_filter(10, False)  # a miss (a new key) rarely touches the disk
+    opt.set_block_based_table_factory(table)
+    opt.set_write_buffer_manager(buffers)  # memtables of every database of the process
+    opt.set_write_buffer_size(max(1, write_buffer_mb // 2) * MB)
+    opt.set_max_background_jobs(2)
+    return opt
+
+
+class RocksDBTable(dict):
+    """One state (a column family) seen as a dict. The dict itself is the cache: reads that
+    hit and every write run at dict speed (no Python-level ``__setitem__``); a miss reads
+    RocksDB (:meth:`__missing__`, :meth:`get`, ``in``). Which cached entries must be written
+    back is the backend's ``dirty`` key set, which every writer keeps already (``touch``);
+    deletions are remembered in ``_deleted`` until written.
+
+    While the cache holds *every* key of the state (a new state that never outgrew its
+    bound, or a small one loaded whole after a restore: :meth:`fill`), a key that is not in
+    the dict does not exist, and ``get`` is the dict's own, in C (an instance slot); once
+    entries are evicted it is :meth:`_get`, which reads RocksDB on a miss."""
+
+    __slots__ = ("backend", "name", "kind", "_deleted", "_limit", "_cf", "_handle", "_full",
+                 "get")
+
+    def __init__(self, backend: RocksDBKeyedStateBackend, name: str, kind: str, limit: int):
+        super().__init__()
+        self.backend, self.name, self.kind = backend, name, kind
+        self._deleted: set[Any] = set()  # deleted since the last flush, not written yet
+        self._limit = max(2, limit)
+        self._cf: Any = None       # the column family (an Rdict), bound by the backend
+        self._handle: Any = None   # its handle, for write batches
+        self._set_full(False)
+
+    def _set_full(self, full: bool) -> None:
+        self._full = full
+        self.get = dict.get.__get__(self) if full else self._get
+
+    def fill(self) -> bool:
+        """Load the whole state into the cache if it fits in half of it (then misses are
+        answered without RocksDB); whether it did."""
+        if self._full:
+            return True
+        self.backend.flush()
+        entries = list(itertools.islice(self._cf.items(), self._limit // 2 + 1))
+        if len(entries) > self._limit // 2:
+            return False
+        get = dict.get
+        for kb, vb in entries:
+            k = _unpack_key(kb)
+            if get(self, k, _MISSING) is _MISSING:
+                dict.__setitem__(self, k, _unpack_value(vb))
+        self._set_full(True)
+        return True
+
+    # -- reads that miss the cache ---------------------------------------------------------
+
+    def _get(self, key: Any, default: Any = None) -> Any:
+        try:
+            return dict.__getitem__(self, key)
+        except KeyError:
+            v = self._load(key)
+            return default if v is _ABSENT else v
+
+    def __missing__(self, key: Any) -> Any:
+        v = self._load(key)
+        if v is _ABSENT:
+            raise KeyError(key)
+        return v
+
+    def __contains__(self, key: Any) -> bool:
+        return dict.__contains__(self, key) or self._load(key) is not _ABSENT
+
+    def _load(self, key: Any) -> Any:
+        """The value of a key not in the cache (cached if it has one), or _ABSENT."""
+        if self._full or key in self._deleted:
+            return _ABSENT
+        data = self._cf.get(self.backend.encode_key(key))
+        if data is None:
+            return _ABSENT
+        v = _unpack_value(data)
+        dict.__setitem__(self, key, v)  # bounded by trim() between batches
+        return v
+
+    # -- deletions (remembered until written) ----------------------------------------------
+
+    def __delitem__(self, key: Any) -> None:
+        if not dict.__contains__(self, key) and self._load(key) is _ABSENT:
+            raise KeyError(key)
+        dict.__delitem__(self, key)
+        self._deleted.add(key)
+
+    def pop(self, key: Any, default: Any = _MISSING) -> Any:
+        v = dict.pop(self, key, _MISSING)
+        if v is _MISSING:
+            v = self._load(key)
+            if v is _ABSENT:
+                if default is _MISSING:
+                    raise KeyError(key)
+                return default
+            dict.__delitem__(self, key)
+        self._deleted.add(key)
+        return v
+
+    def setdefault(self, key: Any, default: Any = None) -> Any:
+        v = self.get(key, _MISSING)
+        if v is _MISSING:
+            self[key] = v = default
+        return v
+
+    def popitem(self) -> tuple[Any, Any]:
+        raise NotImplementedError("popitem on a rocksdb state table")
+
+    def clear(self) -> None:
+        dict.clear(self)
+        self._deleted = set()
+        self._cf.delete_range(b"\x00\x00", kg_prefix(0xFFFF) + b"\xff")
+        self._set_full(True)
+
+    # -- write-back ------------------------------------------------------------------------
+
+    def evict(self) -> None:
+        """Write (if dirty) and drop the oldest entries, by first use, down to half the
+        bound."""
+        dirty = self.backend.dirty
+        self._set_full(False)
+        old = list(itertools.islice(dict.keys(self), dict.__len__(self) - self._limit // 2))
+        batch = WriteBatch(raw_mode=True)
+        encode, pack, handle, n = self.backend.encode_key, self.backend.pack, self._handle, 0
+        for k in old:
+            v = dict.pop(self, k)
+            if k in dirty:
+                batch.put(encode(k), pack(v), handle)
+                self._deleted.discard(k)
+                n += 1
+        if n:
+            self.backend.db.write(batch)
+
+    def write_dirty(self, batch: WriteBatch, dirty: Iterable[Any]) -> int:
+        """The cached values of ``dirty`` keys and the deletions into ``batch``; how many."""
+        encode, pack, handle, n = self.backend.encode_key, self.backend.pack, self._handle, 0
+        get = dict.get
+        for k in dirty:
+            v = get(self, k, _MISSING)
+            if v is not _MISSING:
+                batch.put(encode(k), pack(v), handle)
+                n += 1
+        for k in self._deleted:
+            if not dict.__contains__(self, k):
+                batch.delete(encode(k), handle)
+                n += 1
+        self._deleted = set()
+        return n
+
+    def drop_cache(self) -> None:
+        """Forget the cache (after the database under it changed: a restore)."""
+        dict.clear(self)
+        self._deleted = set()
+        self._set_full(False)
+
+    # -- whole-table reads (flush first, then the database in key order) ------------------
+
+    def __iter__(self) -> Iterator[Any]:
+        self.backend.flush()
+        return (_unpack_key(k) for k in self._cf.keys())
+
+    def keys(self) -> Iterator[Any]:  # type: ignore[override]
+        return iter(self)
+
+    def items(self) -> Iterator[tuple[Any, Any]]:  # type: ignore[override]
+        self.backend.flush()
+        get = dict.get
+        for kb, vb in self._cf.items():
+            k = _unpack_key(kb)
+            v = get(self, k, _MISSING)  # the cached object (identity, as with a dict)
+            yield k, _unpack_value(vb) if v is _MISSING else v
+
+    def decoded_items(self) -> Iterator[tuple[Any, Any]]:
+        """Like :meth:`items`, but every value decoded from disk: a copy that later changes
+        of cached values do not reach."""
+        self.backend.flush()
+        return ((_unpack_key(k), _unpack_value(v)) for k, v in self._cf.items())
+
+    def values(self) -> Iterator[Any]:  # type: ignore[override]
+        return (v for _, v in self.items())
+
+    def __len__(self) -> int:
+        """Exact, by counting the keys on disk (O(n): for tests and small tables)."""
+        return sum(1 for _ in self)
+
+    def __bool__(self) -> bool:
+        return next(iter(self), _MISSING) is not _MISSING
+
+    def copy(self) -> dict[Any, Any]:
+        return dict(self.items())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, dict):
+            return dict(self.items()) == dict(other.items())
+        return NotImplemented
+
+    def __ne__(self, other: object) -> bool:
+        eq = self.__eq__(other)
+        return eq if eq is NotImplemented else not eq
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"RocksDBTable({self.name!r}, {self.kind})"
+
+
+class RocksDBKeyedStateBackend(KeyedStateBackend):
+    """The keyed state of one subtask in an embedded RocksDB (see the module docstring)."""
+
+    def __init__(self, directory: str, key_groups: range, max_parallelism: int,
+                 block_cache_mb: int = 256, write_buffer_mb: int = 64,
+                 cache_entries: int = CACHE_ENTRIES):
+        # Every writer adds the keys it changed to ``dirty`` (the memory backend's
+        # incremental checkpoints rely on the same): what a flush writes back.
+        super().__init__(track_changes=True)
+        self.key_groups, self.max_parallelism = key_groups, max_parallelism
+        self.base = directory
+        self.cache_entries = cache_entries
+        self.options = _options(block_cache_mb, write_buffer_mb)
+        self.write_options = WriteOptions()
+        self.write_options.disable_wal = True
+        self.pack = msgpack.Packer(use_bin_type=True).pack  # the processing thread's
+        self._encoded: dict[Any, bytes] = {}
+        # SST files already in storage: name -> {"name", "key", "size", "sha256"}.
+        self.uploaded: dict[str, dict[str, Any]] = {}
+        self.db: Any = None
+        self._lock: Any = None
+        os.makedirs(self.base, exist_ok=True)
+        self._new_instance()
+        self._reap()
+        self._open(self.db_path)
+
+    # -- instances and directories ---------------------------------------------------------
+
+    def _new_instance(self) -> None:
+        self.instance = uuid.uuid4().hex[:12]
+        self.instance_dir = os.path.join(self.base, f"inst-{self.instance}")
+        self.db_path = os.path.join(self.instance_dir, "db")
+        os.makedirs(self.instance_dir)
+        self._lock = open(os.path.join(self.instance_dir, "lock"), "w")  # noqa: SIM115
+        fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    def _reap(self) -> None:
+        """Remove instance folders nobody holds (left by a dead process)."""
+        for name in os.listdir(self.base):
+            path = os.path.join(self.base, name)
+            if name.startswith("inst-") and path != self.instance_dir:
+                try:
+                    with open(os.path.join(path, "lock"), "a") as f:
+                        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        shutil.rmtree(path, ignore_errors=True)
+                except (BlockingIOError, FileNotFoundError):
+                    continue  # another attempt's database, open right now
+
+    def prune_local_checkpoints(self, uploaded: int) -> None:
+        """After checkpoint ``uploaded`` is in storage: keep our newest local checkpoints up
+        to it (local recovery) and those after it (their uploads are pending); drop the
+        rest, and those of earlier instances (a restore is behind us)."""
+        own = []
+        for name in os.listdir(self.base):
+            parts = name.split("-")
+            if len(parts) != 3 or parts[0] != "chk" or not parts[1].isdigit():
+                continue
+            path = os.path.join(self.base, name)
+            if parts[2] != self.instance:
+                shutil.rmtree(path, ignore_errors=True)
+            elif int(parts[1]) <= uploaded:
+                own.append((int(parts[1]), path))
+        for _, path in sorted(own)[:-LOCAL_CHECKPOINTS]:
+            shutil.rmtree(path, ignore_errors=True)
+
+    def _open(self, path: str) -> None:
+        names = [DEFAULT_CF]
+        if os.path.exists(os.path.join(path, "CURRENT")):
+            names = Rdict.list_cf(path, Options(raw_mode=True))
+        cfs = {n: self.options for n in names if n != DEFAULT_CF}
+        self.db = Rdict(path, self.options, column_families=cfs)
+        self.db.set_write_options(self.write_options)
+        for table in self.tables.values():
+            self._bind(table)
+
+    def _bind(self, table: RocksDBTable) -> None:
+        try:
+            table._cf = self.db.get_column_family(table.name)
+        except Exception:  # noqa: BLE001 - rocksdict raises a plain Exception
+            table._cf = self.db.create_column_family(table.name, self.options)
+        table._handle = self.db.get_column_family_handle(table.name)
+
+    def _close_db(self) -> None:
+        """Close the database for real: rocksdict keeps it open while any column family
+        object lives, so the tables let go of theirs first."""
+        for t in self.tables.values():
+            t._cf = t._handle = None
+        if self.db is not None:
+            self.db.close()
+            self.db = None
+
+    def close(self) -> None:
+        """Close the database and drop its instance folder (the local checkpoints stay)."""
+        self._close_db()
+        if self._lock is not None:
+            shutil.rmtree(self.instance_dir, ignore_errors=True)
+            self._lock.close()
+            self._lock = None
+
+    # -- the interface the operators use ---------------------------------------------------
+
+    def table(self, name: str, kind: str) -> RocksDBTable:  # type: ignore[override]
+        if name in self.tables:
+            if self.kinds[name] != kind:
+                raise ValueError(f"state {name!r} is a {self.kinds[name]} state, not {kind}")
+            return self.tables[name]
+        if name == DEFAULT_CF:
+            raise ValueError(f"{DEFAULT_CF!r} is not a valid state name on rocksdb")
+        t = RocksDBTable(self, name, kind, self.cache_entries)
+        self._bind(t)
+        t.fill()  # a new state (or a small restored one) is all in the cache
+        self.kinds[name] = kind
+        self.tables[name] = t
+        return t
+
+    def encode_key(self, key: Any) -> bytes:
+        """``key group + msgpack(key)``, memoised for as many keys as a table caches (a
+        flush encodes the same hot keys at every checkpoint)."""
+        encoded = self._encoded.get(key)
+        if encoded is None:
+            encoded = kg_prefix(key_group(key, self.max_parallelism)) + self.pack(key)
+            if len(self._encoded) >= self.cache_entries:
+                self._encoded.clear()
+            self._encoded[key] = encoded
+        return encoded
+
+    def flush(self) -> int:
+        """Write every table's dirty entries and deletions to RocksDB (one batch); how
+        many."""
+        batch = WriteBatch(raw_mode=True)
+        n = sum(t.write_dirty(batch, self.dirty) for t in self.tables.values())
+        if n:
+            self.db.write(batch)
+        # Emptied in place: an operator may hold the set for the rest of its batch.
+        self.dirty.clear()
+        return n
+
+    def trim(self) -> None:
+        """Between batches (the task calls it): keep the caches and the dirty set within
+        their bounds. Never during a batch: an operator adds the keys it changed to
+        ``dirty`` by the end of its batch, and may hold a value it is changing."""
+        for t in self.tables.values():
+            if dict.__len__(t) > t._limit:
+                t.evict()
+        if len(self.dirty) > 4 * self.cache_entries:
+            self.flush()
+
+    def load(self, name: str, kind: str, entries: dict[Any, Any],
+             deleted: list[Any] = ()) -> None:
+        """Restore from the canonical format (a savepoint, or a memory-backend checkpoint):
+        straight into RocksDB, around the cache."""
+        table = self.table(name, kind)
+        table.drop_cache()
+        batch = WriteBatch(raw_mode=True)
+        encode, pack, handle = self.encode_key, self.pack, table._handle
+        for k, v in entries.items():
+            batch.put(encode(k), pack(v), handle)
+        for k in deleted:
+            batch.delete(encode(k), handle)
+        self.db.write(batch)
+
+    def freeze(self, reset_changes: bool = True) -> dict[str, tuple[str, dict[Any, Any]]]:
+        """The whole state as dicts (materialised: for tests and small states only; the
+        task snapshots with :meth:`checkpoint` and :meth:`savepoint_sections`)."""
+        frozen = {}
+        for name, t in self.tables.items():
+            entries = dict(t.decoded_items())
+            if name in self.expiring:
+                entries = self.expiring[name].live(entries)[0]
+            frozen[name] = (t.kind, entries)
+        return frozen
+
+    def freeze_delta(self) -> Any:
+        raise NotImplementedError("the rocksdb backend checkpoints by SST files")
+
+    def num_keys(self) -> int:
+        return sum(len(t) for t in self.tables.values())
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    def checkpoint(self, checkpoint_id: int) -> LocalCheckpoint:
+        """Synchronous part: dirty entries, then a RocksDB checkpoint (hard links)."""
+        self.flush()
+        path = os.path.join(self.base, f"chk-{checkpoint_id}-{self.instance}")
+        shutil.rmtree(path, ignore_errors=True)
+        Checkpoint(self.db).create_checkpoint(path)
+        return LocalCheckpoint(checkpoint_id, path, dict(self.kinds), self.key_groups)
+
+    def upload(self, storage: Any, local: LocalCheckpoint, private_prefix: str,
+               shared_prefix: str) -> dict[str, Any]:
+        """Asynchronous part: new SST files to ``shared_prefix``, small files to
+        ``private_prefix``; the handle's ``rocksdb`` entry. Runs off the processing thread
+        (uploads of one subtask run one at a time, in checkpoint order)."""
+        files, uploaded = [], 0
+        for name in sorted(os.listdir(local.path)):
+            path = os.path.join(local.path, name)
+            if name.endswith(".sst"):
+                known = self.uploaded.get(name)
+                if known is not None and known["size"] == os.path.getsize(path):
+                    files.append(known)
+                    continue
+                key = f"{shared_prefix}-{self.instance}-{name}"
+            else:
+                key = f"{private_prefix}/{name}"
+            entry = {"name": name, "key": key, "size": os.path.getsize(path),
+                     "sha256": _sha256_file(path)}
+            _put_file(storage, key, path)
+            uploaded += entry["size"]
+            files.append(entry)
+        # A file compacted away never comes back: remember only the live ones.
+        self.uploaded = {f["name"]: f for f in files if f["name"].endswith(".sst")}
+        self.prune_local_checkpoints(local.checkpoint_id)
+        return {"format": FORMAT, "instance": self.instance,
+                "checkpoint_id": local.checkpoint_id, "local": os.path.basename(local.path),
+                "key_groups": [local.key_groups.start, local.key_groups.stop],
+                "tables": local.tables, "files": files, "uploaded": uploaded,
+                "state_size": sum(f["size"] for f in files)}
+
+    def savepoint(self) -> LocalCheckpoint:
+        """Synchronous part of a savepoint: a RocksDB checkpoint to iterate off the loop."""
+        self.flush()
+        path = os.path.join(self.instance_dir, f"sp-{uuid.uuid4().hex[:12]}")
+        Checkpoint(self.db).create_checkpoint(path)
+        return LocalCheckpoint(0, path, dict(self.kinds), self.key_groups)
+
+    def savepoint_sections(self, local: LocalCheckpoint,
+                           ) -> Iterator[tuple[int, list[tuple[str, str, list[Any]]]]]:
+        """``(key group, [(table, kind, [[key, value], ...]), ...])`` in key-group order,
+        read from a savepoint's checkpoint (expired TTL entries left out); the folder is
+        removed afterwards."""
+        try:
+            with _opened(local.path) as db:
+                iters = []
+                for name, kind in local.tables.items():
+                    cf = db.get_column_family(name)
+                    iters.append((name, kind, itertools.groupby(
+                        cf.items(), key=lambda kv: int.from_bytes(kv[0][:2], "big"))))
+                heads: dict[str, Any] = {}
+                for name, _, groups in iters:
+                    heads[name] = next(groups, None)
+                while any(h is not None for h in heads.values()):
+                    kg = min(h[0] for h in heads.values() if h is not None)
+                    sections = []
+                    for name, kind, groups in iters:
+                        head = heads[name]
+                        if head is None or head[0] != kg:
+                            continue
+                        entries = {_unpack_key(k): _unpack_value(v) for k, v in head[1]}
+                        heads[name] = next(groups, None)
+                        if name in self.expiring:
+                            entries = self.expiring[name].live(entries)[0]
+                        if entries:
+                            sections.append((name, kind, list(entries.items())))
+                    if sections:
+                        yield kg, sections
+        finally:
+            shutil.rmtree(local.path, ignore_errors=True)
+
+    def drop_local(self, local: LocalCheckpoint) -> None:
+        shutil.rmtree(local.path, ignore_errors=True)
+
+    # -- restore ---------------------------------------------------------------------------
+
+    def restore(self, storage: Any, handles: list[dict[str, Any]],
+                shared_prefix: str | None = None) -> None:
+        """Open the state of ``handles`` (``rocksdb`` entries of any parallelism) for this
+        subtask's key groups (see the module docstring). SST files already under
+        ``shared_prefix`` (the job's own shared folder, when restoring its own checkpoint)
+        are not uploaded again; those of another job id are (that job's files are deleted
+        once this job has a checkpoint of its own)."""
+        own = self.key_groups
+        parts = [h for h in handles
+                 if max(h["key_groups"][0], own.start) < min(h["key_groups"][1], own.stop)]
+        if not parts:
+            return
+        for name, kind in itertools.chain.from_iterable(p["tables"].items() for p in parts):
+            self.table(name, kind)
+        for t in self.tables.values():
+            t.drop_cache()
+        first = parts[0]
+        if len(parts) == 1 and first["key_groups"][0] <= own.start \
+                and own.stop <= first["key_groups"][1]:
+            # One old database holds all our key groups: open it (clipped if it holds more).
+            self._close_db()
+            shutil.rmtree(self.db_path)
+            self._fetch(storage, first, self.db_path)
+            self._open(self.db_path)
+            lo, hi = kg_prefix(own.start), kg_prefix(own.stop)
+            if (first["key_groups"][0], first["key_groups"][1]) != (own.start, own.stop):
+                for t in self.tables.values():
+                    t._cf.delete_range(b"\x00\x00", lo)
+                    t._cf.delete_range(hi, kg_prefix(0xFFFF) + b"\xff")
+            # Its files are in storage already (until compaction replaces them).
+            if shared_prefix is not None:
+                self.uploaded = {f["name"]: f for f in first["files"]
+                                 if f["name"].endswith(".sst")
+                                 and f["key"].startswith(shared_prefix)}
+        else:
+            for part in parts:
+                self._copy_range(storage, part)
+        self.restored()
+
+    def restored(self) -> None:
+        """After a restore: states small enough to fit in half the cache are loaded whole
+        (their misses need no RocksDB read)."""
+        for t in self.tables.values():
+            t.fill()
+
+    def _fetch(self, storage: Any, part: dict[str, Any], dest: str) -> None:
+        """The files of checkpoint ``part`` into ``dest``, verified: hard links from the
+        local checkpoint folder when it matches, else downloads."""
+        os.makedirs(dest, exist_ok=True)
+        local = os.path.join(self.base, part.get("local", "")) if part.get("local") else None
+        for f in part["files"]:
+            target = os.path.join(dest, f["name"])
+            if local is not None and _matches(os.path.join(local, f["name"]), f):
+                if f["name"].endswith(".sst"):
+                    os.link(os.path.join(local, f["name"]), target)
+                else:  # RocksDB may rewrite these: a copy, not a link
+                    shutil.copyfile(os.path.join(local, f["name"]), target)
+                continue
+            data = storage.get(f["key"])
+            if len(data) != f["size"] or hashlib.sha256(data).hexdigest() != f["sha256"]:
+                raise CorruptStateError(f"{f['key']} does not match its checksum")
+            with open(target, "wb") as out:
+                out.write(data)
+
+    def _copy_range(self, storage: Any, part: dict[str, Any]) -> None:
+        """Copy our key groups out of an old database into ours (raw bytes, no decoding)."""
+        tmp = os.path.join(self.instance_dir, f"restore-{uuid.uuid4().hex[:8]}")
+        try:
+            self._fetch(storage, part, tmp)
+            lo, hi = kg_prefix(self.key_groups.start), kg_prefix(self.key_groups.stop)
+            with _opened(tmp) as old:
+                for name in part["tables"]:
+                    cf, handle = old.get_column_family(name), self.tables[name]._handle
+                    batch, n = WriteBatch(raw_mode=True), 0
+                    for k, v in cf.items(from_key=lo):
+                        if k >= hi:
+                            break
+                        batch.put(k, v, handle)
+                        n += 1
+                        if n % COPY_BATCH == 0:
+                            self.db.write(batch)
+                            batch = WriteBatch(raw_mode=True)
+                    self.db.write(batch)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+class LocalCheckpoint:
+    """A RocksDB checkpoint on local disk, waiting for its asynchronous part."""
+
+    __slots__ = ("checkpoint_id", "path", "tables", "key_groups")
+
+    def __init__(self, checkpoint_id: int, path: str, tables: dict[str, str],
+                 key_groups: range):
+        self.checkpoint_id, self.path, self.tables = checkpoint_id, path, tables
+        self.key_groups = key_groups
+
+
+def _matches(path: str, f: dict[str, Any]) -> bool:
+    try:
+        return os.path.getsize(path) == f["size"] and _sha256_file(path) == f["sha256"]
+    except OSError:
+        return False
+
+
+def _put_file(storage: Any, key: str, path: str) -> None:
+    with open(path, "rb") as f:
+        put_file = getattr(storage, "put_file", None)
+        if put_file is not None:
+            put_file(key, f)
+        else:
+            storage.put(key, f.read())
+
+
+@contextlib.contextmanager
+def _opened(path: str) -> Iterator[Any]:
+    """A checkpoint folder opened read-only (its own instance: never our database)."""
+    opt = Options(raw_mode=True)
+    names = Rdict.list_cf(path, opt)
+    db = Rdict(path, opt, column_families={n: Options(raw_mode=True) for n in names
+                                           if n != DEFAULT_CF},
+               access_type=AccessType.read_only())
+    try:
+        yield db
+    finally:
+        db.close()
