@@ -25,8 +25,9 @@ PROTECTED = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib64", "/opt/streamjob"
 #: RSS on this project's jobs; twice that leaves room for in-flight records)
 WORKER_BASE_MIB = 256
 
-#: RocksDB keeps up to this many write buffers (memtables) per column family before it
-#: stalls writes (``max_write_buffer_number``, RocksDB's default)
+#: ``writeBufferMB`` is the runtime's ``db_write_buffer_size`` (all memtables of a database);
+#: counted twice: the manager flushes when it is reached, and a memtable being flushed stays
+#: in memory beside the one that fills
 WRITE_BUFFERS = 2
 
 MIB = 1 << 20

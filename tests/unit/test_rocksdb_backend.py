@@ -152,6 +152,23 @@ def test_local_recovery_reuses_local_files_that_match(tmp_path, opened):
     assert "new" not in backend.tables["count"]
 
 
+def test_a_restored_database_uploads_only_files_its_own_job_does_not_have(tmp_path, opened):
+    storage = LocalStorage(tmp_path / "store")
+    backend = rocks(tmp_path, opened)
+    fill(backend, [f"k{i}" for i in range(5000)])
+    part = checkpoint(backend, storage, 1)
+    own = rocks(tmp_path, opened)
+    own.restore(storage, [part], "job/shared/")  # its own checkpoint: files reused
+    fill(own, ["new"])
+    assert checkpoint(own, storage, 2)["uploaded"] < part["uploaded"] / 2
+    other = rocks(tmp_path, opened)
+    other.restore(storage, [part], "another-job/shared/")  # a new job id: uploads its own
+    fill(other, ["new"])
+    again = checkpoint(other, storage, 3, job="another-job")
+    assert again["uploaded"] >= part["uploaded"]
+    assert all(f["key"].startswith("another-job/") for f in again["files"])
+
+
 def test_a_dead_attempts_folder_is_removed(tmp_path, opened):
     first = rocks(tmp_path, opened)
     stale = first.instance_dir

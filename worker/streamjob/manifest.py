@@ -62,6 +62,10 @@ class CheckpointSpec(_Strict):
     # top of a full snapshot, compacted every ``maxDeltas``).
     incremental: Bool = False
     max_deltas: Int = Field(10, alias="maxDeltas", ge=1)
+    # How the memory state backend encodes a snapshot off the task's thread: on an upload
+    # thread (the default), or in a forked copy-on-write child (forked_snapshot.py; the
+    # measurements that decide between them are in docs/benchmarks.md).
+    snapshot_strategy: Literal["thread", "fork"] = Field("thread", alias="snapshotStrategy")
 
     @model_validator(mode="after")
     def _positive_interval(self) -> CheckpointSpec:

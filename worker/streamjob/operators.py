@@ -123,6 +123,17 @@ class KeyedStateBackend:
             self.dirty = set()
         return frozen
 
+    def tables_as_they_are(self) -> dict[str, tuple[str, dict[Any, Any]]]:
+        """What :meth:`freeze` returns, without copying: for a forked snapshot child, whose
+        copy-on-write memory already is the frozen copy (see ``forked_snapshot.py``)."""
+        view = {}
+        for name, table in self.tables.items():
+            kind = self.kinds[name]
+            if name in self.expiring:
+                table = self.expiring[name].live(table)[0]
+            view[name] = (kind, table)
+        return view
+
     def freeze_delta(self) -> dict[str, tuple[str, dict[Any, Any], list[Any]]]:
         """Only what changed since the last snapshot: (kind, changed entries, deleted keys)
         per table. Cost proportional to the changes, not to the state."""

@@ -65,10 +65,13 @@ def encode_snapshot(frozen: dict[str, tuple[Any, ...]],
 
 
 def encode_snapshot_to(out: BinaryIO, frozen: dict[str, tuple[Any, ...]],
-                       operator_state: dict[str, Any] | None,
+                       operator_state: dict[str, Any] | Callable[[], dict[str, Any] | None]
+                       | None,
                        kg_of: Callable[[Any], int]) -> dict[str, Any]:
     """Write a state file to ``out`` one key-group section at a time (never the whole file
-    in memory) and return its handle.
+    in memory) and return its handle. ``operator_state`` may be a function: it is called
+    after the key groups are written (a forked snapshot child learns the operator state,
+    which is complete only later, from its parent then).
 
     Keys and values are grouped by key group up front as two lists of pointers (reading the
     table in its own order, which is cache-friendly); a key group's (key, value) pairs are
@@ -117,6 +120,8 @@ def encode_snapshot_to(out: BinaryIO, frozen: dict[str, tuple[Any, ...]],
         digest.update(blob)
         offset += len(blob)
     op = None
+    if callable(operator_state):
+        operator_state = operator_state()
     if operator_state:
         blob = packer.pack(operator_state)
         op = [offset, len(blob), zlib.crc32(blob)]
@@ -143,14 +148,19 @@ def write_snapshot(storage: Storage, key: str,
                     "crc32": zlib.crc32(blob), "size": 0, "key_groups": [], "keys": 0}
     with tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES) as f:
         handle = encode_snapshot_to(f, frozen, operator_state, kg_of)
-        put_file = getattr(storage, "put_file", None)
-        if put_file is not None:
-            put_file(key, f)
-        else:  # a backend without streaming (or wrapped for fault injection)
-            f.seek(0)
-            storage.put(key, f.read())
+        upload_file(storage, key, f)
     handle["key"] = key
     return handle
+
+
+def upload_file(storage: Storage, key: str, f: BinaryIO) -> None:
+    """Store an open file's whole content under ``key``, streamed when the backend can."""
+    put_file = getattr(storage, "put_file", None)
+    if put_file is not None:
+        put_file(key, f)
+    else:  # a backend without streaming (or wrapped for fault injection)
+        f.seek(0)
+        storage.put(key, f.read())
 
 
 def _unpack(blob: bytes, crc: int, where: str) -> Any:

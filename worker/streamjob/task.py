@@ -26,7 +26,7 @@ from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from streamjob import barriers, faults, state
+from streamjob import barriers, faults, forked_snapshot, state
 from streamjob.barriers import BarrierHandler
 from streamjob.channels import (
     CHECKPOINT,
@@ -44,6 +44,7 @@ from streamjob.checkpoints import (
     shared_dir,
 )
 from streamjob.connectors.base import assign_splits
+from streamjob.forked_snapshot import ForkedSnapshot
 from streamjob.jobgraph import TaskSpec, sides_of_channels
 from streamjob.keygroups import key_group, key_group_range
 from streamjob.operators import KeyedStateBackend
@@ -114,6 +115,7 @@ class Snapshot:
     delta: bool = False
     savepoint: bool = False
     base_epoch: int = 0
+    forked: ForkedSnapshot | None = None  # a child encodes the keyed state (not ``frozen``)
     sync_done: float = field(default_factory=time.time)
     async_start: float = 0.0
     local: Any = None  # the rocksdb backend's local checkpoint (its sync part)
@@ -124,7 +126,8 @@ class SubtaskRunner:
                  job_id: str, storage: Storage, executor: Executor, checkpoint_mode: str,
                  aligned_timeout: float, send: Callable[..., None], source: Any = None,
                  incremental: bool = False, max_deltas: int = 10,
-                 state_backend: Any = None):
+                 state_backend: Any = None, snapshot_strategy: str = "thread",
+                 snapshot_timeout: float = 60.0):
         self.spec = spec
         self.subtask, self.p, self.m = subtask, parallelism, max_parallelism
         self.job_id, self.storage, self.executor = job_id, storage, executor
@@ -185,6 +188,11 @@ class SubtaskRunner:
         self.chain: list[dict[str, Any]] | None = None
         self.chain_epoch = 0
         self.upload_lock = asyncio.Lock()
+        # How the memory backend's snapshots are encoded (forked_snapshot.py): on an upload
+        # thread, or by a forked child (at most one per process), within the checkpoint
+        # timeout; the children of this subtask by checkpoint id, until reaped.
+        self.snapshot_strategy, self.snapshot_timeout = snapshot_strategy, snapshot_timeout
+        self.children: dict[int, ForkedSnapshot] = {}
         # Everything the sink does that may block (writes, the cut at a barrier, staging) runs
         # on one thread of its own, in the order of the stream: the records submitted before
         # barrier n are exactly epoch n. Staging starts at the barrier whatever becomes of
@@ -336,7 +344,11 @@ class SubtaskRunner:
                 if old_index == 0:
                     faults.point("worker.during-restore")  # one state file read, not all
             if rocksdb_parts:
-                self.rocksdb.restore(self.storage, rocksdb_parts)
+                # Its own checkpoint: the SST files in its shared folder are reused.
+                own = f"{shared_dir(self.job_id)}/" if kind == "checkpoint" else None
+                self.rocksdb.restore(self.storage, rocksdb_parts, own)
+            elif self.rocksdb is not None:
+                self.rocksdb.restored()  # after loading a savepoint (or a memory checkpoint)
             self._restore_watermark(watermarks, own_range)
         restore_sink = getattr(self.sink_writer, "restore", None)
         if restore_sink is not None:
@@ -629,7 +641,7 @@ class SubtaskRunner:
                              alignment_ms: float, buffered: int, unaligned: bool) -> Snapshot:
         t0 = time.perf_counter()
         savepoint = kind == SAVEPOINT
-        delta, local = False, None
+        delta, local, forked = False, None, None
         if self.backend is None:
             frozen = {}
         elif self.rocksdb is not None:
@@ -637,13 +649,18 @@ class SubtaskRunner:
             frozen = {}
             local = (self.rocksdb.savepoint() if savepoint
                      else self.rocksdb.checkpoint(cid))
-        elif savepoint:
-            frozen = self.backend.freeze(reset_changes=False)
-        elif (self.incremental and self.chain is not None
-              and len(self.chain) <= self.max_deltas):
-            frozen, delta = self.backend.freeze_delta(), True
-        else:
-            frozen = self.backend.freeze()
+        else:  # the memory backend: a copy now, or a forked child (forked_snapshot.py)
+            delta = (not savepoint and self.incremental and self.chain is not None
+                     and len(self.chain) <= self.max_deltas)
+            if forked_snapshot.choose(self.snapshot_strategy, self.backend.num_keys(),
+                                      forked_snapshot.running()) == "fork":
+                forked = self._fork(cid, delta, savepoint)
+            if forked is not None:
+                frozen = {}
+            elif delta:
+                frozen = self.backend.freeze_delta()
+            else:
+                frozen = self.backend.freeze(reset_changes=not savepoint)
         op_state: dict[str, Any] = {}
         if self.reader is not None:
             op_state["splits"] = self.reader.positions()
@@ -656,11 +673,46 @@ class SubtaskRunner:
         snap = Snapshot(cid, directory, first, alignment_ms, sync_ms, buffered, frozen,
                         op_state, staged, unaligned)
         snap.delta, snap.savepoint, snap.base_epoch = delta, savepoint, self.chain_epoch
-        snap.local = local
+        snap.local, snap.forked = local, forked
         self.pending[cid] = snap
         if self.output is not None:
             await self.output.broadcast_barrier(cid, kind)
         return snap
+
+    def _fork(self, cid: int, delta: bool, savepoint: bool) -> ForkedSnapshot | None:
+        """Start a child that encodes the keyed state as it is now (the delta since the
+        last snapshot if ``delta``); None if no child could be started."""
+        backend = self.backend
+        view = backend.freeze_delta if delta else backend.tables_as_they_are
+        try:
+            child = ForkedSnapshot.start(view, self._kg_of,
+                                         time.monotonic() + self.snapshot_timeout)
+        except OSError as err:
+            log.warning("%s: no snapshot child for checkpoint %d (%s): encoding on a thread",
+                        self.name, cid, err)
+            return None
+        if backend.dirty is not None and not savepoint:
+            backend.dirty = set()  # what changed so far is the child's (as freeze() does)
+        self.children[cid] = child
+        log.info("%s: snapshot child %d encodes checkpoint %d", self.name, child.pid, cid)
+        return child
+
+    def _upload_forked(self, child: ForkedSnapshot, key: str,
+                       operator_state: dict[str, Any]) -> dict[str, Any]:
+        """On an upload thread: the child's state file, once it is complete, to storage."""
+        try:
+            handle = child.finish(operator_state)
+            with open(child.path, "rb") as f:
+                state.upload_file(self.storage, key, f)
+        finally:
+            child.remove_file()
+        handle["key"] = key
+        return handle
+
+    def _reap_child(self, cid: int) -> None:
+        child = self.children.pop(cid, None)
+        if child is not None:
+            child.discard()  # no-op once finished
 
     def _sink_write(self, batch: list[Any]) -> None:
         """On the sink's thread. A failed write fails every later stage (and the task)."""
@@ -711,6 +763,8 @@ class SubtaskRunner:
         key = f"{folder}/{self.subtask}-{snap.checkpoint_id}-{uuid.uuid4().hex[:12]}"
 
         def upload() -> dict[str, Any]:
+            if snap.forked is not None:
+                return self._upload_forked(snap.forked, key, snap.operator_state)
             if snap.local is None:
                 return state.write_snapshot(self.storage, key, snap.frozen,
                                             snap.operator_state, self._kg_of)
@@ -726,6 +780,14 @@ class SubtaskRunner:
             return handle
 
         async def run() -> None:
+            try:
+                await run_snapshot()
+            finally:
+                child = self.children.pop(snap.checkpoint_id, None)
+                if child is not None:  # reaped already unless it never got to upload
+                    await loop.run_in_executor(self.executor, child.discard)
+
+        async def run_snapshot() -> None:
             snap.async_start = time.time()
             t0 = time.perf_counter()
             if snap.staged is not None:
@@ -776,6 +838,11 @@ class SubtaskRunner:
                           "buffered_records": snap.buffered_records,
                           "inflight_records": inflight,
                           "unaligned": snap.unaligned,
+                          # How the keyed state was encoded (forked_snapshot.py), and what
+                          # a forked child copied of the worker's memory.
+                          "snapshot": "fork" if snap.forked is not None else "thread",
+                          "child_copied_bytes": (snap.forked.copied_bytes
+                                                 if snap.forked is not None else 0),
                       })
 
         task = asyncio.ensure_future(run())
@@ -792,6 +859,7 @@ class SubtaskRunner:
             # Its sink output is being staged already (see _stage): the next completed
             # checkpoint commits it.
             log.info("%s: checkpoint %d dropped: %s", self.name, cid, why)
+            self._reap_child(cid)
 
     def on_trigger(self, trig: dict[str, Any]) -> None:
         if self.gate is None:
@@ -802,6 +870,9 @@ class SubtaskRunner:
         if self.handler is not None:
             self.handler.abort(cid)
         self._drop(cid, "aborted by the coordinator")
+        child = self.children.get(cid)
+        if child is not None:  # its upload fails fast now, and reaps it
+            child.cancel()
 
     async def on_complete(self, cid: int) -> None:
         positions = self.source_snapshots.pop(cid, None)
@@ -814,8 +885,12 @@ class SubtaskRunner:
                 self.executor, self.sink_writer.commit, cid)
 
     async def close(self) -> None:
+        for child in list(self.children.values()):
+            child.cancel()  # an upload waiting for one ends now
         if self.uploads:
             await asyncio.gather(*self.uploads, return_exceptions=True)
+        for cid in list(self.children):
+            self._reap_child(cid)
         close_reader = getattr(self.reader, "close", None)
         if close_reader is not None:
             close_reader()
