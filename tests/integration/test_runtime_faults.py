@@ -107,7 +107,7 @@ def test_a_batch_that_computes_longer_than_the_cancel_timeout_is_not_killed(run_
     records = 60_000
     job = run_job("tests.integration.jobs:busy_wordcount", name="busy",
                   args={"records": records, "words": WORDS, "rate": 25_000,
-                        "busy_at": 20_000, "busy_cpu": 5, "flag": str(tmp_path / "busy.flag")},
+                        "busy_at": 20_000, "busy_s": 8, "flag": str(tmp_path / "busy.flag")},
                   checkpoint={"interval": "200ms"},
                   env={"STREAMJOB_CANCEL_TIMEOUT": "3"})
     assert job.wait(180) == 0, job.output()[-3000:]
