@@ -28,7 +28,13 @@ median duration of the run's checkpoints (trigger to completed, as the coordinat
 it in the local run's status file, sampled every 50 ms); "then
 renamed p50" the median time from a checkpoint's completion to its part file's ctime (the
 coordinator writes the checkpoint's metadata, tells the workers, and each sink renames its
-staged file; up to one clock tick low).
+staged file; up to one clock tick low). A last table splits the commit path per checkpoint:
+from its trigger to the last record its part file holds (the source's cut: the barrier
+follows that record), from there to the checkpoint's completion, to the rename, to the reader,
+and the whole path from the cut to the reader (median and mean). A file's records were emitted
+evenly over the interval before its cut, so the median record waits about half the interval
+plus the *mean* of that path (not its median: a few slow checkpoints delay every record of
+their files).
 
 Records of the first ``--warmup`` seconds (start-up, first checkpoint) and of the last
 ``interval + 1`` seconds (committed by the final checkpoint at the end of input, not by the
@@ -75,6 +81,11 @@ class Samples:
     checkpoint_ms: list[float] = field(default_factory=list)  # completed checkpoints' durations
     renamed_after: list[float] = field(default_factory=list)  # part's ctime - its completion
     spacing: list[float] = field(default_factory=list)  # per run: mean s between completions
+    # per part file of a checkpoint: its last record's emission (the cut) against the
+    # checkpoint's trigger and completion
+    trigger_to_cut: list[float] = field(default_factory=list)
+    cut_to_completed: list[float] = field(default_factory=list)
+    cut_to_seen: list[float] = field(default_factory=list)
     files: int = 0
     errors: list[str] = field(default_factory=list)
 
@@ -183,16 +194,22 @@ def run(interval: float, a: argparse.Namespace, work: Path, into: Samples) -> No
     rows: list[tuple[float, float, float]] = []  # emitted, written, visible
     lines: Counter[tuple[str, int]] = Counter()
     for name, visible in watch.seen.items():
+        last = 0.0  # the last record the file holds: emitted just before the barrier
         with open(out / name, encoding="utf-8") as f:
             for line in f:
                 w, n, emitted, written = line.split()
                 lines[(w, int(n))] += 1
                 rows.append((float(emitted), float(written), visible))
+                last = max(last, float(emitted))
         if name in watch.ctime:
             into.reader_lag.append(visible - watch.ctime[name])
             checkpoint = watch.checkpoints.get(int(name.rsplit("-", 1)[1]))
             if checkpoint:
-                into.renamed_after.append(watch.ctime[name] - checkpoint[1])
+                duration_ms, completed = checkpoint
+                into.renamed_after.append(watch.ctime[name] - completed)
+                into.trigger_to_cut.append(last - (completed - duration_ms / 1000))
+                into.cut_to_completed.append(completed - last)
+                into.cut_to_seen.append(visible - last)
     into.files += len(watch.seen)
     into.checkpoint_ms += [d for d, _ in watch.checkpoints.values()]
     ids = sorted(watch.checkpoints)
@@ -278,6 +295,17 @@ def main() -> None:
               f"  {ms(statistics.median(s.renamed_after)) if s.renamed_after else '-':>16}"
               f"  {ms(statistics.median(s.reader_lag)):>14}  {ms(quantile(s.reader_lag, .99)):>5}"
               f"  exactly once ({s.files} files)")
+    print("per checkpoint, medians in ms: trigger -> last record before the barrier (the "
+          "source's cut) -> checkpoint completed -> part file renamed -> seen by the reader")
+    for interval in intervals:
+        s = samples[interval]
+        if s.trigger_to_cut:
+            print(f"{interval:>7g}s  {ms(statistics.median(s.trigger_to_cut))} -> "
+                  f"{ms(statistics.median(s.cut_to_completed))} -> "
+                  f"{ms(statistics.median(s.renamed_after))} -> "
+                  f"{ms(statistics.median(s.reader_lag))}; cut -> seen: median "
+                  f"{ms(statistics.median(s.cut_to_seen))}, mean "
+                  f"{ms(statistics.fmean(s.cut_to_seen))} ({len(s.trigger_to_cut)} checkpoints)")
     sys.exit(1 if failed else 0)
 
 

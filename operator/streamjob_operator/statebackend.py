@@ -25,8 +25,9 @@ PROTECTED = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib64", "/opt/streamjob"
 #: RSS on this project's jobs; twice that leaves room for in-flight records)
 WORKER_BASE_MIB = 256
 
-#: RocksDB keeps up to this many write buffers (memtables) per column family before it
-#: stalls writes (``max_write_buffer_number``, RocksDB's default)
+#: ``writeBufferMB`` is the runtime's ``db_write_buffer_size`` (all memtables of a database);
+#: counted twice: the manager flushes when it is reached, and a memtable being flushed stays
+#: in memory beside the one that fills
 WRITE_BUFFERS = 2
 
 MIB = 1 << 20
@@ -56,9 +57,9 @@ def local_dir_problem(job: StreamJob) -> str | None:
 
 
 def memory_floor_mib(job: StreamJob) -> int:
-    """The least memory a worker pod of a rocksdb job needs: the Python process, the block
-    cache and the write buffers. Indexes and filters are kept in the block cache, so it is
-    the bound of RocksDB's reads."""
+    """The least memory a worker pod of a rocksdb job (one keyed operator) needs: the Python
+    process, the block cache and the write buffers. RocksDB's indexes and bloom filters come
+    on top and grow with the data (about 10 bits per key for the filters)."""
     rocks = job.spec.state_backend.rocksdb
     return WORKER_BASE_MIB + rocks.block_cache_mb + WRITE_BUFFERS * rocks.write_buffer_mb
 

@@ -228,3 +228,35 @@ def _owned_left(jobs: Jobs, name: str) -> list[str]:
                jobs.core.list_namespaced_secret(jobs.ns, label_selector=sel).items]
             + [f"networkpolicy/{n.metadata.name}" for n in
                net.list_namespaced_network_policy(jobs.ns, label_selector=sel).items])
+
+
+def test_a_rocksdb_worker_pod_with_the_default_local_dir_writes_there_and_nowhere_else(
+        kube, namespace):
+    """The worker pod the operator builds for the default localDir (/tmp/streamjob-state, an
+    emptyDir mounted over the /tmp emptyDir) on the real node: non-root, RocksDB opens in
+    localDir, /tmp is writable, the root filesystem is not."""
+    from streamjob_operator import builders
+    from streamjob_operator.config import Settings
+    from streamjob_operator.model import Deployment, parse_job
+
+    job = parse_job({
+        "apiVersion": "streamjob.dev/v1alpha1", "kind": "StreamJob",
+        "metadata": {"name": "probe", "namespace": namespace, "uid": "u1"},
+        "spec": {"pipeline": "m:f", "storage": "s3://b/p", "parallelism": 1,
+                 "stateBackend": {"type": "rocksdb", "rocksdb": {
+                     "blockCacheMB": 16, "writeBufferMB": 8, "localDirSizeLimit": "64Mi"}},
+                 "resources": {"cpu": "100m", "memory": "384Mi"}}})
+    pod = builders.worker_pod(job, Deployment(job_id="u1"), 0, 0, "x", Settings(
+        default_image=kube.image, default_pull_policy="IfNotPresent"))
+    [c] = pod.spec.containers
+    c.env = [e for e in c.env if e.value_from is None or e.value_from.field_ref is not None]
+    c.command, c.args = ["/bin/sh", "-c"], [
+        "id -u && touch /tmp/streamjob-state/a /tmp/b && python3 -c 'import rocksdict; "
+        "d = rocksdict.Rdict(\"/tmp/streamjob-state/db\"); d[b\"k\"] = b\"v\"; "
+        "print(d[b\"k\"].decode()); d.close()' && if touch /c 2>/dev/null; then echo ROOT-RW; "
+        "fi"]
+    kube.core.create_namespaced_pod(namespace, pod)
+    done = kube.wait_phase(namespace, pod.metadata.name, ("Succeeded", "Failed"))
+    logs = kube.core.read_namespaced_pod_log(pod.metadata.name, namespace)
+    assert done.status.phase == "Succeeded", logs
+    assert logs.split() == ["10001", "v"], logs

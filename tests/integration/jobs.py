@@ -129,21 +129,21 @@ def hanging_wordcount(args: dict[str, Any]) -> Pipeline:
 
 
 def busy_wordcount(args: dict[str, Any]) -> Pipeline:
-    """Wordcount whose source-side map computes for ``busy_cpu`` seconds of CPU on record
-    ``busy_at`` the first time it is seen (a flag file remembers it): one long batch that
-    holds the event loop while checkpoints are triggered, as a heavy batch does on an
-    overloaded machine. The worker works all along: its watchdog must leave it alone."""
+    """Wordcount whose source-side map computes for ``busy_s`` seconds on record ``busy_at``
+    the first time it is seen (a flag file remembers it): one long batch that holds the event
+    loop while checkpoints are triggered, as a heavy batch does on an overloaded machine. The
+    worker works all along: its watchdog must leave it alone."""
     from pathlib import Path
 
     records, words = int(args["records"]), int(args["words"])
-    busy_at, busy_cpu, flag = int(args["busy_at"]), float(args["busy_cpu"]), Path(args["flag"])
+    busy_at, busy_s, flag = int(args["busy_at"]), float(args["busy_s"]), Path(args["flag"])
     word = word_of(words)
 
     def maybe_compute(g: int) -> str:
         if g == busy_at and not flag.exists():
             flag.write_text("busy\n")
-            end = time.thread_time() + busy_cpu
-            while time.thread_time() < end:  # CPU time: as long under any machine load
+            end = time.monotonic() + busy_s
+            while time.monotonic() < end:  # computing all along, however loaded the machine
                 sum(range(1000))
         return word(g)
 

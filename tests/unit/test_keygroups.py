@@ -81,3 +81,31 @@ def test_router_agrees_with_the_ranges():
     router = KeyRouter(3, 128)
     for key in [f"k{i}" for i in range(500)]:
         assert key_group(key, 128) in key_group_range(router.target(key), 3, 128)
+
+
+@given(st.lists(st.tuples(st.sampled_from(["a", "b", "c", "d", "e", "f"]), st.integers()),
+                max_size=60),
+       st.integers(min_value=1, max_value=5))
+def test_partition_sends_each_record_to_its_keys_subtask_in_order(records, p):
+    router = KeyRouter(p, 128)
+    for _ in range(2):  # first with an empty cache, then with every key cached
+        buckets = router.partition(records, lambda r: r[0])
+        assert len(buckets) == p
+        for j, bucket in enumerate(buckets):
+            assert bucket == [r for r in records if router.target(r[0]) == j]
+
+
+def test_partition_routes_keys_evicted_from_a_full_cache():
+    router = KeyRouter(2, 128, cache_limit=4)
+    records = [f"k{i}" for i in range(50)]
+    buckets = router.partition(records, str)
+    assert sorted(buckets[0] + buckets[1]) == sorted(records)
+    assert all(key_group(k, 128) in key_group_range(j, 2, 128)
+               for j, bucket in enumerate(buckets) for k in bucket)
+
+
+def test_partition_lets_a_failing_key_function_fail():
+    router = KeyRouter(2, 128)
+    router.partition([{"user": "a"}], lambda r: r["user"])
+    with pytest.raises(KeyError, match="user"):
+        router.partition([{"user": "a"}, {"name": "b"}], lambda r: r["user"])

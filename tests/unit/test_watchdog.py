@@ -54,13 +54,13 @@ def _working(clock: WorkClock, start: float, until: float, cpu_per_s: float) -> 
         t += 0.25
 
 
-def test_only_whole_quanta_of_cpu_count_as_work():
-    clock = WorkClock()
-    _working(clock, 0.0, 60.0, cpu_per_s=0.0005)  # a waiting process: heartbeats, clients
-    assert clock.worked_at < 60.0 - 30.0  # its quanta are further apart than a timeout
-    clock = WorkClock()
-    _working(clock, 0.0, 60.0, cpu_per_s=0.05)  # a thread that gets 5% of a core
-    assert clock.worked_at >= 59.0
+def test_a_share_of_a_core_below_one_percent_is_no_work():
+    clock = Watchdog(0, timeout=30).process_work
+    _working(clock, 0.0, 120.0, cpu_per_s=0.002)  # a waiting process: heartbeats, clients
+    assert clock.worked_at < 120.0 - 30.0  # its quanta are further apart than the timeout
+    clock = Watchdog(0, timeout=30).loop_work
+    _working(clock, 0.0, 120.0, cpu_per_s=0.05)  # load 40 on 2 cores: 5 % of a core
+    assert clock.worked_at > 120.0 - 30.0 / 4
 
 
 def test_a_loop_held_by_a_working_batch_is_not_stuck_until_the_busy_limit():
@@ -127,7 +127,7 @@ def test_cpu_clocks_tell_a_computing_thread_from_a_blocked_one():
         while len(clocks) < 2:
             assert time.monotonic() < deadline
             stop.wait(0.01)
-        computing, blocked = WorkClock(), WorkClock()
+        computing, blocked = WorkClock(0.05), WorkClock(0.05)
         computing.sample(0.0, time.clock_gettime(clocks["computing"]))
         blocked.sample(0.0, time.clock_gettime(clocks["blocked"]))
         while computing.worked_at < 0:  # until the computing thread shows a quantum of work

@@ -289,22 +289,7 @@ class Output:
             await self.channels[0].send(batch)
             return
         if self.kind == "keyed":
-            # Per-record work in C where possible: map() for keys and cached targets, then
-            # one comprehension per channel (p is small) instead of a Python call per record.
-            router = self.router
-            keys = list(map(self.key_fn, batch))
-            targets = list(map(router._cache.get, keys))
-            if None in targets:
-                targets = [router.target(k) if t is None else t
-                           for k, t in zip(keys, targets, strict=True)]
-            if p <= 8:
-                buckets = [[r for r, t in zip(batch, targets, strict=True) if t == j]
-                           for j in range(p)]
-            else:
-                buckets = [[] for _ in range(p)]
-                appends = [b.append for b in buckets]
-                for r, t in zip(batch, targets, strict=True):
-                    appends[t](r)
+            buckets = self.router.partition(batch, self.key_fn)
         else:
             size = (len(batch) + p - 1) // p
             buckets = [batch[i * size:(i + 1) * size] for i in range(p)]

@@ -8,6 +8,10 @@ stable across processes and machines, so Python's salted ``hash()`` is never use
 from __future__ import annotations
 
 import struct
+from collections import deque
+from collections.abc import Callable, Sequence
+from operator import call
+from typing import Any
 
 import mmh3
 
@@ -88,3 +92,22 @@ class KeyRouter:
                 self._cache.clear()
             self._cache[key] = t
         return t
+
+    def partition(self, records: Sequence[Any], key_fn: Callable[[Any], Any]) -> list[list[Any]]:
+        """The records of a batch per target subtask, each list in the batch's order.
+
+        Routing is the main CPU a keyed exchange adds per record, so the per-record work runs
+        in C: ``map`` applies the key function, looks the targets up in the cache and appends
+        each record to its target's list (``operator.call``), about half the CPU of a Python
+        loop or of one comprehension per target. A batch with keys not in the cache (new, or
+        evicted) computes those through ``target``, which caches them."""
+        keys = list(map(key_fn, records))
+        try:
+            targets = list(map(self._cache.__getitem__, keys))
+        except KeyError:
+            get, target = self._cache.get, self.target
+            targets = [t if (t := get(k)) is not None else target(k) for k in keys]
+        buckets: list[list[Any]] = [[] for _ in range(self.parallelism)]
+        appends = [b.append for b in buckets]
+        deque(map(call, map(appends.__getitem__, targets), records), maxlen=0)
+        return buckets

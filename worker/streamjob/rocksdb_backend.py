@@ -8,23 +8,24 @@ plain dicts (``get``, ``[]``, ``[]=``, ``del``, ``pop``, ``in``, ``items``, ``le
 Decisions, and why:
 
 * **Measured first.** From Python, one ``rocksdict`` ``get`` costs about 4-7 us, a ``put``
-  with the WAL about 18 us, a ``put`` inside a ``WriteBatch`` about 4 us, while a dict
-  lookup is well under 0.1 us. Going to RocksDB per record would cost 10-50x the memory
-  backend. So each table keeps a **bounded write-back cache**: a dict of recently used
-  entries (``cache_entries`` per table, 131,072 by default) plus the set of keys written
-  since they were last stored. A hit costs one dict lookup (and, for a container value, one
-  set insertion: see below); a miss reads and decodes one value. Dirty entries reach RocksDB
-  in one ``WriteBatch`` at the snapshot barrier and, for the oldest half of the cache, when
-  it grows past its bound (only what is evicted is written). A job whose hot keys fit the
-  cache runs near dict speed; a job with 20 M keys keeps only the cache in Python memory and
-  the rest in RocksDB's block cache and files.
-* **Mutation in place.** A value that is a container (map state's inner dict, a list...) may
-  be changed in place by the caller after ``get``; so handing one out marks its key dirty
-  (a conservative rule that needs no cooperation from the operators). Eviction takes the
-  oldest half of the cache by first use, so the entry an operator just fetched stays cached
-  while it mutates it. Holding a container across many other keys' accesses and mutating it
-  afterwards without writing it back is not supported (the rule of the memory backend too:
-  call ``update()``/``put()`` after mutating).
+  with the WAL about 18 us, a ``put`` into a ``WriteBatch`` about 2 us and writing the batch
+  about 2.5 us per entry, while a dict lookup is well under 0.1 us (2-core machine, loaded).
+  Going to RocksDB per record would cost many times the memory backend. So each table is a
+  **dict subclass that is its own write-back cache**: hits and all writes are the dict's own
+  C code (no Python ``__setitem__``), a miss reads one value (``get``, ``__missing__``,
+  ``in``). While a table holds every key of its state (a state that never outgrew the
+  cache, or a small one loaded whole after a restore) even ``get`` is the dict's.
+* **What to write back** is the backend's ``dirty`` key set, which every writer (value and
+  map state, timers, TTL, windows, the count and reduce operators) fills already for the
+  memory backend's incremental checkpoints (``ctx.touch``); deletions are remembered per
+  table. At the snapshot barrier the dirty entries go to RocksDB in one ``WriteBatch``
+  (measured ~5-8 us per entry: the synchronous part grows with the keys changed since the
+  last checkpoint, not with the state). Between batches (:meth:`trim`, called by the task)
+  a cache over its bound (``cache_entries`` per table, 131,072 by default) writes back and
+  drops its oldest entries, by first use; never during a batch, since an operator adds the
+  keys it changed to ``dirty`` by the end of its batch and may still hold a value it is
+  changing in place. A job whose hot keys fit the cache runs near dict speed; one with 20 M
+  keys keeps only the cache in Python memory and the rest in RocksDB's block cache and files.
 * **Keys** are ``key group (2 bytes, big-endian) + msgpack(key)`` and values msgpack (never
   pickle), one column family per state (table). A key-group range is then one contiguous
   key range: rescaling clips a restored database with ``delete_range`` or copies one range.
@@ -80,6 +81,7 @@ from rocksdict import (
     Options,
     Rdict,
     WriteBatch,
+    WriteBufferManager,
     WriteOptions,
 )
 
@@ -128,15 +130,28 @@ def _sha256_file(path: str) -> str:
     return digest.hexdigest()
 
 
+# One block cache and one write buffer manager per process and size: every keyed subtask
+# of a worker (a pipeline may have several keyed tasks) shares them, so RocksDB's memory in
+# a worker is blockCacheMB + writeBufferMB however many databases it has open.
+_SHARED: dict[tuple[int, int], tuple[Cache, WriteBufferManager]] = {}
+
+
 def _options(block_cache_mb: int, write_buffer_mb: int) -> Options:
+    key = (block_cache_mb, write_buffer_mb)
+    if key not in _SHARED:
+        _SHARED[key] = (Cache(block_cache_mb * MB),
+                        WriteBufferManager(write_buffer_mb * MB, False))
+    cache, buffers = _SHARED[key]
     opt = Options(raw_mode=True)
     opt.create_if_missing(True)
     opt.create_missing_column_families(True)
     table = BlockBasedOptions()
-    table.set_block_cache(Cache(block_cache_mb * MB))
+    table.set_block_cache(cache)
+    table.set_cache_index_and_filter_blocks(True)  # bounded by the cache too
+    table.set_pin_l0_filter_and_index_blocks_in_cache(True)
     table.set_bloom_filter(10, False)  # a miss (a new key) rarely touches the disk
     opt.set_block_based_table_factory(table)
-    opt.set_db_write_buffer_size(write_buffer_mb * MB)  # across every column family
+    opt.set_write_buffer_manager(buffers)  # memtables of every database of the process
     opt.set_write_buffer_size(max(1, write_buffer_mb // 2) * MB)
     opt.set_max_background_jobs(2)
     return opt
@@ -147,9 +162,15 @@ class RocksDBTable(dict):
     hit and every write run at dict speed (no Python-level ``__setitem__``); a miss reads
     RocksDB (:meth:`__missing__`, :meth:`get`, ``in``). Which cached entries must be written
     back is the backend's ``dirty`` key set, which every writer keeps already (``touch``);
-    deletions are remembered in ``_deleted`` until written."""
+    deletions are remembered in ``_deleted`` until written.
 
-    __slots__ = ("backend", "name", "kind", "_deleted", "_limit", "_cf", "_handle")
+    While the cache holds *every* key of the state (a new state that never outgrew its
+    bound, or a small one loaded whole after a restore: :meth:`fill`), a key that is not in
+    the dict does not exist, and ``get`` is the dict's own, in C (an instance slot); once
+    entries are evicted it is :meth:`_get`, which reads RocksDB on a miss."""
+
+    __slots__ = ("backend", "name", "kind", "_deleted", "_limit", "_cf", "_handle", "_full",
+                 "get")
 
     def __init__(self, backend: RocksDBKeyedStateBackend, name: str, kind: str, limit: int):
         super().__init__()
@@ -158,10 +179,32 @@ class RocksDBTable(dict):
         self._limit = max(2, limit)
         self._cf: Any = None       # the column family (an Rdict), bound by the backend
         self._handle: Any = None   # its handle, for write batches
+        self._set_full(False)
+
+    def _set_full(self, full: bool) -> None:
+        self._full = full
+        self.get = dict.get.__get__(self) if full else self._get
+
+    def fill(self) -> bool:
+        """Load the whole state into the cache if it fits in half of it (then misses are
+        answered without RocksDB); whether it did."""
+        if self._full:
+            return True
+        self.backend.flush()
+        entries = list(itertools.islice(self._cf.items(), self._limit // 2 + 1))
+        if len(entries) > self._limit // 2:
+            return False
+        get = dict.get
+        for kb, vb in entries:
+            k = _unpack_key(kb)
+            if get(self, k, _MISSING) is _MISSING:
+                dict.__setitem__(self, k, _unpack_value(vb))
+        self._set_full(True)
+        return True
 
     # -- reads that miss the cache ---------------------------------------------------------
 
-    def get(self, key: Any, default: Any = None) -> Any:
+    def _get(self, key: Any, default: Any = None) -> Any:
         try:
             return dict.__getitem__(self, key)
         except KeyError:
@@ -179,7 +222,7 @@ class RocksDBTable(dict):
 
     def _load(self, key: Any) -> Any:
         """The value of a key not in the cache (cached if it has one), or _ABSENT."""
-        if key in self._deleted:
+        if self._full or key in self._deleted:
             return _ABSENT
         data = self._cf.get(self.backend.encode_key(key))
         if data is None:
@@ -221,6 +264,7 @@ class RocksDBTable(dict):
         dict.clear(self)
         self._deleted = set()
         self._cf.delete_range(b"\x00\x00", kg_prefix(0xFFFF) + b"\xff")
+        self._set_full(True)
 
     # -- write-back ------------------------------------------------------------------------
 
@@ -228,6 +272,7 @@ class RocksDBTable(dict):
         """Write (if dirty) and drop the oldest entries, by first use, down to half the
         bound."""
         dirty = self.backend.dirty
+        self._set_full(False)
         old = list(itertools.islice(dict.keys(self), dict.__len__(self) - self._limit // 2))
         batch = WriteBatch(raw_mode=True)
         encode, pack, handle, n = self.backend.encode_key, self.backend.pack, self._handle, 0
@@ -257,8 +302,10 @@ class RocksDBTable(dict):
         return n
 
     def drop_cache(self) -> None:
+        """Forget the cache (after the database under it changed: a restore)."""
         dict.clear(self)
         self._deleted = set()
+        self._set_full(False)
 
     # -- whole-table reads (flush first, then the database in key order) ------------------
 
@@ -282,6 +329,22 @@ class RocksDBTable(dict):
         of cached values do not reach."""
         self.backend.flush()
         return ((_unpack_key(k), _unpack_value(v)) for k, v in self._cf.items())
+
+    def next_keys(self, after: Any, n: int) -> list[Any]:
+        """Up to ``n`` keys in key order after ``after`` (from the first when None, and again
+        from the first past the last key): a walk round the state a chunk at a time."""
+        self.backend.flush()
+        start = None if after is None else self.backend.encode_key(after)
+        keys = []
+        for kb in self._cf.keys(from_key=start) if start else self._cf.keys():
+            if kb == start:
+                continue
+            keys.append(_unpack_key(kb))
+            if len(keys) >= n:
+                break
+        if not keys and after is not None:
+            return self.next_keys(None, n)
+        return keys
 
     def values(self) -> Iterator[Any]:  # type: ignore[override]
         return (v for _, v in self.items())
@@ -327,7 +390,7 @@ class RocksDBKeyedStateBackend(KeyedStateBackend):
         self.write_options = WriteOptions()
         self.write_options.disable_wal = True
         self.pack = msgpack.Packer(use_bin_type=True).pack  # the processing thread's
-        self._kg_cache: dict[Any, bytes] = {}
+        self._encoded: dict[Any, bytes] = {}
         # SST files already in storage: name -> {"name", "key", "size", "sha256"}.
         self.uploaded: dict[str, dict[str, Any]] = {}
         self.db: Any = None
@@ -421,26 +484,31 @@ class RocksDBKeyedStateBackend(KeyedStateBackend):
             raise ValueError(f"{DEFAULT_CF!r} is not a valid state name on rocksdb")
         t = RocksDBTable(self, name, kind, self.cache_entries)
         self._bind(t)
+        t.fill()  # a new state (or a small restored one) is all in the cache
         self.kinds[name] = kind
         self.tables[name] = t
         return t
 
     def encode_key(self, key: Any) -> bytes:
-        prefix = self._kg_cache.get(key)
-        if prefix is None:
-            prefix = kg_prefix(key_group(key, self.max_parallelism))
-            if len(self._kg_cache) < self.cache_entries:
-                self._kg_cache[key] = prefix
-        return prefix + self.pack(key)
+        """``key group + msgpack(key)``, memoised for as many keys as a table caches (a
+        flush encodes the same hot keys at every checkpoint)."""
+        encoded = self._encoded.get(key)
+        if encoded is None:
+            encoded = kg_prefix(key_group(key, self.max_parallelism)) + self.pack(key)
+            if len(self._encoded) >= self.cache_entries:
+                self._encoded.clear()
+            self._encoded[key] = encoded
+        return encoded
 
     def flush(self) -> int:
         """Write every table's dirty entries and deletions to RocksDB (one batch); how
         many."""
-        dirty, self.dirty = self.dirty, set()
         batch = WriteBatch(raw_mode=True)
-        n = sum(t.write_dirty(batch, dirty) for t in self.tables.values())
+        n = sum(t.write_dirty(batch, self.dirty) for t in self.tables.values())
         if n:
             self.db.write(batch)
+        # Emptied in place: an operator may hold the set for the rest of its batch.
+        self.dirty.clear()
         return n
 
     def trim(self) -> None:
@@ -514,9 +582,9 @@ class RocksDBKeyedStateBackend(KeyedStateBackend):
                      "sha256": _sha256_file(path)}
             _put_file(storage, key, path)
             uploaded += entry["size"]
-            if name.endswith(".sst"):
-                self.uploaded[name] = entry
             files.append(entry)
+        # A file compacted away never comes back: remember only the live ones.
+        self.uploaded = {f["name"]: f for f in files if f["name"].endswith(".sst")}
         self.prune_local_checkpoints(local.checkpoint_id)
         return {"format": FORMAT, "instance": self.instance,
                 "checkpoint_id": local.checkpoint_id, "local": os.path.basename(local.path),
@@ -569,9 +637,13 @@ class RocksDBKeyedStateBackend(KeyedStateBackend):
 
     # -- restore ---------------------------------------------------------------------------
 
-    def restore(self, storage: Any, handles: list[dict[str, Any]]) -> None:
+    def restore(self, storage: Any, handles: list[dict[str, Any]],
+                shared_prefix: str | None = None) -> None:
         """Open the state of ``handles`` (``rocksdb`` entries of any parallelism) for this
-        subtask's key groups (see the module docstring)."""
+        subtask's key groups (see the module docstring). SST files already under
+        ``shared_prefix`` (the job's own shared folder, when restoring its own checkpoint)
+        are not uploaded again; those of another job id are (that job's files are deleted
+        once this job has a checkpoint of its own)."""
         own = self.key_groups
         parts = [h for h in handles
                  if max(h["key_groups"][0], own.start) < min(h["key_groups"][1], own.stop)]
@@ -595,10 +667,20 @@ class RocksDBKeyedStateBackend(KeyedStateBackend):
                     t._cf.delete_range(b"\x00\x00", lo)
                     t._cf.delete_range(hi, kg_prefix(0xFFFF) + b"\xff")
             # Its files are in storage already (until compaction replaces them).
-            self.uploaded = {f["name"]: f for f in first["files"] if f["name"].endswith(".sst")}
+            if shared_prefix is not None:
+                self.uploaded = {f["name"]: f for f in first["files"]
+                                 if f["name"].endswith(".sst")
+                                 and f["key"].startswith(shared_prefix)}
         else:
             for part in parts:
                 self._copy_range(storage, part)
+        self.restored()
+
+    def restored(self) -> None:
+        """After a restore: states small enough to fit in half the cache are loaded whole
+        (their misses need no RocksDB read)."""
+        for t in self.tables.values():
+            t.fill()
 
     def _fetch(self, storage: Any, part: dict[str, Any], dest: str) -> None:
         """The files of checkpoint ``part`` into ``dest``, verified: hard links from the

@@ -344,7 +344,11 @@ class SubtaskRunner:
                 if old_index == 0:
                     faults.point("worker.during-restore")  # one state file read, not all
             if rocksdb_parts:
-                self.rocksdb.restore(self.storage, rocksdb_parts)
+                # Its own checkpoint: the SST files in its shared folder are reused.
+                own = f"{shared_dir(self.job_id)}/" if kind == "checkpoint" else None
+                self.rocksdb.restore(self.storage, rocksdb_parts, own)
+            elif self.rocksdb is not None:
+                self.rocksdb.restored()  # after loading a savepoint (or a memory checkpoint)
             self._restore_watermark(watermarks, own_range)
         restore_sink = getattr(self.sink_writer, "restore", None)
         if restore_sink is not None:
@@ -671,6 +675,9 @@ class SubtaskRunner:
         snap.delta, snap.savepoint, snap.base_epoch = delta, savepoint, self.chain_epoch
         snap.local, snap.forked = local, forked
         self.pending[cid] = snap
+        # Taken: it is a delta of the chain as it is now (base_epoch), whatever happens to
+        # the uploads still in flight.
+        faults.point("worker.after-snapshot-sync", f"{self.spec.task_id}/{self.subtask}")
         if self.output is not None:
             await self.output.broadcast_barrier(cid, kind)
         return snap

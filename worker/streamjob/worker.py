@@ -27,8 +27,9 @@ recovers from its last checkpoint) when, with ``T`` = ``STREAMJOB_CANCEL_TIMEOUT
 
 Work, not wall time, is the measure: on an overloaded machine a long batch or a cancel that
 uploads state takes many times its CPU time while it keeps working, and must not be killed
-for that (a restart would only add load). Work is CPU time in quanta (``WORK_QUANTUM``), so
-that the little a waiting process spends (heartbeats, client threads) does not count.
+for that (a restart would only add load). Work is CPU time in quanta of ``WORK_SHARE`` (1 %)
+of the timeout: a thread that gets at least that share of a core works; what a waiting
+process spends (heartbeats, client threads: well below it) does not count.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ CANCEL_TIMEOUT_ENV = "STREAMJOB_CANCEL_TIMEOUT"
 DEFAULT_CANCEL_TIMEOUT = 30.0
 
 
-WORK_QUANTUM = 0.05  # CPU seconds that count as work (see the module doc)
+WORK_SHARE = 0.01  # of a core over the timeout: less is no work (see the module doc)
 BUSY_FACTOR = 10  # busy, yet not turning or not cancelled, for this many timeouts: stuck
 
 
@@ -82,11 +83,12 @@ def cancel_timeout() -> float:
 
 
 class WorkClock:
-    """When a CPU clock last showed work: ``WORK_QUANTUM`` seconds of CPU used since the
-    previous time it did. A thread blocked in ``sleep`` or on a socket uses none; a thread
-    that computes on an overloaded machine uses it slowly but steadily."""
+    """When a CPU clock last showed work: ``quantum`` seconds of CPU used since the previous
+    time it did. A thread blocked in ``sleep`` or on a socket uses none; a thread that
+    computes on an overloaded machine uses it slowly but steadily."""
 
-    def __init__(self) -> None:
+    def __init__(self, quantum: float) -> None:
+        self.quantum = quantum
         self.mark: float | None = None
         self.worked_at = -math.inf  # monotonic time of the last quantum
 
@@ -95,7 +97,7 @@ class WorkClock:
             return
         if self.mark is None:
             self.mark = cpu
-        elif cpu - self.mark >= WORK_QUANTUM:
+        elif cpu - self.mark >= self.quantum:
             self.mark, self.worked_at = cpu, now
 
 
@@ -108,8 +110,8 @@ class Watchdog:
         self.beat = time.monotonic()
         self.cancel_since: float | None = None
         self.ctrl: socket.socket | None = None
-        self.loop_work = WorkClock()  # the event loop's thread
-        self.process_work = WorkClock()  # every thread (uploads, sinks) of the process
+        self.loop_work = WorkClock(WORK_SHARE * timeout)  # the event loop's thread
+        self.process_work = WorkClock(WORK_SHARE * timeout)  # every thread of the process
         self._loop_clock: int | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="watchdog", daemon=True)
