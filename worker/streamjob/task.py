@@ -705,7 +705,7 @@ class SubtaskRunner:
         """On an upload thread: the child's state file, once it is complete, to storage."""
         try:
             handle = child.finish(operator_state)
-            with open(child.path, "rb") as f:
+            with child.open_file() as f:
                 state.upload_file(self.storage, key, f)
         finally:
             child.remove_file()
