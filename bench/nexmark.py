@@ -380,6 +380,10 @@ def main() -> int:
                 if "baseline" in outputs and not cell.error:
                     cell.error = compare(outputs["baseline"], outputs["flink"]).replace(
                         "streamjob", "baseline")
+            elif "streamjob" in outputs and "baseline" in outputs and not cell.error:
+                cell.rows = sum(outputs["streamjob"].values())  # --systems streamjob
+                cell.error = compare(outputs["streamjob"], outputs["baseline"]).replace(
+                    "flink", "baseline")
             elif not cell.error:
                 cell.error = "not compared (one system only)"
             verdict = "results match" if cell.compared else NOT_COMPARED[q]
