@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -157,6 +158,7 @@ def main() -> None:
                 run.stop()
     finally:
         server.close()
+        shutil.rmtree(tmp, ignore_errors=True)  # MinIO's data: over 1 GB after a full run
 
     full, inc = results["full"], results["incremental"]
     state_bytes = statistics.median(h["size_bytes"] for h in full)

@@ -54,7 +54,6 @@ from streamjob.examples.nexmark import QUERIES  # noqa: E402
 from streamjob.nexmark import NexmarkConfig  # noqa: E402
 from streamjob.nexmark.source import json_batches  # noqa: E402
 
-PYPATH = os.pathsep.join(str(p) for p in (ROOT / "worker", ROOT))
 RUN_TIMEOUT_S = 1800
 _TS = re.compile(r"^(\d{4})-(\d\d)-(\d\d)[ T](\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?Z?$")
 
@@ -200,7 +199,10 @@ class System:
 
 
 class Streamjob(System):
-    name = "streamjob"
+    """``streamjob run`` of the tree at ``root`` (this one, or a ``--baseline`` checkout)."""
+
+    def __init__(self, root: Path = ROOT, name: str = "streamjob"):
+        self.root, self.name = root, name
 
     def command(self, query, events, out, p, ckpt_ms, work):
         ckpt = (f"  checkpoint:\n    enabled: true\n    interval: {ckpt_ms}ms\n" if ckpt_ms
@@ -214,7 +216,8 @@ class Streamjob(System):
         argv = [sys.executable, "-m", "streamjob", "run", "-q", str(manifest), "-p", str(p),
                 "--arg", f"query={query}", "--arg", f"input={events}",
                 "--arg", f"output={out}", "--arg", f"rebalance={'true' if p > 1 else 'false'}"]
-        return argv, {"PYTHONPATH": PYPATH}
+        return argv, {"PYTHONPATH": os.pathsep.join(str(p) for p in (self.root / "worker",
+                                                                      self.root))}
 
     def job_seconds(self, work, wall):
         for status in (work / ".streamjob" / "runs").glob("*/status.json"):
@@ -257,7 +260,10 @@ class Cell:
 
     @property
     def ratio(self) -> float | None:
-        a, b = self.rates.get("streamjob"), self.rates.get("flink")
+        return self.ratio_of("streamjob")
+
+    def ratio_of(self, name: str, to: str = "flink") -> float | None:
+        a, b = self.rates.get(name), self.rates.get(to)
         return a / b if a and b else None
 
 
@@ -299,6 +305,10 @@ def main() -> int:
     ap.add_argument("--systems", default="streamjob,flink")
     ap.add_argument("--peer-python", default=sys.executable)
     ap.add_argument("--work", type=Path, help="scratch folder (default: a temporary one)")
+    ap.add_argument("--baseline", type=Path,
+                    help="another checkout of streamjob (say `git worktree add /tmp/base "
+                         "main`), run beside this one on the same events as `baseline`: "
+                         "before and after a change in one run")
     a = ap.parse_args()
 
     queries = [q.strip() for q in a.queries.split(",") if q.strip()]
@@ -314,6 +324,10 @@ def main() -> int:
     versions = []
     if "streamjob" in wanted:
         systems["streamjob"] = Streamjob()
+    if a.baseline:
+        if not (a.baseline / "worker" / "streamjob").is_dir():
+            ap.error(f"--baseline {a.baseline}: not a streamjob checkout (no worker/streamjob)")
+        systems["baseline"] = Streamjob(a.baseline.resolve(), "baseline")
     if "flink" in wanted:
         if not peers.ensure_java():
             log("no Java runtime: Flink SQL is not run")
@@ -360,9 +374,16 @@ def main() -> int:
             if not cell.compared and "streamjob" in outputs and not cell.error:
                 cell.rows = sum(outputs["streamjob"].values())
                 cell.error = check_reference(q, outputs["streamjob"], full)
-            elif len(outputs) == 2 and not cell.error:
+            elif "streamjob" in outputs and "flink" in outputs and not cell.error:
                 cell.rows = sum(outputs["streamjob"].values())
                 cell.error = compare(outputs["streamjob"], outputs["flink"])
+                if "baseline" in outputs and not cell.error:
+                    cell.error = compare(outputs["baseline"], outputs["flink"]).replace(
+                        "streamjob", "baseline")
+            elif "streamjob" in outputs and "baseline" in outputs and not cell.error:
+                cell.rows = sum(outputs["streamjob"].values())  # --systems streamjob
+                cell.error = compare(outputs["streamjob"], outputs["baseline"]).replace(
+                    "flink", "baseline")
             elif not cell.error:
                 cell.error = "not compared (one system only)"
             verdict = "results match" if cell.compared else NOT_COMPARED[q]
@@ -378,13 +399,27 @@ def main() -> int:
           f"{gen_rate:,.0f} events/s\n")
     head = ["query", "p", "streamjob events/s", "flink events/s", "ratio",
             "streamjob events/CPU-s", "flink events/CPU-s", "rows", "results"]
+    if a.baseline:
+        head[5:5] = ["baseline events/s", "baseline ratio"]
+        head[9:9] = ["baseline events/CPU-s", "CPU-s ratio", "baseline CPU-s ratio"]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
+
+    def ratio(x: float | None) -> str:
+        return f"{x:.2f}" if x else "n/a"
+
     for c in cells:
+        base = [] if not a.baseline else [fmt(c.rates.get("baseline")),
+                                          ratio(c.ratio_of("baseline"))]
+        cpu = [] if not a.baseline else [
+            fmt(c.per_cpu.get("baseline")),
+            *(ratio(c.per_cpu.get(n) / c.per_cpu["flink"]
+                    if c.per_cpu.get(n) and c.per_cpu.get("flink") else None)
+              for n in ("streamjob", "baseline"))]
         print("| " + " | ".join([
             c.query, str(c.p), fmt(c.rates.get("streamjob")), fmt(c.rates.get("flink")),
-            f"{c.ratio:.2f}" if c.ratio else "n/a", fmt(c.per_cpu.get("streamjob")),
-            fmt(c.per_cpu.get("flink")), f"{c.rows:,}",
+            ratio(c.ratio), *base, fmt(c.per_cpu.get("streamjob")),
+            fmt(c.per_cpu.get("flink")), *cpu, f"{c.rows:,}",
             f"DIFFER: {c.error}" if c.error
             else "results match" if c.compared else NOT_COMPARED[c.query]]) + " |")
     apart = [c for c in cells if not c.compared]

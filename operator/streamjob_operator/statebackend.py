@@ -57,9 +57,9 @@ def local_dir_problem(job: StreamJob) -> str | None:
 
 
 def memory_floor_mib(job: StreamJob) -> int:
-    """The least memory a worker pod of a rocksdb job needs: the Python process, the block
-    cache and the write buffers. Indexes and filters are kept in the block cache, so it is
-    the bound of RocksDB's reads."""
+    """The least memory a worker pod of a rocksdb job (one keyed operator) needs: the Python
+    process, the block cache and the write buffers. RocksDB's indexes and bloom filters come
+    on top and grow with the data (about 10 bits per key for the filters)."""
     rocks = job.spec.state_backend.rocksdb
     return WORKER_BASE_MIB + rocks.block_cache_mb + WRITE_BUFFERS * rocks.write_buffer_mb
 

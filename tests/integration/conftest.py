@@ -18,6 +18,8 @@ ROOT = Path(__file__).resolve().parents[2]
 # Child processes import this checkout's code whatever is installed (worker/, operator/) and
 # the test pipelines (tests.integration.jobs, bench.jobs) from the repository root.
 PYPATH = os.pathsep.join(str(p) for p in (ROOT / "worker", ROOT / "operator", ROOT))
+# ``rocksdb``: every job of the tier that names no state backend runs on rocksdb.
+STATE_BACKEND_ENV = "STREAMJOB_TEST_STATE_BACKEND"
 
 
 def children(pid: int) -> list[tuple[int, str]]:
@@ -105,6 +107,10 @@ def run_job(tmp_path: Path):
                      "restartStrategy": {"type": "fixed-delay", "delay": "100ms",
                                          "maxAttempts": 20, **(restart or {})}},
         }
+        if state_backend is None and os.environ.get(STATE_BACKEND_ENV) == "rocksdb":
+            # The whole tier on the rocksdb backend (docs/state-backends.md).
+            state_backend = {"type": "rocksdb",
+                             "rocksdb": {"localDir": str(tmp_path / "state")}}
         if state_backend is not None:  # {"type": "rocksdb", "rocksdb": {...}}
             manifest["spec"]["stateBackend"] = state_backend
         path = tmp_path / f"{name}.yaml"

@@ -110,7 +110,8 @@ def test_incremental_checkpoints_recover_exactly_once_and_clean_shared_files(run
     records, words = 300_000, 20_000
     job = run_job(args={"records": records, "words": words, "rate": 40_000},
                   checkpoint={"incremental": True, "maxDeltas": 3, "interval": "200ms",
-                              "retained": 2})
+                              "retained": 2},
+                  state_backend={"type": "memory"})  # its delta chains (rocksdb: by SST)
     s = job.wait_for(lambda s: (s.get("last_checkpoint") or {}).get("id", 0) >= 4,
                      what="several incremental checkpoints")
     storage = LocalStorage(job.checkpoints())

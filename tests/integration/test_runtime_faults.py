@@ -50,18 +50,24 @@ def test_worker_killed_at_a_protocol_point_keeps_exactly_once(run_job, tmp_path,
 def test_declined_delta_after_a_failed_upload_still_commits_its_epoch(run_job, tmp_path):
     """Incremental, two checkpoints in flight, one state upload fails: the next delta is
     declined (its base is gone) but its epoch's sink output must still be staged and later
-    committed, in order."""
+    committed, in order.
+
+    The order is made, not hoped for: the counting task's (t1, subtask 0) 5th shared-state
+    upload fails, but only once that subtask has taken its next snapshot, a delta of the
+    chain the failed upload breaks (rule 1 marks every snapshot taken, rule 0 waits for the
+    next mark). maxDeltas is high so that the next snapshot is a delta, not a new base."""
     records = 150_000
-    spec = ("storage.put:*/shared/*=stall:0.25,times=100000;"
-            "storage.put:*/shared/*=fail,skip=4")
+    spec = ("storage.put:*/shared/t1/0-*=fail,skip=4,after=1;"
+            "worker.after-snapshot-sync:t1/0=mark,times=100000")
     job = run_job(args={"records": records, "words": WORDS, "rate": 30_000},
-                  checkpoint={"incremental": True, "maxDeltas": 5, "interval": "100ms",
+                  checkpoint={"incremental": True, "maxDeltas": 50, "interval": "100ms",
                               "maxConcurrent": 2, "tolerableFailures": 1000},
                   env=_fault_env(tmp_path, spec))
     assert job.wait(240) == 0, job.output()
-    assert faults.fired(tmp_path / "faults", 1) == 1, job.output()[-3000:]
+    assert faults.fired(tmp_path / "faults", 0) == 1, job.output()[-3000:]
     assert "incremental base of this delta was lost" in job.output(), job.output()[-3000:]
     assert_exactly_once(job.cwd / "output", records, WORDS)
+    assert _staged_left(job.cwd / "output") == []
 
 
 @pytest.mark.parametrize("incremental", [False, True])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from streamjob import faults
@@ -75,3 +77,40 @@ def test_outage_fails_every_call_for_its_window(tmp_path):
             storage.get("a")
     (tmp_path / "f" / "rule0-0").write_text("0\n")   # the window is long over
     assert storage.get("a") == b"1"
+
+
+@pytest.mark.parametrize("spec", ["x=fail,after=0", "x=fail,after=3;y=mark",
+                                  "x=outage:1,after=1;y=mark"])
+def test_after_must_name_another_rule(spec):
+    with pytest.raises(faults.FaultSpecError):
+        faults.parse(spec)
+
+
+def test_after_waits_for_the_next_firing_of_the_other_rule(tmp_path):
+    """A failure ordered after an event (another thread here, another process in a job):
+    the put fails only once the mark fires again, not on the firing it saw before."""
+    import threading
+
+    faults.configure("storage.put=fail,after=1;snap=mark,times=10", str(tmp_path / "f"))
+    storage = faults.wrap(LocalStorage(tmp_path / "s"))
+    faults.point("snap")                       # fired before the put: does not count
+    result: list[BaseException | None] = []
+
+    def put() -> None:
+        try:
+            storage.put("k", b"x")
+            result.append(None)
+        except StorageError as err:
+            result.append(err)
+
+    thread = threading.Thread(target=put)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not faults.fired(tmp_path / "f", 0) and time.monotonic() < deadline:
+        thread.join(0.01)                      # until the put has fired (claimed)
+    assert faults.fired(tmp_path / "f", 0) == 1
+    assert thread.is_alive() and result == []  # and waits: no new mark yet
+    faults.point("snap")
+    thread.join(30)
+    assert not thread.is_alive() and isinstance(result[0], StorageError)
+    assert faults.fired(tmp_path / "f", 1) == 2

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 
 import pytest
 
@@ -69,8 +68,10 @@ def test_child_writes_the_state_as_of_the_fork_byte_for_byte(backend, tmp_path):
     backend.tables["value"]["new"] = 1
     handle = child.finish(op_state)
     assert gone(child.pid) and not forked_snapshot.running()
-    assert Path(child.path).stat().st_mode & 0o777 == 0o600
-    written = Path(child.path).read_bytes()
+    assert os.fstat(child.fd).st_mode & 0o777 == 0o600
+    assert os.fstat(child.fd).st_nlink == 0  # no name: gone with the processes
+    with child.open_file() as f:
+        written = f.read()
     child.remove_file()
     assert written == expected_bytes
     assert handle["size"] == len(written) and handle["keys"] == 2 * KEYS
@@ -87,19 +88,19 @@ def test_child_writes_the_state_as_of_the_fork_byte_for_byte(backend, tmp_path):
     assert state.read_operator_state(storage, handle) == op_state
 
 
-def test_a_delta_child_writes_the_changes_and_deletions(backend):
+def test_a_delta_child_writes_the_changes_and_deletions(backend, tmp_path):
     backend.tables["value"][3] = "three"
     del backend.tables["value"][4]
     backend.mark_dirty([3, 4])
     child = ForkedSnapshot.start(backend.freeze_delta, kg_of, time.monotonic() + 60)
     backend.dirty = set()  # the parent's part of the protocol (see SubtaskRunner._fork)
     handle = child.finish({})
-    try:
-        storage = LocalStorage(Path(child.path).parent)
-        handle["key"] = Path(child.path).name
-        parts = list(state.read_keyed_state(storage, handle, range(128)))
-    finally:
-        child.remove_file()
+    storage = LocalStorage(tmp_path)
+    with child.open_file() as f:
+        storage.put_file("delta", f)
+    child.remove_file()
+    handle["key"] = "delta"
+    parts = list(state.read_keyed_state(storage, handle, range(128)))
     changed = {k: v for name, _, entries, _ in parts if name == "value"
                for k, v in entries.items()}
     deleted = {k for name, _, _, dels in parts if name == "value" for k in dels}
@@ -120,7 +121,7 @@ def test_a_child_past_its_deadline_is_killed_reaped_and_leaves_no_file():
     with pytest.raises(SnapshotChildError, match="did not"):
         child.finish({})
     assert gone(child.pid)
-    assert not Path(child.path).exists()
+    assert child.fd == -1
     assert not forked_snapshot.running()
 
 
@@ -128,13 +129,13 @@ def test_a_failing_child_reports_why():
     child = ForkedSnapshot.start(_fail, kg_of, time.monotonic() + 60)
     with pytest.raises(SnapshotChildError, match="no memory for this"):
         child.finish({})
-    assert gone(child.pid) and not Path(child.path).exists()
+    assert gone(child.pid) and child.fd == -1
 
 
 def test_a_discarded_child_is_killed_and_reaped_and_cannot_be_finished():
     child = ForkedSnapshot.start(_hang, kg_of, time.monotonic() + 60)
     child.discard()
-    assert gone(child.pid) and not Path(child.path).exists()
+    assert gone(child.pid) and child.fd == -1
     assert not forked_snapshot.running()
     with pytest.raises(SnapshotChildError, match="discarded"):
         child.finish({})

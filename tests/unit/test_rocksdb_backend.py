@@ -247,3 +247,29 @@ def test_savepoints_are_canonical_both_ways(tmp_path, opened):
     for name, kind, entries, deleted in state.read_keyed_state(storage, handle, range(M)):
         again.load(name, kind, entries, deleted)
     assert contents(again) == expected
+
+
+def test_ttl_clean_up_walks_a_large_state_a_chunk_at_a_time(tmp_path, opened):
+    from streamjob.ttl import WALK_CHUNK, StateTtlConfig
+
+    class Clock:
+        now = 0
+
+        def __call__(self):
+            return self.now
+
+    backend, clock = rocks(tmp_path, opened), Clock()
+    ctx = KeyedContext(backend, clock=clock)
+    s = ctx.value_state("v", None, ttl=StateTtlConfig(1, cleanup_size=500))
+    keys = [f"k{i}" for i in range(3 * WALK_CHUNK)]
+    for k in keys:
+        ctx.key = k
+        s.update(1)
+    clock.now = 5000  # every entry expired; each access checks 500 more keys
+    ctx.key = "fresh"
+    walked = []
+    for _ in range(len(keys) // 500 + 2):
+        s.update(2)
+        walked.append(len(backend.expiring["v"]._walk))
+    assert max(walked) <= WALK_CHUNK  # never the whole table's keys at once
+    assert dict(backend.tables["v"].decoded_items()).keys() == {"fresh"}

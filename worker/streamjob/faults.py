@@ -7,17 +7,22 @@ the checkpoint and recovery paths only, never per record.
 
 ``STREAMJOB_FAULTS`` holds rules separated by ``;``::
 
-    POINT[:KEYGLOB]=ACTION[,times=N][,skip=N]
+    POINT[:KEYGLOB]=ACTION[,times=N][,skip=N][,after=RULE]
 
 - ``POINT``: a name passed to :func:`point` (``coordinator.after-metadata``) or a storage
   operation (``storage.put``, ``storage.get``, ``storage.list``, ``storage.delete``); the
   ``KEYGLOB`` (fnmatch) narrows storage rules to keys, e.g. ``storage.put:*/_metadata``.
 - ``ACTION``: ``kill`` (SIGKILL this process), ``fail`` (raise :class:`StorageError`),
   ``stall:SECONDS`` (block this call), ``outage:SECONDS`` (every matching call in every
-  process fails for SECONDS after the first one that fires).
+  process fails for SECONDS after the first one that fires), ``mark`` (nothing: the firing
+  is only recorded, for an ``after`` of another rule).
 - ``times``: how often the rule fires over all processes of the run (default 1), counted by
   marker files in ``STREAMJOB_FAULTS_DIR`` (required with rules), so a restarted process does
   not die at the same point forever. ``skip``: matching hits this process lets pass first.
+  ``after``: a firing first waits until rule number RULE (its position in the spec, from 0)
+  fires again (once more than it had when this one fired), at most :data:`AFTER_TIMEOUT`
+  seconds: it orders two events (a state upload that fails only once the next snapshot is
+  taken) instead of hoping for a timing.
 
 Each firing writes one line ``streamjob: fault injected: ...`` to stderr and a marker file, so
 a test can prove that its fault happened.
@@ -38,7 +43,8 @@ from streamjob.storage import Storage, StorageError
 ENV = "STREAMJOB_FAULTS"
 DIR_ENV = "STREAMJOB_FAULTS_DIR"
 
-ACTIONS = ("kill", "fail", "stall", "outage")
+ACTIONS = ("kill", "fail", "stall", "outage", "mark")
+AFTER_TIMEOUT = 120.0  # an ``after`` that never comes: the fault fires anyway, and says so
 
 
 class FaultSpecError(ValueError):
@@ -54,6 +60,7 @@ class Rule:
     seconds: float = 0.0
     times: int = 1
     skip: int = 0
+    after: int | None = None  # index of the rule whose firing this one waits for
 
 
 def parse(spec: str) -> tuple[Rule, ...]:
@@ -74,9 +81,9 @@ def parse(spec: str) -> tuple[Rule, ...]:
         fields: dict[str, int] = {}
         for opt in options:
             k, _, v = opt.partition("=")
-            if k not in ("times", "skip") or not v.isdigit():
-                raise FaultSpecError(f"fault rule {text!r}: option {opt!r} is not times=N "
-                                     "or skip=N")
+            if k not in ("times", "skip", "after") or not v.isdigit():
+                raise FaultSpecError(f"fault rule {text!r}: option {opt!r} is not times=N, "
+                                     "skip=N or after=RULE")
             fields[k] = int(v)
         try:
             seconds = float(arg) if arg else 0.0
@@ -85,7 +92,14 @@ def parse(spec: str) -> tuple[Rule, ...]:
                                  ) from None
         if name in ("stall", "outage") and not seconds > 0:
             raise FaultSpecError(f"fault rule {text!r}: {name} needs SECONDS > 0")
+        if name == "outage" and "after" in fields:
+            raise FaultSpecError(f"fault rule {text!r}: an outage cannot wait (after=)")
         rules.append(Rule(index, point, key or None, name, seconds, **fields))
+    indexes = {r.index for r in rules}
+    for rule in rules:
+        if rule.after is not None and (rule.after not in indexes or rule.after == rule.index):
+            raise FaultSpecError(f"fault rule {rule.index}: after={rule.after} names no other "
+                                 "rule")
     return tuple(rules)
 
 
@@ -160,8 +174,11 @@ def _hit(rule: Rule, name: str, key: str | None) -> None:
         if started is not None and time.time() < started + rule.seconds:
             raise StorageError(f"injected outage: {where}")
         return
+    before = fired(_DIR, rule.after) if rule.after is not None else 0
     if not _claim(rule):
         return
+    if rule.after is not None:
+        _wait_for(rule.after, before, where)
     _say(f"{rule.action} at {where}")
     if rule.action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
@@ -169,6 +186,19 @@ def _hit(rule: Rule, name: str, key: str | None) -> None:
         raise StorageError(f"injected failure: {where}")
     elif rule.action == "stall":
         time.sleep(rule.seconds)  # the fault itself, not synchronisation
+
+
+def _wait_for(index: int, before: int, where: str) -> None:
+    """Block until rule ``index`` has fired more than ``before`` times (in any process), or
+    :data:`AFTER_TIMEOUT`."""
+    assert _DIR is not None
+    deadline = time.monotonic() + AFTER_TIMEOUT
+    while fired(_DIR, index) <= before:
+        if time.monotonic() > deadline:
+            _say(f"rule {index} did not fire again within {AFTER_TIMEOUT:g}s: firing at "
+                 f"{where} anyway")
+            return
+        time.sleep(0.01)  # polls a marker file another process (or thread) writes
 
 
 def _say(what: str) -> None:

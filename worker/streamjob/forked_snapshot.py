@@ -13,7 +13,9 @@ copies itself because reading an object writes its reference count (CPython).
 Protocol (pipes only; msgpack, never pickle):
 
 1. Parent, on the task's thread at the barrier: ``gc.freeze()`` (its collector then leaves
-   the objects it shares with the child alone), a 0600 spool file, ``fork``.
+   the objects it shares with the child alone), a 0600 spool file in ``$TMPDIR`` that is
+   unlinked at once (both processes write and read it by descriptor, so it disappears with
+   them even after a SIGKILL), ``fork``.
 2. Child: dies with its parent (``PR_SET_PDEATHSIG``), closes every inherited descriptor but
    its two pipes and the spool file (it never touches the parent's sockets, storage clients
    or threads), disables its collector, writes the key-group sections, then reads the
@@ -21,10 +23,10 @@ Protocol (pipes only; msgpack, never pickle):
    up to EOF, appends it, sends the handle (sizes, crc32s, sha256, key-group index) on the
    result pipe and leaves with ``os._exit``. Past its deadline it gives up on its own.
 3. Parent, on an upload thread: sends the operator state, reads the handle, reaps the child,
-   then uploads the spool file with the storage client every other upload uses. Every wait
-   has the checkpoint's deadline; a child past it is killed and reaped and the checkpoint
-   declined. One child per worker process at a time (:func:`choose`): a snapshot due while
-   one runs is encoded on a thread as usual.
+   then uploads the spool file (:meth:`ForkedSnapshot.open_file`) with the storage client
+   every other upload uses. Every wait has the checkpoint's deadline; a child past it is
+   killed and reaped and the checkpoint declined. One child per worker process at a time
+   (:func:`choose`): a snapshot due while one runs is encoded on a thread as usual.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, BinaryIO, NoReturn
 
 import msgpack
 
@@ -88,9 +90,9 @@ def running() -> bool:
 class ForkedSnapshot:
     """One snapshot child: started at the barrier, finished (or discarded) exactly once."""
 
-    def __init__(self, pid: int, control: int, result: int, path: str, deadline: float):
+    def __init__(self, pid: int, control: int, result: int, fd: int, deadline: float):
         self.pid, self.control, self.result = pid, control, result
-        self.path, self.deadline = path, deadline
+        self.fd, self.deadline = fd, deadline  # the spool file (unlinked)
         self.copied_bytes = 0  # what the child copied (its private dirty memory)
         self._done = threading.Lock()  # finish/discard: whoever takes it reaps the child
         self._reaped = False
@@ -103,6 +105,7 @@ class ForkedSnapshot:
         encodes on a thread)."""
         global _running
         fd, path = tempfile.mkstemp(prefix="streamjob-snapshot-")  # 0600, $TMPDIR or /tmp
+        os.unlink(path)
         control_r, control_w = os.pipe()
         result_r, result_w = os.pipe()
         parent = os.getpid()
@@ -113,21 +116,21 @@ class ForkedSnapshot:
             gc.unfreeze()
             for f in (fd, control_r, control_w, result_r, result_w):
                 os.close(f)
-            os.unlink(path)
             raise
         if pid == 0:
             _child(parent, fd, control_r, result_w, view, kg_of, deadline)
-        for f in (fd, control_r, result_w):
+        for f in (control_r, result_w):
             os.close(f)
         os.set_blocking(control_w, False)
-        child = cls(pid, control_w, result_r, path, deadline)
+        child = cls(pid, control_w, result_r, fd, deadline)
         with _lock:
             _running = child
         return child
 
     def finish(self, operator_state: dict[str, Any]) -> dict[str, Any]:
         """On an upload thread: give the child the operator state, wait for its handle and
-        reap it. The state file is then at :attr:`path` (the caller uploads and removes it).
+        reap it. The state file is then complete (the caller uploads it from
+        :meth:`open_file`, then calls :meth:`remove_file`).
         Raises :class:`SnapshotChildError` after killing and reaping the child."""
         with self._done:
             if self._reaped:
@@ -177,8 +180,17 @@ class ForkedSnapshot:
             self.remove_file()
             self._close()
 
+    def open_file(self) -> BinaryIO:
+        """The child's state file, for reading from its start (a file object of its own)."""
+        f = os.fdopen(os.dup(self.fd), "rb")
+        f.seek(0)
+        return f
+
     def remove_file(self) -> None:
-        Path(self.path).unlink(missing_ok=True)
+        """Close the spool file (it has no name: closing frees it)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
     # -- internals ----------------------------------------------------------------------
 

@@ -330,6 +330,22 @@ class RocksDBTable(dict):
         self.backend.flush()
         return ((_unpack_key(k), _unpack_value(v)) for k, v in self._cf.items())
 
+    def next_keys(self, after: Any, n: int) -> list[Any]:
+        """Up to ``n`` keys in key order after ``after`` (from the first when None, and again
+        from the first past the last key): a walk round the state a chunk at a time."""
+        self.backend.flush()
+        start = None if after is None else self.backend.encode_key(after)
+        keys = []
+        for kb in self._cf.keys(from_key=start) if start else self._cf.keys():
+            if kb == start:
+                continue
+            keys.append(_unpack_key(kb))
+            if len(keys) >= n:
+                break
+        if not keys and after is not None:
+            return self.next_keys(None, n)
+        return keys
+
     def values(self) -> Iterator[Any]:  # type: ignore[override]
         return (v for _, v in self.items())
 

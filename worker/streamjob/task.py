@@ -675,6 +675,9 @@ class SubtaskRunner:
         snap.delta, snap.savepoint, snap.base_epoch = delta, savepoint, self.chain_epoch
         snap.local, snap.forked = local, forked
         self.pending[cid] = snap
+        # Taken: it is a delta of the chain as it is now (base_epoch), whatever happens to
+        # the uploads still in flight.
+        faults.point("worker.after-snapshot-sync", f"{self.spec.task_id}/{self.subtask}")
         if self.output is not None:
             await self.output.broadcast_barrier(cid, kind)
         return snap
@@ -702,7 +705,7 @@ class SubtaskRunner:
         """On an upload thread: the child's state file, once it is complete, to storage."""
         try:
             handle = child.finish(operator_state)
-            with open(child.path, "rb") as f:
+            with child.open_file() as f:
                 state.upload_file(self.storage, key, f)
         finally:
             child.remove_file()

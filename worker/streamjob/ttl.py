@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 _MISSING = object()
+WALK_CHUNK = 1024  # keys of a rocksdb table read at a time by the incremental clean-up
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,12 @@ class Expiry:
         dirty = self.ctx.backend.dirty
         while n > 0:
             if self._at >= len(self._walk):
-                self._walk, self._at = list(self.table), 0
+                # The next keys to check: the whole table (a dict), or the next chunk of a
+                # table on disk (rocksdb: never all of its keys in memory at once).
+                next_keys = getattr(self.table, "next_keys", None)
+                self._walk = list(self.table) if next_keys is None else next_keys(
+                    self._walk[-1] if self._walk else None, WALK_CHUNK)
+                self._at = 0
                 if not self._walk:
                     return
             key = self._walk[self._at]

@@ -128,8 +128,10 @@ class WindowOperator(_EventTimeOperator):
         return range(last, ts - self.size, -self.slide)
 
     def process_batch(self, batch: list[Any]) -> list[Any]:
-        if self.slide is None and self.lateness == 0:
-            return self._process_tumbling(batch)
+        if self.lateness == 0:
+            if self.slide is None:
+                return self._process_tumbling(batch)
+            return self._process_sliding(batch)
         table, index, fired = self.table, self._index(), self._fired
         key_fn, ts_fn, value_fn, combine = self.key_fn, self.timestamp_fn, self.value_fn, \
             self.combine
@@ -170,7 +172,9 @@ class WindowOperator(_EventTimeOperator):
         return out
 
     def _process_tumbling(self, batch: list[Any]) -> list[Any]:
-        """The common case, tumbling windows without lateness, in one tight loop."""
+        """The common case, tumbling windows without lateness, in one tight loop. A run of
+        records of one key and window (one key per window, or a hot key) folds into a local
+        accumulator, written back to the table once at the end of the run."""
         table, index = self.table, self._index()
         key_fn, ts_fn, value_fn, combine = self.key_fn, self.timestamp_fn, self.value_fn, \
             self.combine
@@ -178,43 +182,112 @@ class WindowOperator(_EventTimeOperator):
         m = self.backend.max_parallelism
         dirty = self.backend.dirty
         late = []
+        # The run: its key, window start, the key's windows and the accumulator.
+        run_key: Any = _MISSING
+        run_start: Any = None
+        windows: Any = None
+        acc: Any = None
         for record in batch:
             key = key_fn(record)
             ts = ts_fn(record)
             start = ts - ts % size
+            if start == run_start and key == run_key:
+                acc = combine(acc, value_fn(record))
+                continue
             if start + size <= wm or (floors is not None and
                                       start + size <= floors.get(key_group(key, m),
                                                                  MIN_WATERMARK)):
                 late.append(record)  # its window already fired
                 continue
+            if windows is not None:
+                self._write(run_key, windows, run_start, acc)
+            run_key, run_start = key, start
             windows = table.get(key)
             if windows is None:
-                windows = table[key] = {}
+                windows = {}
             acc = windows.get(start, _MISSING)
             if acc is _MISSING:
-                acc = windows[start] = first(record)
-                if type(acc) in MUTABLE and is_mutable(acc):
-                    self.backend.mutable.add(self.table_name)  # snapshot copies it deeply
+                acc = first(record)
                 keys = index.get(start)
                 if keys is None:
                     keys = index[start] = {}
                 keys[key] = None
             else:
-                acc = windows[start] = combine(acc, value_fn(record))
-                if type(acc) in MUTABLE and is_mutable(acc):
-                    self.backend.mutable.add(self.table_name)  # snapshot copies it deeply
+                acc = combine(acc, value_fn(record))
             if dirty is not None:
                 dirty.add(key)
+        if windows is not None:
+            self._write(run_key, windows, run_start, acc)
         if late:
             self._late(late)
         return []
 
+    def _process_sliding(self, batch: list[Any]) -> list[Any]:
+        """Sliding windows without lateness: ``value_fn`` once per record, the key's windows
+        looked up once per run of records of one key."""
+        table, index = self.table, self._index()
+        key_fn, ts_fn, value_fn, combine = self.key_fn, self.timestamp_fn, self.value_fn, \
+            self.combine
+        first, size, slide, wm, floors = self.first, self.size, self.slide, self.watermark, \
+            self._floors
+        m, dirty, mutable = self.backend.max_parallelism, self.backend.dirty, False
+        late = []
+        run_key: Any = _MISSING
+        windows: Any = None
+        for record in batch:
+            key = key_fn(record)
+            ts = ts_fn(record)
+            floor = wm if floors is None else max(wm, floors.get(key_group(key, m),
+                                                                 MIN_WATERMARK))
+            last = ts - ts % slide
+            if last + size <= floor:
+                late.append(record)  # even its latest window fired already
+                continue
+            if key != run_key or windows is None:
+                if windows is not None:
+                    table[run_key] = windows  # write back (a table need not be a dict)
+                run_key = key
+                windows = table.get(key)
+                if windows is None:
+                    windows = {}
+                if dirty is not None:
+                    dirty.add(key)
+            value = value_fn(record)
+            for start in range(last, ts - size, -slide):
+                if start + size <= floor:
+                    break  # this one and the earlier ones fired already
+                acc = windows.get(start, _MISSING)
+                if acc is _MISSING:
+                    acc = windows[start] = first(record)
+                    keys = index.get(start)
+                    if keys is None:
+                        keys = index[start] = {}
+                    keys[key] = None
+                else:
+                    acc = windows[start] = combine(acc, value)
+                if type(acc) in MUTABLE and is_mutable(acc):
+                    mutable = True
+        if windows is not None:
+            table[run_key] = windows
+        if mutable:
+            self.backend.mutable.add(self.table_name)  # snapshot copies it deeply
+        if late:
+            self._late(late)
+        return []
+
+    def _write(self, key: Any, windows: dict[int, Any], start: int, acc: Any) -> None:
+        windows[start] = acc
+        self.table[key] = windows  # write back (a table need not be a plain dict)
+        if type(acc) in MUTABLE and is_mutable(acc):
+            self.backend.mutable.add(self.table_name)  # snapshot copies it deeply
+
     def on_watermark(self, watermark: float) -> list[Any]:
         """Advance to ``watermark``: fire every window that ends at or before it, oldest
         first, then drop those whose allowed lateness has passed too."""
+        index = self._index()  # built at the old watermark: what it has not fired yet
         if not self._advance(watermark):
             return []
-        index, table, size, out = self._index(), self.table, self.size, []
+        table, size, out = self.table, self.size, []
         lateness, result, fired = self.lateness, self.result, self._fired
         dirty = self.backend.dirty
         for start in sorted(s for s in index if s + size <= watermark):
@@ -245,7 +318,14 @@ class SessionWindowOperator(_EventTimeOperator):
     """Event-time session windows: a record opens ``[ts, ts + gap)`` and every session of
     its key that overlaps or touches it merges with it (their accumulators joined with
     ``merge``): as in Flink, ``[a, b)`` and ``[c, d)`` merge when ``a <= d and c <= b``, so
-    two records at most ``gap`` apart are in one session."""
+    two records at most ``gap`` apart are in one session.
+
+    A batch is grouped by key, and a record that falls inside its key's one open session
+    (the common case: a user active for a while) only extends that session's end and adds
+    to its accumulator, with no merge and no timer: each session has one entry on a heap of
+    pending firings, at an end it had when the entry was pushed; the heap entry of a session
+    that has grown since is pushed again at its new end when it comes up, so a session
+    extended by every record costs one heap entry per ``gap`` of event time."""
 
     def __init__(self, backend: KeyedStateBackend, key_fn: Callable[[Any], Any],
                  timestamp_fn: Callable[[Any], int], gap: int,
@@ -257,9 +337,10 @@ class SessionWindowOperator(_EventTimeOperator):
         self.gap = gap
         self.value_fn, self.combine, self.merge, self.result = value_fn, combine, merge, result
         self.first = first or value_fn
-        # (end, key, start) of sessions not fired yet and (end + lateness, key, start) of
-        # fired ones kept for late records: derived (entries of merged sessions go stale and
-        # are skipped), built lazily after the table is loaded.
+        # Heaps of (time, seq, key, start): sessions not fired yet, at (at most) their end,
+        # and fired sessions kept for late records, at (at most) their end + lateness.
+        # Derived, not state (built lazily after the table is loaded); an entry whose
+        # session was merged away is skipped, one whose session grew is pushed again.
         self._pending: list[tuple[Any, ...]] | None = None
         self._fired: list[tuple[Any, ...]] = []
         self._seq = 0  # tie-breaker: keys of different types never get compared
@@ -276,94 +357,149 @@ class SessionWindowOperator(_EventTimeOperator):
     def _push(self, fired: bool, end: int, key: Any, start: int) -> None:
         self._seq += 1
         if fired:
-            heapq.heappush(self._fired, (end + self.lateness, self._seq, key, start, end))
+            heapq.heappush(self._fired, (end + self.lateness, self._seq, key, start))
         else:
-            heapq.heappush(self._pending, (end, self._seq, key, start, end))
+            heapq.heappush(self._pending, (end, self._seq, key, start))
 
     def _emit(self, start: int, end: int, key: Any, acc: Any) -> tuple[Any, ...]:
         return (start, end, key, acc if self.result is None else self.result(acc))
 
     def process_batch(self, batch: list[Any]) -> list[Any]:
         self._heaps()
-        table, key_fn, ts_fn, value_fn = self.table, self.key_fn, self.timestamp_fn, \
-            self.value_fn
-        gap, lateness, merge, combine = self.gap, self.lateness, self.merge, self.combine
-        dirty = self.backend.dirty
-        out: list[Any] = []
-        late: list[Any] = []
+        key_fn = self.key_fn
+        by_key: dict[Any, list[Any]] = {}
         for record in batch:
             key = key_fn(record)
-            ts = ts_fn(record)
-            floor = self._floor(key)
-            start, end = ts, ts + gap
+            records = by_key.get(key)
+            if records is None:
+                by_key[key] = [record]
+            else:
+                records.append(record)
+        table, ts_fn, value_fn, combine = self.table, self.timestamp_fn, self.value_fn, \
+            self.combine
+        gap, watermark, floors, dirty = self.gap, self.watermark, self._floors, \
+            self.backend.dirty
+        out: list[Any] = []
+        late: list[Any] = []
+        for key, records in by_key.items():
+            floor = watermark if floors is None else self._floor(key)
             sessions = table.get(key)
-            overlapping = [] if sessions is None else sorted(
-                s for s, (e, _) in sessions.items() if s <= end and ts <= e)
-            for s in overlapping:
-                start, end = min(start, s), max(end, sessions[s][0])
-            if end + lateness <= floor:
-                late.append(record)  # even merged, its session is gone for good
-                continue
-            if sessions is None:
-                sessions = table[key] = {}
-            # Inside one session that it does not extend: that session's heap entry stays
-            # valid (a second one would fire it twice).
-            known = len(overlapping) == 1 and overlapping[0] == start and \
-                sessions[start][0] == end
-            acc = _MISSING
-            for s in overlapping:
-                _, other = sessions.pop(s)
-                acc = other if acc is _MISSING else merge(acc, other)
-            acc = self.first(record) if acc is _MISSING else combine(acc, value_fn(record))
-            sessions[start] = (end, acc)
-            self._note(acc)
-            if dirty is not None:
-                dirty.add(key)
-            if end <= floor:  # merged into a fired session: fire the result again now
-                out.append(self._emit(start, end, key, acc))
-            if not known:
-                self._push(end <= floor, end, key, start)
+            # The key's one session while it has only one and it has not fired (start None
+            # otherwise): records inside it take the fast path.
+            start = end = acc = None
+            if sessions is not None and len(sessions) == 1:
+                ((start, (end, acc)),) = sessions.items()
+                if end <= floor:
+                    start = None
+            extended = touched = False
+            for record in records:
+                ts = ts_fn(record)
+                if start is not None and start <= ts <= end:
+                    if ts + gap > end:
+                        end = ts + gap
+                    acc = combine(acc, value_fn(record))
+                    extended = True
+                    continue
+                if extended:
+                    sessions[start] = (end, acc)
+                    table[key] = sessions
+                    extended = False
+                if self._add(key, record, ts, floor, out, late):
+                    touched = True
+                sessions = table.get(key)
+                start = None
+                if sessions is not None and len(sessions) == 1:
+                    ((start, (end, acc)),) = sessions.items()
+                    if end <= floor:
+                        start = None
+            if extended:
+                sessions[start] = (end, acc)
+                self._note(acc)
+                touched = True
+            if touched:
+                table[key] = sessions  # write back (a table need not be a plain dict)
+                if dirty is not None:
+                    dirty.add(key)
         self._late(late)
         return out
 
-    def _live(self, key: Any, start: int, end: int) -> Any:
-        """The session's accumulator if it still exists as (start, end), else _MISSING."""
+    def _add(self, key: Any, record: Any, ts: int, floor: float, out: list[Any],
+             late: list[Any]) -> bool:
+        """One record, the general way: merge every session it overlaps; fire at once if
+        the merged session has fired already (allowed lateness). False if it was late."""
+        start, end = ts, ts + self.gap
         sessions = self.table.get(key)
+        overlapping = [] if sessions is None else sorted(
+            s for s, (e, _) in sessions.items() if s <= end and ts <= e)
+        for s in overlapping:
+            start, end = min(start, s), max(end, sessions[s][0])
+        if end + self.lateness <= floor:
+            late.append(record)  # even merged, its session is gone for good
+            return False
         if sessions is None:
-            return _MISSING
-        entry = sessions.get(start)
-        if entry is None or entry[0] != end:
-            return _MISSING
-        return entry[1]
+            sessions = {}
+        # The merged session keeps the heap entry of the session that had its start, if
+        # any (a second entry would fire it twice); the others' entries go stale.
+        kept = bool(overlapping) and overlapping[0] == start
+        was_fired = kept and sessions[start][0] <= floor
+        acc = _MISSING
+        for s in overlapping:
+            _, other = sessions.pop(s)
+            acc = other if acc is _MISSING else self.merge(acc, other)
+        acc = self.first(record) if acc is _MISSING else self.combine(acc, self.value_fn(record))
+        sessions[start] = (end, acc)
+        self.table[key] = sessions
+        self._note(acc)
+        if end <= floor:  # merged into a fired session: fire the result again now
+            out.append(self._emit(start, end, key, acc))
+            if not kept:
+                self._push(True, end, key, start)
+        elif not kept or was_fired:  # new, or a fired session grown past the watermark
+            self._push(False, end, key, start)
+        return True
 
     def on_watermark(self, watermark: float) -> list[Any]:
         """Fire sessions that end at or before ``watermark`` (by end), then drop fired
         sessions whose allowed lateness has passed."""
+        pending = self._heaps()  # built at the old watermark: what it has not fired yet
         if not self._advance(watermark):
             return []
-        pending, fired, out = self._heaps(), self._fired, []
-        dirty = self.backend.dirty
+        fired, out = self._fired, []
+        table, lateness, dirty = self.table, self.lateness, self.backend.dirty
         while pending and pending[0][0] <= watermark:
-            end, _, key, start, _ = heapq.heappop(pending)
-            acc = self._live(key, start, end)
-            if acc is _MISSING:
+            at, _, key, start = heapq.heappop(pending)
+            sessions = table.get(key)
+            entry = None if sessions is None else sessions.get(start)
+            if entry is None:
                 continue  # merged into another session since
+            end, acc = entry
+            if end > at:
+                self._push(False, end, key, start)  # grew since: its turn comes at its end
+                continue
             out.append(self._emit(start, end, key, acc))
-            if self.lateness:
+            if lateness:
                 self._push(True, end, key, start)
             else:
-                self._drop(key, start, dirty)
+                self._drop(key, sessions, start, dirty)
         while fired and fired[0][0] <= watermark:
-            _, _, key, start, end = heapq.heappop(fired)
-            if self._live(key, start, end) is not _MISSING:
-                self._drop(key, start, dirty)
+            at, _, key, start = heapq.heappop(fired)
+            sessions = table.get(key)
+            entry = None if sessions is None else sessions.get(start)
+            if entry is None:
+                continue  # merged, or dropped through another entry
+            if entry[0] + lateness > at:
+                self._push(True, entry[0], key, start)  # grew since (a late record)
+            else:
+                self._drop(key, sessions, start, dirty)
         return out
 
-    def _drop(self, key: Any, start: int, dirty: set[Any] | None) -> None:
-        sessions = self.table[key]
-        del sessions[start]
-        if not sessions:
-            del self.table[key]
+    def _drop(self, key: Any, sessions: dict[int, Any], start: int,
+              dirty: set[Any] | None) -> None:
+        sessions.pop(start)
+        if sessions:
+            self.table[key] = sessions
+        else:
+            self.table.pop(key)
         if dirty is not None:
             dirty.add(key)
 

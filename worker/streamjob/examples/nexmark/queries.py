@@ -10,12 +10,18 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 from streamjob.operators import KeyedProcessFunction
-from streamjob.windows import SlidingEventTimeWindows, TumblingEventTimeWindows
+from streamjob.windows import (
+    EventTimeSessionWindows,
+    SlidingEventTimeWindows,
+    TumblingEventTimeWindows,
+)
 
 WINDOW_MS = 10_000  # q7, q8: 10-second tumbling windows
+_head, _second = itemgetter(0), itemgetter(1)  # of the pairs q5 and q11 key and window by
 Q3_STATES = ("OR", "ID", "CA")
 
 
@@ -142,30 +148,44 @@ def q3_reference(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 # ------------------------------------------------------------------------ q7 highest bid
 
-def q7_partial(e: dict[str, Any]) -> list[tuple[int, int, tuple, tuple]]:
-    """A bid as window partials ``(event time, max price, bids at it, boundary bids)``: it
-    counts for its own window's maximum, and a bid exactly on a window's end is also a
-    candidate of the window before (Nexmark's ``BETWEEN end - 10 s AND end`` includes it)."""
+def q7_bids(e: dict[str, Any]) -> tuple[tuple, ...]:
+    """A bid as the row q7 emits, ``(auction, price, bidder, dateTime, extra)`` (only what
+    the query reads crosses the exchange, as Flink's planner prunes columns). A bid counts
+    for its own window's maximum, and a bid exactly on a window's end is also a candidate of
+    the window before (Nexmark's ``BETWEEN end - 10 s AND end`` includes it): that copy
+    carries a sixth field."""
     b = e["bid"]
     row = (b["auction"], b["price"], b["bidder"], b["dateTime"], b["extra"])
-    own = (b["dateTime"], b["price"], (row,), ())
     if b["dateTime"] % WINDOW_MS == 0:
-        return [own, (b["dateTime"] - 1, -1, (), (row,))]
-    return [own]
+        return (row, (*row, True))
+    return (row,)
 
 
-def q7_merge(a: tuple, b: tuple) -> tuple:
-    if a[1] > b[1]:
-        top = a[1], a[2]
-    elif b[1] > a[1]:
-        top = b[1], b[2]
-    else:
-        top = a[1], a[2] + b[2]
-    return (a[0], top[0], top[1], a[3] + b[3])
+def q7_time(p: tuple) -> int:
+    """A bid's event time; a boundary copy's is 1 ms before, in the window it ends."""
+    return p[3] if len(p) == 5 else p[3] - 1
+
+
+def q7_no_bids() -> tuple[int, tuple, tuple]:
+    return (-1, (), ())
+
+
+def q7_add(acc: tuple[int, tuple, tuple], p: tuple) -> tuple[int, tuple, tuple]:
+    """``(max price, bids at it, boundary bids at least at it)`` of a window, one bid (or
+    boundary copy) at a time. A bid below the maximum so far changes nothing (the common
+    case: no allocation); the maximum only grows, so such a bid can never be a top bid."""
+    price = p[1]
+    if price < acc[0]:
+        return acc
+    if len(p) == 6:
+        return (acc[0], acc[1], (*acc[2], p[:5]))
+    if price > acc[0]:
+        return (price, (p,), acc[2])
+    return (price, (*acc[1], p), acc[2])
 
 
 def q7_rows(fired: tuple[int, Any, tuple]) -> list[dict[str, Any]]:
-    _, _, (_, price, top, boundary) = fired
+    _, _, (price, top, boundary) = fired
     if price < 0:
         return []  # no bid of its own: the window does not exist
     return [{"auction": r[0], "price": r[1], "bidder": r[2], "dateTime": r[3], "extra": r[4]}
@@ -181,9 +201,9 @@ def _first(p: tuple) -> int:
 
 
 def q7(stream: Any) -> Any:
-    return (stream.filter(is_bid, "Bids").flat_map(q7_partial, "Bid partials")
-            .key_by(_zero).window(WINDOW_MS, timestamp=_first).reduce(q7_merge, "Max price")
-            .flat_map(q7_rows, "q7"))
+    return (stream.filter(is_bid, "Bids").flat_map(q7_bids, "Bids and boundary copies")
+            .key_by(_zero).window(WINDOW_MS, timestamp=q7_time)
+            .aggregate(q7_no_bids, q7_add, name="Max price").flat_map(q7_rows, "q7"))
 
 
 def q7_reference(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -261,8 +281,9 @@ def q8_reference(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
 SLIDE_MS, HOP_MS = 2_000, 10_000  # q5: 10-second windows every 2 seconds
 
 
-def q5_auction(e: dict[str, Any]) -> int:
-    return e["bid"]["auction"]
+def q5_bid(e: dict[str, Any]) -> tuple[int, int]:
+    """``(auction, dateTime)``: only what q5 reads crosses the exchange."""
+    return (e["bid"]["auction"], e["bid"]["dateTime"])
 
 
 def _one(_: Any) -> int:
@@ -304,8 +325,9 @@ def q5(stream: Any) -> Any:
     the time ``s + 10 s - 1``, so each window's counts fall in one 2-second tumbling window
     of their own, keyed by ``s``, which fires when the watermark passes ``s + 10 s``, once
     every count of it has arrived."""
-    return (stream.filter(is_bid, "Bids").key_by(q5_auction)
-            .window(SlidingEventTimeWindows(HOP_MS, SLIDE_MS)).sum(_one, "Bids per window")
+    return (stream.filter(is_bid, "Bids").map(q5_bid, "Auction and time").key_by(_head)
+            .window(SlidingEventTimeWindows(HOP_MS, SLIDE_MS), timestamp=_second)
+            .sum(_one, "Bids per window")
             .key_by(q5_window).window(TumblingEventTimeWindows(SLIDE_MS), timestamp=q5_last_ms)
             .aggregate(q5_no_bids, q5_top, name="Top auctions").flat_map(q5_rows, "q5"))
 
@@ -334,59 +356,23 @@ def q11_bidder(e: dict[str, Any]) -> int:
     return e["bid"]["bidder"]
 
 
-class Q11Sessions(KeyedProcessFunction):
-    """Session windows of each bidder (gap 10 s), keyed by bidder: a bid opens ``[t, t +
-    gap)``, merged with every session it touches (Flink's rule: the intervals intersect,
-    ends included); a session is emitted when the watermark passes its end.
+def q11_bid(e: dict[str, Any]) -> tuple[int, int]:
+    """``(bidder, dateTime)``: only what q11 reads crosses the exchange."""
+    return (e["bid"]["bidder"], e["bid"]["dateTime"])
 
-    Timers are lazy: a session's timer is set at its end when it opens and is not moved when
-    bids extend it; when it fires for a session that has grown since, it is set again at the
-    new end. A bidder who bids every few milliseconds costs one timer per 10 s of event time,
-    not a delete and a register per bid."""
 
-    def open(self, ctx: Any) -> None:
-        self.ctx = ctx
-        self.sessions = ctx.value_state("sessions")  # ((start, end, bids), ...)
-
-    def process(self, key: Any, e: dict[str, Any], out: list[Any]) -> None:
-        t = e["bid"]["dateTime"]
-        sessions = self.sessions.value()
-        if sessions is not None and len(sessions) == 1:
-            s0, s1, n = sessions[0]
-            if s0 <= t <= s1:  # the common case: a bid inside the open session
-                self.sessions.update(((s0, max(s1, t + GAP_MS), n + 1),))
-                return
-        timers = self.ctx.timers
-        start, end, n = t, t + GAP_MS, 1
-        if end - 1 <= timers.current_watermark():
-            return  # late: its session has fired
-        keep = []
-        for s in sessions or ():
-            if s[0] <= end and s[1] >= start:
-                start, end, n = min(start, s[0]), max(end, s[1]), n + s[2]
-            else:
-                keep.append(s)
-        keep.append((start, end, n))
-        timers.register_event_time(end - 1)
-        self.sessions.update(tuple(keep))
-
-    def on_timer(self, ts: Any, key: Any, out: Any) -> None:
-        keep = []
-        for s in self.sessions.value() or ():
-            if s[1] - 1 <= ts:
-                out.append({"bidder": key, "bid_count": s[2], "starttime": s[0],
-                            "endtime": s[1]})
-            else:
-                keep.append(s)
-                self.ctx.timers.register_event_time(s[1] - 1)  # grew since: its new end
-        if keep:
-            self.sessions.update(tuple(keep))
-        else:
-            self.sessions.clear()
+def q11_row(fired: tuple[int, int, int, int]) -> dict[str, Any]:
+    start, end, bidder, bids = fired
+    return {"bidder": bidder, "bid_count": bids, "starttime": start, "endtime": end}
 
 
 def q11(stream: Any) -> Any:
-    return stream.filter(is_bid, "Bids").key_by(q11_bidder).process(Q11Sessions(), "q11")
+    """Session windows of each bidder (gap 10 s) on the session window operator, counting
+    bids: a bid opens ``[t, t + 10 s)``, merged with every session it touches; a session is
+    emitted when the watermark passes its end."""
+    return (stream.filter(is_bid, "Bids").map(q11_bid, "Bidder and time")
+            .key_by(_head).window(EventTimeSessionWindows(GAP_MS), timestamp=_second)
+            .sum(_one, "Sessions").map(q11_row, "q11"))
 
 
 def q11_reference(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
