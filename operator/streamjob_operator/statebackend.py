@@ -25,9 +25,9 @@ PROTECTED = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib64", "/opt/streamjob"
 #: RSS on this project's jobs; twice that leaves room for in-flight records)
 WORKER_BASE_MIB = 256
 
-#: ``writeBufferMB`` is the runtime's ``db_write_buffer_size`` (all memtables of a database);
-#: counted twice: the manager flushes when it is reached, and a memtable being flushed stays
-#: in memory beside the one that fills
+#: ``writeBufferMB`` is the budget of the runtime's write buffer manager (all memtables of a
+#: worker); counted twice: the manager flushes when it is reached but does not stall writes,
+#: and a memtable being flushed stays in memory beside the one that fills
 WRITE_BUFFERS = 2
 
 MIB = 1 << 20
@@ -57,9 +57,10 @@ def local_dir_problem(job: StreamJob) -> str | None:
 
 
 def memory_floor_mib(job: StreamJob) -> int:
-    """The least memory a worker pod of a rocksdb job (one keyed operator) needs: the Python
-    process, the block cache and the write buffers. RocksDB's indexes and bloom filters come
-    on top and grow with the data (about 10 bits per key for the filters)."""
+    """The least memory a worker pod of a rocksdb job needs: the Python process, the block
+    cache and the write buffers. The runtime shares one cache and one write buffer budget
+    among all databases of a worker and keeps indexes and filters in the cache, so this does
+    not grow with the state or the number of keyed operators."""
     rocks = job.spec.state_backend.rocksdb
     return WORKER_BASE_MIB + rocks.block_cache_mb + WRITE_BUFFERS * rocks.write_buffer_mb
 
