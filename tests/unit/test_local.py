@@ -211,7 +211,7 @@ def test_a_writable_storage_passes_the_probe_and_keeps_nothing(tmp_path):
 def test_no_run_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ManifestError, match="no local job named 'wc' was run here"):
-        cli._local_api("wc")
+        cli.local_api("wc")
 
 
 def test_supervisor_gone(tmp_path, monkeypatch):
@@ -219,7 +219,7 @@ def test_supervisor_gone(tmp_path, monkeypatch):
     _folder(tmp_path, {"job_id": "wc-1", "state": "running", "supervisor_pid": 99},
             {"job_id": "wc-1", "state": "RUNNING", "coordinator": {"api_port": 1}})
     with pytest.raises(ManifestError) as err:
-        cli._local_api("wc")
+        cli.local_api("wc")
     assert str(err.value) == ("job 'wc' is not running: its streamjob run (pid 99) is gone; run "
                               "the same command again to resume wc-1 from its latest checkpoint")
 
@@ -229,7 +229,7 @@ def test_job_over(tmp_path, monkeypatch):
     _folder(tmp_path, {"job_id": "wc-1", "state": "finished"},
             {"job_id": "wc-1", "state": "FINISHED", "coordinator": {"api_port": 1}})
     with pytest.raises(ManifestError, match="job 'wc' is FINISHED, not running"):
-        cli._local_api("wc")
+        cli.local_api("wc")
 
 
 @pytest.mark.parametrize("status", [None, {"job_id": "wc-0", "state": "RUNNING",
@@ -242,7 +242,7 @@ def test_coordinator_restarting_is_not_reported_as_no_such_job(tmp_path, monkeyp
     try:
         with pytest.raises(ManifestError, match="the coordinator of job 'wc' is starting or "
                                                 "restarting; try again in a few seconds"):
-            cli._local_api("wc")
+            cli.local_api("wc")
     finally:
         folder.unlock()
 

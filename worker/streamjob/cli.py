@@ -79,12 +79,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
                       metrics_port=args.metrics_port)
 
 
-def _local_api(name: str) -> tuple[str, str]:
-    """Address and token of the coordinator API of the local job ``name`` run from this
-    folder, or ManifestError saying (in one line) why there is none to talk to right now."""
+def local_api(name: str, root: Path = Path()) -> tuple[str, str]:
+    """Address and token of the coordinator API of the local job ``name`` run from the folder
+    ``root``, or ManifestError saying (in one line) why there is none to talk to right now."""
     from streamjob.local import OVER, RUNS, read_json, supervisor_running
 
-    run_dir = RUNS / name
+    run_dir = root / RUNS / name
     if not run_dir.is_dir():
         raise ManifestError(f"no local job named {name!r} was run here ({run_dir} not found)")
     info = read_json(run_dir / "run.json") or {}
@@ -143,13 +143,18 @@ def cmd_savepoint(args: argparse.Namespace) -> int:
             raise ManifestError(str(err)) from None
     if not args.name:
         raise ManifestError("name a running job, or pass --kube NAMESPACE/NAME")
-    base, token = _local_api(args.name)
+    base, token = local_api(args.name)
     return _savepoint_via(base, token, args.name, args.stop)
+
+
+def take_savepoint(base: str, token: str, stop: bool) -> dict[str, Any]:
+    """Ask the coordinator API at ``base`` for a savepoint (and to stop): its id, size, URI."""
+    return api_call(base, token, "POST", "/api/v1/savepoints", {"stop": stop})
 
 
 def _savepoint_via(base: str, token: str, job: str, stop: bool, forwarder: Any = None) -> int:
     try:
-        result = api_call(base, token, "POST", "/api/v1/savepoints", {"stop": stop})
+        result = take_savepoint(base, token, stop)
     except (OSError, http.client.HTTPException, ValueError) as err:
         why = (forwarder.error if forwarder is not None and forwarder.error else None) or \
             getattr(err, "reason", None) or err
@@ -193,7 +198,7 @@ def cmd_checkpoints(args: argparse.Namespace) -> int:
     if not args.name:
         raise ManifestError("name a running job, or pass --kube NAMESPACE/NAME or "
                             "--metadata PATH")
-    base, token = _local_api(args.name)
+    base, token = local_api(args.name)
     return _checkpoints_from_api(args, base, token)
 
 
@@ -257,8 +262,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
             raise ManifestError(str(err)) from None
     if not args.name:
         raise ManifestError("name a running job, or pass --kube NAMESPACE/NAME")
-    _local_api(args.name)  # fail now, in one line, if there is no job to show
-    return uiproxy.serve(lambda: _local_api(args.name), args.port, announce, args.open)
+    local_api(args.name)  # fail now, in one line, if there is no job to show
+    return uiproxy.serve(lambda: local_api(args.name), args.port, announce, args.open)
 
 
 def cmd_savepoints(args: argparse.Namespace) -> int:
