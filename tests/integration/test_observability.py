@@ -53,7 +53,7 @@ def stored_bytes(folder: Path) -> int:
 def test_api_against_a_real_run(run_job, tmp_path):
     # 15 s at full rate: it must still run when the CLI and the savepoint calls below come
     job = run_job(args={"records": 1_500_000, "words": 1000, "rate": 100_000},
-                  checkpoint={"interval": "300ms", "retained": 100})
+                  checkpoint={"interval": "300ms", "retained": 100, "timeout": "5m"})
     status = job.wait_for(lambda s: s.get("state") == "RUNNING"
                           and (s.get("last_checkpoint") or {}).get("id", 0) >= 2,
                           what="two completed checkpoints")
@@ -74,6 +74,10 @@ def test_api_against_a_real_run(run_job, tmp_path):
     assert code == 200
     check_schema(st, "JobStatus")
     assert st["name"] == "wc" and st["parallelism"] == 2 and st["coordinator"]["api_port"] == port
+    # what `streamjob savepoint` waits for (the job's checkpoint timeout and a margin)
+    assert st["checkpoint_timeout_s"] == 300
+    from streamjob.cli import SAVEPOINT_MARGIN_S, savepoint_wait_s
+    assert savepoint_wait_s(st) == 300 + SAVEPOINT_MARGIN_S
 
     # -- history and per-checkpoint timings
     code, hist = call(port, "/api/v1/checkpoints", token)

@@ -343,3 +343,12 @@ def test_a_repeated_failure_is_logged_in_full_once_then_one_line_each(caplog):
     assert text.count("Traceback (most recent call last)") == 1
     assert "t0[1]-unit-test failed: RuntimeError: user function failed (again, 5 times" in text
     assert len([r for r in caplog.records if r.exc_info]) == 1
+
+
+def test_the_savepoint_command_waits_for_the_jobs_checkpoint_timeout_and_a_margin():
+    from streamjob.cli import SAVEPOINT_MARGIN_S, savepoint_wait_s
+
+    # A savepoint of GBs of state takes minutes: a fixed 120 s gave up on one that succeeded.
+    assert savepoint_wait_s({"checkpoint_timeout_s": 900}) == 900 + SAVEPOINT_MARGIN_S
+    # A coordinator that names no timeout has the default one (60 s).
+    assert savepoint_wait_s({}) == 60 + SAVEPOINT_MARGIN_S

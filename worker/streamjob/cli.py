@@ -147,9 +147,22 @@ def cmd_savepoint(args: argparse.Namespace) -> int:
     return _savepoint_via(base, token, args.name, args.stop)
 
 
+# Beyond the job's checkpoint timeout, the stop marker's write (storage timeouts) and a reply.
+SAVEPOINT_MARGIN_S = 60.0
+
+
 def take_savepoint(base: str, token: str, stop: bool) -> dict[str, Any]:
-    """Ask the coordinator API at ``base`` for a savepoint (and to stop): its id, size, URI."""
-    return api_call(base, token, "POST", "/api/v1/savepoints", {"stop": stop})
+    """Ask the coordinator API at ``base`` for a savepoint (and to stop): its id, size, URI.
+    Waits as long as the coordinator may take: the job's checkpoint timeout plus a margin
+    (a savepoint of GBs of state takes minutes; a fixed 120 s gave up on one that succeeded)."""
+    wait = savepoint_wait_s(api_call(base, token, "GET", "/api/v1/job", timeout=30))
+    return api_call(base, token, "POST", "/api/v1/savepoints", {"stop": stop}, timeout=wait)
+
+
+def savepoint_wait_s(status: dict[str, Any]) -> float:
+    """How long to wait for a savepoint of the job whose status is ``status`` (a coordinator
+    of an older version names no timeout: the default one, 60 s)."""
+    return float(status.get("checkpoint_timeout_s") or 60.0) + SAVEPOINT_MARGIN_S
 
 
 def _savepoint_via(base: str, token: str, job: str, stop: bool, forwarder: Any = None) -> int:

@@ -96,6 +96,7 @@ def status_document(c: Any) -> dict[str, Any]:
         "last_checkpoint": None if last is None else {
             k: last[k] for k in ("id", "completed_at", "duration_ms", "size_bytes")},
         "failed_checkpoints": sum(1 for h in cc.history if h["status"] == "FAILED"),
+        "checkpoint_timeout_s": cc.cfg.timeout,
         "savepoints": [{k: s[k] for k in ("id", "path", "completed_at", "size_bytes")}
                        for s in cc.savepoints],
         "coordinator": {"port": c.port, "api_port": c.api.port if c.api else None,
