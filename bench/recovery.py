@@ -35,21 +35,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPATH = os.pathsep.join([str(ROOT / "worker"), str(ROOT)])  # this checkout's code
+sys.path[:0] = [str(ROOT)]
 
-
-def children(pid: int) -> list[tuple[int, str]]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-                if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                    cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ")
-                    out.append((int(entry), cmd.decode()))
-            except (OSError, ValueError, IndexError):
-                pass
-    return out
-
+from bench.procs import children  # noqa: E402
 
 _PART = re.compile(r"^part-[0-9a-f]{8}-\d+-(\d+)$")
 

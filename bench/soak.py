@@ -50,6 +50,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "worker"), str(ROOT)]
 PYPATH = os.pathsep.join([str(ROOT / "worker"), str(ROOT / "operator"), str(ROOT)])
 
+from bench.procs import children  # noqa: E402
+
 MODES = ("exactly-once", "unaligned", "at-least-once")
 PIPELINES = ("wordcount", "lastn")
 PARALLELISMS = (2, 3, 4)
@@ -81,21 +83,6 @@ class Result:
         wrong = self.gaps or (self.mode != "at-least-once" and (self.duplicates or
                                                                  self.unexpected))
         return bool(wrong or self.hung or self.failed)
-
-
-def children(pid: int) -> list[tuple[int, str]]:
-    """(pid, command line) of the direct children of ``pid``."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-                if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                    cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ")
-                    out.append((int(entry), cmd.decode()))
-            except (OSError, ValueError, IndexError):
-                pass
-    return out
 
 
 class Run:

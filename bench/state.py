@@ -54,24 +54,11 @@ from bench.jobs import (  # noqa: E402
     expected_verify_lines,
     state_phases,
 )
+from bench.procs import children  # noqa: E402
 
 NAME = "state"
 TIMEOUT_S = 3600          # any one wait (the 20 M load on a loaded 2-core machine is long)
 TARGETS = {"rss_gb": 1.0, "rate_ratio": 0.40, "upload_ratio": 0.03}
-
-
-def children(pid: int) -> list[tuple[int, str]]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-                if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                    cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ")
-                    out.append((int(entry), cmd.decode()))
-            except (OSError, ValueError, IndexError):
-                pass
-    return out
 
 
 def peak_rss(pid: int) -> int:
