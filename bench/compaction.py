@@ -30,7 +30,14 @@ import time
 from collections.abc import Callable
 
 import numpy as np
-from rocksdict import DBCompactionStyle, Options, Rdict, WriteBatch, WriteOptions
+from rocksdict import (
+    DBCompactionStyle,
+    Options,
+    Rdict,
+    UniversalCompactOptions,
+    WriteBatch,
+    WriteOptions,
+)
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "worker"))
@@ -48,8 +55,11 @@ def _leveled(o: Options, l0: int = 4) -> None:
     o.set_level_zero_stop_writes_trigger(max(36, 3 * l0))
 
 
-def _universal(o: Options, runs: int) -> None:
+def _universal(o: Options, runs: int, size_amplification: int = 200) -> None:
     o.set_compaction_style(DBCompactionStyle.universal())
+    u = UniversalCompactOptions()
+    u.max_size_amplification_percent = size_amplification
+    o.set_universal_compaction_options(u)
     o.set_level_zero_file_num_compaction_trigger(runs)
     o.set_level_zero_slowdown_writes_trigger(max(20, 2 * runs))
     o.set_level_zero_stop_writes_trigger(max(36, 3 * runs))
@@ -76,6 +86,8 @@ SETTINGS: dict[str, tuple[str, Callable[[Options], None]]] = {
     "leveled-small-levels": ("leveled, static levels, 8 MB files, 64 MB L1", _small_levels),
     "universal-4": ("universal, 4 sorted runs trigger", lambda o: _universal(o, 4)),
     "universal-8": ("universal, 8 sorted runs trigger", lambda o: _universal(o, 8)),
+    "universal-8-amp-100": ("universal, 8 sorted runs trigger, 100 % size amplification",
+                            lambda o: _universal(o, 8, 100)),
 }
 
 

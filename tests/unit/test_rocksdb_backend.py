@@ -152,6 +152,22 @@ def test_local_recovery_reuses_local_files_that_match(tmp_path, opened):
     assert "new" not in backend.tables["count"]
 
 
+def test_checkpoints_after_changes_spread_over_all_keys_upload_only_what_changed(tmp_path,
+                                                                                 opened):
+    """Every flushed file overlaps every key; a compaction that rewrote the database between
+    two checkpoints (leveled compaction did, every few checkpoints) uploads all of it again."""
+    storage = LocalStorage(tmp_path / "store")
+    backend = rocks(tmp_path, opened)
+    keys = [f"k{i}" for i in range(20_000)]
+    fill(backend, keys)
+    state_size = checkpoint(backend, storage, 1)["state_size"]
+    uploads = []
+    for cid in range(2, 14):
+        fill(backend, keys[cid::100])  # 1 % of the keys, spread over all of them
+        uploads.append(checkpoint(backend, storage, cid)["uploaded"])
+    assert max(uploads) < state_size / 5, [u / state_size for u in uploads]
+
+
 def test_a_restored_database_uploads_only_files_its_own_job_does_not_have(tmp_path, opened):
     storage = LocalStorage(tmp_path / "store")
     backend = rocks(tmp_path, opened)
