@@ -216,26 +216,13 @@ class GatedReader(GeneratorReader):
 
     def poll(self, max_records: int) -> list[Any] | None:
         limit = self._limit()
-        S, make, pos = self.source.splits, self.source.batch_fn, self.pos
+        S = self.source.splits
         n = self.source.records if limit is None else min(limit, self.source.records)
-        size = {k: max(0, (n - k + S - 1) // S) for k in pos}      # split k's g < n
-        live = [k for k, r in pos.items() if r < size[k]]
-        if not live:
-            if limit is None:
-                return None
+        size = {k: max(0, (n - k + S - 1) // S) for k in self.pos}      # split k's g < n
+        out = self.read_below(n, size, max_records)
+        if out is None and limit is not None:  # held back at a closed gate
             time.sleep(self.IDLE_S)
             return []
-        r0 = min(pos[k] for k in live)
-        lagging = [k for k in live if pos[k] == r0]
-        if len(lagging) != len(live):
-            out = make([k + S * r0 for k in lagging])
-            for k in lagging:
-                pos[k] += 1
-            return out
-        r1 = min(r0 + max(1, max_records // len(live)), max(size[k] for k in live))
-        out = make([g for r in range(r0, r1) for k in live if (g := k + S * r) < n])
-        for k in live:
-            pos[k] = min(r1, size[k])
         return out
 
 

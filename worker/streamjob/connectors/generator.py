@@ -118,7 +118,12 @@ class GeneratorReader:
         return sum(self.size[k] - r for k, r in self.pos.items() if r < self.size[k])
 
     def poll(self, max_records: int) -> list[Any] | None:
-        live = [k for k, r in self.pos.items() if r < self.size[k]]
+        return self.read_below(self.source.records, self.size, max_records)
+
+    def read_below(self, n: int, size: dict[int, int], max_records: int) -> list[Any] | None:
+        """The next records ``g < n`` of this reader's splits (``size``: each split's count of
+        them), round-robin over the splits; None when none is left."""
+        live = [k for k, r in self.pos.items() if r < size[k]]
         if not live:
             return None
         S, make, pos = self.source.splits, self.source.batch_fn, self.pos
@@ -131,9 +136,8 @@ class GeneratorReader:
                 pos[k] += 1
             return out
         rounds = max(1, max_records // len(live))
-        r1 = min(r0 + rounds, max(self.size[k] for k in live))
-        n = self.source.records
+        r1 = min(r0 + rounds, max(size[k] for k in live))
         out = make([g for r in range(r0, r1) for k in live if (g := k + S * r) < n])
         for k in live:
-            pos[k] = min(r1, self.size[k])
+            pos[k] = min(r1, size[k])
         return out
