@@ -5,6 +5,7 @@ is discarded is killed and reaped, and leaves no file behind."""
 from __future__ import annotations
 
 import os
+import signal
 import time
 
 import pytest
@@ -109,7 +110,7 @@ def test_a_delta_child_writes_the_changes_and_deletions(backend, tmp_path):
 
 
 def _hang():
-    time.sleep(3600)  # in the child only: a child that never finishes
+    signal.pause()  # in the child only: a child that never finishes (until it is killed)
 
 
 def _fail():
