@@ -350,3 +350,17 @@ def expected_lines(records: int, words: int) -> set[str]:
 
     return {f"{w} {i}" for w, n in expected_counts(records, words).items()
             for i in range(1, n + 1)}
+
+
+def assert_committed_exactly_once(server, records: int, words: int) -> None:
+    """The wordcount's committed output in MinIO is exactly the expected set of lines: none
+    twice, none missing, none unexpected."""
+    seen = committed_lines(server)
+    expected = expected_lines(records, words)
+    duplicates = {ln: c for ln, c in seen.items() if c > 1}
+    missing = expected - seen.keys()
+    unexpected = seen.keys() - expected
+    assert not duplicates, f"{len(duplicates)} duplicated lines, e.g. {list(duplicates)[:5]}"
+    assert not missing, f"{len(missing)} missing lines, e.g. {sorted(missing)[:5]}"
+    assert not unexpected, f"{len(unexpected)} unexpected lines, e.g. {sorted(unexpected)[:5]}"
+    assert sum(seen.values()) == records

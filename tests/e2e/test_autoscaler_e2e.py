@@ -17,8 +17,7 @@ import time
 import pytest
 from sjenv import (
     Jobs,
-    committed_lines,
-    expected_lines,
+    assert_committed_exactly_once,
     helm_install,
     helm_uninstall,
     is_ready,
@@ -163,15 +162,7 @@ def test_the_operator_scales_a_job_up_under_a_peak_and_down_after_it(jobs, minio
         # The bounded input runs out: Finished, every line committed exactly once.
         jobs.wait(name, lambda b: (b.get("status") or {}).get("phase") == "Finished",
                   420, "Finished")
-        seen = committed_lines(minio)
-        expected = expected_lines(RECORDS, WORDS)
-        duplicates = {ln: c for ln, c in seen.items() if c > 1}
-        missing = expected - seen.keys()
-        unexpected = seen.keys() - expected
-        assert not duplicates, f"{len(duplicates)} duplicated lines, e.g. {list(duplicates)[:5]}"
-        assert not missing, f"{len(missing)} missing lines, e.g. {sorted(missing)[:5]}"
-        assert not unexpected, f"{len(unexpected)} unexpected lines, e.g. {sorted(unexpected)[:5]}"
-        assert sum(seen.values()) == RECORDS
+        assert_committed_exactly_once(minio, RECORDS, WORDS)
     finally:
         rec.done.set()
         rec.join(5)

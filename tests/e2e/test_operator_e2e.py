@@ -15,8 +15,7 @@ import pytest
 from sjenv import (
     Jobs,
     PhaseRecorder,
-    committed_lines,
-    expected_lines,
+    assert_committed_exactly_once,
     helm_install,
     helm_uninstall,
     is_ready,
@@ -185,15 +184,7 @@ def _scenario(jobs: Jobs, minio, name: str, rec: PhaseRecorder) -> None:
     # The bounded input runs out: Finished, and the committed output is exactly the expected set.
     body = jobs.wait(name, lambda b: (b.get("status") or {}).get("phase") == "Finished",
                      420, "Finished")
-    seen = committed_lines(minio)
-    expected = expected_lines(RECORDS, WORDS)
-    duplicates = {ln: c for ln, c in seen.items() if c > 1}
-    missing = expected - seen.keys()
-    unexpected = seen.keys() - expected
-    assert not duplicates, f"{len(duplicates)} duplicated lines, e.g. {list(duplicates)[:5]}"
-    assert not missing, f"{len(missing)} missing lines, e.g. {sorted(missing)[:5]}"
-    assert not unexpected, f"{len(unexpected)} unexpected lines, e.g. {sorted(unexpected)[:5]}"
-    assert sum(seen.values()) == RECORDS
+    assert_committed_exactly_once(minio, RECORDS, WORDS)
 
     # Delete: the finalizer runs, the StreamJob and everything it owns go away.
     jobs.delete(name)
