@@ -96,11 +96,7 @@ def encode_snapshot_to(out: BinaryIO, frozen: dict[str, tuple[Any, ...]],
             kgs.update(deleted_of)
         kgs.update(keys_of)
         tables.append((name, kind, keys_of, values_of, deleted_of))
-    digest = hashlib.sha256(HEADER)
-    out.write(HEADER)
-    offset = len(HEADER)
-    kg_index = []
-    packer = msgpack.Packer(use_bin_type=True)
+    writer = _StateFileWriter(out)
     for kg in sorted(kgs):
         sections = []
         for name, kind, keys_of, values_of, deleted_of in tables:
@@ -113,24 +109,40 @@ def encode_snapshot_to(out: BinaryIO, frozen: dict[str, tuple[Any, ...]],
                 sections.append((name, kind, entries))
             else:
                 sections.append((name, kind, entries, gone or []))
-        blob = packer.pack(sections)
+        writer.section(kg, sections)
         del sections
-        kg_index.append([kg, offset, len(blob), zlib.crc32(blob)])
-        out.write(blob)
-        digest.update(blob)
-        offset += len(blob)
-    op = None
     if callable(operator_state):
         operator_state = operator_state()
-    if operator_state:
-        blob = packer.pack(operator_state)
-        op = [offset, len(blob), zlib.crc32(blob)]
-        out.write(blob)
-        digest.update(blob)
-        offset += len(blob)
-    return {"format": VERSION, "size": offset, "sha256": digest.hexdigest(),
-            "key_groups": kg_index, "operator": op,
-            "keys": sum(len(t[1]) for t in frozen.values())}
+    return writer.finish(operator_state, sum(len(t[1]) for t in frozen.values()))
+
+
+class _StateFileWriter:
+    """A state file as it is written: the header, one key-group section at a time in
+    ascending order, then the operator state; keeps the index and digest of the handle."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self.out = out
+        self.digest = hashlib.sha256(HEADER)
+        out.write(HEADER)
+        self.offset = len(HEADER)
+        self.kg_index: list[list[int]] = []
+        self.packer = msgpack.Packer(use_bin_type=True)
+
+    def _write(self, blob: bytes) -> list[int]:
+        where = [self.offset, len(blob), zlib.crc32(blob)]
+        self.out.write(blob)
+        self.digest.update(blob)
+        self.offset += len(blob)
+        return where
+
+    def section(self, kg: int, sections: list[Any]) -> None:
+        self.kg_index.append([kg, *self._write(self.packer.pack(sections))])
+
+    def finish(self, operator_state: dict[str, Any] | None, keys: int) -> dict[str, Any]:
+        """The handle (without its storage key)."""
+        op = self._write(self.packer.pack(operator_state)) if operator_state else None
+        return {"format": VERSION, "size": self.offset, "sha256": self.digest.hexdigest(),
+                "key_groups": self.kg_index, "operator": op, "keys": keys}
 
 
 def write_snapshot(storage: Storage, key: str,
@@ -232,31 +244,13 @@ def write_snapshot_sections(storage: Storage, key: str,
     a backend that keeps its state sorted by key group (rocksdb) reads them: never the
     whole state in memory. Returns the handle, as :func:`write_snapshot`."""
     with tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES) as f:
-        digest = hashlib.sha256(HEADER)
-        f.write(HEADER)
-        offset, kg_index, keys = len(HEADER), [], 0
-        packer = msgpack.Packer(use_bin_type=True)
+        writer, keys = _StateFileWriter(f), 0
         for kg, secs in sections:
-            blob = packer.pack(secs)
-            kg_index.append([kg, offset, len(blob), zlib.crc32(blob)])
-            f.write(blob)
-            digest.update(blob)
-            offset += len(blob)
+            writer.section(kg, secs)
             keys += sum(len(s[2]) for s in secs)
-        if not kg_index:
+        if not writer.kg_index:
             return write_snapshot(storage, key, {}, operator_state, lambda k: 0)
-        op = None
-        if operator_state:
-            blob = packer.pack(operator_state)
-            op = [offset, len(blob), zlib.crc32(blob)]
-            f.write(blob)
-            digest.update(blob)
-            offset += len(blob)
-        put_file = getattr(storage, "put_file", None)
-        if put_file is not None:
-            put_file(key, f)
-        else:
-            f.seek(0)
-            storage.put(key, f.read())
-    return {"format": VERSION, "size": offset, "sha256": digest.hexdigest(),
-            "key_groups": kg_index, "operator": op, "keys": keys, "key": key}
+        handle = writer.finish(operator_state, keys)
+        upload_file(storage, key, f)
+    handle["key"] = key
+    return handle
