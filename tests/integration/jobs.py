@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from streamjob import Pipeline
@@ -102,13 +103,25 @@ def late_windowsum(args: dict[str, Any]) -> Pipeline:
     return p
 
 
+def _wordcount_of(args: dict[str, Any], word: Callable[[int], str]) -> Pipeline:
+    """The generated wordcount with ``word(g)`` making record g's word (what a test injects)."""
+    p = Pipeline()
+    (p.source(GeneratorSource(records=int(args["records"]), rate=float(args.get("rate", 0))))
+      .map(word)
+      .key_by(str)
+      .count()
+      .map(lambda kv: f"{kv[0]} {kv[1]}")
+      .sink(FileSink(args["output"])))
+    return p
+
+
 def hanging_wordcount(args: dict[str, Any]) -> Pipeline:
     """Wordcount whose source-side map blocks forever (an Event never set) on record ``hang_at``
     the first time it is seen (a flag file remembers it): the worker must be killed by its
     watchdog and the job must recover with exact output instead of hanging."""
     from pathlib import Path
 
-    records, words = int(args["records"]), int(args["words"])
+    words = int(args["words"])
     hang_at, flag = int(args["hang_at"]), Path(args["flag"])
     word = word_of(words)
 
@@ -118,14 +131,7 @@ def hanging_wordcount(args: dict[str, Any]) -> Pipeline:
             threading.Event().wait()  # blocks forever, like a hung call
         return word(g)
 
-    p = Pipeline()
-    (p.source(GeneratorSource(records=records, rate=float(args.get("rate", 0))))
-      .map(maybe_hang)
-      .key_by(str)
-      .count()
-      .map(lambda kv: f"{kv[0]} {kv[1]}")
-      .sink(FileSink(args["output"])))
-    return p
+    return _wordcount_of(args, maybe_hang)
 
 
 def busy_wordcount(args: dict[str, Any]) -> Pipeline:
@@ -135,7 +141,7 @@ def busy_wordcount(args: dict[str, Any]) -> Pipeline:
     worker works all along: its watchdog must leave it alone."""
     from pathlib import Path
 
-    records, words = int(args["records"]), int(args["words"])
+    words = int(args["words"])
     busy_at, busy_s, flag = int(args["busy_at"]), float(args["busy_s"]), Path(args["flag"])
     word = word_of(words)
 
@@ -147,14 +153,7 @@ def busy_wordcount(args: dict[str, Any]) -> Pipeline:
                 sum(range(1000))
         return word(g)
 
-    p = Pipeline()
-    (p.source(GeneratorSource(records=records, rate=float(args.get("rate", 0))))
-      .map(maybe_compute)
-      .key_by(str)
-      .count()
-      .map(lambda kv: f"{kv[0]} {kv[1]}")
-      .sink(FileSink(args["output"])))
-    return p
+    return _wordcount_of(args, maybe_compute)
 
 
 TIMER_FAR = 10**9  # the "last record" timer sits this far after the record: fires at the end
