@@ -114,6 +114,9 @@ class FakeCoordinatorApi(BaseHTTPRequestHandler):
             body: Any = {"checkpoints": [summary]}
         elif self.path == f"/api/v1/checkpoints/{ENTRY['id']}":
             body = copy.deepcopy(ENTRY)
+        elif self.path == "/api/v1/job":
+            # `streamjob savepoint` reads the job's checkpoint timeout to know how long to wait.
+            body = {"name": "wc", "checkpoint_timeout_s": 120.0}
         else:
             self.send_response(404)
             self.end_headers()
