@@ -60,8 +60,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPATH = os.pathsep.join([str(ROOT / "worker"), str(ROOT)])  # this checkout's code
-sys.path.insert(0, str(ROOT / "worker"))
+sys.path[:0] = [str(ROOT / "worker"), str(ROOT)]
 
+from bench.jobs import large_value  # noqa: E402
 from streamjob import state  # noqa: E402
 from streamjob.checkpoints import latest_completed  # noqa: E402
 from streamjob.keygroups import key_group  # noqa: E402
@@ -240,12 +241,11 @@ def baseline(mode: str) -> str:
 def check_values(pairs: Iterable[tuple[Any, Any]], keys: int, value_bytes: int,
                  what: str) -> None:
     """Every key once, each with the loaded value or the one the job writes for it."""
-    loaded = b"v" * value_bytes
     seen = 0
     for k, v in pairs:
         seen += 1
         if not (isinstance(k, int) and 0 <= k < keys) or (
-                v != loaded and v != loaded[:-8] + k.to_bytes(8, "little")):
+                v != large_value(k, 0, value_bytes) and v != large_value(k, 1, value_bytes)):
             raise SystemExit(f"{what}: key {k!r} holds {v!r}")
     if seen != keys:
         raise SystemExit(f"{what}: final checkpoint holds {seen} entries, not {keys}")
