@@ -95,6 +95,7 @@ from rocksdict import (
     WriteOptions,
 )
 
+from streamjob import faults
 from streamjob.keygroups import key_group
 from streamjob.operators import KeyedStateBackend
 from streamjob.state import CorruptStateError
@@ -417,6 +418,8 @@ class RocksDBKeyedStateBackend(KeyedStateBackend):
         super().__init__(track_changes=True)
         self.key_groups, self.max_parallelism = key_groups, max_parallelism
         self.base = directory
+        # "<task>/<subtask>" (the end of subtask_dir): the key of this backend's fault points
+        self.label = "/".join(os.path.normpath(directory).split(os.sep)[-2:])
         self.cache_entries = cache_entries
         self.options = _options(block_cache_mb, write_buffer_mb)
         self.write_options = WriteOptions()
@@ -710,6 +713,8 @@ class RocksDBKeyedStateBackend(KeyedStateBackend):
                             sections.append((name, kind, list(entries.items())))
                     if sections:
                         yield kg, sections
+                        # One key group of the canonical file written, not all.
+                        faults.point("worker.during-savepoint-write", self.label)
         finally:
             shutil.rmtree(local.path, ignore_errors=True)
 
@@ -746,6 +751,7 @@ class RocksDBKeyedStateBackend(KeyedStateBackend):
             self._open(self.db_path)
             lo, hi = kg_prefix(own.start), kg_prefix(own.stop)
             if (first["key_groups"][0], first["key_groups"][1]) != (own.start, own.stop):
+                faults.point("worker.before-rocksdb-clip", self.label)
                 for t in self.tables.values():
                     t._cf.delete_range(b"\x00\x00", lo)
                     t._cf.delete_range(hi, kg_prefix(0xFFFF) + b"\xff")
@@ -772,17 +778,22 @@ class RocksDBKeyedStateBackend(KeyedStateBackend):
         local = os.path.join(self.base, part.get("local", "")) if part.get("local") else None
         for f in part["files"]:
             target = os.path.join(dest, f["name"])
-            if local is not None and _matches(os.path.join(local, f["name"]), f):
+            mine = os.path.join(local, f["name"]) if local is not None else None
+            if mine is not None and _matches(mine, f):
                 if f["name"].endswith(".sst"):
-                    os.link(os.path.join(local, f["name"]), target)
+                    os.link(mine, target)
                 else:  # RocksDB may rewrite these: a copy, not a link
-                    shutil.copyfile(os.path.join(local, f["name"]), target)
-                continue
-            data = storage.get(f["key"])
-            if len(data) != f["size"] or hashlib.sha256(data).hexdigest() != f["sha256"]:
-                raise CorruptStateError(f"{f['key']} does not match its checksum")
-            with open(target, "wb") as out:
-                out.write(data)
+                    shutil.copyfile(mine, target)
+            else:
+                if mine is not None and os.path.exists(mine):
+                    log.warning("%s: local file %s does not match %s (size or sha256): "
+                                "downloading it", self.label, mine, f["key"])
+                data = storage.get(f["key"])
+                if len(data) != f["size"] or hashlib.sha256(data).hexdigest() != f["sha256"]:
+                    raise CorruptStateError(f"{f['key']} does not match its checksum")
+                with open(target, "wb") as out:
+                    out.write(data)
+            faults.point("worker.during-rocksdb-fetch", self.label)  # after each file
 
     def _copy_range(self, storage: Any, part: dict[str, Any]) -> None:
         """Copy our key groups out of an old database into ours (raw bytes, no decoding)."""
