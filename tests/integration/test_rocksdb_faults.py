@@ -92,6 +92,21 @@ def test_ssts_of_a_checkpoint_that_failed_after_its_upload_are_reused_and_restor
     assert assert_every_file_is_whole(job, job_id) > 0
 
 
+def test_worker_killed_while_its_rocksdb_checkpoint_is_made(run_job, tmp_path):
+    """The RocksDB checkpoint is made on a thread of its own after the barrier while the
+    task goes on; the worker dies there (memtables flushed, checkpoint folder not made).
+    The job restores the checkpoint before it (the half-made local folder is never named by
+    a handle) and ends exactly once."""
+    point = "worker.during-rocksdb-checkpoint"
+    job = run_job(args={"records": RECORDS, "words": WORDS, "rate": RATE},
+                  state_backend=rocksdb(tmp_path),
+                  env=fault_env(tmp_path, f"{point}:t1/1=kill,skip=3"))
+    s = finish(job, tmp_path, point)
+    assert_fired(tmp_path, point, job)
+    assert s["state"] == "FINISHED" and s["restarts"] >= 1 and s["restored_from"], s
+    assert_exactly_once(job.cwd / "output", RECORDS, WORDS)
+
+
 def _flip_local_copies(job, tmp_path: Path, job_id: str, n: int) -> int:
     """Flip one byte of every SST file in the workers' local checkpoint folders of
     checkpoint ``n`` (new files: the live databases' hard links stay intact); how many."""

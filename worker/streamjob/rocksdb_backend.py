@@ -670,6 +670,8 @@ class RocksDBKeyedStateBackend(KeyedStateBackend):
         try:
             for cf in cfs:
                 cf.flush(True)
+            # Memtables flushed, the checkpoint folder not made yet; the task goes on.
+            faults.point("worker.during-rocksdb-checkpoint", self.label)
             Checkpoint(self.db).create_checkpoint(local.path)
         except Exception as err:  # noqa: BLE001 - the upload reports it (a declined checkpoint)
             local.error = err
