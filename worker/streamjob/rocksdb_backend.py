@@ -109,7 +109,7 @@ FORMAT = 1
 MB = 1 << 20
 CACHE_ENTRIES = 1 << 17  # per table: entries kept decoded in Python (see the docstring)
 LOCAL_CHECKPOINTS = 2    # local checkpoint folders kept per subtask (local recovery)
-COPY_BATCH = 10_000      # entries per WriteBatch when copying a key range (rescale)
+COPY_BATCH = 10_000      # entries read at a time when copying a key range (rescale)
 SST_FILE_BYTES = 64 * MB  # SST files written for a bulk load (RocksDB's default target)
 CREATE_TIMEOUT_S = 600.0  # a RocksDB checkpoint not made by then fails the task (a hung disk)
 DEFAULT_CF = "default"
@@ -624,11 +624,7 @@ class RocksDBKeyedStateBackend(KeyedStateBackend):
                 prefix = kg_prefix(kg)
                 runs[name].add([(prefix + k, v) for k, v in entries],
                                [prefix + k for k in deleted])
-            ingest = IngestExternalFileOptions()
-            ingest.set_move_files(True)  # the files become the database's (hard links)
-            for name, written in runs.items():
-                for run in written.finish():
-                    self.tables[name]._cf.ingest_external_file(run, ingest)
+            _ingest(self.tables, [(name, r.finish()) for name, r in runs.items()])
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
@@ -852,26 +848,25 @@ class RocksDBKeyedStateBackend(KeyedStateBackend):
             faults.point("worker.during-rocksdb-fetch", self.label)  # after each file
 
     def _copy_range(self, storage: Any, part: dict[str, Any]) -> None:
-        """Copy our key groups out of an old database into ours (raw bytes, no decoding)."""
+        """Copy our key groups out of an old database into ours (raw bytes, no decoding):
+        read in key order into SST files that RocksDB ingests (no write batch, no flush)."""
         tmp = os.path.join(self.instance_dir, f"restore-{uuid.uuid4().hex[:8]}")
         try:
             self._fetch(storage, part, tmp)
             lo, hi = kg_prefix(self.key_groups.start), kg_prefix(self.key_groups.stop)
+            written = []
             with _opened(tmp) as old:
-                for name in part["tables"]:
-                    cf, handle = old.get_column_family(name), self.tables[name]._handle
-                    batch, n = WriteBatch(raw_mode=True), 0
-                    for k, v in cf.items(from_key=lo):
-                        if k >= hi:
-                            break
-                        batch.put(k, v, handle)
-                        n += 1
-                        if n % COPY_BATCH == 0:
-                            if self.cancelled:
-                                raise RestoreCancelled(f"{self.label}: restore cancelled")
-                            self.db.write(batch)
-                            batch = WriteBatch(raw_mode=True)
-                    self.db.write(batch)
+                for i, name in enumerate(part["tables"]):
+                    bound = ReadOptions()
+                    bound.set_iterate_upper_bound(hi)
+                    items = old.get_column_family(name).items(from_key=lo, read_opt=bound)
+                    runs = SstRuns(os.path.join(tmp, f"copy-{i}"), self.options)
+                    while chunk := list(itertools.islice(items, COPY_BATCH)):
+                        if self.cancelled:
+                            raise RestoreCancelled(f"{self.label}: restore cancelled")
+                        runs.add(chunk)
+                    written.append((name, runs.finish()))
+            _ingest(self.tables, written)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
@@ -958,6 +953,17 @@ def _put_file(storage: Any, key: str, path: str) -> None:
             put_file(key, f)
         else:
             storage.put(key, f.read())
+
+
+def _ingest(tables: dict[str, RocksDBTable], written: list[tuple[str, list[list[str]]]],
+            ) -> None:
+    """Ingest ``SstRuns.finish()``'s runs of each state into its column family, in order;
+    the files are moved (hard-linked), not copied."""
+    ingest = IngestExternalFileOptions()
+    ingest.set_move_files(True)
+    for name, runs in written:
+        for run in runs:
+            tables[name]._cf.ingest_external_file(run, ingest)
 
 
 def _first_group(cf: Any, kg: int) -> int | None:
