@@ -27,18 +27,18 @@ checkpoints, each with both snapshot strategies (``spec.checkpoint.snapshotStrat
 ``thread``, the default, and ``fork``); on the rocksdb backend (``spec.stateBackend: {type:
 rocksdb}``, its defaults, files in the run's temporary folder): its checkpoints (the dirty
 cached entries in one WriteBatch at the barrier, then a RocksDB checkpoint made on a thread
-and the new SST files uploaded). The overhead of each is its records/s against the same backend with
-checkpoints off, measured in the same round. Records/s from the moment the state is loaded
-(the job's first record loads it; RocksDB takes seconds longer than a dict) to "finished and
-committed"; CPU per record over the same span (``/proc``, sampled every 0.1 s): the
-worker's main thread, which runs the task, and the whole worker process (RocksDB's flush,
-compaction and upload threads, snapshot children), a measure the load of other users of the
-machine moves less than records/s; peak memory: the largest of the worker's VmHWM and,
-sampled every 0.1 s, its RSS plus the private dirty memory (``/proc/<pid>/smaps_rollup``) of its snapshot children, over
-the same backend's peak with checkpoints off and over the live state (the memory backend's
-peak with checkpoints off). The final checkpoint of every run is read back (a rocksdb one
-restored from storage, every file checked against its sha256) and must hold every key with
-a value the job wrote.
+and the new SST files uploaded). The overhead of each is its records/s against the same
+backend with checkpoints off, measured in the same round. Records/s from the moment the
+state is loaded (the job's first record loads it; RocksDB takes seconds longer than a dict)
+to "finished and committed"; CPU per record over the same span (``/proc``, sampled every 0.1
+s): the worker's main thread, which runs the task, and the whole worker process (RocksDB's
+flush, compaction and upload threads, snapshot children), a measure the load of other users
+of the machine moves less than records/s; peak memory: the largest of the worker's VmHWM
+and, sampled every 0.1 s, its RSS plus the private dirty memory
+(``/proc/<pid>/smaps_rollup``) of its snapshot children, over the same backend's peak with
+checkpoints off and over the live state (the memory backend's peak with checkpoints off).
+The final checkpoint of every run is read back (a rocksdb one restored from storage, every
+file checked against its sha256) and must hold every key with a value the job wrote.
 """
 
 from __future__ import annotations
