@@ -403,7 +403,12 @@ def main() -> None:
         rt: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
         for _ in range(a.repeat):
             for m in modes:
-                rt[m].append(runtime(m, a.keys, a.value_bytes, a.records))
+                r = runtime(m, a.keys, a.value_bytes, a.records)
+                rt[m].append(r)
+                print(f"  {m}: {r['rate']:,.0f} records/s, task {r['task_us']:.1f} µs/record, "
+                      f"worker {r['worker_us']:.1f} µs/record, {r['checkpoints']} checkpoints, "
+                      f"peak {r['peak_mb']:.0f} MB, load average {os.getloadavg()[0]:.1f}",
+                      file=sys.stderr, flush=True)
         med_rt = {m: {k: statistics.median(r[k] for r in rs) for k in rs[0]}
                   for m, rs in rt.items()}
         live = med_rt["off"]["peak_mb"] if "off" in med_rt else None
