@@ -21,13 +21,21 @@ snapshot duration, peak memory (the process's peak RSS, plus what a forked child
 its private dirty memory) over the RSS of the live state, how long ``fork()`` took, and the
 page faults per second of the process (copy-on-write faults show up here).
 
-Part 2, the runtime: ``bench.jobs:large_state`` (p = 1, the same state) with checkpoints off,
-then full and incremental checkpoints every 1 s, each with both snapshot strategies of the
-memory backend (``spec.checkpoint.snapshotStrategy``: ``thread``, the default, and ``fork``);
-records/s from "all subtasks running" to "finished and committed", and peak memory: the
-largest of the worker's VmHWM and, sampled every 0.1 s, its RSS plus the private dirty
-memory (``/proc/<pid>/smaps_rollup``) of its snapshot children, over the same peak with
-checkpoints off. The final checkpoint of every run is read back and must hold every key.
+Part 2, the runtime: ``bench.jobs:large_state`` (p = 1, the same state) on each state
+backend, with checkpoints off and every 1 s. On the memory backend: full and incremental
+checkpoints, each with both snapshot strategies (``spec.checkpoint.snapshotStrategy``:
+``thread``, the default, and ``fork``); on the rocksdb backend (``spec.stateBackend: {type:
+rocksdb}``, its defaults, files in the run's temporary folder): its checkpoints (dirty
+cached entries in one WriteBatch and a RocksDB checkpoint at the barrier, new SST files
+uploaded after). The overhead of each is its records/s against the same backend with
+checkpoints off, measured in the same round. Records/s from the moment the state is loaded
+(the job's first record loads it; RocksDB takes seconds longer than a dict) to "finished and
+committed"; peak memory: the largest of the worker's VmHWM and, sampled every 0.1 s, its RSS
+plus the private dirty memory (``/proc/<pid>/smaps_rollup``) of its snapshot children, over
+the same backend's peak with checkpoints off and over the live state (the memory backend's
+peak with checkpoints off). The final checkpoint of every run is read back (a rocksdb one
+restored from storage, every file checked against its sha256) and must hold every key with
+a value the job wrote.
 """
 
 from __future__ import annotations
@@ -44,19 +52,23 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPATH = os.pathsep.join([str(ROOT / "worker"), str(ROOT)])  # this checkout's code
-sys.path.insert(0, str(ROOT / "worker"))
+sys.path[:0] = [str(ROOT / "worker"), str(ROOT)]
 
+from bench.jobs import large_value  # noqa: E402
 from streamjob import state  # noqa: E402
 from streamjob.checkpoints import latest_completed  # noqa: E402
 from streamjob.keygroups import key_group  # noqa: E402
 from streamjob.manifest import CheckpointSpec  # noqa: E402
 from streamjob.operators import KeyedStateBackend  # noqa: E402
+from streamjob.rocksdb_backend import RocksDBKeyedStateBackend  # noqa: E402
 from streamjob.storage import LocalStorage  # noqa: E402
 
 STRATEGIES = ("none", "thread", "fork", "delta")
@@ -217,20 +229,67 @@ def worker_pids(pid: int) -> list[int]:
     return found
 
 
-RUNTIME_MODES = ("off", "full", "full-fork", "incremental", "incremental-fork")
+RUNTIME_MODES = ("off", "full", "full-fork", "incremental", "incremental-fork",
+                 "rocksdb-off", "rocksdb")
+
+
+def baseline(mode: str) -> str:
+    """The run without checkpoints that ``mode``'s overhead is measured against."""
+    return "rocksdb-off" if mode.startswith("rocksdb") else "off"
+
+
+def check_values(pairs: Iterable[tuple[Any, Any]], keys: int, value_bytes: int,
+                 what: str) -> None:
+    """Every key once, each with the loaded value or the one the job writes for it."""
+    seen = 0
+    for k, v in pairs:
+        seen += 1
+        if not (isinstance(k, int) and 0 <= k < keys) or (
+                v != large_value(k, 0, value_bytes) and v != large_value(k, 1, value_bytes)):
+            raise SystemExit(f"{what}: key {k!r} holds {v!r}")
+    if seen != keys:
+        raise SystemExit(f"{what}: final checkpoint holds {seen} entries, not {keys}")
+
+
+def held_memory(storage: LocalStorage, body: dict[str, Any]) -> Iterator[tuple[Any, Any]]:
+    held: dict[Any, Any] = {}  # an incremental handle: full snapshot, then deltas
+    for task in body["tasks"].values():
+        for h in task["subtasks"]:
+            for _n, _k, entries, deleted in state.read_keyed_state(storage, h, range(128)):
+                held.update(entries)
+                for k in deleted:
+                    held.pop(k, None)
+    return iter(held.items())
+
+
+def held_rocksdb(storage: LocalStorage, body: dict[str, Any], tmp: str,
+                 ) -> Iterator[tuple[Any, Any]]:
+    """The checkpoint restored from storage into a new database (no local recovery: every
+    file downloaded and checked against its sha256)."""
+    handles = [h["rocksdb"] for task in body["tasks"].values() for h in task["subtasks"]
+               if "rocksdb" in h]
+    backend = RocksDBKeyedStateBackend(f"{tmp}/verify", range(128), 128)
+    try:
+        backend.restore(storage, handles)
+        yield from backend.tables["value"].decoded_items()
+    finally:
+        backend.close()
 
 
 def runtime(mode: str, keys: int, value_bytes: int, records: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = {"enabled": mode != "off", "interval": "1s",
+        on_rocksdb = mode.startswith("rocksdb")
+        ckpt = {"enabled": mode not in ("off", "rocksdb-off"), "interval": "1s",
                 "incremental": mode.startswith("incremental"),
                 "snapshotStrategy": "fork" if mode.endswith("fork") else "thread"}
+        spec = {"pipeline": "bench.jobs:large_state", "parallelism": 1,
+                "args": {"records": records, "keys": keys, "value_bytes": value_bytes,
+                         "loaded_mark": f"{tmp}/loaded"},
+                "checkpoint": ckpt, "storage": f"file://{tmp}/ckpt"}
+        if on_rocksdb:
+            spec["stateBackend"] = {"type": "rocksdb", "rocksdb": {"localDir": f"{tmp}/db"}}
         manifest = {"apiVersion": "streamjob.dev/v1alpha1", "kind": "StreamJob",
-                    "metadata": {"name": "bench"},
-                    "spec": {"pipeline": "bench.jobs:large_state", "parallelism": 1,
-                             "args": {"records": records, "keys": keys,
-                                      "value_bytes": value_bytes},
-                             "checkpoint": ckpt, "storage": f"file://{tmp}/ckpt"}}
+                    "metadata": {"name": "bench"}, "spec": spec}
         Path(tmp, "job.yaml").write_text(yaml.safe_dump(manifest))
         log = open(Path(tmp, "run.log"), "w")  # workers log each snapshot child at INFO
         proc = subprocess.Popen([sys.executable, "-m", "streamjob", "run", "-q", "job.yaml"],
@@ -258,18 +317,15 @@ def runtime(mode: str, keys: int, value_bytes: int, records: int) -> dict[str, f
         status = json.loads(Path(tmp, ".streamjob/runs/bench/status.json").read_text())
         storage = LocalStorage(Path(tmp, "ckpt"))
         body = latest_completed(storage, status["job_id"])
-        held: set[object] = set()  # an incremental handle: full snapshot, then deltas
-        for task in body["tasks"].values():
-            for h in task["subtasks"]:
-                for _n, _k, entries, deleted in state.read_keyed_state(storage, h, range(128)):
-                    held.update(entries)
-                    held.difference_update(deleted)
-        if len(held) != keys:
-            raise SystemExit(f"runtime {mode}: final checkpoint holds {len(held)} keys, not "
-                             f"{keys}")
+        if body is None:
+            raise SystemExit(f"runtime {mode}: no completed checkpoint")
+        held = held_rocksdb(storage, body, tmp) if on_rocksdb else held_memory(storage, body)
+        check_values(held, keys, value_bytes, f"runtime {mode}")
         if mode.endswith("fork") and not children:
             raise SystemExit(f"runtime {mode}: no snapshot was taken by a child")
-        return {"rate": records / (status["finished_at"] - status["running_since"]),
+        loaded = max(float(p.read_text()) for p in Path(tmp).glob("loaded.*"))
+        return {"rate": records / (status["finished_at"] - loaded),
+                "load_s": loaded - status["running_since"],
                 "peak_mb": peak, "child_mb": child_peak, "checkpoints": body["checkpoint_id"],
                 "children": children}
 
@@ -316,30 +372,44 @@ def main() -> None:
                   f"{m['peak_mb'] / m['live_mb']:>13.2f}{m['child_mb']:>17.0f}"
                   f"{m['fork_ms']:>9.0f}{m['faults_per_s']:>22,.0f}")
     if a.only != "strategies":
-        modes = ["off", *[m for m in a.modes.split(",") if m in RUNTIME_MODES and m != "off"]]
+        chosen = [m for m in a.modes.split(",") if m in RUNTIME_MODES]
+        modes = [m for m in RUNTIME_MODES  # each with its baseline, baselines first
+                 if m in chosen or any(baseline(c) == m for c in chosen)]
+        modes.sort(key=lambda m: (baseline(m) != "off", m != baseline(m)))
         rt: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
         for _ in range(a.repeat):
             for m in modes:
                 rt[m].append(runtime(m, a.keys, a.value_bytes, a.records))
         med_rt = {m: {k: statistics.median(r[k] for r in rs) for k in rs[0]}
                   for m, rs in rt.items()}
-        base = med_rt["off"]
-        print(f"runtime, bench.jobs:large_state p=1, {a.records:,} records "
-              f"(the state is loaded at the first record, inside the measured time); "
-              f"the runtime's default strategy: {CheckpointSpec().snapshot_strategy}")
-        print(f"{'checkpoints every 1 s':<42}{'records/s':>11}{'overhead':>10}{'target':>8}"
-              f"{'peak MB':>9}{'÷ off':>7}{'target':>8}{'child MB':>10}")
+        live = med_rt["off"]["peak_mb"] if "off" in med_rt else None
+        print(f"runtime, bench.jobs:large_state p=1, {a.records:,} records, measured from the "
+              f"end of the state's loading (at the first record); the memory backend's "
+              f"default strategy: {CheckpointSpec().snapshot_strategy}; overhead and peak "
+              f"against the same backend with checkpoints off; live = the memory backend's "
+              f"peak with checkpoints off")
+        print(f"{'checkpoints every 1 s':<44}{'records/s':>11}{'overhead':>10}{'target':>8}"
+              f"{'range':>16}{'peak MB':>9}{'÷ off':>7}{'÷ live':>8}{'target':>8}"
+              f"{'child MB':>10}{'load s':>8}")
         for m in modes:
-            r = med_rt[m]
+            r, base = med_rt[m], med_rt[baseline(m)]
+            overheads = [(1 - x["rate"] / b["rate"]) * 100
+                         for x, b in zip(rt[m], rt[baseline(m)], strict=True)]
             kind, _, how = m.partition("-")
-            label = "off" if m == "off" else (f"{kind}, {how or 'thread'} "
-                                              f"({r['checkpoints']:.0f} taken"
-                                              + (f", {r['children']:.0f} by a child"
-                                                 if how else "") + ")")
-            print(f"{label:<42}{r['rate']:>11,.0f}{(1 - r['rate'] / base['rate']) * 100:>9.1f}%"
-                  f"{'' if m == 'off' else '<= 5%':>8}{r['peak_mb']:>9.0f}"
-                  f"{r['peak_mb'] / base['peak_mb']:>7.2f}{'' if m == 'off' else '<= 1.3':>8}"
-                  f"{r['child_mb']:>10.0f}")
+            if m in ("off", "rocksdb-off"):
+                label = f"{'memory' if m == 'off' else 'rocksdb'}, off"
+            elif kind == "rocksdb":
+                label = f"rocksdb ({r['checkpoints']:.0f} taken)"
+            else:
+                label = (f"memory, {kind}, {how or 'thread'} ({r['checkpoints']:.0f} taken"
+                         + (f", {r['children']:.0f} by a child" if how else "") + ")")
+            is_base = m == baseline(m)
+            spread = "" if is_base else f"{min(overheads):.1f}..{max(overheads):.1f}%"
+            print(f"{label:<44}{r['rate']:>11,.0f}{(1 - r['rate'] / base['rate']) * 100:>9.1f}%"
+                  f"{'' if is_base else '<= 5%':>8}{spread:>16}{r['peak_mb']:>9.0f}"
+                  f"{r['peak_mb'] / base['peak_mb']:>7.2f}"
+                  f"{r['peak_mb'] / live if live else float('nan'):>8.2f}"
+                  f"{'' if is_base else '<= 1.3':>8}{r['child_mb']:>10.0f}{r['load_s']:>8.1f}")
 
     print(f"load average at the end: {os.getloadavg()[0]:.1f}")
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import time
+from pathlib import Path
 from typing import Any
 
 from streamjob import Pipeline
@@ -26,12 +28,26 @@ def keyed_count(args: dict[str, Any]) -> Pipeline:
     return p
 
 
-class PreloadedState(KeyedProcessFunction):
-    """Keeps a ``value_bytes`` value per key; on its first record a subtask fills the keys of
-    its own key groups, so a benchmark starts with large state without streaming it in."""
+def large_value(key: int, version: int, value_bytes: int) -> bytes:
+    """``value_bytes`` (at least 12) that differ from key to key and version to version (they
+    do not compress: RocksDB compresses its blocks), ending with the key and the version."""
+    n = value_bytes - 12
+    at = (key * 2654435761 + version * 40503) % (len(_POOL) - n)
+    return _POOL[at:at + n] + key.to_bytes(8, "little") + version.to_bytes(4, "little")
 
-    def __init__(self, keys: int, value_bytes: int):
-        self.keys, self.value = keys, b"v" * value_bytes
+
+class PreloadedState(KeyedProcessFunction):
+    """Keeps a ``value_bytes`` value per key (:func:`large_value`: version 0 as loaded, 1 once
+    a record rewrote it); on its first record a subtask fills the keys of its own key groups,
+    so a benchmark starts with large state without streaming it in.
+    ``loaded_mark``: ``<loaded_mark>.<first key group>`` gets ``time.time()`` once the
+    subtask's state is loaded (a benchmark measures from there: loading differs between the
+    state backends)."""
+
+    def __init__(self, keys: int, value_bytes: int, loaded_mark: str | None = None):
+        if value_bytes < 12:
+            raise ValueError(f"value_bytes must be at least 12, got {value_bytes}")
+        self.keys, self.value_bytes, self.loaded_mark = keys, value_bytes, loaded_mark
 
     def open(self, ctx):
         self.ctx = ctx
@@ -41,14 +57,27 @@ class PreloadedState(KeyedProcessFunction):
     def process(self, key, record, out):
         if not self.loaded:
             self.loaded = True
-            table = self.ctx.backend.tables["value"]
-            if not table:
-                mine, m = self.ctx.key_groups, self.ctx.max_parallelism
-                table.update((k, self.value) for k in range(self.keys)
-                             if key_group(k, m) in mine)
-                self.ctx.backend.mark_dirty(table.keys())
-        self.state.update(self.value[:-8] + record.to_bytes(8, "little"))
+            self._load()
+        self.state.update(large_value(record, 1, self.value_bytes))
         out.append(key)
+
+    def _load(self) -> None:
+        backend = self.ctx.backend
+        table = backend.tables["value"]
+        if not table:  # not restored
+            mine, m = self.ctx.key_groups, self.ctx.max_parallelism
+            n = self.value_bytes
+            entries = ((k, large_value(k, 0, n)) for k in range(self.keys)
+                       if key_group(k, m) in mine)
+            if hasattr(backend, "checkpoint"):  # rocksdb: straight into the database
+                while chunk := dict(itertools.islice(entries, 65536)):
+                    backend.load("value", "value", chunk)
+            else:
+                table.update(entries)
+                backend.mark_dirty(table.keys())
+        if self.loaded_mark:
+            Path(f"{self.loaded_mark}.{self.ctx.key_groups.start}").write_text(
+                repr(time.time()))
 
 
 def large_state(args: dict[str, Any]) -> Pipeline:
@@ -58,7 +87,7 @@ def large_state(args: dict[str, Any]) -> Pipeline:
     (p.source(GeneratorSource(records=int(args["records"]), rate=float(args.get("rate", 0)),
                               fn=lambda g: (g * 7919) % keys))
       .key_by(int)
-      .process(PreloadedState(keys, value_bytes))
+      .process(PreloadedState(keys, value_bytes, args.get("loaded_mark")))
       .sink(DiscardSink()))
     return p
 

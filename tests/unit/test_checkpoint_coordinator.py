@@ -16,7 +16,7 @@ import pytest
 from streamjob import checkpoints as ckpt
 from streamjob.checkpoint_coordinator import CheckpointCoordinator
 from streamjob.metrics import CoordinatorMetrics
-from streamjob.storage import LocalStorage
+from streamjob.storage import LocalStorage, StorageError
 
 JOB = "job-1"
 TASKS = [SimpleNamespace(task_id="t0", name="source")]
@@ -276,3 +276,100 @@ def test_superseded_job_ids_from_the_environment_are_never_this_job_or_a_path():
 
     assert superseded_job_ids(" a, b ,,me,../x,..,c/d,e", "me") == ["a", "b", "e"]
     assert superseded_job_ids("", "me") == []
+
+
+class UnreadableMetadataStorage(LocalStorage):
+    """Reads of the ``_metadata`` keys in ``broken`` fail as storage that is down would."""
+
+    def __init__(self, root: Path):
+        super().__init__(root)
+        self.broken: set[str] = set()
+
+    def get(self, key: str) -> bytes:
+        if key in self.broken:
+            raise StorageError(f"injected: cannot read {key}")
+        return super().get(key)
+
+
+def shared_handle(cid: int, ssts: list[str]) -> dict:
+    """A rocksdb-like subtask handle: its own file plus SST files in the shared folder."""
+    return {"format": 1, "key": f"{JOB}/chk-{cid}/t0/0-state", "size": 1,
+            "rocksdb": {"files": [{"name": f"{s}.sst", "key": f"{JOB}/shared/t0/0-{s}.sst",
+                                   "size": 1} for s in ssts]}}
+
+
+def completed(storage, cid: int, ssts: list[str]) -> None:
+    handle = shared_handle(cid, ssts)
+    for key in ckpt.handle_keys(handle):
+        storage.put(key, b"x")
+    body = {"format": ckpt.FORMAT, "version": ckpt.VERSION, "job_id": JOB,
+            "checkpoint_id": cid, "max_parallelism": 128, "kind": "checkpoint",
+            "tasks": {"t0": {"name": "source", "subtasks": [handle]}}}
+    storage.put(f"{JOB}/chk-{cid}/_metadata", ckpt.encode_metadata(body))
+
+
+def shared_files(storage) -> set[str]:
+    return {k.rsplit("-", 1)[1] for k in storage.list(f"{JOB}/shared/")}
+
+
+def test_retention_deletes_no_shared_file_of_a_retained_checkpoint_it_cannot_read(
+        tmp_path: Path, caplog):
+    """A coordinator restarted after checkpoints 1 and 2 (retained: 2) completes 3: 1 goes.
+    Reading 2's _metadata fails for a moment: its SST b (shared with 1) must stay; the
+    retention is retried after the next checkpoint and then deletes exactly 1's own file."""
+    storage = UnreadableMetadataStorage(tmp_path)
+    completed(storage, 1, ["a", "b"])
+    completed(storage, 2, ["b", "c"])
+    storage.broken.add(f"{JOB}/chk-2/_metadata")
+
+    async def complete(cc, cid: int, ssts: list[str]) -> None:
+        cc.trigger()
+        handle = shared_handle(cid, ssts)
+        for key in ckpt.handle_keys(handle):
+            storage.put(key, b"x")
+        cc.on_ack({"id": cid, "task": "t0", "subtask": 0, "handle": handle, "timings": {}})
+        await cc.owner.submit("barrier", lambda: asyncio.sleep(0))
+
+    async def scenario():
+        cc = make(storage, [0])
+        cc.cfg.retained = 2
+        cc.next_id = 3
+        cc.owner.start()
+        await complete(cc, 3, ["c", "d"])
+        assert shared_files(storage) == {"a.sst", "b.sst", "c.sst", "d.sst"}
+        assert set(ckpt.list_checkpoint_ids(storage, JOB)) == {1, 2, 3}
+        storage.broken.clear()
+        await complete(cc, 4, ["d", "e"])
+
+    with caplog.at_level(logging.WARNING, logger="streamjob.coordinator"):
+        asyncio.run(scenario())
+    assert any("retention after checkpoint 3 failed" in r.getMessage() for r in caplog.records)
+    assert ckpt.list_checkpoint_ids(storage, JOB) == {3: True, 4: True}
+    assert shared_files(storage) == {"c.sst", "d.sst", "e.sst"}
+
+
+def test_the_restore_deletes_no_shared_file_of_a_checkpoint_it_cannot_read(tmp_path: Path,
+                                                                           caplog):
+    """At a restore, shared files no checkpoint refers to are deleted (orphans of aborted
+    checkpoints). A completed checkpoint whose _metadata cannot be read for a moment is not
+    'no checkpoint': its files stay, the restore goes on, and the next restore cleans up."""
+    storage = UnreadableMetadataStorage(tmp_path)
+    completed(storage, 1, ["a", "b"])
+    completed(storage, 2, ["b", "c"])
+    storage.put(f"{JOB}/shared/t0/0-orphan.sst", b"x")  # of an aborted checkpoint
+    storage.broken.add(f"{JOB}/chk-1/_metadata")
+
+    def restore():
+        async def plan():
+            cc = make(storage, [0])
+            cc.owner.start()
+            return await cc.prepare_restore({}, False, None, RecordingSink([]))
+        return asyncio.run(plan())
+
+    with caplog.at_level(logging.WARNING, logger="streamjob.coordinator"):
+        assert restore().choice.checkpoint_id == 2
+    assert shared_files(storage) == {"a.sst", "b.sst", "c.sst", "orphan.sst"}
+    assert "not deleting unreferenced shared state files" in caplog.text
+    storage.broken.clear()
+    assert restore().choice.checkpoint_id == 2
+    assert shared_files(storage) == {"a.sst", "b.sst", "c.sst"}

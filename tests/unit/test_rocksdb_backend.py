@@ -289,3 +289,85 @@ def test_ttl_clean_up_walks_a_large_state_a_chunk_at_a_time(tmp_path, opened):
         walked.append(len(backend.expiring["v"]._walk))
     assert max(walked) <= WALK_CHUNK  # never the whole table's keys at once
     assert dict(backend.tables["v"].decoded_items()).keys() == {"fresh"}
+
+
+@pytest.fixture
+def held(monkeypatch):
+    """The RocksDB checkpoint is made only once the test sets this event (the thread that
+    makes it waits first), so a test can act while it is being made."""
+    import threading
+
+    from streamjob import rocksdb_backend
+
+    gate = threading.Event()
+    make = rocksdb_backend.RocksDBKeyedStateBackend._create
+
+    def gated(self, local, cfs):
+        gate.wait(60)
+        make(self, local, cfs)
+
+    monkeypatch.setattr(rocksdb_backend.RocksDBKeyedStateBackend, "_create", gated)
+    monkeypatch.setattr(rocksdb_backend, "CREATE_TIMEOUT_S", 2.0)  # a wrong wait fails fast
+    yield gate
+    gate.set()
+
+
+def test_a_checkpoint_holds_the_state_at_its_barrier_while_the_task_goes_on(tmp_path, opened,
+                                                                            held):
+    storage = LocalStorage(tmp_path / "store")
+    backend = rocks(tmp_path, opened, cache_entries=1000)
+    keys = [f"k{i}" for i in range(3000)]
+    fill(backend, keys)
+    backend.trim()
+    at_barrier = contents(backend)
+    local = backend.checkpoint(1)
+    # The task goes on while the checkpoint is made: no write reaches RocksDB, so trimming
+    # neither waits (it would fail after CREATE_TIMEOUT_S) nor changes the checkpoint.
+    op = CountOperator(backend, lambda r: r)
+    for i in range(0, 1500, 300):
+        op.process_batch(keys[i:i + 300])
+        backend.trim()
+    assert not local.created.is_set()
+    assert 1000 < dict.__len__(backend.tables["count"]) <= 2000  # up to twice the bound
+    held.set()
+    part = backend.upload(storage, local, "job/chk-1/t1/0-x-rocksdb", "job/shared/t1/0")
+    op.process_batch(keys[1500:2400])  # over twice the bound: written back now
+    backend.trim()
+    assert dict.__len__(backend.tables["count"]) <= 1000
+    assert contents(backend)["count"] == {k: 1 + (i < 2400) for i, k in enumerate(keys)}
+    backend.close()
+    shutil.rmtree(tmp_path / "local")  # restored from storage
+    restored = rocks(tmp_path, opened)
+    restored.restore(storage, [part])
+    assert contents(restored) == at_barrier
+
+
+def test_a_write_while_a_checkpoint_is_made_waits_for_it_and_fails_if_it_never_is(
+        tmp_path, opened, held):
+    backend = rocks(tmp_path, opened)
+    fill(backend, ["a", "b"])
+    local = backend.checkpoint(1)
+    fill(backend, ["c"])
+    with pytest.raises(RuntimeError, match="not made within"):
+        dict(backend.tables["count"].items())  # flushes first: a write
+    held.set()
+    assert local.created.wait(30)
+    assert dict(backend.tables["count"].items()) == {"a": 1, "b": 1, "c": 1}
+
+
+def test_a_checkpoint_that_could_not_be_made_is_declined_and_the_state_goes_on(
+        tmp_path, opened, held):
+    storage = LocalStorage(tmp_path / "store")
+    backend = rocks(tmp_path, opened)
+    fill(backend, ["a"])
+    local = backend.checkpoint(1)
+    os.makedirs(local.path)  # RocksDB refuses to make a checkpoint into an existing folder
+    held.set()
+    with pytest.raises(RuntimeError, match="checkpoint 1 failed"):
+        backend.upload(storage, local, "job/chk-1/t1/0-x-rocksdb", "job/shared/t1/0")
+    fill(backend, ["a", "b"])
+    part = checkpoint(backend, storage, 2)
+    backend.close()
+    restored = rocks(tmp_path, opened)
+    restored.restore(storage, [part])
+    assert contents(restored)["count"] == {"a": 2, "b": 1}

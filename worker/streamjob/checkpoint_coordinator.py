@@ -251,7 +251,7 @@ class CheckpointCoordinator:
                 fut.set_result(summary)
         if not pc.savepoint:
             try:
-                await self.io(self._retain)
+                await self.io(self._retain, self._in_flight_keys())
             except Exception as err:  # noqa: BLE001 - retention is retried at the next one
                 log.warning("retention after checkpoint %d failed: %s: %s", pc.checkpoint_id,
                             type(err).__name__, err)
@@ -326,10 +326,18 @@ class CheckpointCoordinator:
 
     # -- retention ----------------------------------------------------------------------------
 
-    def _retain(self) -> None:
+    def _in_flight_keys(self) -> set[str]:
+        """State files named by the acks of checkpoints in flight (read on the event loop,
+        which adds acks: never iterated from the retention's thread)."""
+        return {key for pc in [*self.pending.values(), *self.completing.values()]
+                for h in pc.handles.values() for key in ckpt.handle_keys(h)}
+
+    def _retain(self, in_flight: set[str]) -> None:
         """Keep the newest ``retained`` completed checkpoints; delete older ones only now that
         a newer one is complete. Shared (incremental) files go when no retained checkpoint
-        and no checkpoint in flight refers to them."""
+        and no checkpoint in flight (``in_flight``: the files their acks name) refers to
+        them. A retained checkpoint whose ``_metadata`` cannot be read now raises (through
+        :meth:`_refs`): nothing is deleted, the next completion tries again."""
         ids = ckpt.list_checkpoint_ids(self.storage, self.job_id)
         complete = sorted(n for n, done in ids.items() if done)
         keep = set(complete[-self.cfg.retained:])
@@ -345,9 +353,7 @@ class CheckpointCoordinator:
         released = {k for k in self._refs(n for n in doomed if ids[n]) if k.startswith(shared)}
         if released:
             released -= self._refs(keep)
-            for pc in [*self.pending.values(), *self.completing.values()]:
-                for h in pc.handles.values():
-                    released -= ckpt.handle_keys(h)
+            released -= in_flight
         for n in doomed:
             self._referenced.pop(n, None)
             try:
@@ -373,13 +379,18 @@ class CheckpointCoordinator:
             self.superseded.remove(old)
 
     def _refs(self, ids) -> set[str]:
+        """Every state file the completed checkpoints ``ids`` refer to. One whose
+        ``_metadata`` is gone or corrupt can never be restored: it refers to nothing. One
+        whose ``_metadata`` cannot be read right now (storage down, denied) raises
+        :class:`StorageError`: taking its files for unreferenced would delete the shared
+        files of a retained checkpoint."""
         refs: set[str] = set()
         for n in ids:
             if n not in self._referenced:
                 try:
                     self._referenced[n] = ckpt.referenced_keys(
                         ckpt.read_metadata(self.storage, ckpt.checkpoint_dir(self.job_id, n)))
-                except (StorageError, ckpt.CorruptMetadataError):
+                except (NotFoundError, ckpt.CorruptMetadataError):
                     continue
             refs |= self._referenced[n]
         return refs
@@ -456,7 +467,11 @@ class CheckpointCoordinator:
         if not shared:
             return
         ids = ckpt.list_checkpoint_ids(self.storage, self.job_id)
-        refs = self._refs(n for n, done in ids.items() if done)
+        try:
+            refs = self._refs(n for n, done in ids.items() if done)
+        except StorageError as err:  # orphans only cost space: the restore goes on
+            log.warning("not deleting unreferenced shared state files now: %s", err)
+            return
         if restore:
             refs |= ckpt.referenced_keys(restore)
         for key in shared:

@@ -1,24 +1,22 @@
 """The ``streamjob`` command."""
 
+# Start-up time: the manifest's models (pydantic), YAML, asyncio and the HTTP client are
+# imported inside the commands that use them, so that `streamjob --help`, `savepoint`,
+# `checkpoints` and `ui` do not pay for them (pydantic alone is most of a bare start).
+
 from __future__ import annotations
 
 import argparse
-import asyncio
-import http.client
 import json
 import logging
 import os
 import signal
 import sys
 import traceback
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from streamjob.manifest import ManifestError, parse_arg, parse_manifest
+from streamjob.errors import ManifestError
 from streamjob.pipeline import PipelineError
 from streamjob.storage import StorageError, open_storage
 
@@ -29,6 +27,10 @@ def _fail(msg: str, code: int = 2) -> int:
 
 
 def _manifest_from(args: argparse.Namespace):
+    import yaml
+
+    from streamjob.manifest import parse_manifest
+
     if args.manifest:
         text = Path(args.manifest).read_text()
     elif os.environ.get("STREAMJOB_MANIFEST"):
@@ -40,6 +42,7 @@ def _manifest_from(args: argparse.Namespace):
 
 def cmd_run(args: argparse.Namespace) -> int:
     from streamjob.local import run_local
+    from streamjob.manifest import parse_arg
 
     overrides = dict(parse_arg(a) for a in args.arg)
     return run_local(args.manifest, overrides, args.parallelism, args.checkpoint_dir,
@@ -48,6 +51,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_coordinator(args: argparse.Namespace) -> int:
+    import asyncio
+
     from streamjob.coordinator import Coordinator
 
     logging.basicConfig(level=os.environ.get("STREAMJOB_LOG", "INFO"),
@@ -114,6 +119,9 @@ def local_api(name: str, root: Path = Path()) -> tuple[str, str]:
 
 def api_call(base: str, token: str, method: str, path: str, body: Any = None,
              timeout: float = 120) -> Any:
+    import urllib.error
+    import urllib.request
+
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(base + path, data=data, method=method,
                                  headers={"Authorization": f"Bearer {token}",
@@ -166,6 +174,8 @@ def savepoint_wait_s(status: dict[str, Any]) -> float:
 
 
 def _savepoint_via(base: str, token: str, job: str, stop: bool, forwarder: Any = None) -> int:
+    import http.client
+
     try:
         result = take_savepoint(base, token, stop)
     except (OSError, http.client.HTTPException, ValueError) as err:
@@ -217,6 +227,8 @@ def cmd_checkpoints(args: argparse.Namespace) -> int:
 
 def _checkpoints_from_api(args: argparse.Namespace, base: str, token: str,
                           forwarder: Any = None) -> int:
+    import http.client
+
     from streamjob import timeline
 
     def get(path: str) -> Any:
@@ -258,8 +270,6 @@ def _show_checkpoint(args: argparse.Namespace, entry: dict[str, Any]) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    from streamjob import uiproxy
-
     def announce(url: str) -> None:
         print(f"dashboard of {args.kube or args.name}: {url}  (Ctrl-C to stop)", flush=True)
 
@@ -268,6 +278,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
         if args.name:
             raise ManifestError("name a local job or pass --kube NAMESPACE/NAME, not both")
+        from streamjob import uiproxy  # aiohttp: after the checks that fail fast
+
         try:
             with kube_access.coordinator_api(args.kube) as (base, token, _):
                 return uiproxy.serve(lambda: (base, token), args.port, announce, args.open)
@@ -276,6 +288,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
     if not args.name:
         raise ManifestError("name a running job, or pass --kube NAMESPACE/NAME")
     local_api(args.name)  # fail now, in one line, if there is no job to show
+    from streamjob import uiproxy  # aiohttp: after the checks that fail fast
+
     return uiproxy.serve(lambda: local_api(args.name), args.port, announce, args.open)
 
 

@@ -1,5 +1,10 @@
-"""Failures that repeat (user code failing at every restart attempt) logged without noise:
-the full traceback the first time, then one line each time the same failure comes back."""
+"""Errors shared across the runtime: :class:`ManifestError` (what a user must fix), and
+failures that repeat (user code failing at every restart attempt) logged without noise: the
+full traceback the first time, then one line each time the same failure comes back.
+
+This module stays light (no pydantic, no YAML): the ``streamjob`` commands that never read a
+manifest (``savepoint``, ``checkpoints``, ``ui``, ``--help``) catch ManifestError without
+importing :mod:`streamjob.manifest` and its models."""
 
 from __future__ import annotations
 
@@ -9,6 +14,13 @@ import traceback
 
 #: the longest exception text a worker sends with FAILED (the end of a traceback matters most)
 TRACEBACK_LIMIT = 8000
+
+
+
+class ManifestError(ValueError):
+    """A manifest (or a command line) the user must fix; the message is one sentence naming
+    the field or saying what to do. :mod:`streamjob.manifest` raises it for a bad manifest."""
+
 
 _seen: dict[tuple[str, str, str], int] = {}
 _lock = threading.Lock()

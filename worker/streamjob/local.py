@@ -34,15 +34,16 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any
-
-import yaml
+from typing import TYPE_CHECKING, Any
 
 from streamjob import checkpoints as ckpt
-from streamjob.manifest import ManifestError, StreamJob, import_pipeline, load_manifest
+from streamjob.errors import ManifestError
 from streamjob.names import EXIT_FAILED as COORDINATOR_FAILED
 from streamjob.names import EXIT_RUN_FAILED as EXIT_FAILED
 from streamjob.storage import Storage, StorageError, _open_backend, open_storage
+
+if TYPE_CHECKING:
+    from streamjob.manifest import StreamJob
 
 OVER = ("FINISHED", "STOPPED", "FAILED")  # coordinator states after which nothing restarts
 RUNS = Path(".streamjob/runs")
@@ -458,6 +459,13 @@ def _absolute_storage(location: str) -> str:
 def run_local(manifest: str, args: dict[str, Any], parallelism: int | None,
               checkpoint_dir: str | None, from_savepoint: str | None,
               progress: bool = True, allow_fresh_start: bool = False) -> int:
+    # The manifest's models (pydantic) and YAML are imported here, not with the module: the
+    # commands that only read a run's folder (`streamjob savepoint NAME`, `checkpoints`, `ui`)
+    # import this module and start faster without them.
+    import yaml
+
+    from streamjob.manifest import import_pipeline, load_manifest
+
     job = load_manifest(manifest, args, parallelism)
     manifest_dir = Path(manifest).absolute().parent
     spec = job.spec

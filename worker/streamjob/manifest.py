@@ -23,14 +23,11 @@ from pydantic import (
 )
 
 from streamjob.durations import parse_duration
+from streamjob.errors import ManifestError
 from streamjob.keygroups import DEFAULT_MAX_PARALLELISM
 
 API_VERSION = "streamjob.dev/v1alpha1"
 KIND = "StreamJob"
-
-
-class ManifestError(ValueError):
-    """A manifest the user must fix; the message is one sentence naming the field."""
 
 
 def _duration(value: object) -> float:

@@ -33,9 +33,16 @@ Decisions, and why:
   written (as after a restore on the memory backend); keys come back as tuples.
 * **No WAL.** Durability comes from checkpoints (as in Flink): writes go without the
   write-ahead log; a crash restores the last checkpoint anyway.
-* **Checkpoints.** Synchronous part: write the dirty entries, then a RocksDB ``Checkpoint``
-  (flush + hard links, milliseconds) into ``<base>/chk-<n>-<instance>``. Asynchronous part:
-  upload the SST files not uploaded before to ``<job>/shared/<task>/<subtask>-<instance>-
+* **Checkpoints.** Synchronous part: write the dirty entries in one batch. The RocksDB
+  ``Checkpoint`` into ``<base>/chk-<n>-<instance>`` is made on a thread of its own: a flush
+  of every state's memtable (without the WAL, RocksDB must write them out, and the wait
+  releases the GIL), then hard links (milliseconds). It used to be made at the barrier, where
+  the task waited for the flush: 0.2-0.4 s of every 1 s interval with 100 MB of state
+  (``bench/checkpoint_overhead.py``). Until it is made, the task writes nothing to RocksDB
+  (the checkpoint must hold exactly the state at the barrier): :meth:`trim` lets the caches
+  grow to twice their bound instead of writing back, and any other write waits for it
+  (:meth:`_writable`). Asynchronous part: wait for it, then upload the SST files not
+  uploaded before to ``<job>/shared/<task>/<subtask>-<instance>-
   <file>`` (names unique per database instance, so two attempts never overwrite each other's
   files) and the small files (MANIFEST, CURRENT, OPTIONS...) into the checkpoint's own folder.
   The handle lists every file with its size and sha256, the tables and the key-group range;
@@ -68,6 +75,7 @@ import itertools
 import logging
 import os
 import shutil
+import threading
 import uuid
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -87,6 +95,7 @@ from rocksdict import (
     WriteOptions,
 )
 
+from streamjob import faults
 from streamjob.keygroups import key_group
 from streamjob.operators import KeyedStateBackend
 from streamjob.state import CorruptStateError
@@ -98,6 +107,7 @@ MB = 1 << 20
 CACHE_ENTRIES = 1 << 17  # per table: entries kept decoded in Python (see the docstring)
 LOCAL_CHECKPOINTS = 2    # local checkpoint folders kept per subtask (local recovery)
 COPY_BATCH = 10_000      # entries per WriteBatch when copying a key range (rescale)
+CREATE_TIMEOUT_S = 600.0  # a RocksDB checkpoint not made by then fails the task (a hung disk)
 DEFAULT_CF = "default"
 
 _MISSING = object()
@@ -283,6 +293,7 @@ class RocksDBTable(dict):
         raise NotImplementedError("popitem on a rocksdb state table")
 
     def clear(self) -> None:
+        self.backend._writable()
         dict.clear(self)
         self._deleted = set()
         self._cf.delete_range(b"\x00\x00", kg_prefix(0xFFFF) + b"\xff")
@@ -407,6 +418,8 @@ class RocksDBKeyedStateBackend(KeyedStateBackend):
         super().__init__(track_changes=True)
         self.key_groups, self.max_parallelism = key_groups, max_parallelism
         self.base = directory
+        # "<task>/<subtask>" (the end of subtask_dir): the key of this backend's fault points
+        self.label = "/".join(os.path.normpath(directory).split(os.sep)[-2:])
         self.cache_entries = cache_entries
         self.options = _options(block_cache_mb, write_buffer_mb)
         self.write_options = WriteOptions()
@@ -417,6 +430,8 @@ class RocksDBKeyedStateBackend(KeyedStateBackend):
         self.uploaded: dict[str, dict[str, Any]] = {}
         self.db: Any = None
         self._lock: Any = None
+        # The checkpoint being made on its thread (see checkpoint()): no write until it is.
+        self._creating: LocalCheckpoint | None = None
         os.makedirs(self.base, exist_ok=True)
         self._new_instance()
         self._reap()
@@ -481,6 +496,9 @@ class RocksDBKeyedStateBackend(KeyedStateBackend):
     def _close_db(self) -> None:
         """Close the database for real: rocksdict keeps it open while any column family
         object lives, so the tables let go of theirs first."""
+        if self._creating is not None:  # its thread uses the database
+            self._creating.created.wait(CREATE_TIMEOUT_S)
+            self._creating = None
         for t in self.tables.values():
             t._cf = t._handle = None
         if self.db is not None:
@@ -504,6 +522,7 @@ class RocksDBKeyedStateBackend(KeyedStateBackend):
             return self.tables[name]
         if name == DEFAULT_CF:
             raise ValueError(f"{DEFAULT_CF!r} is not a valid state name on rocksdb")
+        self._writable()  # a new column family is a change to the database too
         t = RocksDBTable(self, name, kind, self.cache_entries)
         self._bind(t)
         t.fill()  # a new state (or a small restored one) is all in the cache
@@ -522,9 +541,21 @@ class RocksDBKeyedStateBackend(KeyedStateBackend):
             self._encoded[key] = encoded
         return encoded
 
+    def _writable(self) -> None:
+        """Before the task writes to RocksDB: the checkpoint being made must be complete,
+        since it must not hold a write made after its barrier."""
+        local = self._creating
+        if local is None:
+            return
+        if not local.created.wait(CREATE_TIMEOUT_S):
+            raise RuntimeError(f"the RocksDB checkpoint {local.checkpoint_id} was not made "
+                               f"within {CREATE_TIMEOUT_S:.0f} s")
+        self._creating = None
+
     def flush(self) -> int:
         """Write every table's dirty entries and deletions to RocksDB (one batch); how
         many."""
+        self._writable()
         batch = WriteBatch(raw_mode=True)
         n = sum(t.write_dirty(batch, self.dirty) for t in self.tables.values())
         if n:
@@ -536,9 +567,14 @@ class RocksDBKeyedStateBackend(KeyedStateBackend):
     def trim(self) -> None:
         """Between batches (the task calls it): keep the caches and the dirty set within
         their bounds. Never during a batch: an operator adds the keys it changed to
-        ``dirty`` by the end of its batch, and may hold a value it is changing."""
+        ``dirty`` by the end of its batch, and may hold a value it is changing.
+        While a checkpoint is being made the caches may grow to twice their bound rather
+        than write back (which would wait for it)."""
+        creating = self._creating is not None and not self._creating.created.is_set()
         for t in self.tables.values():
-            if dict.__len__(t) > t._limit:
+            size = dict.__len__(t)
+            if size > t._limit and not (creating and size <= 2 * t._limit):
+                self._writable()
                 t.evict()
         if len(self.dirty) > 4 * self.cache_entries:
             self.flush()
@@ -548,6 +584,7 @@ class RocksDBKeyedStateBackend(KeyedStateBackend):
         """Restore from the canonical format (a savepoint, or a memory-backend checkpoint):
         straight into RocksDB, around the cache."""
         table = self.table(name, kind)
+        self._writable()
         table.drop_cache()
         batch = WriteBatch(raw_mode=True)
         encode, pack, handle = self.encode_key, self.pack, table._handle
@@ -577,18 +614,41 @@ class RocksDBKeyedStateBackend(KeyedStateBackend):
     # -- checkpoints -----------------------------------------------------------------------
 
     def checkpoint(self, checkpoint_id: int) -> LocalCheckpoint:
-        """Synchronous part: dirty entries, then a RocksDB checkpoint (hard links)."""
+        """Synchronous part: the dirty entries in one batch; the RocksDB checkpoint is then
+        made on a thread (see the module docstring), ``upload`` waits for it."""
         self.flush()
         path = os.path.join(self.base, f"chk-{checkpoint_id}-{self.instance}")
         shutil.rmtree(path, ignore_errors=True)
-        Checkpoint(self.db).create_checkpoint(path)
-        return LocalCheckpoint(checkpoint_id, path, dict(self.kinds), self.key_groups)
+        local = LocalCheckpoint(checkpoint_id, path, dict(self.kinds), self.key_groups)
+        self._creating = local
+        cfs = [t._cf for t in self.tables.values()]
+        threading.Thread(target=self._create, args=(local, cfs), daemon=True,
+                         name=f"rocksdb-checkpoint-{checkpoint_id}").start()
+        return local
+
+    def _create(self, local: LocalCheckpoint, cfs: list[Any]) -> None:
+        """On its own thread: flush the memtables (RocksDB waits without the GIL), then the
+        checkpoint (its own flush finds nothing left to write: hard links only)."""
+        try:
+            for cf in cfs:
+                cf.flush(True)
+            Checkpoint(self.db).create_checkpoint(local.path)
+        except Exception as err:  # noqa: BLE001 - the upload reports it (a declined checkpoint)
+            local.error = err
+        finally:
+            local.created.set()
 
     def upload(self, storage: Any, local: LocalCheckpoint, private_prefix: str,
                shared_prefix: str) -> dict[str, Any]:
         """Asynchronous part: new SST files to ``shared_prefix``, small files to
         ``private_prefix``; the handle's ``rocksdb`` entry. Runs off the processing thread
         (uploads of one subtask run one at a time, in checkpoint order)."""
+        if not local.created.wait(CREATE_TIMEOUT_S):
+            raise RuntimeError(f"the RocksDB checkpoint {local.checkpoint_id} was not made "
+                               f"within {CREATE_TIMEOUT_S:.0f} s")
+        if local.error is not None:
+            raise RuntimeError(f"the RocksDB checkpoint {local.checkpoint_id} failed: "
+                               f"{local.error}") from local.error
         files, uploaded = [], 0
         for name in sorted(os.listdir(local.path)):
             path = os.path.join(local.path, name)
@@ -619,7 +679,9 @@ class RocksDBKeyedStateBackend(KeyedStateBackend):
         self.flush()
         path = os.path.join(self.instance_dir, f"sp-{uuid.uuid4().hex[:12]}")
         Checkpoint(self.db).create_checkpoint(path)
-        return LocalCheckpoint(0, path, dict(self.kinds), self.key_groups)
+        local = LocalCheckpoint(0, path, dict(self.kinds), self.key_groups)
+        local.created.set()
+        return local
 
     def savepoint_sections(self, local: LocalCheckpoint,
                            ) -> Iterator[tuple[int, list[tuple[str, str, list[Any]]]]]:
@@ -651,10 +713,13 @@ class RocksDBKeyedStateBackend(KeyedStateBackend):
                             sections.append((name, kind, list(entries.items())))
                     if sections:
                         yield kg, sections
+                        # One key group of the canonical file written, not all.
+                        faults.point("worker.during-savepoint-write", self.label)
         finally:
             shutil.rmtree(local.path, ignore_errors=True)
 
     def drop_local(self, local: LocalCheckpoint) -> None:
+        local.created.wait(CREATE_TIMEOUT_S)  # its thread may still write the folder
         shutil.rmtree(local.path, ignore_errors=True)
 
     # -- restore ---------------------------------------------------------------------------
@@ -666,6 +731,7 @@ class RocksDBKeyedStateBackend(KeyedStateBackend):
         ``shared_prefix`` (the job's own shared folder, when restoring its own checkpoint)
         are not uploaded again; those of another job id are (that job's files are deleted
         once this job has a checkpoint of its own)."""
+        self._writable()
         own = self.key_groups
         parts = [h for h in handles
                  if max(h["key_groups"][0], own.start) < min(h["key_groups"][1], own.stop)]
@@ -685,6 +751,7 @@ class RocksDBKeyedStateBackend(KeyedStateBackend):
             self._open(self.db_path)
             lo, hi = kg_prefix(own.start), kg_prefix(own.stop)
             if (first["key_groups"][0], first["key_groups"][1]) != (own.start, own.stop):
+                faults.point("worker.before-rocksdb-clip", self.label)
                 for t in self.tables.values():
                     t._cf.delete_range(b"\x00\x00", lo)
                     t._cf.delete_range(hi, kg_prefix(0xFFFF) + b"\xff")
@@ -711,17 +778,22 @@ class RocksDBKeyedStateBackend(KeyedStateBackend):
         local = os.path.join(self.base, part.get("local", "")) if part.get("local") else None
         for f in part["files"]:
             target = os.path.join(dest, f["name"])
-            if local is not None and _matches(os.path.join(local, f["name"]), f):
+            mine = os.path.join(local, f["name"]) if local is not None else None
+            if mine is not None and _matches(mine, f):
                 if f["name"].endswith(".sst"):
-                    os.link(os.path.join(local, f["name"]), target)
+                    os.link(mine, target)
                 else:  # RocksDB may rewrite these: a copy, not a link
-                    shutil.copyfile(os.path.join(local, f["name"]), target)
-                continue
-            data = storage.get(f["key"])
-            if len(data) != f["size"] or hashlib.sha256(data).hexdigest() != f["sha256"]:
-                raise CorruptStateError(f"{f['key']} does not match its checksum")
-            with open(target, "wb") as out:
-                out.write(data)
+                    shutil.copyfile(mine, target)
+            else:
+                if mine is not None and os.path.exists(mine):
+                    log.warning("%s: local file %s does not match %s (size or sha256): "
+                                "downloading it", self.label, mine, f["key"])
+                data = storage.get(f["key"])
+                if len(data) != f["size"] or hashlib.sha256(data).hexdigest() != f["sha256"]:
+                    raise CorruptStateError(f"{f['key']} does not match its checksum")
+                with open(target, "wb") as out:
+                    out.write(data)
+            faults.point("worker.during-rocksdb-fetch", self.label)  # after each file
 
     def _copy_range(self, storage: Any, part: dict[str, Any]) -> None:
         """Copy our key groups out of an old database into ours (raw bytes, no decoding)."""
@@ -747,14 +819,17 @@ class RocksDBKeyedStateBackend(KeyedStateBackend):
 
 
 class LocalCheckpoint:
-    """A RocksDB checkpoint on local disk, waiting for its asynchronous part."""
+    """A RocksDB checkpoint on local disk, waiting for its asynchronous part; ``created`` is
+    set once its folder is complete (or its making failed: ``error``)."""
 
-    __slots__ = ("checkpoint_id", "path", "tables", "key_groups")
+    __slots__ = ("checkpoint_id", "path", "tables", "key_groups", "created", "error")
 
     def __init__(self, checkpoint_id: int, path: str, tables: dict[str, str],
                  key_groups: range):
         self.checkpoint_id, self.path, self.tables = checkpoint_id, path, tables
         self.key_groups = key_groups
+        self.created = threading.Event()
+        self.error: Exception | None = None
 
 
 def _matches(path: str, f: dict[str, Any]) -> bool:
