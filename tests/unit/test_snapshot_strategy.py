@@ -165,6 +165,7 @@ def test_a_discarded_rocksdb_checkpoint_leaves_no_local_folder(rocksdb, tmp_path
     rocksdb.table("count", "value")["a"] = 1
     rocksdb.mark_dirty(["a"])
     snap = strategy.snapshot(1, savepoint=False)
+    assert snap.local.created.wait(60)  # made on a thread of its own
     assert len(local_checkpoints(rocksdb)) == 1
     snap.discard()
     assert local_checkpoints(rocksdb) == []

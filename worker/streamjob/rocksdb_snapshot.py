@@ -1,11 +1,12 @@
 """The snapshot strategy of the RocksDB state backend (``rocksdb_backend.py``, whose
 docstring says why it works so).
 
-* **Checkpoint.** Synchronous part: the cache's dirty entries into RocksDB, then a RocksDB
-  ``Checkpoint`` (flush + hard links) on local disk. Asynchronous part: a state file of the
-  operator state only (``key_groups`` empty), whose handle carries the database under
-  ``rocksdb``: the SST files not in storage yet go to the job's shared folder, the small
-  files to the checkpoint's own folder.
+* **Checkpoint.** Synchronous part: the cache's dirty entries into RocksDB; the RocksDB
+  ``Checkpoint`` (flush + hard links) on local disk is made on a thread of its own.
+  Asynchronous part: once it is made, a state file of the operator state only
+  (``key_groups`` empty), whose handle carries the database under ``rocksdb``: the SST
+  files not in storage yet go to the job's shared folder, the small files to the
+  checkpoint's own folder.
 * **Savepoint.** Canonical: the same synchronous part, then the checkpoint is read in key
   order one key group at a time into a state file of ``state.py``'s format (the memory
   backend's), so either backend restores it.
