@@ -37,3 +37,27 @@ def children_cpu() -> float:
     """User + system CPU seconds of every reaped descendant so far."""
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime
+
+
+def tree_cpu(root: int) -> float:
+    """User + system CPU seconds so far of ``root`` and every descendant alive now (all
+    their threads, ended ones included), read from /proc (Linux only)."""
+    parents: dict[int, int] = {}
+    used: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        parents[int(entry)] = int(fields[1])
+        used[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
+    tree, frontier = {root}, [root]
+    while frontier:
+        frontier = [pid for pid, parent in parents.items()
+                    if parent in frontier and pid not in tree]
+        tree.update(frontier)
+    return sum(used.get(pid, 0.0) for pid in tree)

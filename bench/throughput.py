@@ -14,10 +14,13 @@ Configurations (each run checked, a wrong result stops the benchmark):
 
 Records/s is measured by the coordinator from "all subtasks running" to "finished and
 committed" (process start-up excluded, final checkpoint and commit included). Records per
-CPU-second count the CPU time of every process of the job (coordinator, workers, all threads)
-minus that of a start-up run of 1,000 records made right before; the floors' is their own
-process time. On a machine shared with other users, wall-clock rates move with the load from
-minute to minute; CPU-second rates much less, so the ratios to the floors are taken on them.
+CPU-second count the CPU time of every process of the job (supervisor, coordinator, workers,
+all threads) over the same span: what they had used when the job's status first shows it
+running (read from /proc, the status polled every 10 ms) is subtracted from their total. (A
+start-up run subtracted instead left the start-up's CPU, 2-3 s of imports that vary with the
+load, in the difference of two noisy figures.) The floors' is their own process time. On a
+machine shared with other users, wall-clock rates move with the load from minute to minute;
+CPU-second rates much less, so the ratios to the floors are taken on them.
 Runs are interleaved so that the load hits every configuration alike; the median of K runs
 is reported. ``--scaling-only`` runs the floors and the file sink at p = 1 and p = 2 with
 checkpoints every 1 s, the configurations of the scaling target.
@@ -46,7 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PYPATH = os.pathsep.join([str(ROOT / "worker"), str(ROOT)])  # this checkout's code
 sys.path[:0] = [str(ROOT / "worker"), str(ROOT)]
 
-from bench.cpu import become_subreaper, children_cpu, reap_orphans  # noqa: E402
+from bench.cpu import become_subreaper, children_cpu, reap_orphans, tree_cpu  # noqa: E402
 from streamjob import state  # noqa: E402
 from streamjob.checkpoints import latest_completed  # noqa: E402
 from streamjob.examples.wordcount import MULTIPLIER, check_output, expected_counts  # noqa: E402
@@ -96,14 +99,7 @@ def final_counts(ckpt: Path) -> Counter[str]:
 
 
 def run_job(sink: str, records: int, words: int, p: int, checkpoints: bool) -> Rates:
-    """Records/s and records per CPU-second (start-up CPU subtracted) of one checked run."""
-    _, startup_cpu = _run_job(sink, 1000, words, p, checkpoints)
-    rate, cpu = _run_job(sink, records, words, p, checkpoints)
-    return rate, records / max(cpu - startup_cpu, 1e-3)
-
-
-def _run_job(sink: str, records: int, words: int, p: int, checkpoints: bool) -> Rates:
-    """Records/s and CPU seconds of every process of the job."""
+    """Records/s and records per CPU-second (from running to the end) of one checked run."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp, "out")
         manifest = {
@@ -117,13 +113,24 @@ def _run_job(sink: str, records: int, words: int, p: int, checkpoints: bool) -> 
         path = Path(tmp, "job.yaml")
         path.write_text(yaml.safe_dump(manifest))
         env = dict(os.environ, PYTHONPATH=PYPATH)
+        status_file = Path(tmp, ".streamjob/runs/bench/status.json")
         reap_orphans()
         cpu0 = children_cpu()
-        subprocess.run([sys.executable, "-m", "streamjob", "run", "-q", str(path)], cwd=tmp,
-                       env=env, check=True, stderr=subprocess.DEVNULL)
+        run = subprocess.Popen([sys.executable, "-m", "streamjob", "run", "-q", str(path)],
+                               cwd=tmp, env=env, stderr=subprocess.DEVNULL)
+        at_running = None
+        while run.poll() is None:
+            if at_running is None and _running(status_file):
+                at_running = tree_cpu(run.pid)
+            time.sleep(0.01)
         reap_orphans()
-        cpu = children_cpu() - cpu0
-        status = json.loads(Path(tmp, ".streamjob/runs/bench/status.json").read_text())
+        if run.returncode != 0:
+            raise SystemExit(f"streamjob run failed ({sink}, p={p}): exit code {run.returncode}")
+        if at_running is None:
+            raise SystemExit(f"the job ended before it was seen running ({sink}, p={p}): "
+                             "run more records")
+        cpu = children_cpu() - cpu0 - at_running
+        status = json.loads(status_file.read_text())
         rate = records / (status["finished_at"] - status["running_since"])
         if sink == "file":
             got = check_output(str(out), records, words)
@@ -132,7 +139,14 @@ def _run_job(sink: str, records: int, words: int, p: int, checkpoints: bool) -> 
                 raise SystemExit(f"wrong output ({sink}, p={p}): {got}")
         elif final_counts(Path(tmp, "ckpt")) != expected_counts(records, words):
             raise SystemExit(f"wrong final counts in the last checkpoint ({sink}, p={p})")
-        return rate, cpu
+        return rate, records / max(cpu, 1e-3)
+
+
+def _running(status_file: Path) -> bool:
+    try:
+        return json.loads(status_file.read_text()).get("running_since") is not None
+    except (OSError, ValueError):  # not written yet, or being replaced
+        return False
 
 
 def main() -> None:

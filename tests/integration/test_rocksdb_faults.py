@@ -92,6 +92,21 @@ def test_ssts_of_a_checkpoint_that_failed_after_its_upload_are_reused_and_restor
     assert assert_every_file_is_whole(job, job_id) > 0
 
 
+def test_worker_killed_while_its_rocksdb_checkpoint_is_made(run_job, tmp_path):
+    """The RocksDB checkpoint is made on a thread of its own after the barrier while the
+    task goes on; the worker dies there (memtables flushed, checkpoint folder not made).
+    The job restores the checkpoint before it (the half-made local folder is never named by
+    a handle) and ends exactly once."""
+    point = "worker.during-rocksdb-checkpoint"
+    job = run_job(args={"records": RECORDS, "words": WORDS, "rate": RATE},
+                  state_backend=rocksdb(tmp_path),
+                  env=fault_env(tmp_path, f"{point}:t1/1=kill,skip=3"))
+    s = finish(job, tmp_path, point)
+    assert_fired(tmp_path, point, job)
+    assert s["state"] == "FINISHED" and s["restarts"] >= 1 and s["restored_from"], s
+    assert_exactly_once(job.cwd / "output", RECORDS, WORDS)
+
+
 def _flip_local_copies(job, tmp_path: Path, job_id: str, n: int) -> int:
     """Flip one byte of every SST file in the workers' local checkpoint folders of
     checkpoint ``n`` (new files: the live databases' hard links stay intact); how many."""
@@ -166,6 +181,8 @@ def test_a_checkpoint_restored_at_another_parallelism_survives_kills_in_fetch_an
     assert_fired(tmp_path, "worker.during-rocksdb-fetch", second, 0)
     assert_fired(tmp_path, "worker.before-rocksdb-clip", second, 1)
     assert s["state"] == "FINISHED" and s["restarts"] >= 1, s
+    # The peers of a killed worker were cancelled mid-restore: none of them crashed.
+    assert "Traceback" not in second.output(), second.output()[-3000:]
     assert_exactly_once(first.cwd / "output", 2 * RECORDS, WORDS)
 
 

@@ -373,3 +373,31 @@ def test_the_restore_deletes_no_shared_file_of_a_checkpoint_it_cannot_read(tmp_p
     storage.broken.clear()
     assert restore().choice.checkpoint_id == 2
     assert shared_files(storage) == {"a.sst", "b.sst", "c.sst"}
+
+
+def test_a_checkpoint_the_restore_skipped_does_not_count_as_retained(tmp_path: Path):
+    """Checkpoints 6 and 7 lost an SST file: the restore skips them for 5. When 8 completes
+    (retained: 2), 5 is the fallback and must stay; keeping 7 (known broken) instead would
+    leave nothing to fall back to if 8 broke too."""
+    storage = LocalStorage(tmp_path)
+    completed(storage, 5, ["a", "b"])
+    completed(storage, 6, ["b", "c"])
+    completed(storage, 7, ["c", "d"])
+    storage.delete(f"{JOB}/shared/t0/0-c.sst")
+
+    async def scenario():
+        cc = make(storage, [0])
+        cc.cfg.retained = 2
+        cc.owner.start()
+        plan = await cc.prepare_restore({}, False, None, RecordingSink([]))
+        assert plan.choice.checkpoint_id == 5 and set(plan.problems) == {6, 7}
+        cc.trigger()
+        handle = shared_handle(8, ["b", "e"])  # the restored database's files, and a new one
+        for key in ckpt.handle_keys(handle):
+            storage.put(key, b"x")
+        cc.on_ack({"id": 8, "task": "t0", "subtask": 0, "handle": handle, "timings": {}})
+        await cc.owner.submit("barrier", lambda: asyncio.sleep(0))
+
+    asyncio.run(scenario())
+    assert ckpt.list_checkpoint_ids(storage, JOB) == {5: True, 8: True}
+    assert shared_files(storage) == {"a.sst", "b.sst", "e.sst"}

@@ -8,6 +8,7 @@ from streamjob.keygroups import (
     KeyRouter,
     key_group,
     key_group_range,
+    keys_of,
     operator_index,
     stable_bytes,
 )
@@ -109,3 +110,61 @@ def test_partition_lets_a_failing_key_function_fail():
     router.partition([{"user": "a"}], lambda r: r["user"])
     with pytest.raises(KeyError, match="user"):
         router.partition([{"user": "a"}, {"name": "b"}], lambda r: r["user"])
+
+
+class Upper(str):
+    """A string whose ``str()`` is another string: not its own key under ``key_by(str)``."""
+
+    def __str__(self) -> str:
+        return self.upper()
+
+
+def test_keys_of_string_records_under_str_are_the_records_themselves():
+    records = ["w1", "w2", "w1"]
+    assert keys_of(records, str) is records
+    assert keys_of((5, 7), int) == (5, 7)
+    assert keys_of([b"a"], bytes) == [b"a"]
+
+
+def test_keys_of_calls_the_key_function_on_any_other_record():
+    assert keys_of([1, "a", 2.5], str) == ["1", "a", "2.5"]
+    assert keys_of([Upper("w1"), "w2"], str) == ["W1", "w2"]
+    assert keys_of([True, 3], int) == [1, 3]
+    assert keys_of([("a", 1)], lambda r: r[0]) == ["a"]
+    assert keys_of([], str) == []
+
+
+def test_partition_of_a_subclass_routes_by_what_the_key_function_returns():
+    router = KeyRouter(4, 128)
+    records = [Upper(f"w{i}") for i in range(40)]
+    buckets = router.partition(records, str)
+    assert all(router.target(str(r)) == j for j, bucket in enumerate(buckets) for r in bucket)
+    assert sorted(r for b in buckets for r in b) == sorted(records)
+
+
+def test_partition_returns_lists_that_later_batches_leave_alone():
+    router = KeyRouter(2, 128)
+    first = router.partition([f"k{i}" for i in range(20)], str)
+    copy = [list(b) for b in first]
+    router.partition([f"k{i}" for i in range(20, 40)], str)
+    assert first == copy
+
+
+def test_partition_after_a_key_that_cannot_be_hashed_starts_from_empty_buckets():
+    router = KeyRouter(2, 128)
+    router.partition(["a", "b", "c"], str)  # cached: the next batch takes the fast path
+    with pytest.raises(TypeError):
+        router.partition([("a", 1), ("b", 2), (["unhashable"], 3)], lambda r: r[0])
+    records = ["c", "b", "a"]
+    buckets = router.partition(records, str)
+    assert sorted(buckets[0] + buckets[1]) == sorted(records)
+    assert all(router.target(r) == j for j, bucket in enumerate(buckets) for r in bucket)
+
+
+def test_running_count_counts_by_key_with_and_without_the_identity_shortcut():
+    from streamjob.operators import CountOperator, KeyedStateBackend
+
+    op = CountOperator(KeyedStateBackend(), str)
+    assert op.process_batch(["a", "b", "a"]) == [("a", 1), ("b", 1), ("a", 2)]
+    assert op.process_batch(("a", 7)) == [("a", 3), ("7", 1)]
+    assert op.process_batch([Upper("b"), "B"]) == [("B", 1), ("B", 2)]

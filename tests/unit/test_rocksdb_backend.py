@@ -291,6 +291,22 @@ def test_ttl_clean_up_walks_a_large_state_a_chunk_at_a_time(tmp_path, opened):
     assert dict(backend.tables["v"].decoded_items()).keys() == {"fresh"}
 
 
+def test_a_cancelled_restore_stops_at_its_next_file(tmp_path, opened):
+    from streamjob.rocksdb_backend import RestoreCancelled
+
+    storage = CountingStorage(tmp_path / "store")
+    backend = rocks(tmp_path, opened)
+    fill(backend, [f"k{i}" for i in range(3000)])
+    part = checkpoint(backend, storage, 1)
+    backend.close()
+    shutil.rmtree(tmp_path / "local")
+    cancelled = rocks(tmp_path, opened)
+    cancelled.cancelled = True  # the worker's cancel, from the event loop
+    with pytest.raises(RestoreCancelled):
+        cancelled.restore(storage, [part])
+    assert storage.gets == 0
+
+
 @pytest.fixture
 def held(monkeypatch):
     """The RocksDB checkpoint is made only once the test sets this event (the thread that

@@ -116,6 +116,9 @@ class CheckpointCoordinator:
         self.consecutive_failures = 0
         self.restored_from: int | None = None
         self._referenced: dict[int, set[str]] = {}
+        #: checkpoints known not to restore (the last restore preparation's problems): they
+        #: do not count as retained
+        self.unrestorable: dict[int, str] = {}
         #: job ids of the operator revisions this job replaced: their checkpoints go once this
         #: job has a completed checkpoint of its own (``keep``: the path this job started from)
         self.superseded: list[str] = []
@@ -340,7 +343,10 @@ class CheckpointCoordinator:
         :meth:`_refs`): nothing is deleted, the next completion tries again."""
         ids = ckpt.list_checkpoint_ids(self.storage, self.job_id)
         complete = sorted(n for n, done in ids.items() if done)
-        keep = set(complete[-self.cfg.retained:])
+        # A checkpoint the restore had to skip is no fallback: the newest ``retained`` that
+        # can be restored are kept (keeping a broken one instead left a job whose newest
+        # checkpoint broke later with nothing to fall back to).
+        keep = set([n for n in complete if n not in self.unrestorable][-self.cfg.retained:])
         newest = complete[-1] if complete else 0
         doomed = [n for n in ids if n not in keep and n < newest and n not in self.pending
                   and n not in self.completing]
@@ -434,6 +440,7 @@ class CheckpointCoordinator:
                 problems[n] = bad
                 continue
             break
+        self.unrestorable = dict(problems)
         for n, reason in choice.skipped:
             log.error("skipping checkpoint %d: %s; trying the one before it", n, reason)
         if choice.error is not None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import struct
 from collections import deque
 from collections.abc import Callable, Sequence
-from operator import call
 from typing import Any
 
 import mmh3
@@ -69,45 +68,78 @@ def check_parallelism(parallelism: int, max_parallelism: int) -> None:
             f"parallelism {parallelism} is above maxParallelism {max_parallelism}")
 
 
+# Key functions that return a record of exactly their own type as it is: ``key_by(str)`` over
+# string records is the identity (see ``keys_of``).
+IDENTITY_KEY_FNS: tuple[type, ...] = (str, int, bytes)
+
+
+def keys_of(records: Sequence[Any], key_fn: Callable[[Any], Any]) -> Sequence[Any]:
+    """The key of every record, in order.
+
+    ``key_by(str)`` over records that are all exact ``str`` (or ``int``/``bytes`` with the
+    type as key function) returns every record unchanged, so the records are their keys: the
+    call per record, the largest single cost of routing by key (``bench/exchange.py``), is
+    skipped for a check of the batch's types. Any other record (a subclass, which may define
+    ``__str__``) gets the key function's result."""
+    # The type check costs about a quarter of the calls it saves; counting the types is
+    # cheaper than collecting them in a set.
+    if key_fn in IDENTITY_KEY_FNS and list(map(type, records)).count(key_fn) == len(records):
+        return records
+    return list(map(key_fn, records))
+
+
 class KeyRouter:
     """Maps keys to subtask indexes, memoising because stream keys repeat.
 
     The cache is bounded so that a stream of unique keys cannot grow it without limit.
     """
 
-    __slots__ = ("parallelism", "max_parallelism", "_cache", "_limit")
+    __slots__ = ("parallelism", "max_parallelism", "_cache", "_limit", "_buckets")
 
     def __init__(self, parallelism: int, max_parallelism: int, cache_limit: int = 1 << 18):
         check_parallelism(parallelism, max_parallelism)
         self.parallelism = parallelism
         self.max_parallelism = max_parallelism
-        self._cache: dict[object, int] = {}
+        # One list per target subtask, reused by every batch (empty between batches); the
+        # cache maps a key to its target's list, so routing a record is one lookup.
+        self._buckets: list[list[Any]] = [[] for _ in range(parallelism)]
+        self._cache: dict[object, list[Any]] = {}
         self._limit = cache_limit
 
     def target(self, key: object) -> int:
-        t = self._cache.get(key)
-        if t is None:
-            t = key_group(key, self.max_parallelism) * self.parallelism // self.max_parallelism
+        """The subtask that owns ``key`` (computed, not cached)."""
+        return operator_index(key_group(key, self.max_parallelism), self.parallelism,
+                              self.max_parallelism)
+
+    def _bucket(self, key: object) -> list[Any]:
+        bucket = self._cache.get(key)
+        if bucket is None:
+            bucket = self._buckets[self.target(key)]
             if len(self._cache) >= self._limit:
                 self._cache.clear()
-            self._cache[key] = t
-        return t
+            self._cache[key] = bucket
+        return bucket
 
     def partition(self, records: Sequence[Any], key_fn: Callable[[Any], Any]) -> list[list[Any]]:
         """The records of a batch per target subtask, each list in the batch's order.
 
         Routing is the main CPU a keyed exchange adds per record (``bench/exchange.py``), so
-        no Python bytecode runs per record: ``map`` applies the key function, looks the
-        targets up in the cache and appends each record to its target's list
-        (``operator.call``). A batch with keys not in the cache (new, or evicted) computes
-        those through ``target``, which caches them."""
-        keys = list(map(key_fn, records))
+        no Python bytecode runs per record: ``keys_of`` takes the keys, ``map`` looks up each
+        key's target list in the cache and appends the record to it (``list.append``). A
+        batch with keys not in the cache (new, or evicted) is routed key by key, caching
+        them."""
+        keys = keys_of(records, key_fn)
+        buckets = self._buckets
         try:
-            targets = list(map(self._cache.__getitem__, keys))
-        except KeyError:
-            get, target = self._cache.get, self.target
-            targets = [t if (t := get(k)) is not None else target(k) for k in keys]
-        buckets: list[list[Any]] = [[] for _ in range(self.parallelism)]
-        appends = [b.append for b in buckets]
-        deque(map(call, map(appends.__getitem__, targets), records), maxlen=0)
-        return buckets
+            try:
+                deque(map(list.append, map(self._cache.__getitem__, keys), records), maxlen=0)
+            except KeyError:
+                for bucket in buckets:
+                    bucket.clear()
+                bucket_of = self._bucket
+                for key, record in zip(keys, records, strict=True):
+                    bucket_of(key).append(record)
+            return [bucket.copy() for bucket in buckets]
+        finally:
+            for bucket in buckets:
+                bucket.clear()

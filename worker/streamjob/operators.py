@@ -21,6 +21,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from streamjob.keygroups import keys_of
 from streamjob.timers import EVENT_TABLE, PROCESSING_TABLE
 
 _MISSING = object()
@@ -357,7 +358,7 @@ class CountOperator:
     def process_batch(self, batch: list[Any]) -> list[Any]:
         table, out = self.table, []
         append, get = out.append, table.get
-        keys = list(map(self.key_fn, batch))
+        keys = keys_of(batch, self.key_fn)
         for key in keys:
             n = get(key, 0) + 1
             table[key] = n

@@ -189,6 +189,10 @@ def _options(block_cache_mb: int, write_buffer_mb: int) -> Options:
     return opt
 
 
+class RestoreCancelled(Exception):
+    """The attempt that was restoring is being cancelled (:attr:`cancelled`)."""
+
+
 class RocksDBTable(dict):
     """One state (a column family) seen as a dict. The dict itself is the cache: reads that
     hit and every write run at dict speed (no Python-level ``__setitem__``); a miss reads
@@ -428,6 +432,7 @@ class RocksDBKeyedStateBackend(KeyedStateBackend):
         self._encoded: dict[Any, bytes] = {}
         # SST files already in storage: name -> {"name", "key", "size", "sha256"}.
         self.uploaded: dict[str, dict[str, Any]] = {}
+        self.cancelled = False  # set from another thread: a restore stops at its next file
         self.db: Any = None
         self._lock: Any = None
         # The checkpoint being made on its thread (see checkpoint()): no write until it is.
@@ -632,6 +637,8 @@ class RocksDBKeyedStateBackend(KeyedStateBackend):
         try:
             for cf in cfs:
                 cf.flush(True)
+            # Memtables flushed, the checkpoint folder not made yet; the task goes on.
+            faults.point("worker.during-rocksdb-checkpoint", self.label)
             Checkpoint(self.db).create_checkpoint(local.path)
         except Exception as err:  # noqa: BLE001 - the upload reports it (a declined checkpoint)
             local.error = err
@@ -777,6 +784,8 @@ class RocksDBKeyedStateBackend(KeyedStateBackend):
         os.makedirs(dest, exist_ok=True)
         local = os.path.join(self.base, part.get("local", "")) if part.get("local") else None
         for f in part["files"]:
+            if self.cancelled:
+                raise RestoreCancelled(f"{self.label}: restore cancelled")
             target = os.path.join(dest, f["name"])
             mine = os.path.join(local, f["name"]) if local is not None else None
             if mine is not None and _matches(mine, f):
@@ -811,6 +820,8 @@ class RocksDBKeyedStateBackend(KeyedStateBackend):
                         batch.put(k, v, handle)
                         n += 1
                         if n % COPY_BATCH == 0:
+                            if self.cancelled:
+                                raise RestoreCancelled(f"{self.label}: restore cancelled")
                             self.db.write(batch)
                             batch = WriteBatch(raw_mode=True)
                     self.db.write(batch)

@@ -346,6 +346,12 @@ class SubtaskRunner:
                 self.reader = self.source.create_reader(own)
             self.source_watermarks = callable(getattr(self.reader, "watermark", None))
 
+    def cancel_restore(self) -> None:
+        """From the event loop while :meth:`restore` runs on a thread (the attempt is being
+        cancelled): a rocksdb restore stops at its next file."""
+        if self.rocksdb is not None:
+            self.rocksdb.cancelled = True
+
     def _restore_watermark(self, old: list[float | None], own_range: range) -> None:
         """Start from the watermark of the snapshot: windows it had fired (and cleared) must
         not be opened again by replayed records. After a rescale each key group keeps the

@@ -341,7 +341,7 @@ class Worker:
                 task_state = restore["tasks"].get(r.spec.task_id) if restore else None
                 kind = restore.get("kind", "checkpoint") if restore else "checkpoint"
                 try:
-                    await loop.run_in_executor(self.executor, r.restore, task_state, kind)
+                    await _restore_on_thread(loop, self.executor, r, task_state, kind)
                 except (CorruptStateError, NotFoundError) as err:
                     # The checkpoint itself is bad: the coordinator tries an older one.
                     log.error("worker %d: cannot restore %s: %s", self.index, r.name, err)
@@ -486,6 +486,21 @@ def _source_lag(runners: list[SubtaskRunner]) -> dict[str, int]:
         if lag is not None:
             out.update(lag())
     return out
+
+
+async def _restore_on_thread(loop: asyncio.AbstractEventLoop, executor: ThreadPoolExecutor,
+                             runner: SubtaskRunner, task_state: Any, kind: str) -> None:
+    """``runner.restore`` on a thread. A cancel (the attempt is being torn down) asks the
+    restore to stop at its next file and waits for the thread: the cancel closes the runner
+    right after, and a RocksDB database closed while a thread restores into it crashed the
+    worker (rocksdict: "Already borrowed"). Bounded like every cancel (the watchdog)."""
+    restoring = loop.run_in_executor(executor, runner.restore, task_state, kind)
+    try:
+        await asyncio.shield(restoring)
+    except asyncio.CancelledError:
+        runner.cancel_restore()
+        await asyncio.gather(restoring, return_exceptions=True)
+        raise
 
 
 async def _connect_with_retry(host: str, port: int, timeout: float):
