@@ -140,6 +140,9 @@ class MemorySnapshotStrategy:
     def restored(self, storage: Storage, own_shared: str | None) -> None:
         pass
 
+    def cancel_restore(self) -> None:
+        pass  # the runner waits for it to end: no database is closed under it
+
 
 class MemorySnapshot(KeyedSnapshot):
     """A copy of the memory backend (``frozen``), or a forked child that encodes it."""

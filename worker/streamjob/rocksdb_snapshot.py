@@ -54,6 +54,9 @@ class RocksDBSnapshotStrategy:
         else:
             self.backend.restored()  # after loading a savepoint (or a memory checkpoint)
 
+    def cancel_restore(self) -> None:
+        self.backend.cancelled = True  # the restore stops at its next file
+
 
 class RocksDBCheckpoint(KeyedSnapshot):
     def __init__(self, backend: RocksDBKeyedStateBackend, local: LocalCheckpoint):

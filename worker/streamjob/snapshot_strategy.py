@@ -104,6 +104,11 @@ class SnapshotStrategy(Protocol):
         its own checkpoint (files there need no upload again), else None."""
         ...
 
+    def cancel_restore(self) -> None:
+        """From another thread while :meth:`restore` or :meth:`restored` runs: stop soon
+        (the attempt is being cancelled)."""
+        ...
+
 
 class OperatorStateSnapshot(KeyedSnapshot):
     """No keyed state: the operator state alone (inline in the handle when it is small)."""
@@ -146,4 +151,7 @@ class NoKeyedState:
         pass
 
     def restored(self, storage: Storage, own_shared: str | None) -> None:
+        pass
+
+    def cancel_restore(self) -> None:
         pass

@@ -349,8 +349,7 @@ class SubtaskRunner:
     def cancel_restore(self) -> None:
         """From the event loop while :meth:`restore` runs on a thread (the attempt is being
         cancelled): a rocksdb restore stops at its next file."""
-        if self.rocksdb is not None:
-            self.rocksdb.cancelled = True
+        self.snapshots.cancel_restore()
 
     def _restore_watermark(self, old: list[float | None], own_range: range) -> None:
         """Start from the watermark of the snapshot: windows it had fired (and cleared) must
