@@ -25,7 +25,7 @@ from streamjob import forked_snapshot, state
 from streamjob.checkpoints import UnusableRestoreError
 from streamjob.forked_snapshot import ForkedSnapshot
 from streamjob.operators import KeyedStateBackend
-from streamjob.snapshot_strategy import KeyedSnapshot, SnapshotLocation, load_state_file
+from streamjob.snapshot_strategy import KeyedSnapshot, SnapshotLocation, holds_key_groups
 from streamjob.storage import Storage
 
 log = logging.getLogger("streamjob.task")
@@ -135,7 +135,10 @@ class MemorySnapshotStrategy:
                 f"{self.name}: checkpoint {handle['rocksdb'].get('checkpoint_id', '')} was "
                 "taken on the rocksdb state backend and the job now runs on memory: switch "
                 "backends through a savepoint")
-        load_state_file(self.backend, storage, handle, key_groups)
+        if holds_key_groups(handle):
+            for name, kind, entries, deleted in state.read_keyed_state(storage, handle,
+                                                                       key_groups):
+                self.backend.load(name, kind, entries, deleted)
 
     def restored(self, storage: Storage, own_shared: str | None) -> None:
         pass

@@ -11,7 +11,8 @@ docstring says why it works so).
   order one key group at a time into a state file of ``state.py``'s format (the memory
   backend's), so either backend restores it.
 * **Restore** takes both: a ``rocksdb`` handle is opened (or clipped, or copied from, after a
-  rescale) as the database; a canonical one is loaded into it.
+  rescale) as the database; a canonical one is bulk loaded into it (its bytes never
+  decoded).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from streamjob.rocksdb_backend import LocalCheckpoint, RocksDBKeyedStateBackend
 from streamjob.snapshot_strategy import (
     KeyedSnapshot,
     SnapshotLocation,
-    load_state_file,
+    holds_key_groups,
     write_operator_state,
 )
 from streamjob.storage import Storage
@@ -43,8 +44,8 @@ class RocksDBSnapshotStrategy:
                 continue_chain: bool) -> None:
         if "rocksdb" in handle:
             self._restoring.append(handle["rocksdb"])  # opened together (a rescale merges)
-        else:  # a savepoint, or a checkpoint of the memory backend
-            load_state_file(self.backend, storage, handle, key_groups)
+        elif holds_key_groups(handle):  # a savepoint, or a checkpoint of the memory backend
+            self.backend.load_state_file(storage, handle, key_groups)  # bulk, never decoded
 
     def restored(self, storage: Storage, own_shared: str | None) -> None:
         parts, self._restoring = self._restoring, []

@@ -126,14 +126,10 @@ def write_operator_state(storage: Storage, key: str,
     return state.write_snapshot(storage, key, {}, operator_state, _no_key_group)
 
 
-def load_state_file(backend: Any, storage: Storage, handle: dict[str, Any],
-                    key_groups: range) -> None:
-    """Load the key groups in ``key_groups`` of a state file in ``state.py``'s format (and
-    of the files of its incremental chain) into ``backend``, by ranged reads."""
-    if handle.get("key_groups") or handle.get("chain"):
-        for name, kind, entries, deleted in state.read_keyed_state(storage, handle,
-                                                                   key_groups):
-            backend.load(name, kind, entries, deleted)
+def holds_key_groups(handle: dict[str, Any]) -> bool:
+    """Whether a handle of a state file in ``state.py``'s format has keyed state to restore
+    (key-group sections, or an incremental chain of files that do)."""
+    return bool(handle.get("key_groups") or handle.get("chain"))
 
 
 def _no_key_group(key: Any) -> int:
