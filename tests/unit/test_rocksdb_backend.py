@@ -111,6 +111,23 @@ def test_keys_are_prefixed_by_their_key_group(tmp_path, opened):
                                                           for k in ["a", "b", ("t", 3)]}
 
 
+def test_every_kind_of_key_is_prefixed_by_the_key_group_the_router_gives_it(tmp_path,
+                                                                             opened):
+    class Word(str):
+        pass
+
+    backend = rocks(tmp_path, opened)
+    # (msgpack packs integers from -2**63 to 2**64 - 1)
+    keys = ["", "a", "é", Word("a"), 0, 1, -1, 2**63 - 1, -(2**63), 2**63, 2**64 - 1,
+            True, False, 1.5, b"x", None, ("t", 3), ("t", (1, "u"))]
+    keys += [i * 7919 for i in range(2000)] + [f"w{i}" for i in range(2000)]
+    for k in keys:
+        backend._encoded.clear()
+        first = backend.encode_key(k)
+        assert int.from_bytes(first[:2], "big") == key_group(k, M), k
+        assert backend.encode_key(k) == first  # memoised: the same bytes
+
+
 def test_checkpoint_restores_the_same_state_and_uploads_only_new_files(tmp_path, opened):
     storage = CountingStorage(tmp_path / "store")
     backend = rocks(tmp_path, opened)
