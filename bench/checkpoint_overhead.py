@@ -25,17 +25,20 @@ Part 2, the runtime: ``bench.jobs:large_state`` (p = 1, the same state) on each 
 backend, with checkpoints off and every 1 s. On the memory backend: full and incremental
 checkpoints, each with both snapshot strategies (``spec.checkpoint.snapshotStrategy``:
 ``thread``, the default, and ``fork``); on the rocksdb backend (``spec.stateBackend: {type:
-rocksdb}``, its defaults, files in the run's temporary folder): its checkpoints (dirty
-cached entries in one WriteBatch and a RocksDB checkpoint at the barrier, new SST files
-uploaded after). The overhead of each is its records/s against the same backend with
-checkpoints off, measured in the same round. Records/s from the moment the state is loaded
-(the job's first record loads it; RocksDB takes seconds longer than a dict) to "finished and
-committed"; peak memory: the largest of the worker's VmHWM and, sampled every 0.1 s, its RSS
-plus the private dirty memory (``/proc/<pid>/smaps_rollup``) of its snapshot children, over
-the same backend's peak with checkpoints off and over the live state (the memory backend's
-peak with checkpoints off). The final checkpoint of every run is read back (a rocksdb one
-restored from storage, every file checked against its sha256) and must hold every key with
-a value the job wrote.
+rocksdb}``, its defaults, files in the run's temporary folder): its checkpoints (the dirty
+cached entries in one WriteBatch at the barrier, then a RocksDB checkpoint made on a thread
+and the new SST files uploaded). The overhead of each is its records/s against the same
+backend with checkpoints off, measured in the same round. Records/s from the moment the
+state is loaded (the job's first record loads it; RocksDB takes seconds longer than a dict)
+to "finished and committed"; CPU per record over the same span (``/proc``, sampled every 0.1
+s): the worker's main thread, which runs the task, and the whole worker process (RocksDB's
+flush, compaction and upload threads, snapshot children), a measure the load of other users
+of the machine moves less than records/s; peak memory: the largest of the worker's VmHWM
+and, sampled every 0.1 s, its RSS plus the private dirty memory
+(``/proc/<pid>/smaps_rollup``) of its snapshot children, over the same backend's peak with
+checkpoints off and over the live state (the memory backend's peak with checkpoints off).
+The final checkpoint of every run is read back (a rocksdb one restored from storage, every
+file checked against its sha256) and must hold every key with a value the job wrote.
 """
 
 from __future__ import annotations
@@ -215,6 +218,20 @@ def cow_fault_us(mb: int = 300) -> float:
     return (forked - plain) / len(pages) * 1e6
 
 
+def cpu_s(pid: int) -> tuple[float, float]:
+    """CPU seconds (user + system) of a worker's main thread (its task loop) and of the whole
+    worker process with its reaped children (snapshot children, RocksDB's threads)."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def fields(path: str) -> list[str]:
+        return Path(path).read_text().rsplit(")", 1)[1].split()
+
+    main = fields(f"/proc/{pid}/task/{pid}/stat")
+    proc = fields(f"/proc/{pid}/stat")
+    return ((int(main[11]) + int(main[12])) / tick,
+            sum(int(x) for x in proc[11:15]) / tick)
+
+
 def worker_pids(pid: int) -> list[int]:
     found = []
     for entry in os.listdir("/proc"):
@@ -297,9 +314,11 @@ def runtime(mode: str, keys: int, value_bytes: int, records: int) -> dict[str, f
                                                   STREAMJOB_LOG="INFO"),
                                 stderr=log)
         peak = child_peak = 0.0
+        samples: list[tuple[float, float, float]] = []  # (time, task thread, worker) CPU s
         while proc.poll() is None:
             for pid in worker_pids(proc.pid):
                 try:
+                    samples.append((time.time(), *cpu_s(pid)))
                     mb = status_mb(pid)
                     # A snapshot child is a child of the worker: its copied pages count.
                     children = [c for c in worker_pids(pid)]
@@ -324,7 +343,12 @@ def runtime(mode: str, keys: int, value_bytes: int, records: int) -> dict[str, f
         if mode.endswith("fork") and not children:
             raise SystemExit(f"runtime {mode}: no snapshot was taken by a child")
         loaded = max(float(p.read_text()) for p in Path(tmp).glob("loaded.*"))
+        after = [s for s in samples if s[0] >= loaded]
+        if len(after) < 2:
+            raise SystemExit(f"runtime {mode}: too few CPU samples after the load")
         return {"rate": records / (status["finished_at"] - loaded),
+                "task_us": (after[-1][1] - after[0][1]) / records * 1e6,
+                "worker_us": (after[-1][2] - after[0][2]) / records * 1e6,
                 "load_s": loaded - status["running_since"],
                 "peak_mb": peak, "child_mb": child_peak, "checkpoints": body["checkpoint_id"],
                 "children": children}
@@ -379,18 +403,24 @@ def main() -> None:
         rt: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
         for _ in range(a.repeat):
             for m in modes:
-                rt[m].append(runtime(m, a.keys, a.value_bytes, a.records))
+                r = runtime(m, a.keys, a.value_bytes, a.records)
+                rt[m].append(r)
+                print(f"  {m}: {r['rate']:,.0f} records/s, task {r['task_us']:.1f} µs/record, "
+                      f"worker {r['worker_us']:.1f} µs/record, {r['checkpoints']} checkpoints, "
+                      f"peak {r['peak_mb']:.0f} MB, load average {os.getloadavg()[0]:.1f}",
+                      file=sys.stderr, flush=True)
         med_rt = {m: {k: statistics.median(r[k] for r in rs) for k in rs[0]}
                   for m, rs in rt.items()}
         live = med_rt["off"]["peak_mb"] if "off" in med_rt else None
         print(f"runtime, bench.jobs:large_state p=1, {a.records:,} records, measured from the "
               f"end of the state's loading (at the first record); the memory backend's "
-              f"default strategy: {CheckpointSpec().snapshot_strategy}; overhead and peak "
-              f"against the same backend with checkpoints off; live = the memory backend's "
-              f"peak with checkpoints off")
+              f"default strategy: {CheckpointSpec().snapshot_strategy}; overhead, CPU and "
+              f"peak against the same backend with checkpoints off; CPU per record: the "
+              f"worker's task thread, and the whole worker (its other threads and snapshot "
+              f"children too); live = the memory backend's peak with checkpoints off")
         print(f"{'checkpoints every 1 s':<44}{'records/s':>11}{'overhead':>10}{'target':>8}"
-              f"{'range':>16}{'peak MB':>9}{'÷ off':>7}{'÷ live':>8}{'target':>8}"
-              f"{'child MB':>10}{'load s':>8}")
+              f"{'range':>16}{'task µs/rec':>13}{'worker µs/rec':>15}{'peak MB':>9}"
+              f"{'÷ off':>7}{'÷ live':>8}{'target':>8}{'child MB':>10}{'load s':>8}")
         for m in modes:
             r, base = med_rt[m], med_rt[baseline(m)]
             overheads = [(1 - x["rate"] / b["rate"]) * 100
@@ -405,8 +435,12 @@ def main() -> None:
                          + (f", {r['children']:.0f} by a child" if how else "") + ")")
             is_base = m == baseline(m)
             spread = "" if is_base else f"{min(overheads):.1f}..{max(overheads):.1f}%"
+            cpu = "" if is_base else "{:+.0%}"
             print(f"{label:<44}{r['rate']:>11,.0f}{(1 - r['rate'] / base['rate']) * 100:>9.1f}%"
-                  f"{'' if is_base else '<= 5%':>8}{spread:>16}{r['peak_mb']:>9.0f}"
+                  f"{'' if is_base else '<= 5%':>8}{spread:>16}"
+                  f"{r['task_us']:>6.1f}{cpu.format(r['task_us'] / base['task_us'] - 1):>7}"
+                  f"{r['worker_us']:>8.1f}{cpu.format(r['worker_us'] / base['worker_us'] - 1):>7}"
+                  f"{r['peak_mb']:>9.0f}"
                   f"{r['peak_mb'] / base['peak_mb']:>7.2f}"
                   f"{r['peak_mb'] / live if live else float('nan'):>8.2f}"
                   f"{'' if is_base else '<= 1.3':>8}{r['child_mb']:>10.0f}{r['load_s']:>8.1f}")

@@ -68,7 +68,7 @@ class PreloadedState(KeyedProcessFunction):
             mine, m = self.ctx.key_groups, self.ctx.max_parallelism
             n = self.value_bytes
             entries = ((k, large_value(k, 0, n)) for k in range(self.keys)
-                       if key_group(k, m) in mine)
+                       if len(mine) == m or key_group(k, m) in mine)
             if hasattr(backend, "checkpoint"):  # rocksdb: straight into the database
                 while chunk := dict(itertools.islice(entries, 65536)):
                     backend.load("value", "value", chunk)

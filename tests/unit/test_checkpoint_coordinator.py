@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import pytest
 
 from streamjob import checkpoints as ckpt
+from streamjob import jobstate as js
 from streamjob.checkpoint_coordinator import CheckpointCoordinator
 from streamjob.metrics import CoordinatorMetrics
 from streamjob.storage import LocalStorage, StorageError
@@ -401,3 +402,50 @@ def test_a_checkpoint_the_restore_skipped_does_not_count_as_retained(tmp_path: P
     asyncio.run(scenario())
     assert ckpt.list_checkpoint_ids(storage, JOB) == {5: True, 8: True}
     assert shared_files(storage) == {"a.sst", "b.sst", "e.sst"}
+
+
+@pytest.mark.parametrize("how", ["declined", "expired"])
+def test_an_aborted_checkpoint_keeps_the_shared_files_its_acks_uploaded(tmp_path: Path, how):
+    """Subtask 0 uploaded SST x for checkpoint 2 and acked; subtask 1 declines (or 2 times
+    out). The workers remember x as uploaded, so checkpoint 3 refers to it without
+    uploading it again: the abort deletes 2's own folder, never a shared file."""
+    storage = LocalStorage(tmp_path)
+
+    async def scenario():
+        cc = make(storage, [0])
+        cc.p = 2
+        cc.owner.start()
+
+        uploaded: set[str] = set()
+
+        def ack_all(cid: int, ssts: list[str], subtasks=(0, 1)) -> None:
+            """Acks naming ``ssts``; a file is uploaded once (the workers remember what they
+            uploaded and never upload it again)."""
+            for i in subtasks:
+                handle = shared_handle(cid, ssts)
+                handle["key"] = f"{JOB}/chk-{cid}/t0/{i}-state"
+                for key in ckpt.handle_keys(handle) - uploaded:
+                    storage.put(key, b"x")
+                    uploaded.add(key)
+                cc.on_ack({"id": cid, "task": "t0", "subtask": i, "handle": handle,
+                           "timings": {}})
+
+        cc.trigger()
+        ack_all(1, ["a"])
+        cc.trigger()
+        ack_all(2, ["a", "x"], subtasks=(0,))
+        if how == "declined":
+            cc.abort(2, "declined by t0[1]", count=True)
+        else:
+            cc.expire(cc.pending[2].triggered_at + cc.cfg.timeout + 1)
+        await cc.owner.submit("barrier", lambda: asyncio.sleep(0))
+        assert 2 not in ckpt.list_checkpoint_ids(storage, JOB)
+        cc.trigger()
+        ack_all(3, ["a", "x"])
+        await cc.owner.submit("barrier", lambda: asyncio.sleep(0))
+
+    asyncio.run(scenario())
+    assert ckpt.list_checkpoint_ids(storage, JOB) == {3: True}
+    assert shared_files(storage) == {"a.sst", "x.sst"}
+    assert js.missing_or_short(ckpt.handles_of(ckpt.read_metadata(
+        storage, ckpt.checkpoint_dir(JOB, 3))), storage.size) is None

@@ -12,7 +12,7 @@ from streamjob import checkpoints as ckpt
 from streamjob import state
 from streamjob.keygroups import key_group, key_group_range
 from streamjob.operators import CountOperator, KeyedContext, KeyedStateBackend
-from streamjob.rocksdb_backend import RocksDBKeyedStateBackend, subtask_dir
+from streamjob.rocksdb_backend import RocksDBKeyedStateBackend, SstRuns, subtask_dir
 from streamjob.storage import LocalStorage, NotFoundError
 
 M = 128
@@ -109,6 +109,23 @@ def test_keys_are_prefixed_by_their_key_group(tmp_path, opened):
     assert sorted(raw) == raw
     assert {int.from_bytes(k[:2], "big") for k in raw} == {key_group(k, M)
                                                           for k in ["a", "b", ("t", 3)]}
+
+
+def test_every_kind_of_key_is_prefixed_by_the_key_group_the_router_gives_it(tmp_path,
+                                                                             opened):
+    class Word(str):
+        pass
+
+    backend = rocks(tmp_path, opened)
+    # (msgpack packs integers from -2**63 to 2**64 - 1)
+    keys = ["", "a", "é", Word("a"), 0, 1, -1, 2**63 - 1, -(2**63), 2**63, 2**64 - 1,
+            True, False, 1.5, b"x", None, ("t", 3), ("t", (1, "u"))]
+    keys += [i * 7919 for i in range(2000)] + [f"w{i}" for i in range(2000)]
+    for k in keys:
+        backend._encoded.clear()
+        first = backend.encode_key(k)
+        assert int.from_bytes(first[:2], "big") == key_group(k, M), k
+        assert backend.encode_key(k) == first  # memoised: the same bytes
 
 
 def test_checkpoint_restores_the_same_state_and_uploads_only_new_files(tmp_path, opened):
@@ -263,6 +280,16 @@ def test_savepoints_are_canonical_both_ways(tmp_path, opened):
     for name, kind, entries, deleted in state.read_keyed_state(storage, handle, range(M)):
         again.load(name, kind, entries, deleted)
     assert contents(again) == expected
+    # memory file -> rocksdb by bulk load, at parallelism 3: exactly the key groups
+    got: dict = {}
+    for j in range(3):
+        part = rocks(tmp_path, opened, j, 3, name="t3")
+        part.load_state_file(storage, handle, part.key_groups)
+        for name, entries in contents(part).items():
+            assert all(key_group(k, M) in part.key_groups for k in entries), name
+            assert not set(entries) & set(got.get(name, {}))
+            got.setdefault(name, {}).update(entries)
+    assert got == expected
 
 
 def test_ttl_clean_up_walks_a_large_state_a_chunk_at_a_time(tmp_path, opened):
@@ -289,6 +316,106 @@ def test_ttl_clean_up_walks_a_large_state_a_chunk_at_a_time(tmp_path, opened):
         walked.append(len(backend.expiring["v"]._walk))
     assert max(walked) <= WALK_CHUNK  # never the whole table's keys at once
     assert dict(backend.tables["v"].decoded_items()).keys() == {"fresh"}
+
+
+def _decoded_sections(backend):
+    """The canonical sections of ``backend`` built from decoded entries in key order (what
+    savepoints wrote before their bytes were passed through), expired TTL entries out."""
+    by_kg: dict = {}
+    for name, t in backend.tables.items():
+        entries = dict(t.decoded_items())
+        if name in backend.expiring:
+            entries = backend.expiring[name].live(entries)[0]
+        for k in sorted(entries, key=backend.encode_key):
+            by_kg.setdefault(key_group(k, M), {}).setdefault(name, []).append([k, entries[k]])
+    return [(kg, [(name, backend.kinds[name], es) for name, es in tables.items()])
+            for kg, tables in sorted(by_kg.items())]
+
+
+def test_a_savepoint_is_byte_for_byte_the_file_of_its_decoded_entries(tmp_path, opened):
+    from streamjob.ttl import StateTtlConfig
+
+    class Clock:
+        now = 1_000_000
+
+        def __call__(self):
+            return self.now
+
+    storage = LocalStorage(tmp_path / "store")
+    backend = rocks(tmp_path, opened)
+    ctx = fill(backend, [f"k{i}" for i in range(2000)] + [("t", i, 0.5) for i in range(300)]
+               + list(range(-50, 50)) + [b"\x00raw"])
+    clock = Clock()
+    ctx.clock = clock
+    ttl = ctx.value_state("ttl", None, ttl=StateTtlConfig(1, cleanup_size=0))
+    for i in range(300):
+        ctx.key = f"k{i}"
+        ttl.update({"i": i, "f": 1.25})
+        if i == 149:
+            clock.now += 600
+    clock.now += 500  # the first 150 expired, the others live
+    expected = _decoded_sections(backend)
+    assert sum(len(es) for _, secs in expected for n, _, es in secs if n == "ttl") == 150
+    handle = state.write_snapshot_sections(storage, "sp/packed",
+                                           backend.savepoint_sections(backend.savepoint()),
+                                           {"splits": {}})
+    decoded = state.write_snapshot_sections(storage, "sp/decoded", iter(expected),
+                                            {"splits": {}})
+    assert storage.get("sp/packed") == storage.get("sp/decoded")
+    assert handle["keys"] == decoded["keys"] == 2401 * 2 + 150
+
+
+def test_sst_runs_sort_each_batch_and_start_a_run_where_keys_go_back(tmp_path, opened):
+    big = os.urandom(10_000)  # over a block, incompressible: the file's size grows by it
+    runs = SstRuns(str(tmp_path / "sst"), rocks(tmp_path, opened).options, limit=5_000)
+    runs.add([(b"\x00\x03b", b"1"), (b"\x00\x03a", b"2")])    # unsorted: sorted
+    runs.add([(b"\x00\x04a", big), (b"\x00\x04b", big)])       # after: same file
+    runs.add([])                                                  # nothing: no file
+    runs.add([(b"\x00\x05a", b"5"), (b"\x00\x05b", b"3")])     # over the limit: a file
+    runs.add([(b"\x00\x03a", b"4")], [b"\x00\x05a"])           # back: a new run
+    files = runs.finish()
+    assert [len(run) for run in files] == [2, 1]
+    assert all(os.path.exists(f) for run in files for f in run)
+    # Ingested run after run, the later run wins (the put and the deletion).
+    target = rocks(tmp_path, opened, name="t2")
+    t = target.table("s", "value")
+    from rocksdict import IngestExternalFileOptions
+    for run in files:
+        t._cf.ingest_external_file(run, IngestExternalFileOptions())
+    assert dict(t._cf.items()) == {b"\x00\x03a": b"4", b"\x00\x03b": b"1",
+                                   b"\x00\x04a": big, b"\x00\x04b": big,
+                                   b"\x00\x05b": b"3"}
+
+
+def test_a_memory_checkpoint_chain_bulk_loads_as_a_batch_load_does(tmp_path, opened):
+    storage = LocalStorage(tmp_path / "store")
+    kg = lambda k: key_group(k, M)  # noqa: E731
+    mem = KeyedStateBackend(track_changes=True)
+    t, m = mem.table("count", "value"), mem.table("seen", "map")
+    for i in range(3000):
+        t[f"k{i}"], m[("t", i)] = i, {"x": i}
+    chain = [state.write_snapshot(storage, "base", mem.freeze(), None, kg)]
+    for step in range(2):
+        changed = [f"k{i}" for i in range(step, 3000, 7)]
+        for k in changed:
+            t[k] = t.get(k, 0) + 1
+        gone = [f"k{i}" for i in range(step + 1, 3000, 11)]
+        for k in gone:
+            t.pop(k, None)
+        t[f"new{step}"] = step
+        mem.mark_dirty([*changed, *gone, f"new{step}"])
+        chain.append(state.write_snapshot(storage, f"d{step}", mem.freeze_delta(), None, kg))
+    top = dict(chain[-1], chain=chain[:-1])
+    bulk = rocks(tmp_path, opened, name="bulk")
+    bulk.load_state_file(storage, top, range(M))
+    batch = rocks(tmp_path, opened, name="batch")
+    for name, kind, entries, deleted in state.read_keyed_state(storage, top, range(M)):
+        batch.load(name, kind, entries, deleted)
+    assert contents(bulk) == contents(batch) == {"count": dict(t), "seen": dict(m)}
+    assert bulk.kinds == {"count": "value", "seen": "map"}
+    # The base landed below the memtable and level 0: nothing there for compaction to merge.
+    assert bulk.db.property_int_value("rocksdb.num-files-at-level0") == 0
+    assert not [n for n in os.listdir(bulk.instance_dir) if n.startswith("load-")]
 
 
 def test_a_cancelled_restore_stops_at_its_next_file(tmp_path, opened):

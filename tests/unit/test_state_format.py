@@ -131,3 +131,65 @@ def test_incremental_chain_restores_the_full_state_and_uploads_only_changes(tmp_
         restored.load(name, kind, entries, deleted)
     assert restored.tables["count"] == t
     assert "k7" not in restored.tables["count"]
+
+
+def test_packed_sections_and_reads_are_the_bytes_of_decoded_ones(tmp_path):
+    """A backend that keeps entries packed (rocksdb) writes and reads sections with the
+    entries' bytes passed through: the same file and the same entries as decoded ones."""
+    import msgpack
+
+    from streamjob.state import ENTRY, pack_section, read_packed_keyed_state
+
+    pack = msgpack.Packer(use_bin_type=True).pack
+    entries = [("k", [1, "x"]), (("t", 2), {"a": 1.5, 3: b"\x00"}), (7, None), (-1, True)]
+    decoded = [("count", "value", [list(e) for e in entries]), ("empty", "map", [])]
+    packed = pack_section([(name, kind, len(es), b"".join(ENTRY + pack(k) + pack(v)
+                                                          for k, v in es))
+                           for name, kind, es in decoded])
+    assert packed.blob == pack(decoded) and packed.keys == 4
+
+    storage = LocalStorage(tmp_path)
+    kg = lambda k: key_group(k, 128)  # noqa: E731
+    b = KeyedStateBackend(track_changes=True)
+    t, m = b.table("count", "value"), b.table("seen", "map")
+    for i in range(500):
+        t[f"k{i}"], m[("t", i)] = i, {"x": [i, 0.5]}
+    base = write_snapshot(storage, "base", b.freeze(), None, kg)
+    t["k1"] = -1
+    del t["k2"]
+    b.mark_dirty(["k1", "k2"])
+    top = dict(write_snapshot(storage, "delta", b.freeze_delta(), None, kg), chain=[base])
+    mine = key_group_range(1, 3, 128)
+    want = [(n, kind, {pack(k): pack(v) for k, v in es.items()}, [pack(k) for k in gone])
+            for n, kind, es, gone in read_keyed_state(storage, top, mine)]
+    got = [(n, kind, dict(es), gone)
+           for g, n, kind, es, gone in read_packed_keyed_state(storage, top, mine)]
+    assert got == want
+    everywhere = list(read_packed_keyed_state(storage, top, range(128)))
+    assert [gone for _, n, _, _, gone in everywhere if gone and n == "count"] == [[pack("k2")]]
+    assert {g for g, *_ in read_packed_keyed_state(storage, top, mine)} <= set(mine)
+
+
+def test_a_packed_read_refuses_a_malformed_section(tmp_path):
+    import zlib
+
+    import msgpack
+
+    from streamjob.state import HEADER, read_packed_keyed_state
+
+    storage = LocalStorage(tmp_path)
+    for section in ([["count", "value", [["k"]]]],          # an entry without its value
+                    [["count", "value", [["k", 1]]], 5],    # not a table
+                    [["count", 1, [["k", 1]]]]):            # a kind that is no string
+        blob = msgpack.packb(section)
+        storage.put("s", HEADER + blob)
+        handle = {"format": 1, "key": "s",
+                  "key_groups": [[3, len(HEADER), len(blob), zlib.crc32(blob)]]}
+        with pytest.raises(CorruptStateError):
+            list(read_packed_keyed_state(storage, handle, range(128)))
+    blob = msgpack.packb([["count", "value", [["k", 1]]]])
+    storage.put("s", HEADER + blob[:-1] + b"\x02")  # a bit flip: the crc32 finds it
+    handle = {"format": 1, "key": "s",
+              "key_groups": [[3, len(HEADER), len(blob), zlib.crc32(blob)]]}
+    with pytest.raises(CorruptStateError, match="checksum"):
+        list(read_packed_keyed_state(storage, handle, range(128)))

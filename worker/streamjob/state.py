@@ -16,6 +16,14 @@ The *handle* that the subtask acks (and ``_metadata`` keeps) says where each sec
 plus the file's size and sha256. A restoring subtask reads only the byte ranges of the key
 groups it owns and checks each crc32. Small operator-only state is kept inline in the handle
 (base64 msgpack) instead of a file.
+
+A key-group section is the msgpack array ``[[table, kind, [[key, value], ...]], ...]`` (a
+delta's sections carry a fourth item, the deleted keys). Keys and values are packed by one
+``msgpack.Packer(use_bin_type=True)``, whose encoding of a value is unique (smallest form,
+floats as float64, tuples as arrays), so a backend that keeps its entries packed already
+(rocksdb) writes and reads sections with the entries' bytes passed through
+(:func:`pack_section`, :func:`read_packed_keyed_state`), and the file is byte for byte the one
+written from decoded entries.
 """
 
 from __future__ import annotations
@@ -27,8 +35,8 @@ import struct
 import tempfile
 import zlib
 from collections import defaultdict
-from collections.abc import Callable, Iterable
-from typing import Any, BinaryIO
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, BinaryIO, NamedTuple
 
 import msgpack
 
@@ -40,6 +48,7 @@ HEADER = MAGIC + struct.pack("<H", VERSION)
 INLINE_LIMIT = 16 * 1024
 SPOOL_BYTES = 16 * 1024 * 1024  # a state file bigger than this is built on disk
 SPAN_BYTES = 16 * 1024 * 1024   # largest ranged read on restore (one section may exceed it)
+ENTRY = b"\x92"  # msgpack fixarray of 2: an entry ``[key, value]`` (its packed bytes follow)
 
 
 class CorruptStateError(ValueError):
@@ -135,14 +144,39 @@ class _StateFileWriter:
         self.offset += len(blob)
         return where
 
-    def section(self, kg: int, sections: list[Any]) -> None:
+    def section(self, kg: int, sections: list[Any] | PackedSection) -> int:
+        """Write one key group's section (decoded, or packed already); its number of keys."""
+        if isinstance(sections, PackedSection):
+            self.kg_index.append([kg, *self._write(sections.blob)])
+            return sections.keys
         self.kg_index.append([kg, *self._write(self.packer.pack(sections))])
+        return sum(len(s[2]) for s in sections)
 
     def finish(self, operator_state: dict[str, Any] | None, keys: int) -> dict[str, Any]:
         """The handle (without its storage key)."""
         op = self._write(self.packer.pack(operator_state)) if operator_state else None
         return {"format": VERSION, "size": self.offset, "sha256": self.digest.hexdigest(),
                 "key_groups": self.kg_index, "operator": op, "keys": keys}
+
+
+class PackedSection(NamedTuple):
+    """A key group's section packed already (:func:`pack_section`)."""
+
+    blob: bytes
+    keys: int
+
+
+def pack_section(tables: list[tuple[str, str, int, bytes]]) -> PackedSection:
+    """A key group's section from tables whose entries are packed already: ``(table, kind,
+    n, entries)`` with ``entries`` the concatenation of ``n`` packed ``[key, value]`` arrays
+    (``ENTRY + packed key + packed value`` each). The same bytes as packing the decoded
+    ``[(table, kind, [[key, value], ...]), ...]``, without decoding anything."""
+    packer = msgpack.Packer(use_bin_type=True)
+    parts = [packer.pack_array_header(len(tables))]
+    for name, kind, n, entries in tables:
+        parts += (packer.pack_array_header(3), packer.pack(name), packer.pack(kind),
+                  packer.pack_array_header(n), entries)
+    return PackedSection(b"".join(parts), sum(t[2] for t in tables))
 
 
 def write_snapshot(storage: Storage, key: str,
@@ -237,20 +271,85 @@ def _read_one(storage: Storage, handle: dict[str, Any], key_groups: range,
 
 
 def write_snapshot_sections(storage: Storage, key: str,
-                            sections: Iterable[tuple[int, list[tuple[str, str, list[Any]]]]],
+                            sections: Iterable[tuple[int, list[tuple[str, str, list[Any]]]
+                                                     | PackedSection]],
                             operator_state: dict[str, Any] | None) -> dict[str, Any]:
     """Write a full snapshot in this format from key-group sections produced one at a time
-    in ascending key-group order (``(kg, [(table, kind, [[key, value], ...]), ...])``), as
-    a backend that keeps its state sorted by key group (rocksdb) reads them: never the
-    whole state in memory. Returns the handle, as :func:`write_snapshot`."""
+    in ascending key-group order (``(kg, [(table, kind, [[key, value], ...]), ...])``, or
+    ``(kg, PackedSection)``), as a backend that keeps its state sorted by key group
+    (rocksdb) reads them: never the whole state in memory. Returns the handle, as
+    :func:`write_snapshot`."""
     with tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES) as f:
         writer, keys = _StateFileWriter(f), 0
         for kg, secs in sections:
-            writer.section(kg, secs)
-            keys += sum(len(s[2]) for s in secs)
+            keys += writer.section(kg, secs)
         if not writer.kg_index:
             return write_snapshot(storage, key, {}, operator_state, lambda k: 0)
         handle = writer.finish(operator_state, keys)
         upload_file(storage, key, f)
     handle["key"] = key
     return handle
+
+
+def read_packed_keyed_state(storage: Storage, handle: dict[str, Any], key_groups: range,
+                            ) -> Iterator[tuple[int, str, str, list[tuple[bytes, bytes]],
+                                                list[bytes]]]:
+    """Like :func:`read_keyed_state`, but nothing decoded: ``(key group, table, kind,
+    [(packed key, packed value), ...], [packed deleted key, ...])`` in file order (for a
+    backend that stores entries packed: rocksdb)."""
+    for part in [*handle.get("chain", []), handle]:
+        if part.get("format") != VERSION:
+            raise CorruptStateError(f"state format {part.get('format')!r} is not {VERSION}")
+        wanted = [e for e in part.get("key_groups", []) if e[0] in key_groups]
+        for span in _spans(wanted):
+            start = span[0][1]
+            end = span[-1][1] + span[-1][2]
+            blob = storage.get_range(part["key"], start, end - start)
+            if len(blob) != end - start:
+                raise CorruptStateError(f"{part['key']} is shorter than its handle says")
+            for kg, offset, length, crc in span:
+                section = blob[offset - start: offset - start + length]
+                where = f"{part['key']} key group {kg}"
+                if zlib.crc32(section) != crc:
+                    raise CorruptStateError(f"checksum mismatch in {where}")
+                try:
+                    for name, kind, entries, deleted in _split_section(section):
+                        yield kg, name, kind, entries, deleted
+                except (ValueError, TypeError, msgpack.UnpackException) as err:
+                    raise CorruptStateError(f"cannot decode {where}: {err}") from None
+
+
+def _split_section(blob: bytes) -> list[tuple[str, str, list[tuple[bytes, bytes]],
+                                              list[bytes]]]:
+    """A section's tables with the packed bytes of each key and value (located by skipping
+    over them, never decoded)."""
+    u = msgpack.Unpacker(raw=False, max_buffer_size=max(len(blob), 1))
+    u.feed(blob)
+    read_header, skip, tell = u.read_array_header, u.skip, u.tell
+    tables = []
+    for _ in range(read_header()):
+        items = read_header()
+        if items not in (3, 4):
+            raise ValueError(f"a table section has {items} items")
+        name, kind = u.unpack(), u.unpack()
+        if type(name) is not str or type(kind) is not str:
+            raise ValueError("a table section's name and kind are not strings")
+        entries = []
+        for _ in range(read_header()):
+            if read_header() != 2:
+                raise ValueError("an entry is not [key, value]")
+            a = tell()
+            skip()
+            b = tell()
+            skip()
+            entries.append((blob[a:b], blob[b:tell()]))
+        deleted = []
+        if items == 4:
+            for _ in range(read_header()):
+                a = tell()
+                skip()
+                deleted.append(blob[a:tell()])
+        tables.append((name, kind, entries, deleted))
+    if tell() != len(blob):
+        raise ValueError("trailing bytes after the section")
+    return tables

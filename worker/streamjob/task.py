@@ -338,9 +338,12 @@ class SubtaskRunner:
                     rocksdb_parts.append(handle["rocksdb"])
                 elif self.backend is not None and (handle.get("key_groups") or
                                                    handle.get("chain")):
-                    for name, table_kind, entries, deleted in state.read_keyed_state(
-                            self.storage, handle, own_range):
-                        self.backend.load(name, table_kind, entries, deleted)
+                    if self.rocksdb is not None:  # bulk loaded, the bytes never decoded
+                        self.rocksdb.load_state_file(self.storage, handle, own_range)
+                    else:
+                        for name, table_kind, entries, deleted in state.read_keyed_state(
+                                self.storage, handle, own_range):
+                            self.backend.load(name, table_kind, entries, deleted)
                 if old_index == 0:
                     faults.point("worker.during-restore")  # one state file read, not all
             if rocksdb_parts:
