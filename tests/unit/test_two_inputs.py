@@ -51,7 +51,7 @@ async def run_until_snapshot(runner: SubtaskRunner, feed) -> list:
     finished, done = [], asyncio.Event()
 
     def finish(snap):
-        finished.append((snap, {k: dict(t) for k, (_, t) in snap.frozen.items()}))
+        finished.append((snap, {k: dict(t) for k, (_, t) in snap.keyed.frozen.items()}))
         done.set()
 
     runner._finish = finish

@@ -22,8 +22,9 @@ Protocol (pipes only; msgpack, never pickle):
    operator state (complete only once the sink has staged its epoch) from the control pipe
    up to EOF, appends it, sends the handle (sizes, crc32s, sha256, key-group index) on the
    result pipe and leaves with ``os._exit``. Past its deadline it gives up on its own.
-3. Parent, on an upload thread: sends the operator state, reads the handle, reaps the child,
-   then uploads the spool file (:meth:`ForkedSnapshot.open_file`) with the storage client
+3. Parent, on an upload thread (:meth:`ForkedSnapshot.upload`, the asynchronous part of the
+   memory backend's snapshot strategy, ``memory_snapshot.py``): sends the operator state,
+   reads the handle, reaps the child, then uploads the spool file with the storage client
    every other upload uses. Every wait has the checkpoint's deadline; a child past it is
    killed and reaped and the checkpoint declined. One child per worker process at a time
    (:func:`choose`): a snapshot due while one runs is encoded on a thread as usual.
@@ -46,6 +47,7 @@ from typing import Any, BinaryIO, NoReturn
 import msgpack
 
 from streamjob import faults, state
+from streamjob.storage import Storage
 
 STRATEGIES = ("thread", "fork")
 # Below this many keys a thread encodes in milliseconds and a fork costs more than it saves.
@@ -161,6 +163,19 @@ class ForkedSnapshot:
                 raise
             finally:
                 self._close()
+
+    def upload(self, storage: Storage, key: str,
+               operator_state: dict[str, Any]) -> dict[str, Any]:
+        """On an upload thread: :meth:`finish`, then the child's state file to ``key``; the
+        handle. The spool file is gone afterwards, whatever happened."""
+        try:
+            handle = self.finish(operator_state)
+            with self.open_file() as f:
+                state.upload_file(storage, key, f)
+        finally:
+            self.remove_file()
+        handle["key"] = key
+        return handle
 
     def cancel(self) -> None:
         """From any thread: stop the child now (its owner's :meth:`finish` then fails fast

@@ -81,9 +81,10 @@ def keys_of(records: Sequence[Any], key_fn: Callable[[Any], Any]) -> Sequence[An
     call per record, the largest single cost of routing by key (``bench/exchange.py``), is
     skipped for a check of the batch's types. Any other record (a subclass, which may define
     ``__str__``) gets the key function's result."""
-    # The type check costs about a quarter of the calls it saves; counting the types is
-    # cheaper than collecting them in a set.
-    if key_fn in IDENTITY_KEY_FNS and list(map(type, records)).count(key_fn) == len(records):
+    # The type check costs about a quarter of the calls it saves (counting the types is
+    # cheaper than collecting them in a set); the first record spares it to other batches.
+    if (key_fn in IDENTITY_KEY_FNS and records and type(records[0]) is key_fn
+            and list(map(type, records)).count(key_fn) == len(records)):
         return records
     return list(map(key_fn, records))
 

@@ -177,6 +177,9 @@ class KeyedStateBackend:
     def num_keys(self) -> int:
         return sum(len(t) for t in self.tables.values())
 
+    def close(self) -> None:
+        """Release what the backend holds outside Python's memory (nothing here)."""
+
 
 class ValueState:
     """The value of one state for the current key."""

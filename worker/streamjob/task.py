@@ -26,7 +26,7 @@ from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from streamjob import barriers, faults, forked_snapshot, state
+from streamjob import barriers, faults, state
 from streamjob.barriers import BarrierHandler
 from streamjob.channels import (
     CHECKPOINT,
@@ -37,17 +37,18 @@ from streamjob.channels import (
     OutputSet,
     Watermark,
 )
-from streamjob.checkpoints import (
-    UnusableRestoreError,
-    checkpoint_dir,
-    savepoint_path,
-    shared_dir,
-)
+from streamjob.checkpoints import checkpoint_dir, savepoint_path, shared_dir
 from streamjob.connectors.base import assign_splits
-from streamjob.forked_snapshot import ForkedSnapshot
 from streamjob.jobgraph import TaskSpec, sides_of_channels
 from streamjob.keygroups import key_group, key_group_range
+from streamjob.memory_snapshot import MemorySnapshotStrategy
 from streamjob.operators import KeyedStateBackend
+from streamjob.snapshot_strategy import (
+    KeyedSnapshot,
+    NoKeyedState,
+    SnapshotLocation,
+    SnapshotStrategy,
+)
 from streamjob.storage import Storage
 from streamjob.windows import (
     MAX_WATERMARK,
@@ -108,17 +109,12 @@ class Snapshot:
     alignment_ms: float
     sync_ms: float
     buffered_records: int
-    frozen: dict[str, Any]
+    keyed: KeyedSnapshot  # the keyed state's part (snapshot_strategy.py)
     operator_state: dict[str, Any]
     staged: asyncio.Future[None] | None  # the sink's output of this epoch, being staged
     unaligned: bool = False
-    delta: bool = False
-    savepoint: bool = False
-    base_epoch: int = 0
-    forked: ForkedSnapshot | None = None  # a child encodes the keyed state (not ``frozen``)
     sync_done: float = field(default_factory=time.time)
     async_start: float = 0.0
-    local: Any = None  # the rocksdb backend's local checkpoint (its sync part)
 
 
 class SubtaskRunner:
@@ -178,21 +174,19 @@ class SubtaskRunner:
         self.uploads: set[asyncio.Task[Any]] = set()
         self.replay: list[tuple[int, Any]] = []  # (gate channel, batch) captured in flight
         self._kg_cache: dict[Any, int] = {}
-        # Incremental checkpoints: the files (full snapshot, then deltas) the current state
-        # builds on; None means the next checkpoint is a full one.
+        # How the keyed state backend is built and snapshotted: spec.stateBackend
+        # (manifest.StateBackendSpec; None: memory), incremental checkpoints (chains of at
+        # most max_deltas deltas), how the memory backend encodes (snapshotStrategy: thread
+        # or fork, forked_snapshot.py; a child within the checkpoint timeout).
         self.incremental, self.max_deltas = incremental, max_deltas
-        # spec.stateBackend (manifest.StateBackendSpec); None: memory.
         self.state_backend = state_backend
-        self.rocksdb: Any = None  # the backend when it is rocksdb (its checkpoint methods)
+        self.snapshot_encoding, self.snapshot_timeout = snapshot_strategy, snapshot_timeout
+        self.snapshots: SnapshotStrategy = NoKeyedState()  # the backend's, once built
         self.trim: Callable[[], None] | None = None  # the rocksdb backend's, between batches
-        self.chain: list[dict[str, Any]] | None = None
-        self.chain_epoch = 0
+        # Uploads of one subtask go in checkpoint order: a delta needs its base first.
         self.upload_lock = asyncio.Lock()
-        # How the memory backend's snapshots are encoded (forked_snapshot.py): on an upload
-        # thread, or by a forked child (at most one per process), within the checkpoint
-        # timeout; the children of this subtask by checkpoint id, until reaped.
-        self.snapshot_strategy, self.snapshot_timeout = snapshot_strategy, snapshot_timeout
-        self.children: dict[int, ForkedSnapshot] = {}
+        # Keyed snapshots taken and neither uploaded nor discarded yet, by checkpoint id.
+        self.taken: dict[int, KeyedSnapshot] = {}
         # Everything the sink does that may block (writes, the cut at a barrier, staging) runs
         # on one thread of its own, in the order of the stream: the records submitted before
         # barrier n are exactly epoch n. Staging starts at the barrier whatever becomes of
@@ -241,21 +235,27 @@ class SubtaskRunner:
                 self.sink_writer = fn.create_writer(self.subtask, self.job_id)
 
     def _new_backend(self) -> KeyedStateBackend:
-        """The keyed state backend that ``spec.stateBackend`` asks for."""
+        """The keyed state backend that ``spec.stateBackend`` asks for, and its snapshot
+        strategy (``self.snapshots``)."""
         key_groups = key_group_range(self.subtask, self.p, self.m)
         sb = self.state_backend
         if sb is not None and sb.type == "rocksdb":
             from streamjob.rocksdb_backend import RocksDBKeyedStateBackend, subtask_dir
+            from streamjob.rocksdb_snapshot import RocksDBSnapshotStrategy
 
-            backend = self.rocksdb = RocksDBKeyedStateBackend(
+            backend = RocksDBKeyedStateBackend(
                 subtask_dir(sb.rocksdb.local_dir, self.job_id, self.spec.task_id,
                             self.subtask), key_groups, self.m,
                 block_cache_mb=sb.rocksdb.block_cache_mb,
                 write_buffer_mb=sb.rocksdb.write_buffer_mb)
+            self.snapshots = RocksDBSnapshotStrategy(backend)
             self.trim = backend.trim
             return backend
         backend = KeyedStateBackend(track_changes=self.incremental)
         backend.key_groups, backend.max_parallelism = key_groups, self.m
+        self.snapshots = MemorySnapshotStrategy(
+            backend, self._kg_of, self.name, self.incremental, self.max_deltas,
+            self.snapshot_encoding, self.snapshot_timeout)
         return backend
 
     def _kg_of(self, key: Any) -> int:
@@ -313,7 +313,6 @@ class SubtaskRunner:
             same_parallelism = len(task_state["subtasks"]) == self.p
             own_range = key_group_range(self.subtask, self.p, self.m)
             watermarks: list[float | None] = []
-            rocksdb_parts: list[dict[str, Any]] = []
             for old_index, handle in enumerate(task_state["subtasks"]):
                 op_state = state.read_operator_state(self.storage, handle)
                 positions.update(op_state.get("splits", {}))
@@ -321,37 +320,18 @@ class SubtaskRunner:
                     # What the sink had not committed yet (one new subtask per old one).
                     sink_states.append(op_state["sink"])
                 watermarks.append(op_state.get("watermark"))
-                if same_parallelism and old_index == self.subtask:
+                own_snapshot = same_parallelism and old_index == self.subtask
+                if own_snapshot:
                     for channel, batches in op_state.get("inflight", []):
                         self.replay.extend((channel, b) for b in batches)
-                    if (self.incremental and kind == "checkpoint" and self.backend is not None
-                            and self.rocksdb is None):
-                        # Keep building deltas on the files we restored from.
-                        self.chain = [*handle.get("chain", []),
-                                      {k: v for k, v in handle.items() if k != "chain"}]
-                if self.backend is not None and "rocksdb" in handle:
-                    if self.rocksdb is None:
-                        raise UnusableRestoreError(
-                            f"{self.name}: checkpoint {task_state.get('checkpoint_id', '')} "
-                            "was taken on the rocksdb state backend and the job now runs on "
-                            "memory: switch backends through a savepoint")
-                    rocksdb_parts.append(handle["rocksdb"])
-                elif self.backend is not None and (handle.get("key_groups") or
-                                                   handle.get("chain")):
-                    if self.rocksdb is not None:  # bulk loaded, the bytes never decoded
-                        self.rocksdb.load_state_file(self.storage, handle, own_range)
-                    else:
-                        for name, table_kind, entries, deleted in state.read_keyed_state(
-                                self.storage, handle, own_range):
-                            self.backend.load(name, table_kind, entries, deleted)
+                # Keyed state: the key groups we own; an incremental checkpoint of our own
+                # goes on building deltas on the files we restored from.
+                self.snapshots.restore(self.storage, handle, own_range,
+                                       continue_chain=own_snapshot and kind == "checkpoint")
                 if old_index == 0:
                     faults.point("worker.during-restore")  # one state file read, not all
-            if rocksdb_parts:
-                # Its own checkpoint: the SST files in its shared folder are reused.
-                own = f"{shared_dir(self.job_id)}/" if kind == "checkpoint" else None
-                self.rocksdb.restore(self.storage, rocksdb_parts, own)
-            elif self.rocksdb is not None:
-                self.rocksdb.restored()  # after loading a savepoint (or a memory checkpoint)
+            self.snapshots.restored(
+                self.storage, f"{shared_dir(self.job_id)}/" if kind == "checkpoint" else None)
             self._restore_watermark(watermarks, own_range)
         restore_sink = getattr(self.sink_writer, "restore", None)
         if restore_sink is not None:
@@ -369,8 +349,7 @@ class SubtaskRunner:
     def cancel_restore(self) -> None:
         """From the event loop while :meth:`restore` runs on a thread (the attempt is being
         cancelled): a rocksdb restore stops at its next file."""
-        if self.rocksdb is not None:
-            self.rocksdb.cancelled = True
+        self.snapshots.cancel_restore()
 
     def _restore_watermark(self, old: list[float | None], own_range: range) -> None:
         """Start from the watermark of the snapshot: windows it had fired (and cleared) must
@@ -649,27 +628,7 @@ class SubtaskRunner:
     async def _sync_snapshot(self, cid: int, directory: str, kind: int, first: float,
                              alignment_ms: float, buffered: int, unaligned: bool) -> Snapshot:
         t0 = time.perf_counter()
-        savepoint = kind == SAVEPOINT
-        delta, local, forked = False, None, None
-        if self.backend is None:
-            frozen = {}
-        elif self.rocksdb is not None:
-            # Flush the cache, then a RocksDB checkpoint (hard links): the upload reads it.
-            frozen = {}
-            local = (self.rocksdb.savepoint() if savepoint
-                     else self.rocksdb.checkpoint(cid))
-        else:  # the memory backend: a copy now, or a forked child (forked_snapshot.py)
-            delta = (not savepoint and self.incremental and self.chain is not None
-                     and len(self.chain) <= self.max_deltas)
-            if forked_snapshot.choose(self.snapshot_strategy, self.backend.num_keys(),
-                                      forked_snapshot.running()) == "fork":
-                forked = self._fork(cid, delta, savepoint)
-            if forked is not None:
-                frozen = {}
-            elif delta:
-                frozen = self.backend.freeze_delta()
-            else:
-                frozen = self.backend.freeze(reset_changes=not savepoint)
+        keyed = self.taken[cid] = self.snapshots.snapshot(cid, savepoint=kind == SAVEPOINT)
         op_state: dict[str, Any] = {}
         if self.reader is not None:
             op_state["splits"] = self.reader.positions()
@@ -679,52 +638,15 @@ class SubtaskRunner:
             op_state["watermark"] = self.tracker.current
         staged = self._stage(cid) if self.sink_writer is not None else None
         sync_ms = (time.perf_counter() - t0) * 1000
-        snap = Snapshot(cid, directory, first, alignment_ms, sync_ms, buffered, frozen,
+        snap = Snapshot(cid, directory, first, alignment_ms, sync_ms, buffered, keyed,
                         op_state, staged, unaligned)
-        snap.delta, snap.savepoint, snap.base_epoch = delta, savepoint, self.chain_epoch
-        snap.local, snap.forked = local, forked
         self.pending[cid] = snap
-        # Taken: it is a delta of the chain as it is now (base_epoch), whatever happens to
-        # the uploads still in flight.
+        # Taken: an incremental one is a delta of the chain as it is now, whatever happens
+        # to the uploads still in flight.
         faults.point("worker.after-snapshot-sync", f"{self.spec.task_id}/{self.subtask}")
         if self.output is not None:
             await self.output.broadcast_barrier(cid, kind)
         return snap
-
-    def _fork(self, cid: int, delta: bool, savepoint: bool) -> ForkedSnapshot | None:
-        """Start a child that encodes the keyed state as it is now (the delta since the
-        last snapshot if ``delta``); None if no child could be started."""
-        backend = self.backend
-        view = backend.freeze_delta if delta else backend.tables_as_they_are
-        try:
-            child = ForkedSnapshot.start(view, self._kg_of,
-                                         time.monotonic() + self.snapshot_timeout)
-        except OSError as err:
-            log.warning("%s: no snapshot child for checkpoint %d (%s): encoding on a thread",
-                        self.name, cid, err)
-            return None
-        if backend.dirty is not None and not savepoint:
-            backend.dirty = set()  # what changed so far is the child's (as freeze() does)
-        self.children[cid] = child
-        log.info("%s: snapshot child %d encodes checkpoint %d", self.name, child.pid, cid)
-        return child
-
-    def _upload_forked(self, child: ForkedSnapshot, key: str,
-                       operator_state: dict[str, Any]) -> dict[str, Any]:
-        """On an upload thread: the child's state file, once it is complete, to storage."""
-        try:
-            handle = child.finish(operator_state)
-            with child.open_file() as f:
-                state.upload_file(self.storage, key, f)
-        finally:
-            child.remove_file()
-        handle["key"] = key
-        return handle
-
-    def _reap_child(self, cid: int) -> None:
-        child = self.children.pop(cid, None)
-        if child is not None:
-            child.discard()  # no-op once finished
 
     def _sink_write(self, batch: list[Any]) -> None:
         """On the sink's thread. A failed write fails every later stage (and the task)."""
@@ -768,38 +690,21 @@ class SubtaskRunner:
         """Upload off the processing thread, then ack."""
         self.pending.pop(snap.checkpoint_id, None)
         loop = asyncio.get_running_loop()
-        shared = (self.incremental and not snap.savepoint and self.backend is not None
-                  and self.rocksdb is None)
-        folder = (f"{shared_dir(self.job_id)}/{self.spec.task_id}" if shared
-                  else f"{snap.directory}/{self.spec.task_id}")
-        key = f"{folder}/{self.subtask}-{snap.checkpoint_id}-{uuid.uuid4().hex[:12]}"
-
-        def upload() -> dict[str, Any]:
-            if snap.forked is not None:
-                return self._upload_forked(snap.forked, key, snap.operator_state)
-            if snap.local is None:
-                return state.write_snapshot(self.storage, key, snap.frozen,
-                                            snap.operator_state, self._kg_of)
-            if snap.savepoint:  # canonical, by key group, read from the RocksDB checkpoint
-                return state.write_snapshot_sections(
-                    self.storage, key, self.rocksdb.savepoint_sections(snap.local),
-                    snap.operator_state)
-            handle = state.write_snapshot(self.storage, key, {}, snap.operator_state,
-                                          self._kg_of)
-            handle["rocksdb"] = self.rocksdb.upload(
-                self.storage, snap.local, f"{key}-rocksdb",
-                f"{shared_dir(self.job_id)}/{self.spec.task_id}/{self.subtask}")
-            return handle
+        keyed = snap.keyed
+        location = SnapshotLocation.of(self.job_id, snap.directory, self.spec.task_id,
+                                       self.subtask, snap.checkpoint_id, uuid.uuid4().hex[:12])
+        uploading = False
 
         async def run() -> None:
             try:
                 await run_snapshot()
             finally:
-                child = self.children.pop(snap.checkpoint_id, None)
-                if child is not None:  # reaped already unless it never got to upload
-                    await loop.run_in_executor(self.executor, child.discard)
+                self.taken.pop(snap.checkpoint_id, None)
+                if not uploading:  # it never got to its upload (which releases it)
+                    await loop.run_in_executor(self.executor, keyed.discard)
 
         async def run_snapshot() -> None:
+            nonlocal uploading
             snap.async_start = time.time()
             t0 = time.perf_counter()
             if snap.staged is not None:
@@ -810,28 +715,18 @@ class SubtaskRunner:
                     return
                 if sink_state is not None:  # what a restore needs to finish the commit
                     snap.operator_state["sink"] = sink_state
-            # Uploads of one subtask go in checkpoint order: a delta needs its base first.
             async with self.upload_lock:
+                uploading = True
                 try:
-                    if snap.delta and snap.base_epoch != self.chain_epoch:
-                        raise RuntimeError("the incremental base of this delta was lost")
-                    handle = await loop.run_in_executor(self.executor, upload)
+                    handle = await loop.run_in_executor(
+                        self.executor, keyed.upload, self.storage, location,
+                        snap.operator_state)
                 except Exception as err:  # noqa: BLE001 - any storage failure declines
-                    if shared and not snap.savepoint:
-                        self.chain, self.chain_epoch = None, self.chain_epoch + 1
                     log.warning("%s: checkpoint %d declined: %s", self.name,
                                 snap.checkpoint_id, err)
                     self.send("DECLINE", id=snap.checkpoint_id, task=self.spec.task_id,
                               subtask=self.subtask, reason=str(err))
                     return
-                if shared:
-                    plain = dict(handle)
-                    if snap.delta:
-                        handle["chain"] = list(self.chain)
-                        self.chain = [*self.chain, plain]
-                    else:
-                        self.chain = [plain]
-                    handle["state_size"] = sum(h.get("size", 0) for h in self.chain)
             async_ms = (time.perf_counter() - t0) * 1000
             faults.point("worker.after-snapshot-upload")
             inflight = sum(len(b) for _, bs in snap.operator_state.get("inflight", [])
@@ -845,16 +740,14 @@ class SubtaskRunner:
                           "sync_done": snap.sync_done,
                           "async_start": snap.async_start,
                           "ack": time.time(),
-                          "bytes": handle.get("size", 0) + handle.get(
-                              "rocksdb", {}).get("uploaded", 0),
+                          "bytes": keyed.uploaded_bytes,
                           "buffered_records": snap.buffered_records,
                           "inflight_records": inflight,
                           "unaligned": snap.unaligned,
                           # How the keyed state was encoded (forked_snapshot.py), and what
                           # a forked child copied of the worker's memory.
-                          "snapshot": "fork" if snap.forked is not None else "thread",
-                          "child_copied_bytes": (snap.forked.copied_bytes
-                                                 if snap.forked is not None else 0),
+                          "snapshot": keyed.encoding,
+                          "child_copied_bytes": keyed.copied_bytes,
                       })
 
         task = asyncio.ensure_future(run())
@@ -865,13 +758,12 @@ class SubtaskRunner:
         snap = self.pending.pop(cid, None)
         if self.gate is not None:
             self.gate.drop_capture(cid)
-        if snap is not None and snap.local is not None:
-            self.rocksdb.drop_local(snap.local)
         if snap is not None:
             # Its sink output is being staged already (see _stage): the next completed
             # checkpoint commits it.
             log.info("%s: checkpoint %d dropped: %s", self.name, cid, why)
-            self._reap_child(cid)
+            self.taken.pop(cid, None)
+            snap.keyed.discard()
 
     def on_trigger(self, trig: dict[str, Any]) -> None:
         if self.gate is None:
@@ -882,9 +774,9 @@ class SubtaskRunner:
         if self.handler is not None:
             self.handler.abort(cid)
         self._drop(cid, "aborted by the coordinator")
-        child = self.children.get(cid)
-        if child is not None:  # its upload fails fast now, and reaps it
-            child.cancel()
+        keyed = self.taken.get(cid)
+        if keyed is not None:  # being uploaded: fails fast now (a child is killed)
+            keyed.cancel()
 
     async def on_complete(self, cid: int) -> None:
         positions = self.source_snapshots.pop(cid, None)
@@ -897,12 +789,12 @@ class SubtaskRunner:
                 self.executor, self.sink_writer.commit, cid)
 
     async def close(self) -> None:
-        for child in list(self.children.values()):
-            child.cancel()  # an upload waiting for one ends now
+        for keyed in list(self.taken.values()):
+            keyed.cancel()  # an upload waiting for a child ends now
         if self.uploads:
             await asyncio.gather(*self.uploads, return_exceptions=True)
-        for cid in list(self.children):
-            self._reap_child(cid)
+        for cid in list(self.taken):  # taken, never finished
+            self.taken.pop(cid).discard()
         close_reader = getattr(self.reader, "close", None)
         if close_reader is not None:
             close_reader()
@@ -913,6 +805,6 @@ class SubtaskRunner:
             # file that was closed.
             await asyncio.wrap_future(self.sink_executor.submit(self.sink_writer.close))
             self.sink_executor.shutdown(wait=False)
-        if self.rocksdb is not None:
-            self.rocksdb.close()  # after its uploads (above): they read its checkpoints
+        if self.backend is not None:
+            self.backend.close()  # after its uploads (above): they read its checkpoints
 
