@@ -17,8 +17,18 @@ import mmh3
 DEFAULT_MAX_PARALLELISM = 128
 
 
+_PACK_INT64 = struct.Struct("<q").pack
+
+
 def stable_bytes(key: object) -> bytes:
     """Bytes of a key that are the same in every process (no salted hash, no repr of objects)."""
+    # Plain str and int first, by exact type: most keys are, and it is about twice as fast
+    # as the isinstance chain below (which handles subclasses and bool the same way).
+    kind = type(key)
+    if kind is str:
+        return key.encode("utf-8")  # type: ignore[attr-defined]
+    if kind is int and -(2**63) <= key < 2**63:  # type: ignore[operator]
+        return _PACK_INT64(key)
     if isinstance(key, str):
         return key.encode("utf-8")
     if isinstance(key, bool):
