@@ -128,6 +128,7 @@ def test_keys_of_string_records_under_str_are_the_records_themselves():
 
 def test_keys_of_calls_the_key_function_on_any_other_record():
     assert keys_of([1, "a", 2.5], str) == ["1", "a", "2.5"]
+    assert keys_of(["a", 1], str) == ["a", "1"]
     assert keys_of([Upper("w1"), "w2"], str) == ["W1", "w2"]
     assert keys_of([True, 3], int) == [1, 3]
     assert keys_of([("a", 1)], lambda r: r[0]) == ["a"]

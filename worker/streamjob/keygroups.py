@@ -17,8 +17,18 @@ import mmh3
 DEFAULT_MAX_PARALLELISM = 128
 
 
+_PACK_INT64 = struct.Struct("<q").pack
+
+
 def stable_bytes(key: object) -> bytes:
     """Bytes of a key that are the same in every process (no salted hash, no repr of objects)."""
+    # Plain str and int first, by exact type: most keys are, and it is about twice as fast
+    # as the isinstance chain below (which handles subclasses and bool the same way).
+    kind = type(key)
+    if kind is str:
+        return key.encode("utf-8")  # type: ignore[attr-defined]
+    if kind is int and -(2**63) <= key < 2**63:  # type: ignore[operator]
+        return _PACK_INT64(key)
     if isinstance(key, str):
         return key.encode("utf-8")
     if isinstance(key, bool):
@@ -81,9 +91,10 @@ def keys_of(records: Sequence[Any], key_fn: Callable[[Any], Any]) -> Sequence[An
     call per record, the largest single cost of routing by key (``bench/exchange.py``), is
     skipped for a check of the batch's types. Any other record (a subclass, which may define
     ``__str__``) gets the key function's result."""
-    # The type check costs about a quarter of the calls it saves; counting the types is
-    # cheaper than collecting them in a set.
-    if key_fn in IDENTITY_KEY_FNS and list(map(type, records)).count(key_fn) == len(records):
+    # The type check costs about a quarter of the calls it saves (counting the types is
+    # cheaper than collecting them in a set); the first record spares it to other batches.
+    if (key_fn in IDENTITY_KEY_FNS and records and type(records[0]) is key_fn
+            and list(map(type, records)).count(key_fn) == len(records)):
         return records
     return list(map(key_fn, records))
 

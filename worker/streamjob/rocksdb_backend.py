@@ -75,13 +75,11 @@ import itertools
 import logging
 import os
 import shutil
-import struct
 import threading
 import uuid
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-import mmh3
 import msgpack
 from rocksdict import (
     AccessType,
@@ -101,7 +99,7 @@ from rocksdict import (
 )
 
 from streamjob import faults, state
-from streamjob.keygroups import stable_bytes
+from streamjob.keygroups import key_group
 from streamjob.operators import KeyedStateBackend
 from streamjob.state import CorruptStateError
 
@@ -116,8 +114,6 @@ SST_FILE_BYTES = 64 * MB  # SST files written for a bulk load (RocksDB's default
 CREATE_TIMEOUT_S = 600.0  # a RocksDB checkpoint not made by then fails the task (a hung disk)
 DEFAULT_CF = "default"
 
-_PACK_INT64 = struct.Struct("<q").pack  # keygroups.stable_bytes of an int in this range
-_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 _MISSING = object()
 _ABSENT = object()  # cached: the key has no value (a deletion not written yet, or a miss)
 
@@ -546,21 +542,10 @@ class RocksDBKeyedStateBackend(KeyedStateBackend):
 
     def encode_key(self, key: Any) -> bytes:
         """``key group + msgpack(key)``, memoised for as many keys as a table caches (a
-        flush encodes the same hot keys at every checkpoint). A key not seen lately (the
-        write-back of a state larger than the cache encodes little else) takes the
-        shortest way to ``keygroups.key_group``'s bytes for plain ints and strings: half
-        the time of the general one."""
+        flush encodes the same hot keys at every checkpoint)."""
         encoded = self._encoded.get(key)
         if encoded is None:
-            kind = type(key)
-            if kind is int and _INT64_MIN <= key <= _INT64_MAX:
-                raw = _PACK_INT64(key)
-            elif kind is str:
-                raw = key.encode("utf-8")
-            else:
-                raw = stable_bytes(key)
-            encoded = (self._prefixes[mmh3.hash(raw, 0, signed=False) % self.max_parallelism]
-                       + self.pack(key))
+            encoded = self._prefixes[key_group(key, self.max_parallelism)] + self.pack(key)
             if len(self._encoded) >= self.cache_entries:
                 self._encoded.clear()
             self._encoded[key] = encoded
