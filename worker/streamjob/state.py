@@ -212,6 +212,10 @@ def upload_file(storage: Storage, key: str, f: BinaryIO) -> None:
 def _unpack(blob: bytes, crc: int, where: str) -> Any:
     if zlib.crc32(blob) != crc:
         raise CorruptStateError(f"checksum mismatch in {where}")
+    return _decode(blob, where)
+
+
+def _decode(blob: bytes, where: str) -> Any:
     try:
         return msgpack.unpackb(blob, raw=False, use_list=True, strict_map_key=False)
     except (ValueError, msgpack.UnpackException) as err:
@@ -251,8 +255,10 @@ def read_keyed_state(storage: Storage, handle: dict[str, Any], key_groups: range
         yield from _read_one(storage, part, key_groups)
 
 
-def _read_one(storage: Storage, handle: dict[str, Any], key_groups: range,
-              ) -> Iterable[tuple[str, str, dict[Any, Any], list[Any]]]:
+def _key_group_sections(storage: Storage, handle: dict[str, Any], key_groups: range,
+                        ) -> Iterator[tuple[int, bytes, str]]:
+    """``(key group, section bytes, where)`` of one state file's sections in ``key_groups``,
+    read in spans and checked against their length and CRC (not decoded)."""
     if handle.get("format") != VERSION:
         raise CorruptStateError(f"state format {handle.get('format')!r} is not {VERSION}")
     wanted = [e for e in handle.get("key_groups", []) if e[0] in key_groups]
@@ -263,11 +269,20 @@ def _read_one(storage: Storage, handle: dict[str, Any], key_groups: range,
         if len(blob) != end - start:
             raise CorruptStateError(f"{handle['key']} is shorter than its handle says")
         for kg, offset, length, crc in span:
-            part = blob[offset - start: offset - start + length]
-            for section in _unpack(part, crc, f"{handle['key']} key group {kg}"):
-                name, kind, entries = section[:3]
-                deleted = [_hashable(k) for k in section[3]] if len(section) > 3 else []
-                yield name, kind, {_hashable(k): v for k, v in entries}, deleted
+            section = blob[offset - start: offset - start + length]
+            where = f"{handle['key']} key group {kg}"
+            if zlib.crc32(section) != crc:
+                raise CorruptStateError(f"checksum mismatch in {where}")
+            yield kg, section, where
+
+
+def _read_one(storage: Storage, handle: dict[str, Any], key_groups: range,
+              ) -> Iterable[tuple[str, str, dict[Any, Any], list[Any]]]:
+    for _, section, where in _key_group_sections(storage, handle, key_groups):
+        for table in _decode(section, where):
+            name, kind, entries = table[:3]
+            deleted = [_hashable(k) for k in table[3]] if len(table) > 3 else []
+            yield name, kind, {_hashable(k): v for k, v in entries}, deleted
 
 
 def write_snapshot_sections(storage: Storage, key: str,
@@ -298,25 +313,12 @@ def read_packed_keyed_state(storage: Storage, handle: dict[str, Any], key_groups
     [(packed key, packed value), ...], [packed deleted key, ...])`` in file order (for a
     backend that stores entries packed: rocksdb)."""
     for part in [*handle.get("chain", []), handle]:
-        if part.get("format") != VERSION:
-            raise CorruptStateError(f"state format {part.get('format')!r} is not {VERSION}")
-        wanted = [e for e in part.get("key_groups", []) if e[0] in key_groups]
-        for span in _spans(wanted):
-            start = span[0][1]
-            end = span[-1][1] + span[-1][2]
-            blob = storage.get_range(part["key"], start, end - start)
-            if len(blob) != end - start:
-                raise CorruptStateError(f"{part['key']} is shorter than its handle says")
-            for kg, offset, length, crc in span:
-                section = blob[offset - start: offset - start + length]
-                where = f"{part['key']} key group {kg}"
-                if zlib.crc32(section) != crc:
-                    raise CorruptStateError(f"checksum mismatch in {where}")
-                try:
-                    for name, kind, entries, deleted in _split_section(section):
-                        yield kg, name, kind, entries, deleted
-                except (ValueError, TypeError, msgpack.UnpackException) as err:
-                    raise CorruptStateError(f"cannot decode {where}: {err}") from None
+        for kg, section, where in _key_group_sections(storage, part, key_groups):
+            try:
+                for name, kind, entries, deleted in _split_section(section):
+                    yield kg, name, kind, entries, deleted
+            except (ValueError, TypeError, msgpack.UnpackException) as err:
+                raise CorruptStateError(f"cannot decode {where}: {err}") from None
 
 
 def _split_section(blob: bytes) -> list[tuple[str, str, list[tuple[bytes, bytes]],
