@@ -211,13 +211,20 @@ def test_a_dead_attempts_folder_is_removed(tmp_path, opened):
     assert not os.path.exists(stale)
 
 
-def test_a_corrupt_or_missing_sst_file_is_not_restored(tmp_path, opened):
-    storage = LocalStorage(tmp_path / "store")
+def checkpoint_without_local_files(tmp_path, opened, storage) -> dict:
+    """A checkpoint of 3,000 keys in ``storage``, its database closed and its local folder
+    gone (a restore must download every file)."""
     backend = rocks(tmp_path, opened)
     fill(backend, [f"k{i}" for i in range(3000)])
     part = checkpoint(backend, storage, 1)
     backend.close()
     shutil.rmtree(tmp_path / "local")
+    return part
+
+
+def test_a_corrupt_or_missing_sst_file_is_not_restored(tmp_path, opened):
+    storage = LocalStorage(tmp_path / "store")
+    part = checkpoint_without_local_files(tmp_path, opened, storage)
     sst = next(f for f in part["files"] if f["name"].endswith(".sst"))
     path = storage._path(sst["key"])
     data = bytearray(path.read_bytes())
@@ -422,11 +429,7 @@ def test_a_cancelled_restore_stops_at_its_next_file(tmp_path, opened):
     from streamjob.rocksdb_backend import RestoreCancelled
 
     storage = CountingStorage(tmp_path / "store")
-    backend = rocks(tmp_path, opened)
-    fill(backend, [f"k{i}" for i in range(3000)])
-    part = checkpoint(backend, storage, 1)
-    backend.close()
-    shutil.rmtree(tmp_path / "local")
+    part = checkpoint_without_local_files(tmp_path, opened, storage)
     cancelled = rocks(tmp_path, opened)
     cancelled.cancelled = True  # the worker's cancel, from the event loop
     with pytest.raises(RestoreCancelled):
