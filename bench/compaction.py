@@ -88,6 +88,10 @@ SETTINGS: dict[str, tuple[str, Callable[[Options], None]]] = {
     "universal-8": ("universal, 8 sorted runs trigger", lambda o: _universal(o, 8)),
     "universal-8-amp-100": ("universal, 8 sorted runs trigger, 100 % size amplification",
                             lambda o: _universal(o, 8, 100)),
+    "universal-16-amp-100": ("universal, 16 sorted runs trigger, 100 % size amplification",
+                             lambda o: _universal(o, 16, 100)),
+    "universal-8-amp-150": ("universal, 8 sorted runs trigger, 150 % size amplification",
+                            lambda o: _universal(o, 8, 150)),
 }
 
 
