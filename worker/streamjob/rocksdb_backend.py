@@ -557,10 +557,13 @@ class RocksDBKeyedStateBackend(KeyedStateBackend):
         local = self._creating
         if local is None:
             return
-        if not local.created.wait(CREATE_TIMEOUT_S):
-            raise RuntimeError(f"the RocksDB checkpoint {local.checkpoint_id} was not made "
-                               f"within {CREATE_TIMEOUT_S:.0f} s")
+        local.wait_created()
         self._creating = None
+
+    def _check_cancelled(self) -> None:
+        """A restore calls it between files and batches: stop if the attempt is cancelled."""
+        if self.cancelled:
+            raise RestoreCancelled(f"{self.label}: restore cancelled")
 
     def flush(self) -> int:
         """Write every table's dirty entries and deletions to RocksDB (one batch); how
@@ -617,8 +620,7 @@ class RocksDBKeyedStateBackend(KeyedStateBackend):
         try:
             for kg, name, kind, entries, deleted in state.read_packed_keyed_state(
                     storage, handle, key_groups):
-                if self.cancelled:
-                    raise RestoreCancelled(f"{self.label}: restore cancelled")
+                self._check_cancelled()
                 if name not in runs:
                     self.table(name, kind).drop_cache()
                     runs[name] = SstRuns(os.path.join(folder, str(len(runs))), self.options)
@@ -680,9 +682,7 @@ class RocksDBKeyedStateBackend(KeyedStateBackend):
         """Asynchronous part: new SST files to ``shared_prefix``, small files to
         ``private_prefix``; the handle's ``rocksdb`` entry. Runs off the processing thread
         (uploads of one subtask run one at a time, in checkpoint order)."""
-        if not local.created.wait(CREATE_TIMEOUT_S):
-            raise RuntimeError(f"the RocksDB checkpoint {local.checkpoint_id} was not made "
-                               f"within {CREATE_TIMEOUT_S:.0f} s")
+        local.wait_created()
         if local.error is not None:
             raise RuntimeError(f"the RocksDB checkpoint {local.checkpoint_id} failed: "
                                f"{local.error}") from local.error
@@ -828,8 +828,7 @@ class RocksDBKeyedStateBackend(KeyedStateBackend):
         os.makedirs(dest, exist_ok=True)
         local = os.path.join(self.base, part.get("local", "")) if part.get("local") else None
         for f in part["files"]:
-            if self.cancelled:
-                raise RestoreCancelled(f"{self.label}: restore cancelled")
+            self._check_cancelled()
             target = os.path.join(dest, f["name"])
             mine = os.path.join(local, f["name"]) if local is not None else None
             if mine is not None and _matches(mine, f):
@@ -863,8 +862,7 @@ class RocksDBKeyedStateBackend(KeyedStateBackend):
                     items = old.get_column_family(name).items(from_key=lo, read_opt=bound)
                     runs = SstRuns(os.path.join(tmp, f"copy-{i}"), self.options)
                     while chunk := list(itertools.islice(items, COPY_BATCH)):
-                        if self.cancelled:
-                            raise RestoreCancelled(f"{self.label}: restore cancelled")
+                        self._check_cancelled()
                         runs.add(chunk)
                     written.append((name, runs.finish()))
             _ingest(self.tables, written)
@@ -938,6 +936,13 @@ class LocalCheckpoint:
         self.key_groups = key_groups
         self.created = threading.Event()
         self.error: Exception | None = None
+
+    def wait_created(self) -> None:
+        """Until its thread has made it (or failed: ``error``); a RuntimeError after
+        ``CREATE_TIMEOUT_S`` (a hung disk fails the task rather than waiting for ever)."""
+        if not self.created.wait(CREATE_TIMEOUT_S):
+            raise RuntimeError(f"the RocksDB checkpoint {self.checkpoint_id} was not made "
+                               f"within {CREATE_TIMEOUT_S:.0f} s")
 
 
 def _matches(path: str, f: dict[str, Any]) -> bool:
