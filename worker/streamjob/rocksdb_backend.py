@@ -19,12 +19,22 @@ Decisions, and why:
   map state, timers, TTL, windows, the count and reduce operators) fills already for the
   memory backend's incremental checkpoints (``ctx.touch``); deletions are remembered per
   table. At the snapshot barrier the dirty entries go to RocksDB in one ``WriteBatch``
-  (measured ~5-8 us per entry: the synchronous part grows with the keys changed since the
-  last checkpoint, not with the state). Between batches (:meth:`trim`, called by the task)
-  a cache over its bound (``cache_entries`` per table, 131,072 by default) writes back and
-  drops its oldest entries, by first use; never during a batch, since an operator adds the
-  keys it changed to ``dirty`` by the end of its batch and may still hold a value it is
-  changing in place. A job whose hot keys fit the cache runs near dict speed; one with 20 M
+  (measured ~5-8 us per entry, most of it RocksDB's memtable insert, which holds the GIL).
+  Between batches (:meth:`trim`, called by the task) a cache over its bound
+  (``cache_entries`` per table, 131,072 by default) writes back and drops its oldest
+  entries, by first use; never during a batch, since an operator adds the keys it changed
+  to ``dirty`` by the end of its batch and may still hold a value it is changing in place.
+* **Write-behind.** Once the job checkpoints, :meth:`trim` also writes dirty entries
+  between batches in slices, so that a barrier finds at most ``write_behind``
+  (``cache_entries / 16``) of them: with 1,000,000 keys rewritten in turn the barrier wrote
+  100-200 k entries, 0.4-1.1 s of the task at each one, and now ~60 ms. It is the same
+  writes at another time (a key changed once per checkpoint is written once either way),
+  made when eviction may write too (between batches, no checkpoint being made), so the
+  checkpoint still holds exactly the state at its barrier. A key changed again after it was
+  written behind is written twice: after a checkpoint interval where over a quarter of its
+  writes were such (hot keys; at most one key per write then), write-behind pauses for 1,
+  2, 4... up to 16 intervals. Without checkpoints it never runs (eviction writes what must
+  be). A job whose hot keys fit the cache runs near dict speed; one with 20 M
   keys keeps only the cache in Python memory and the rest in RocksDB's block cache and files.
 * **Keys** are ``key group (2 bytes, big-endian) + msgpack(key)`` and values msgpack (never
   pickle), one column family per state (table). A key-group range is then one contiguous
@@ -140,10 +150,10 @@ def _unpack_key(data: bytes) -> Any:
 
 
 def write_behind_pause(written: int, again: int, last: int) -> int:
-    """Checkpoint intervals to go without write-behind after one in which ``written`` keys
-    were written behind and ``again`` of them were changed again before the barrier (and so
-    written twice): none if at most a quarter were, else twice the ``last`` pause (1 the
-    first time), at most ``WRITE_BEHIND_PAUSE``."""
+    """Checkpoint intervals to go without write-behind after one in which it made ``written``
+    writes and ``again`` writes were of a key it had written already (at the barrier or
+    behind): none if at most a quarter were, else twice the ``last`` pause (1 the first
+    time), at most ``WRITE_BEHIND_PAUSE``."""
     if again * 4 <= written:
         return 0
     return min(max(1, 2 * last), WRITE_BEHIND_PAUSE)
@@ -452,9 +462,11 @@ class RocksDBKeyedStateBackend(KeyedStateBackend):
         self.pack = msgpack.Packer(use_bin_type=True).pack  # the processing thread's
         self._encoded: dict[Any, bytes] = {}  # encode_key's memo, oldest first
         # Write-behind (see trim()): dirty entries a barrier may find; keys written behind
-        # since the last barrier; checkpoint intervals left without it; on once checkpointing.
+        # since the last barrier, how many writes, how many of them of a key written behind
+        # already; checkpoint intervals left without it; on once checkpointing.
         self.write_behind = max(64, cache_entries // 16)
         self._behind: set[Any] = set()
+        self._behind_writes = self._behind_again = 0
         self._behind_pause = self._behind_paused = 0
         self._checkpointing = False
         self._prefixes = [kg_prefix(kg) for kg in range(max_parallelism)]
@@ -639,21 +651,27 @@ class RocksDBKeyedStateBackend(KeyedStateBackend):
         batch = WriteBatch(raw_mode=True)
         if sum(t.write_values(batch, keys) for t in self.tables.values()):
             self.db.write(batch)
-        self._behind.update(keys)
+        behind = self._behind
+        self._behind_again += sum(1 for k in keys if k in behind)
+        self._behind_writes += n
+        behind.update(keys)
 
     def _pace_write_behind(self) -> None:
         """At a barrier: a key written behind and changed again before it is written twice
-        (hot keys). After an interval where over a quarter of them were, write-behind
-        pauses for 1, 2, 4... up to ``WRITE_BEHIND_PAUSE`` intervals, then tries again."""
+        or more (hot keys). After an interval where over a quarter of its writes were such
+        second writes, write-behind pauses for 1, 2, 4... up to ``WRITE_BEHIND_PAUSE``
+        intervals, then tries again."""
         self._checkpointing = True
         if self._behind_pause:
             self._behind_pause -= 1
-        elif self._behind:
-            again = sum(1 for k in self.dirty if k in self._behind)
-            self._behind_pause = write_behind_pause(len(self._behind), again,
+        elif self._behind_writes:
+            behind = self._behind
+            again = self._behind_again + sum(1 for k in self.dirty if k in behind)
+            self._behind_pause = write_behind_pause(self._behind_writes, again,
                                                     self._behind_paused)
             self._behind_paused = self._behind_pause
         self._behind = set()
+        self._behind_writes = self._behind_again = 0
 
     def load(self, name: str, kind: str, entries: dict[Any, Any],
              deleted: list[Any] = ()) -> None:
