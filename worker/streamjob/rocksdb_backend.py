@@ -24,6 +24,8 @@ Decisions, and why:
   (``cache_entries`` per table, 131,072 by default) writes back and drops its oldest
   entries, by first use; never during a batch, since an operator adds the keys it changed
   to ``dirty`` by the end of its batch and may still hold a value it is changing in place.
+  A job whose hot keys fit the cache runs near dict speed; one with 20 M keys keeps only
+  the cache in Python memory and the rest in RocksDB's block cache and files.
 * **Write-behind.** Once the job checkpoints, :meth:`trim` also writes dirty entries
   between batches in slices, so that a barrier finds at most ``write_behind``
   (``cache_entries / 16``) of them: with 1,000,000 keys rewritten in turn the barrier wrote
@@ -32,10 +34,8 @@ Decisions, and why:
   made when eviction may write too (between batches, no checkpoint being made), so the
   checkpoint still holds exactly the state at its barrier. A key changed again after it was
   written behind is written twice: after a checkpoint interval where over a quarter of its
-  writes were such (hot keys; at most one key per write then), write-behind pauses for 1,
-  2, 4... up to 16 intervals. Without checkpoints it never runs (eviction writes what must
-  be). A job whose hot keys fit the cache runs near dict speed; one with 20 M
-  keys keeps only the cache in Python memory and the rest in RocksDB's block cache and files.
+  writes were such (hot keys), write-behind pauses for 1, 2, 4... up to 16 intervals.
+  Without checkpoints it never runs (eviction writes what must be).
 * **Keys** are ``key group (2 bytes, big-endian) + msgpack(key)`` and values msgpack (never
   pickle), one column family per state (table). A key-group range is then one contiguous
   key range: rescaling clips a restored database with ``delete_range`` or copies one range.
