@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import io
 import os
 import stat
 
@@ -81,3 +82,16 @@ def test_bad_input_is_a_storage_error_not_a_crash(tmp_path):
         s.get_range("dir", 0, 1)  # a folder
     with pytest.raises(StorageError):
         s.delete("dir")            # a folder is not a key
+
+
+def test_put_file_copies_a_real_file_or_a_file_object_whole_from_its_start(tmp_path):
+    s = LocalStorage(tmp_path / "store")
+    data = os.urandom(3 * (1 << 20) + 12345)  # several MB: more than one chunk or call
+    path = tmp_path / "big.sst"
+    path.write_bytes(data)
+    with open(path, "rb") as f:
+        f.seek(777)  # uploaded from the start whatever the position
+        s.put_file("shared/big.sst", f)
+    assert s.get("shared/big.sst") == data
+    s.put_file("mem", io.BytesIO(b"not a real file"))
+    assert s.get("mem") == b"not a real file"
