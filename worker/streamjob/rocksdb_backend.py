@@ -587,7 +587,7 @@ class RocksDBKeyedStateBackend(KeyedStateBackend):
         """``key group + msgpack(key)``, memoised for as many keys as a table caches (a
         flush encodes the same hot keys at every checkpoint). A memo of twice that, keeping
         its newer half when full, saved ~6 % of encoding with 1,000,000 keys rewritten in
-        turn, for ~50 MB more peak memory: not kept."""
+        turn, for 30-50 MB more peak memory: not kept."""
         encoded = self._encoded.get(key)
         if encoded is None:
             encoded = self._prefixes[key_group(key, self.max_parallelism)] + self.pack(key)
@@ -644,7 +644,7 @@ class RocksDBKeyedStateBackend(KeyedStateBackend):
         """Write a slice of the dirty entries now, so that the barrier finds at most
         ``write_behind`` of them: its synchronous part writes those, not every key changed
         since the last checkpoint (with 1,000,000 keys rewritten in turn, ~0.5-1 s of the
-        task at each barrier; now ~20 ms slices between batches). Between batches and while
+        task at each barrier; now ~10 ms slices between batches). Between batches and while
         no checkpoint is being made, as :meth:`evict`: the checkpoint still holds exactly
         the state at its barrier (what is written early is the state then too; a key
         changed again is dirty again). Called once more than ``write_behind / 2`` are dirty,
