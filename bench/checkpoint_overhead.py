@@ -39,6 +39,11 @@ and, sampled every 0.1 s, its RSS plus the private dirty memory
 checkpoints off and over the live state (the memory backend's peak with checkpoints off).
 The final checkpoint of every run is read back (a rocksdb one restored from storage, every
 file checked against its sha256) and must hold every key with a value the job wrote.
+
+With ``--baseline DIR`` (another checkout, e.g. ``git worktree add /tmp/base main``) every
+runtime mode is run with that checkout's runtime as well, in the same round (``<mode>@base``,
+its overhead against the baseline's own run without checkpoints): before and after a change,
+side by side.
 """
 
 from __future__ import annotations
@@ -250,9 +255,13 @@ RUNTIME_MODES = ("off", "full", "full-fork", "incremental", "incremental-fork",
                  "rocksdb-off", "rocksdb")
 
 
+BASE = "@base"  # the suffix of a mode run with the --baseline checkout's runtime
+
+
 def baseline(mode: str) -> str:
     """The run without checkpoints that ``mode``'s overhead is measured against."""
-    return "rocksdb-off" if mode.startswith("rocksdb") else "off"
+    tree = BASE if mode.endswith(BASE) else ""
+    return ("rocksdb-off" if mode.startswith("rocksdb") else "off") + tree
 
 
 def check_values(pairs: Iterable[tuple[Any, Any]], keys: int, value_bytes: int,
@@ -293,7 +302,9 @@ def held_rocksdb(storage: LocalStorage, body: dict[str, Any], tmp: str,
         backend.close()
 
 
-def runtime(mode: str, keys: int, value_bytes: int, records: int) -> dict[str, float]:
+def runtime(mode: str, keys: int, value_bytes: int, records: int,
+            pypath: str = PYPATH) -> dict[str, float]:
+    """One run of ``mode`` (a RUNTIME_MODES name) with the runtime found on ``pypath``."""
     with tempfile.TemporaryDirectory() as tmp:
         on_rocksdb = mode.startswith("rocksdb")
         ckpt = {"enabled": mode not in ("off", "rocksdb-off"), "interval": "1s",
@@ -310,7 +321,7 @@ def runtime(mode: str, keys: int, value_bytes: int, records: int) -> dict[str, f
         Path(tmp, "job.yaml").write_text(yaml.safe_dump(manifest))
         log = open(Path(tmp, "run.log"), "w")  # workers log each snapshot child at INFO
         proc = subprocess.Popen([sys.executable, "-m", "streamjob", "run", "-q", "job.yaml"],
-                                cwd=tmp, env=dict(os.environ, PYTHONPATH=PYPATH,
+                                cwd=tmp, env=dict(os.environ, PYTHONPATH=pypath,
                                                   STREAMJOB_LOG="INFO"),
                                 stderr=log)
         peak = child_peak = 0.0
@@ -354,6 +365,13 @@ def runtime(mode: str, keys: int, value_bytes: int, records: int) -> dict[str, f
                 "children": children}
 
 
+def git_head(tree: Path) -> str:
+    """The commit a checkout is at (``?`` when git cannot tell)."""
+    out = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"],
+                         capture_output=True, text=True)
+    return out.stdout.strip() or "?"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--keys", type=int, default=1_000_000)
@@ -364,8 +382,16 @@ def main() -> None:
     ap.add_argument("--only", choices=["strategies", "runtime"])
     ap.add_argument("--modes", default=",".join(RUNTIME_MODES),
                     help="runtime modes, comma-separated (off is always run)")
+    ap.add_argument("--baseline", type=Path,
+                    help="another checkout: each runtime mode is also run with its code")
     ap.add_argument("--strategy", choices=STRATEGIES, help=argparse.SUPPRESS)
     a = ap.parse_args()
+    base_path = ""
+    if a.baseline:
+        if not (a.baseline / "worker" / "streamjob").is_dir():
+            ap.error(f"--baseline {a.baseline}: not a streamjob checkout (no worker/streamjob)")
+        base_path = os.pathsep.join([str(a.baseline.resolve() / "worker"),
+                                     str(a.baseline.resolve())])
     if a.strategy:  # one measurement, in a process of its own
         print(json.dumps(strategy(a.strategy, a.keys, a.value_bytes, a.seconds)))
         return
@@ -400,10 +426,13 @@ def main() -> None:
         modes = [m for m in RUNTIME_MODES  # each with its baseline, baselines first
                  if m in chosen or any(baseline(c) == m for c in chosen)]
         modes.sort(key=lambda m: (baseline(m) != "off", m != baseline(m)))
+        if a.baseline:  # each mode with the baseline's code right after this checkout's
+            modes = [x for m in modes for x in (m, m + BASE)]
         rt: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
         for _ in range(a.repeat):
             for m in modes:
-                r = runtime(m, a.keys, a.value_bytes, a.records)
+                r = runtime(m.removesuffix(BASE), a.keys, a.value_bytes, a.records,
+                            base_path if m.endswith(BASE) else PYPATH)
                 rt[m].append(r)
                 print(f"  {m}: {r['rate']:,.0f} records/s, task {r['task_us']:.1f} µs/record, "
                       f"worker {r['worker_us']:.1f} µs/record, {r['checkpoints']} checkpoints, "
@@ -412,6 +441,9 @@ def main() -> None:
         med_rt = {m: {k: statistics.median(r[k] for r in rs) for k in rs[0]}
                   for m, rs in rt.items()}
         live = med_rt["off"]["peak_mb"] if "off" in med_rt else None
+        if a.baseline:
+            print(f"{BASE}: the runtime of {a.baseline} (git {git_head(a.baseline)}); the "
+                  f"others: this checkout's (git {git_head(ROOT)})")
         print(f"runtime, bench.jobs:large_state p=1, {a.records:,} records, measured from the "
               f"end of the state's loading (at the first record); the memory backend's "
               f"default strategy: {CheckpointSpec().snapshot_strategy}; overhead, CPU and "
@@ -425,14 +457,16 @@ def main() -> None:
             r, base = med_rt[m], med_rt[baseline(m)]
             overheads = [(1 - x["rate"] / b["rate"]) * 100
                          for x, b in zip(rt[m], rt[baseline(m)], strict=True)]
-            kind, _, how = m.partition("-")
-            if m in ("off", "rocksdb-off"):
-                label = f"{'memory' if m == 'off' else 'rocksdb'}, off"
+            name = m.removesuffix(BASE)
+            kind, _, how = name.partition("-")
+            if name in ("off", "rocksdb-off"):
+                label = f"{'memory' if name == 'off' else 'rocksdb'}, off"
             elif kind == "rocksdb":
                 label = f"rocksdb ({r['checkpoints']:.0f} taken)"
             else:
                 label = (f"memory, {kind}, {how or 'thread'} ({r['checkpoints']:.0f} taken"
                          + (f", {r['children']:.0f} by a child" if how else "") + ")")
+            label += BASE if m.endswith(BASE) else ""
             is_base = m == baseline(m)
             spread = "" if is_base else f"{min(overheads):.1f}..{max(overheads):.1f}%"
             cpu = "" if is_base else "{:+.0%}"

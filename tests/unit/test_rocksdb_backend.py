@@ -12,7 +12,13 @@ from streamjob import checkpoints as ckpt
 from streamjob import state
 from streamjob.keygroups import key_group, key_group_range
 from streamjob.operators import CountOperator, KeyedContext, KeyedStateBackend
-from streamjob.rocksdb_backend import RocksDBKeyedStateBackend, SstRuns, subtask_dir
+from streamjob.rocksdb_backend import (
+    WRITE_BEHIND_PAUSE,
+    RocksDBKeyedStateBackend,
+    SstRuns,
+    subtask_dir,
+    write_behind_pause,
+)
 from streamjob.storage import LocalStorage, NotFoundError
 
 M = 128
@@ -78,6 +84,72 @@ def test_the_cache_stays_within_its_bound_and_loses_no_update(tmp_path, opened):
             assert dict.__len__(backend.tables["count"]) <= 500
     assert contents(backend)["count"] == {k: 5 for k in keys}
     assert len(backend.tables["count"]) == 3000
+
+
+def test_write_behind_leaves_the_barrier_its_bound_and_the_checkpoint_exact(tmp_path,
+                                                                             opened):
+    storage = LocalStorage(tmp_path / "store")
+    backend = rocks(tmp_path, opened, cache_entries=1600)
+    assert backend.write_behind == 100
+    op = CountOperator(backend, lambda r: r)
+    keys = [f"k{i}" for i in range(1000)]
+    op.process_batch(keys)
+    backend.trim()
+    assert len(backend.dirty) == 1000  # no checkpoint yet: nothing written behind
+    checkpoint(backend, storage, 1)
+    for i in range(0, 1000, 40):  # every key changed once, 40 per batch
+        op.process_batch(keys[i:i + 40])
+        backend.trim()
+        assert len(backend.dirty) <= 100
+    at_barrier = contents(backend)
+    assert at_barrier["count"] == dict.fromkeys(keys, 2)
+    assert backend.flush() <= 100  # the barrier's synchronous write
+    part = checkpoint(backend, storage, 2)
+    op.process_batch(keys[:500])  # after the barrier: not in the checkpoint
+    backend.trim()
+    restored = rocks(tmp_path, opened, name="t2")
+    restored.restore(storage, [part])
+    assert contents(restored) == at_barrier
+
+
+def test_write_behind_pauses_after_an_interval_of_hot_keys(tmp_path, opened):
+    storage = LocalStorage(tmp_path / "store")
+    backend = rocks(tmp_path, opened, cache_entries=1600)
+    op = CountOperator(backend, lambda r: r)
+    hot = [f"h{i}" for i in range(300)]
+
+    def interval(rounds=3):
+        for _ in range(rounds):
+            for i in range(0, 300, 60):
+                op.process_batch(hot[i:i + 60])
+                backend.trim()
+
+    checkpoint(backend, storage, 1)
+    interval()  # written behind, changed again, written behind again...
+    assert len(backend.dirty) <= 100
+    checkpoint(backend, storage, 2)  # most of what was written behind changed again
+    interval()
+    assert len(backend.dirty) == 300  # paused: each hot key written once, at the barrier
+    checkpoint(backend, storage, 3)
+    interval()
+    assert len(backend.dirty) <= 100  # tried again
+    checkpoint(backend, storage, 4)  # hot again: paused twice as long
+    for cid in (5, 6):
+        interval()
+        assert len(backend.dirty) == 300
+        checkpoint(backend, storage, cid)
+    interval()
+    assert len(backend.dirty) <= 100
+    assert contents(backend)["count"] == dict.fromkeys(hot, 18)
+
+
+def test_write_behind_pause():
+    assert write_behind_pause(1000, 250, 0) == 0  # a quarter changed again: fine
+    assert write_behind_pause(1000, 251, 0) == 1
+    assert write_behind_pause(1000, 900, 1) == 2
+    assert write_behind_pause(1000, 900, 4) == 8
+    assert write_behind_pause(1000, 900, WRITE_BEHIND_PAUSE) == WRITE_BEHIND_PAUSE
+    assert write_behind_pause(1000, 10, 8) == 0  # cold again: no pause
 
 
 def test_table_behaves_like_a_dict(tmp_path, opened):
