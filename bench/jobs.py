@@ -135,7 +135,7 @@ def stamped_count(args: dict[str, Any]) -> Pipeline:
 # --- bench/state.py: keyed state of many keys, checked record by record ----------------------
 
 UPDATE, UPDATE_EMIT, VERIFY = 0, 1, 2
-CHANGED_EVERY, CHANGED_AT = 100, 37      # 1 % of the keys change: k % 100 == 37
+CHANGED_EVERY, CHANGED_AT = 100, 37      # 1 % of the keys change per round: k % 100 == 37, ...
 VERIFY_EVERY, VERIFY_AT = 20, 17         # 5 % are read back at the end (every changed key too)
 VALUE_BYTES = 100
 
@@ -154,25 +154,35 @@ def state_value(key: int, version: int) -> bytes:
 
 def state_phases(keys: int) -> tuple[int, int, int]:
     """Records of the three phases of the large-state job: load (every key once), change
-    (1 % of the keys), verify (every 20th key read back)."""
+    (1 % of the keys, per round), verify (every 20th key read back)."""
     if keys < CHANGED_EVERY:
         raise ValueError(f"keys must be at least {CHANGED_EVERY}, got {keys}")
     return keys, keys // CHANGED_EVERY, (keys - VERIFY_AT + VERIFY_EVERY - 1) // VERIFY_EVERY
 
 
-def state_record(g: int, keys: int) -> tuple[int, int, int]:
-    """Record g of the large-state job: (key, version, mode)."""
+def changed_class(round_: int) -> int:
+    """``k % 100`` of the keys that change in round ``round_``: five classes in turn, each
+    one read back at the end (``k % 20 == 17``), so rounds 0-4 change different keys (as
+    keyed state changes spread over the key space) and round 5 changes round 0's again."""
+    return (CHANGED_AT + VERIFY_EVERY * round_) % CHANGED_EVERY
+
+
+def state_record(g: int, keys: int, rounds: int = 1) -> tuple[int, int, int]:
+    """Record g of the large-state job with ``rounds`` change rounds: (key, version, mode)."""
     load, change, _ = state_phases(keys)
     if g < load:
         return g, 1, UPDATE
     g -= load
-    if g < change:
-        return g * CHANGED_EVERY + CHANGED_AT, 2, UPDATE
-    return (g - change) * VERIFY_EVERY + VERIFY_AT, 0, VERIFY
+    if g < change * rounds:
+        r, i = divmod(g, change)
+        return i * CHANGED_EVERY + changed_class(r), 2 + r // 5, UPDATE
+    return (g - change * rounds) * VERIFY_EVERY + VERIFY_AT, 0, VERIFY
 
 
-def expected_verify_lines(keys: int) -> set[str]:
-    return {f"{k} {2 if k % CHANGED_EVERY == CHANGED_AT else 1}"
+def expected_verify_lines(keys: int, rounds: int = 1) -> set[str]:
+    """What the large-state job reads back: every 20th key at the version its rounds left."""
+    times = {changed_class(r): len(range(r, rounds, 5)) for r in range(min(rounds, 5))}
+    return {f"{k} {1 + times.get(k % CHANGED_EVERY, 0)}"
             for k in range(VERIFY_AT, keys, VERIFY_EVERY)}
 
 
@@ -256,13 +266,16 @@ class GatedReader(GeneratorReader):
 
 
 def large_state_checked(args: dict[str, Any]) -> Pipeline:
-    """bench/state.py's large-state job: load ``keys`` keys, change 1 %, read 5 % back;
-    held at the phase boundaries until the benchmark opens them (``gate_dir``)."""
-    keys = int(args["keys"])
+    """bench/state.py's large-state job: load ``keys`` keys, change 1 % per round
+    (``rounds``, default 1), read 5 % back; held at each phase and round boundary until the
+    benchmark opens it (``gate_dir``)."""
+    keys, rounds = int(args["keys"]), int(args.get("rounds", 1))
     load, change, verify = state_phases(keys)
     p = Pipeline()
-    (p.source(GatedGeneratorSource(load + change + verify, lambda g: state_record(g, keys),
-                                   [load, load + change], str(args["gate_dir"])))
+    (p.source(GatedGeneratorSource(load + change * rounds + verify,
+                                   lambda g: state_record(g, keys, rounds),
+                                   [load + change * r for r in range(rounds + 1)],
+                                   str(args["gate_dir"])))
       .key_by(_first)
       .process(CheckedValue())
       .sink(FileSink(str(args["output"]))))

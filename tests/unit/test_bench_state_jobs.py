@@ -67,3 +67,22 @@ def test_the_gated_generator_holds_at_each_gate_and_keeps_its_place_across_a_res
     while (batch := restored.poll(64)) is not None:
         rest += batch
     assert sorted(rest) == list(range(310, 1000))
+
+
+def test_change_rounds_spread_over_five_key_classes_and_every_version_is_read_back():
+    keys, rounds = 10_000, 7
+    load, change, verify = state_phases(keys)
+    records = [state_record(g, keys, rounds) for g in range(load + change * rounds + verify)]
+    versions = {}
+    for k, v, mode in records:
+        if mode != VERIFY:
+            assert v == versions.get(k, 0) + 1          # each write is the next version
+            versions[k] = v
+    rounds_keys = [{k for k, _, _ in records[load + change * r:load + change * (r + 1)]}
+                   for r in range(rounds)]
+    assert all(len(ks) == change for ks in rounds_keys)
+    assert len(set().union(*rounds_keys[:5])) == 5 * change        # rounds 0-4: new keys
+    assert rounds_keys[5] == rounds_keys[0] and rounds_keys[6] == rounds_keys[1]
+    read = {k for k, _, mode in records if mode == VERIFY}
+    assert set().union(*rounds_keys) <= read
+    assert expected_verify_lines(keys, rounds) == {f"{k} {versions[k]}" for k in read}

@@ -198,26 +198,28 @@ def _options(block_cache_mb: int, write_buffer_mb: int) -> Options:
     opt.set_write_buffer_manager(buffers)  # memtables of every database of the process
     opt.set_write_buffer_size(max(1, write_buffer_mb // 2) * MB)
     opt.set_max_background_jobs(2)
-    # Universal compaction, up to 8 sorted runs, full merge at 100 % size amplification.
-    # A checkpoint uploads the SST files written since the last one, by the flush *and by
-    # compactions*. Changes to keyed state are spread over every key, so each flushed file
-    # overlaps the whole database, and leveled compaction (L0 trigger 4) rewrote 41-100 % of
-    # it every ~4 checkpoints. bench/compaction.py, upload per round of "1 % of the keys
-    # changed, flush" in % of the state, mean / max: at 5 M keys x 100 B over 24 rounds,
-    # leveled 11 / 44 (8 rounds), leveled with L0 trigger 20 3.4 / 60, static small levels
-    # 7.7 / 34, universal with 8 runs 3.0 / 26; at 0.3 M keys over 220 rounds, leveled with
-    # L0 trigger 20 6.0 / 100 (a full rewrite every 20 rounds), universal 8 runs 3.0 / 61
-    # but its disk grew to 2.6x the state (RocksDB's default 200 % amplification: up to 3x),
-    # with 100 % 3.2 / 101 (one full merge in ~130 rounds) and at most 2x the state on disk.
-    # The price: a point read may look at up to 8 sorted runs (bloom filters keep a miss off
-    # the disk) and the disk and the checkpoint storage hold up to twice the live state.
+    # Universal compaction, a merge when 16 sorted runs have piled up, a full merge at
+    # RocksDB's default 200 % size amplification. A checkpoint uploads the SST files written
+    # since the last one, by the flush *and by compactions*, so the policy that rewrites the
+    # least per flush wins. Changes to keyed state are spread over every key, so each flushed
+    # file overlaps the whole database: leveled compaction rewrote 41-100 % of it every ~4
+    # checkpoints. `python bench/compaction.py --keys 300000 --rounds 400 --settings ...`,
+    # upload per round of "1 % of the keys changed, flush" in % of the state, mean over 400
+    # rounds (max 100-101 for every universal setting: the full merge, every 100-200
+    # rounds): universal with 8 runs at 100 % (this runtime until now) 3.4, 12 runs at 200 %
+    # 2.9, 16 runs at 200 % 2.6 (at 300 % the same), 20 runs 2.8, 24 runs at 150 % 2.7,
+    # 32 runs 2.5, 16 runs with a 10 % size ratio 3.1; leveled with an L0 trigger of 20
+    # 6.0. Below 16 runs the medium merges come often; above, little is gained for more
+    # runs to read. The price: a point read may look at up to 16 sorted runs (bloom filters
+    # keep a miss off the disk), and the disk and the checkpoint storage hold up to about
+    # twice the live state between full merges (1.5x at the end of that run).
     opt.set_compaction_style(DBCompactionStyle.universal())
     universal = UniversalCompactOptions()
-    universal.max_size_amplification_percent = 100
+    universal.max_size_amplification_percent = 200
     opt.set_universal_compaction_options(universal)
-    opt.set_level_zero_file_num_compaction_trigger(8)
-    opt.set_level_zero_slowdown_writes_trigger(20)
-    opt.set_level_zero_stop_writes_trigger(36)
+    opt.set_level_zero_file_num_compaction_trigger(16)
+    opt.set_level_zero_slowdown_writes_trigger(40)
+    opt.set_level_zero_stop_writes_trigger(64)
     return opt
 
 
