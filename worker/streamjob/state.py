@@ -35,7 +35,7 @@ import struct
 import tempfile
 import zlib
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import Any, BinaryIO, NamedTuple
 
 import msgpack
@@ -124,11 +124,11 @@ def encode_snapshot_to(out: BinaryIO, frozen: dict[str, tuple[Any, ...]],
     return writer.finish(operator_state, sum(len(t[1]) for t in frozen.values()))
 
 
-def _key_groups(kg_of: Callable[[Any], int], keys: Iterable[Any]) -> Iterable[int]:
+def _key_groups(kg_of: Callable[[Any], int], keys: Collection[Any]) -> Iterable[int]:
     """The key group of each of ``keys``, in order: all at once when ``kg_of`` can
     (``keygroups.KeyGroupOf.many``), else one by one."""
     many = getattr(kg_of, "many", None)
-    return many(list(keys)) if many is not None else map(kg_of, keys)
+    return many(keys) if many is not None else map(kg_of, keys)
 
 
 class _StateFileWriter:
