@@ -25,6 +25,17 @@ Runs are interleaved so that the load hits every configuration alike; the median
 is reported. ``--scaling-only`` runs the floors and the file sink at p = 1 and p = 2 with
 checkpoints every 1 s, the configurations of the scaling target.
 
+``--many-keys`` is the 1 M keys target: the same job over ``--words`` keys (1,000,000 by
+default then), the file sink at p = 1 on the memory state backend with checkpoints off, every
+1 s (full snapshots, the default), and every 1 s incremental, beside the floors at the same
+key count. The worker's resident memory is followed all along (``VmRSS`` when the job runs,
+before any state; ``VmHWM``, its peak, polled every 10 ms): the *live state* is the peak of
+the run without checkpoints above that start, and the peak during checkpoints is compared
+with it the same way (peak − start, a ratio; the target is 1.3). The live state so measured
+holds more than the counts (the sink's and the channels' buffers, the allocator's free
+lists), so the peak is also put beside the dict floor's counts of the same keys (the growth
+of its process's ``VmRSS``): the state itself, as a plain dict.
+
 Scaling: p = 2 / p = 1 in records/s (the target), and what the CPU per record allows on two
 otherwise idle cores, 2 x (records per CPU-second at p = 2) / (at p = 1): on a shared machine
 the second does not depend on how much of the two cores other users left to the run.
@@ -42,6 +53,7 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+from typing import NamedTuple
 
 import yaml
 
@@ -50,6 +62,7 @@ PYPATH = os.pathsep.join([str(ROOT / "worker"), str(ROOT)])  # this checkout's c
 sys.path[:0] = [str(ROOT / "worker"), str(ROOT)]
 
 from bench.cpu import become_subreaper, children_cpu, reap_orphans, tree_cpu  # noqa: E402
+from bench.procs import children  # noqa: E402
 from streamjob import state  # noqa: E402
 from streamjob.checkpoints import latest_completed  # noqa: E402
 from streamjob.examples.wordcount import MULTIPLIER, check_output, expected_counts  # noqa: E402
@@ -59,15 +72,21 @@ PIPELINES = {"discard": "bench.jobs:keyed_count", "file": "streamjob.examples.wo
 
 
 Rates = tuple[float, float]  # records/s, records per CPU-second
+DICT_RSS: list[int] = []  # VmRSS growth (bytes) of each dict floor's counts, once all are in
 
 
 def dict_floor(records: int, words: int, _folder: str) -> Rates:
     counts: dict[str, int] = {}
+    rss0 = rss_kb(os.getpid(), "VmRSS")
     t0, c0 = time.perf_counter(), time.process_time()
     for g in range(records):
         w = f"w{((g * MULTIPLIER) & 0xFFFFFFFF) % words}"
         counts[w] = counts.get(w, 0) + 1
-    return records / (time.perf_counter() - t0), records / (time.process_time() - c0)
+    rates = records / (time.perf_counter() - t0), records / (time.process_time() - c0)
+    if len(counts) != min(records, words):
+        raise SystemExit(f"the dict floor counted {len(counts)} keys")
+    DICT_RSS.append((rss_kb(os.getpid(), "VmRSS") - rss0) * 1024)
+    return rates
 
 
 def dict_file_floor(records: int, words: int, folder: str) -> Rates:
@@ -98,8 +117,39 @@ def final_counts(ckpt: Path) -> Counter[str]:
     return counts
 
 
-def run_job(sink: str, records: int, words: int, p: int, checkpoints: bool) -> Rates:
-    """Records/s and records per CPU-second (from running to the end) of one checked run."""
+def rss_kb(pid: int, field: str) -> int:
+    """``VmRSS`` (resident now) or ``VmHWM`` (its peak) of a process in KiB; 0 if gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def workers_of(root: int) -> list[int]:
+    """The ``streamjob worker`` processes under ``root`` (children of its children)."""
+    found, frontier = [], [root]
+    while frontier:
+        below = [c for pid in frontier for c in children(pid)]
+        found += [pid for pid, cmd in below if " worker " in cmd]
+        frontier = [pid for pid, _ in below]
+    return found
+
+
+class Memory(NamedTuple):
+    """A worker's resident memory in one run (KiB): when the job ran, and its peak."""
+
+    start: int
+    peak: int
+
+
+def run_job(sink: str, records: int, words: int, p: int, checkpoints: bool,
+            incremental: bool = False) -> tuple[float, float, Memory]:
+    """Records/s, records per CPU-second (from running to the end) and the first worker's
+    memory of one checked run."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp, "out")
         manifest = {
@@ -107,7 +157,8 @@ def run_job(sink: str, records: int, words: int, p: int, checkpoints: bool) -> R
             "metadata": {"name": "bench"},
             "spec": {"pipeline": PIPELINES[sink], "parallelism": p,
                      "args": {"records": records, "words": words, "output": str(out)},
-                     "checkpoint": {"enabled": checkpoints, "interval": "1s"},
+                     "checkpoint": {"enabled": checkpoints, "interval": "1s",
+                                    "incremental": incremental},
                      "storage": f"file://{tmp}/ckpt"},
         }
         path = Path(tmp, "job.yaml")
@@ -118,10 +169,14 @@ def run_job(sink: str, records: int, words: int, p: int, checkpoints: bool) -> R
         cpu0 = children_cpu()
         run = subprocess.Popen([sys.executable, "-m", "streamjob", "run", "-q", str(path)],
                                cwd=tmp, env=env, stderr=subprocess.DEVNULL)
-        at_running = None
+        at_running, worker, start, peak = None, None, 0, 0
         while run.poll() is None:
             if at_running is None and _running(status_file):
                 at_running = tree_cpu(run.pid)
+                worker = min(workers_of(run.pid), default=None)
+                start = rss_kb(worker, "VmRSS") if worker else 0
+            if worker is not None:
+                peak = max(peak, rss_kb(worker, "VmHWM"))
             time.sleep(0.01)
         reap_orphans()
         if run.returncode != 0:
@@ -139,7 +194,9 @@ def run_job(sink: str, records: int, words: int, p: int, checkpoints: bool) -> R
                 raise SystemExit(f"wrong output ({sink}, p={p}): {got}")
         elif final_counts(Path(tmp, "ckpt")) != expected_counts(records, words):
             raise SystemExit(f"wrong final counts in the last checkpoint ({sink}, p={p})")
-        return rate, records / max(cpu, 1e-3)
+        if worker is None or not start or not peak:
+            raise SystemExit(f"no worker memory seen ({sink}, p={p})")
+        return rate, records / max(cpu, 1e-3), Memory(start, peak)
 
 
 def _running(status_file: Path) -> bool:
@@ -152,12 +209,20 @@ def _running(status_file: Path) -> bool:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--records", type=int, default=3_000_000)
-    ap.add_argument("--words", type=int, default=10_000)
+    ap.add_argument("--words", type=int, default=None,
+                    help="distinct keys (10,000; 1,000,000 with --many-keys)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--scaling-only", action="store_true",
                     help="only the floors and the file sink at p=1 and p=2, checkpoints 1s")
+    ap.add_argument("--many-keys", action="store_true",
+                    help="the 1 M keys target: floors and the file sink at p=1, checkpoints "
+                         "off, 1s and 1s incremental, with the worker's peak RSS")
     args = ap.parse_args()
     become_subreaper()
+    if args.many_keys:
+        many_keys(args.records, args.words or 1_000_000, args.repeat)
+        return
+    args.words = args.words or 10_000
     configs = [(s, p, c) for s in ("discard", "file") for p in (1, 2) for c in (False, True)
                if not args.scaling_only or (s == "file" and c)]
     floors = {"dict": dict_floor, "dict+file": dict_file_floor}
@@ -206,6 +271,55 @@ def main() -> None:
           f"(target 1,000,000); dict+file floor of this run {wall['dict+file']:,.0f} "
           f"records/s; per CPU-second {cpu[key]:,.0f} = {cpu[key] / cpu['dict+file']:.2f}x "
           f"the floor's {cpu['dict+file']:,.0f}")
+
+
+def many_keys(records: int, words: int, repeat: int) -> None:
+    """The 1 M keys target: records per CPU-second of the file sink at p = 1 against the
+    dict floor at the same key count, and the worker's peak RSS during checkpoints against
+    the live state (see the module docstring)."""
+    floors = {"dict": dict_floor, "dict+file": dict_file_floor}
+    jobs = {"off": (False, False), "1s": (True, False), "1s incremental": (True, True)}
+    rates: dict[str, list[Rates]] = {k: [] for k in [*floors, *jobs]}
+    memory: dict[str, list[Memory]] = {k: [] for k in jobs}
+    load0 = os.getloadavg()[0]
+    for _ in range(repeat):
+        for name, floor in floors.items():
+            with tempfile.TemporaryDirectory() as tmp:
+                rates[name].append(floor(records, words, tmp))
+        for name, (on, incremental) in jobs.items():
+            rate, cpu_rate, mem = run_job("file", records, words, 1, on, incremental)
+            rates[name].append((rate, cpu_rate))
+            memory[name].append(mem)
+    wall = {k: statistics.median(r[0] for r in v) for k, v in rates.items()}
+    cpu = {k: statistics.median(r[1] for r in v) for k, v in rates.items()}
+    # State above the worker's start: the median over the runs of each configuration.
+    grown = {k: statistics.median(m.peak - m.start for m in v) for k, v in memory.items()}
+    peak = {k: statistics.median(m.peak for m in v) for k, v in memory.items()}
+    mb = 1024  # KiB per MiB
+    dict_mb = max(DICT_RSS) / 1024  # KiB (the first run: later ones reuse freed memory)
+    print(f"keyed running count, {records:,} records, {words:,} keys, file sink, p=1, "
+          f"memory state backend, median of {repeat}; {os.cpu_count()} cores, load average "
+          f"{load0:.1f} at start, {os.getloadavg()[0]:.1f} at end (ratios are on records per "
+          f"CPU-second, measured side by side)")
+    print(f"{'configuration':<44}{'records/s':>12}{'rec/CPU-s':>12}{'÷ dict':>8}"
+          f"{'÷ dict+file':>13}{'peak RSS':>10}{'above start':>13}")
+    labels = {"dict": "floor: plain Python dict count",
+              "dict+file": "floor: dict count + line to a buffered file"}
+    for name in [*floors, *jobs]:
+        label = labels.get(name, f"streamjob, checkpoints {name}")
+        rss = (f"{peak[name] / mb:>8,.0f}MB{grown[name] / mb:>11,.0f}MB" if name in jobs
+               else f"{dict_mb / mb:>23,.0f}MB" if name == "dict"
+               else "")
+        print(f"{label:<44}{wall[name]:>12,.0f}{cpu[name]:>12,.0f}{cpu[name] / cpu['dict']:>8.2f}"
+              f"{cpu[name] / cpu['dict+file']:>13.2f}{rss}")
+    for name in ("1s", "1s incremental"):
+        print(f"target: checkpoints {name}: per CPU-second {cpu[name]:,.0f} = "
+              f"{cpu[name] / cpu['dict']:.2f}x the dict floor's {cpu['dict']:,.0f} at "
+              f"{words:,} keys ({cpu[name] / cpu['dict+file']:.2f}x dict+file's); peak RSS "
+              f"above the worker's start {grown[name] / mb:,.0f} MB = "
+              f"{grown[name] / grown['off']:.2f}x the live state's {grown['off'] / mb:,.0f} MB "
+              f"(the worker without checkpoints; target 1.3x), {grown[name] / dict_mb:.2f}x "
+              f"the plain dict's {dict_mb / mb:,.0f} MB of the same keys")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from streamjob.keygroups import (
+    KeyGroupOf,
     KeyRouter,
     key_group,
     key_group_range,
@@ -169,3 +170,32 @@ def test_running_count_counts_by_key_with_and_without_the_identity_shortcut():
     assert op.process_batch(["a", "b", "a"]) == [("a", 1), ("b", 1), ("a", 2)]
     assert op.process_batch(("a", 7)) == [("a", 3), ("7", 1)]
     assert op.process_batch([Upper("b"), "B"]) == [("B", 1), ("B", 2)]
+
+
+@pytest.mark.parametrize("keys", [
+    [f"w{i}" for i in range(500)] + ["", "é", "日本語", "x" * 1000],  # all str: hashed at once
+    [1, "a", 2.5, ("t", 3), b"b", None, True, -7],                    # mixed: one by one
+    [],
+])
+def test_key_groups_of_many_keys_are_those_of_each_key(keys):
+    for m in (128, 7, 32768):
+        of = KeyGroupOf(m)
+        assert of.many(list(keys)) == [key_group(k, m) for k in keys] == [of(k) for k in keys]
+
+
+def test_a_str_key_without_utf8_form_is_refused_not_hashed():
+    # mmh3 5.3 crashes the process on such a str; both paths must raise as stable_bytes does.
+    with pytest.raises(UnicodeEncodeError):
+        KeyGroupOf(128).many(["ok", "\ud800"])
+    with pytest.raises(UnicodeEncodeError):
+        KeyGroupOf(128)("\ud800")
+
+
+def test_equal_keys_of_different_types_keep_their_own_key_groups():
+    # True == 1 == 1.0 in Python, but their stable bytes (and key groups) differ: a memo of
+    # one must not answer for another, in any order.
+    keys = [1, True, 1.0, ("t", 1), ("t", True), 0, False]
+    for order in (keys, keys[::-1]):
+        of = KeyGroupOf(128)
+        assert [of(k) for k in order] == [key_group(k, 128) for k in order]
+    assert len({key_group(k, 128) for k in (1, True, 1.0)}) == 3

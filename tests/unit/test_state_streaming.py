@@ -6,7 +6,7 @@ import os
 import tracemalloc
 
 from streamjob import state
-from streamjob.keygroups import key_group
+from streamjob.keygroups import KeyGroupOf, key_group
 from streamjob.storage import LocalStorage
 
 
@@ -27,6 +27,16 @@ def test_streamed_file_is_byte_for_byte_the_encoded_one(tmp_path):
         got.update(entries)
     assert got == frozen["t"][1]
     assert state.read_operator_state(s, written) == {"splits": {"0": 5}}
+
+
+def test_key_groups_placed_all_at_once_write_the_same_bytes():
+    # KeyGroupOf.many (a snapshot's keys at once) against one call per key: same file, for a
+    # full snapshot and for a delta with deleted keys, str keys and others.
+    for table in ({f"k{i}": i for i in range(3000)}, {i: str(i) for i in range(3000)}):
+        for frozen in ({"t": ("value", table)},
+                       {"t": ("value", table, list(table)[:100] + ["gone", 12345])}):
+            one_by_one = state.encode_snapshot(frozen, None, lambda k: key_group(k, 128))
+            assert state.encode_snapshot(frozen, None, KeyGroupOf(128)) == one_by_one
 
 
 def test_peak_memory_of_a_big_snapshot_is_far_below_its_size(tmp_path, monkeypatch):

@@ -35,7 +35,7 @@ import struct
 import tempfile
 import zlib
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import Any, BinaryIO, NamedTuple
 
 import msgpack
@@ -93,15 +93,14 @@ def encode_snapshot_to(out: BinaryIO, frozen: dict[str, tuple[Any, ...]],
         deleted = item[2] if len(item) > 2 else None
         keys_of: dict[int, list[Any]] = defaultdict(list)
         values_of: dict[int, list[Any]] = defaultdict(list)
-        for key, value in table.items():
-            kg = kg_of(key)
+        for kg, (key, value) in zip(_key_groups(kg_of, table), table.items(), strict=True):
             keys_of[kg].append(key)
             values_of[kg].append(value)
         deleted_of: dict[int, list[Any]] | None = None
         if deleted is not None:
             deleted_of = defaultdict(list)
-            for key in deleted:
-                deleted_of[kg_of(key)].append(key)
+            for kg, key in zip(_key_groups(kg_of, deleted), deleted, strict=True):
+                deleted_of[kg].append(key)
             kgs.update(deleted_of)
         kgs.update(keys_of)
         tables.append((name, kind, keys_of, values_of, deleted_of))
@@ -123,6 +122,13 @@ def encode_snapshot_to(out: BinaryIO, frozen: dict[str, tuple[Any, ...]],
     if callable(operator_state):
         operator_state = operator_state()
     return writer.finish(operator_state, sum(len(t[1]) for t in frozen.values()))
+
+
+def _key_groups(kg_of: Callable[[Any], int], keys: Collection[Any]) -> Iterable[int]:
+    """The key group of each of ``keys``, in order: all at once when ``kg_of`` can
+    (``keygroups.KeyGroupOf.many``), else one by one."""
+    many = getattr(kg_of, "many", None)
+    return many(keys) if many is not None else map(kg_of, keys)
 
 
 class _StateFileWriter:

@@ -40,7 +40,7 @@ from streamjob.channels import (
 from streamjob.checkpoints import checkpoint_dir, savepoint_path, shared_dir
 from streamjob.connectors.base import assign_splits
 from streamjob.jobgraph import TaskSpec, sides_of_channels
-from streamjob.keygroups import key_group, key_group_range
+from streamjob.keygroups import KeyGroupOf, key_group_range
 from streamjob.memory_snapshot import MemorySnapshotStrategy
 from streamjob.operators import KeyedStateBackend
 from streamjob.snapshot_strategy import (
@@ -173,7 +173,7 @@ class SubtaskRunner:
         self.pending: dict[int, Snapshot] = {}
         self.uploads: set[asyncio.Task[Any]] = set()
         self.replay: list[tuple[int, Any]] = []  # (gate channel, batch) captured in flight
-        self._kg_cache: dict[Any, int] = {}
+        self._kg_of = KeyGroupOf(self.m)  # places the keys of a memory snapshot
         # How the keyed state backend is built and snapshotted: spec.stateBackend
         # (manifest.StateBackendSpec; None: memory), incremental checkpoints (chains of at
         # most max_deltas deltas), how the memory backend encodes (snapshotStrategy: thread
@@ -257,14 +257,6 @@ class SubtaskRunner:
             backend, self._kg_of, self.name, self.incremental, self.max_deltas,
             self.snapshot_encoding, self.snapshot_timeout)
         return backend
-
-    def _kg_of(self, key: Any) -> int:
-        kg = self._kg_cache.get(key)
-        if kg is None:
-            kg = key_group(key, self.m)
-            if len(self._kg_cache) < 1 << 20:
-                self._kg_cache[key] = kg
-        return kg
 
     @property
     def name(self) -> str:
