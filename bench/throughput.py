@@ -1,6 +1,7 @@
 """Throughput of the keyed running count, side by side with the plain-Python floors.
 
     python bench/throughput.py [--records N] [--repeat K] [--words W] [--scaling-only]
+    python bench/throughput.py --many-keys [--records N] [--repeat K] [--words W]
 
 Configurations (each run checked, a wrong result stops the benchmark):
 
