@@ -3,7 +3,10 @@
 The large-state job (``bench.jobs.large_state_checked``, p = 2) loads ``--keys`` keys with a
 100-byte value each (20,000,000 keys: about 2 GB of state), then changes 1 % of them in each
 of ``--rounds`` rounds, then reads every 20th key back. The source is held at each phase and
-round boundary until a checkpoint has completed there, so that
+round boundary until a checkpoint has completed there (by default the benchmark takes that
+one checkpoint through the coordinator API, ``POST /api/v1/checkpoints``, as soon as the
+sources have read up to the boundary, and the job has no periodic ones; with ``--interval``
+periodic checkpoints run instead, so a round's changes may be spread over several), so that
 
   * the checkpoint after the load holds exactly the loaded state (its duration: a full one),
   * the upload of each round is what 1 % of changed keys costs (bytes of the files new in
@@ -58,6 +61,7 @@ from bench.jobs import (  # noqa: E402
     state_phases,
 )
 from bench.procs import children  # noqa: E402
+from streamjob.cli import api_call, local_api  # noqa: E402
 
 NAME = "state"
 TIMEOUT_S = 3600          # any one wait (the 20 M load on a loaded 2-core machine is long)
@@ -186,10 +190,10 @@ class Run:
 
 
 def manifest(tmp: Path, pipeline: str, args: dict[str, Any], backend: str, storage: str,
-             block_cache_mb: int) -> Path:
+             block_cache_mb: int, interval: str = "2s") -> Path:
     spec = {
         "pipeline": pipeline, "parallelism": 2, "args": args, "storage": storage,
-        "checkpoint": {"interval": "2s", "timeout": "30m", "retained": 2, "incremental": True},
+        "checkpoint": {"interval": interval, "timeout": "30m", "retained": 2, "incremental": True},
         "restartStrategy": {"type": "fixed-delay", "delay": "0s", "maxAttempts": 5},
         "stateBackend": {"type": backend, "rocksdb": {
             "blockCacheMB": block_cache_mb, "localDir": str(tmp / "rocksdb")}},
@@ -240,22 +244,29 @@ def churn(backend: str, keys: int, records: int, block_cache_mb: int, minio: boo
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def checkpoint_after(run: Run, records: int, what: str) -> tuple[float, dict[str, Any]]:
-    """Wait until the sources read ``records`` (held at a gate), then for a checkpoint
-    triggered after that (two ids on: one may have been in flight); when the records were
-    read, and the checkpoint's summary."""
+def checkpoint_after(run: Run, records: int, what: str, trigger: bool) -> tuple[float,
+                                                                             dict[str, Any]]:
+    """Wait until the sources read ``records`` (held at a gate), then for a checkpoint after
+    that: with ``trigger`` one taken there through the coordinator API (``POST
+    /api/v1/checkpoints``: its barrier follows every record read, so it holds all of them
+    and nothing more), else a periodic one (two ids on: one may have been in flight); when
+    the records were read, and the checkpoint's summary."""
     s = run.wait_for(f"{what}: {records:,} records read",
                      lambda s: s.get("records_in", 0) >= records)
     read_at = time.time()
     if s["records_in"] != records:
         raise SystemExit(f"{what}: read {s['records_in']} records, the gate is at {records}")
+    if trigger:
+        base, token = local_api(NAME, run.cwd)
+        return read_at, api_call(base, token, "POST", "/api/v1/checkpoints", {},
+                                 timeout=TIMEOUT_S)
     first = ((s.get("last_checkpoint") or {}).get("id") or 0) + 2
     s = run.wait_for(f"{what}: checkpoint {first}",
                      lambda s: (s.get("last_checkpoint") or {}).get("id", 0) >= first)
     return read_at, s["last_checkpoint"]
 
 
-def large(backend: str, keys: int, rounds: int, block_cache_mb: int,
+def large(backend: str, keys: int, rounds: int, interval: str | None, block_cache_mb: int,
           minio: bool) -> dict[str, Any]:
     """The large-state job on ``backend``: see the module docstring."""
     tmp = Path(tempfile.mkdtemp(prefix=f"sj-state-{backend}-"))
@@ -266,14 +277,15 @@ def large(backend: str, keys: int, rounds: int, block_cache_mb: int,
     args = {"keys": keys, "rounds": rounds, "output": str(tmp / "out"),
             "gate_dir": str(gates)}
     path = manifest(tmp, "bench.jobs:large_state_checked", args, backend, storage.uri,
-                    block_cache_mb)
+                    block_cache_mb, interval or "1h")
+    trigger = interval is None
     r: dict[str, Any] = {"backend": backend}
     run = Run(tmp, path, [])
     runs = [run]
     try:
         s = run.wait_for("RUNNING", lambda s: s.get("state") == "RUNNING")
         t0 = time.time()
-        read_at, full = checkpoint_after(run, load, "load")
+        read_at, full = checkpoint_after(run, load, "load", trigger)
         r["load_s"] = read_at - t0
         r["full_checkpoint_s"] = full["duration_ms"] / 1000
         known = storage.files()
@@ -281,7 +293,8 @@ def large(backend: str, keys: int, rounds: int, block_cache_mb: int,
         r["uploads"], r["checkpoint_s"] = [], []
         for i in range(rounds):     # each: open the gate, 1 % changed, the next checkpoint
             (gates / f"gate-{load + change * i}").touch()
-            _, incr = checkpoint_after(run, load + change * (i + 1), f"change round {i + 1}")
+            _, incr = checkpoint_after(run, load + change * (i + 1), f"change round {i + 1}",
+                                       trigger)
             after = storage.files()
             r["uploads"].append(sum(n for f, n in after.items() if f not in known))
             r["checkpoint_s"].append(incr["duration_ms"] / 1000)
@@ -344,6 +357,10 @@ def main() -> None:
                     help="run the large-state job on the memory backend up to this many keys")
     ap.add_argument("--rounds", type=int, default=10,
                     help="rounds of 1 %% of the keys changed, a checkpoint after each")
+    ap.add_argument("--interval", metavar="DURATION",
+                    help="periodic checkpoints of the large-state job (e.g. 2s): a round then "
+                         "spans as many as fall into it; by default one checkpoint is taken "
+                         "at each phase and round boundary through the coordinator API")
     ap.add_argument("--churn-keys", type=int, default=10_000)
     ap.add_argument("--churn-records", type=int, default=1_000_000)
     ap.add_argument("--repeat", type=int, default=3, help="runs of the few-keys job per backend")
@@ -360,7 +377,9 @@ def main() -> None:
     state_bytes = a.keys * VALUE_BYTES
     print(f"# bench/state.py --keys {a.keys:,} (commit {commit()}); {os.cpu_count()} cores, "
           f"load average {os.getloadavg()[0]:.1f} at start; p = 2, block cache "
-          f"{a.block_cache_mb} MB, storage {'MinIO' if a.minio else 'file://'}")
+          f"{a.block_cache_mb} MB, storage {'MinIO' if a.minio else 'file://'}; large-state "
+          f"job: {a.rounds} rounds, checkpoints "
+          + (f"every {a.interval}" if a.interval else "one per phase and round (triggered)"))
     if not a.skip_churn:
         runs: dict[str, list[float]] = {b: [] for b in ("memory", "rocksdb") if b in chosen}
         for i in range(a.repeat):           # interleaved: the machine's load hits both alike
@@ -379,7 +398,8 @@ def main() -> None:
                   f"{'met' if ratio >= TARGETS['rate_ratio'] else 'NOT met'})")
     backends = [b for b in ("rocksdb", "memory") if b in chosen
                 and (b == "rocksdb" or a.keys <= a.memory_max_keys)]
-    results = [large(b, a.keys, a.rounds, a.block_cache_mb, a.minio) for b in backends]
+    results = [large(b, a.keys, a.rounds, a.interval, a.block_cache_mb, a.minio)
+               for b in backends]
     print(f"\n{a.keys:,} keys x {VALUE_BYTES} B = {state_bytes / gb:.2f} GB of state, "
           f"output checked ({results[0]['checked_lines']:,} keys read back, every record "
           f"checked against its previous version):")

@@ -131,6 +131,17 @@ def test_api_against_a_real_run(run_job, tmp_path):
     assert list(tl.parse_text(out.stdout)) == ["t0[0]", "t0[1]", "t1[0]", "t1[1]"]
     assert ET.parse(svg).getroot().tag.endswith("svg")
 
+    # -- a checkpoint now, through the API: complete when answered, in the history and on disk
+    last = call(port, "/api/v1/job", token)[1]["last_checkpoint"]["id"]
+    code, cp = call(port, "/api/v1/checkpoints", token, "POST", {})
+    assert code == 200, cp
+    assert cp["id"] > last
+    folder = Path(cp["path"].removeprefix("file://"))
+    assert (folder / "_metadata").is_file() and cp["size_bytes"] == stored_bytes(folder) > 0
+    code, entry = call(port, f"/api/v1/checkpoints/{cp['id']}", token)
+    assert code == 200 and entry["kind"] == "checkpoint" and entry["status"] == "COMPLETED"
+    assert call(port, "/api/v1/checkpoints", None, "POST", {})[0] == 401
+
     # -- a savepoint through the API
     code, sp = call(port, "/api/v1/savepoints", token, "POST", {})
     assert code == 200, sp

@@ -50,6 +50,11 @@ class FakeCoordinator:
             raise RuntimeError(self.refuse)
         return {"path": "file:///sp", "id": 2, "size_bytes": 0}
 
+    async def checkpoint(self):
+        if self.refuse:
+            raise RuntimeError(self.refuse)
+        return {"path": "file:///c/chk-3", "id": 3, "size_bytes": 0, "duration_ms": 1.0}
+
 
 @pytest.fixture
 def api():

@@ -47,6 +47,10 @@ class FakeCoordinator:
     async def savepoint(self, stop=False):
         return {"path": "file:///sp", "id": 2, "size_bytes": 0}
 
+    async def checkpoint(self):
+        return {"path": "file:///c/chk-3", "id": 3, "size_bytes": 0, "duration_ms": 1.0,
+                "kind": "checkpoint", "status": "COMPLETED"}
+
 
 def test_every_documented_operation_is_served():
     server = ApiServer(FakeCoordinator(), "127.0.0.1", 0, "t")

@@ -223,6 +223,12 @@ class ApiServer:
                     return 200, {**h, "task_names": {t.task_id: t.name
                                                      for t in c.pipeline.tasks}}
             return 404, {"error": f"checkpoint {parts[1]} is not in the history"}
+        if parts == ["checkpoints"] and method == "POST":
+            try:
+                summary = await c.checkpoint()
+            except (RuntimeError, OSError) as err:   # not running, aborted, storage down
+                return 409, {"error": str(err)}
+            return 200, {k: summary[k] for k in ("id", "path", "size_bytes", "duration_ms")}
         if parts == ["savepoints"] and method == "POST":
             try:
                 req = json.loads(body or b"{}")

@@ -45,6 +45,10 @@ class PendingCheckpoint:
     timings: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
     waiters: list[asyncio.Future[dict[str, Any]]] = field(default_factory=list)
 
+    @property
+    def kind(self) -> str:
+        return "savepoint" if self.savepoint else "checkpoint"
+
 
 class StorageOwner:
     """Runs storage steps one at a time in submission order (a FIFO queue, one consumer).
@@ -177,7 +181,7 @@ class CheckpointCoordinator:
                    for tk in tasks.values() for h in tk["subtasks"])
         return {"format": ckpt.FORMAT, "version": ckpt.VERSION, "job_id": self.job_id,
                 "job_name": self.job_name, "checkpoint_id": pc.checkpoint_id,
-                "kind": "savepoint" if pc.savepoint else "checkpoint",
+                "kind": pc.kind,
                 "triggered_at": pc.triggered_at, "completed_at": completed_at,
                 "parallelism": self.p, "max_parallelism": self.m,
                 "mode": self.cfg.mode, "tasks": tasks, "timings": timings, "size_bytes": size,
@@ -189,7 +193,7 @@ class CheckpointCoordinator:
             await self._complete_inner(pc)
         except Exception as err:  # noqa: BLE001 - never a silent end of a completion
             log.exception("completion of checkpoint %d failed", pc.checkpoint_id)
-            self._fail_waiters(pc, RuntimeError(f"savepoint {pc.checkpoint_id} failed: {err}"))
+            self._fail_waiters(pc, RuntimeError(f"{pc.kind} {pc.checkpoint_id} failed: {err}"))
             self.on_failure(f"completion of checkpoint {pc.checkpoint_id} failed: "
                             f"{type(err).__name__}: {err}")
         finally:
@@ -218,7 +222,7 @@ class CheckpointCoordinator:
             log.warning("checkpoint %d: cannot write _metadata: %s", pc.checkpoint_id, err)
             self._record_failed(pc, f"cannot write _metadata: {err}")
             self._fail_waiters(pc, err if isinstance(err, StorageError) else
-                               RuntimeError(f"savepoint {pc.checkpoint_id} failed: {err}"))
+                               RuntimeError(f"{pc.kind} {pc.checkpoint_id} failed: {err}"))
             self.count_failure(pc.checkpoint_id, f"cannot write _metadata: {err}")
             return
         if not pc.savepoint:
@@ -283,7 +287,7 @@ class CheckpointCoordinator:
         if not pc.savepoint:
             self.owner.submit(f"deletion of aborted checkpoint {cid}",
                               lambda: self.io(self._delete_incomplete, cid))
-        self._fail_waiters(pc, RuntimeError(f"savepoint {cid} failed: {reason}"))
+        self._fail_waiters(pc, RuntimeError(f"{pc.kind} {cid} failed: {reason}"))
         if count:
             self.count_failure(cid, reason)
 

@@ -156,6 +156,22 @@ class Coordinator:
         pc.waiters.append(fut)
         return await fut
 
+    async def checkpoint(self) -> dict[str, Any]:
+        """Take a checkpoint now, besides the periodic ones (as Flink's REST API triggers
+        one); answered with its summary once it is complete. It counts as the latest trigger,
+        so the next periodic one comes an interval after it."""
+        if self.state is not JobState.RUNNING:
+            raise RuntimeError(f"job is {js.public_state(self.state, self.attempt)}, "
+                               "not RUNNING")
+        if not self.cfg.enabled:
+            raise RuntimeError("checkpoints are disabled for this job")
+        if self.stop_after is not None or self.checkpoints.stop_in_flight():
+            raise RuntimeError("the job is stopping")
+        pc = self.checkpoints.trigger()
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        pc.waiters.append(fut)
+        return await fut
+
     # -- I/O helpers ----------------------------------------------------------------------
 
     async def io(self, fn, *args):
