@@ -141,10 +141,12 @@ def workers_of(root: int) -> list[int]:
 
 
 class Memory(NamedTuple):
-    """A worker's resident memory in one run (KiB): when the job ran, and its peak."""
+    """A worker's resident memory in one run (KiB): when the job ran, and its peak; and the
+    number of checkpoints the run completed (its final one's id)."""
 
     start: int
     peak: int
+    checkpoints: int
 
 
 def run_job(sink: str, records: int, words: int, p: int, checkpoints: bool,
@@ -197,7 +199,8 @@ def run_job(sink: str, records: int, words: int, p: int, checkpoints: bool,
             raise SystemExit(f"wrong final counts in the last checkpoint ({sink}, p={p})")
         if worker is None or not start or not peak:
             raise SystemExit(f"no worker memory seen ({sink}, p={p})")
-        return rate, records / max(cpu, 1e-3), Memory(start, peak)
+        last = status.get("last_checkpoint") or {}
+        return rate, records / max(cpu, 1e-3), Memory(start, peak, int(last.get("id", 0)))
 
 
 def _running(status_file: Path) -> bool:
@@ -296,6 +299,7 @@ def many_keys(records: int, words: int, repeat: int) -> None:
     # State above the worker's start: the median over the runs of each configuration.
     grown = {k: statistics.median(m.peak - m.start for m in v) for k, v in memory.items()}
     peak = {k: statistics.median(m.peak for m in v) for k, v in memory.items()}
+    done = {k: statistics.median(m.checkpoints for m in v) for k, v in memory.items()}
     mb = 1024  # KiB per MiB
     dict_mb = max(DICT_RSS) / 1024  # KiB (the first run: later ones reuse freed memory)
     print(f"keyed running count, {records:,} records, {words:,} keys, file sink, p=1, "
@@ -303,12 +307,13 @@ def many_keys(records: int, words: int, repeat: int) -> None:
           f"{load0:.1f} at start, {os.getloadavg()[0]:.1f} at end (ratios are on records per "
           f"CPU-second, measured side by side)")
     print(f"{'configuration':<44}{'records/s':>12}{'rec/CPU-s':>12}{'÷ dict':>8}"
-          f"{'÷ dict+file':>13}{'peak RSS':>10}{'above start':>13}")
+          f"{'÷ dict+file':>13}{'peak RSS':>10}{'above start':>13}{'checkpoints':>13}")
     labels = {"dict": "floor: plain Python dict count",
               "dict+file": "floor: dict count + line to a buffered file"}
     for name in [*floors, *jobs]:
         label = labels.get(name, f"streamjob, checkpoints {name}")
-        rss = (f"{peak[name] / mb:>8,.0f}MB{grown[name] / mb:>11,.0f}MB" if name in jobs
+        rss = (f"{peak[name] / mb:>8,.0f}MB{grown[name] / mb:>11,.0f}MB{done[name]:>13,.0f}"
+               if name in jobs
                else f"{dict_mb / mb:>23,.0f}MB" if name == "dict"
                else "")
         print(f"{label:<44}{wall[name]:>12,.0f}{cpu[name]:>12,.0f}{cpu[name] / cpu['dict']:>8.2f}"
