@@ -211,8 +211,8 @@ def _options(block_cache_mb: int, write_buffer_mb: int) -> Options:
     # 32 runs 2.5, 16 runs with a 10 % size ratio 3.1; leveled with an L0 trigger of 20
     # 6.0. Below 16 runs the medium merges come often; above, little is gained for more
     # runs to read. The price: a point read may look at up to 16 sorted runs (bloom filters
-    # keep a miss off the disk), and the disk and the checkpoint storage hold up to about
-    # twice the live state between full merges (1.5x at the end of that run).
+    # keep a miss off the disk), and the disk and the checkpoint storage hold up to 2.6x the
+    # live state just before a full merge (1.5x right after).
     opt.set_compaction_style(DBCompactionStyle.universal())
     universal = UniversalCompactOptions()
     universal.max_size_amplification_percent = 200
