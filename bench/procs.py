@@ -19,3 +19,26 @@ def children(pid: int) -> list[tuple[int, str]]:
             except (OSError, ValueError, IndexError):
                 pass
     return out
+
+
+def descendant_workers(root: int) -> list[int]:
+    """The ``streamjob worker`` processes anywhere under ``root``."""
+    found, frontier = [], [root]
+    while frontier:
+        below = [c for pid in frontier for c in children(pid)]
+        found += [pid for pid, cmd in below if " worker " in cmd]
+        frontier = [pid for pid, _ in below]
+    return found
+
+
+def status_kb(pid: int, field: str) -> int:
+    """A memory field of ``/proc/<pid>/status`` in KiB (``VmRSS``: resident now, ``VmHWM``:
+    its peak); 0 if the process is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0

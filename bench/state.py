@@ -60,23 +60,12 @@ from bench.jobs import (  # noqa: E402
     expected_verify_lines,
     state_phases,
 )
-from bench.procs import children  # noqa: E402
+from bench.procs import children, status_kb  # noqa: E402
 from streamjob.cli import api_call, local_api  # noqa: E402
 
 NAME = "state"
 TIMEOUT_S = 3600          # any one wait (the 20 M load on a loaded 2-core machine is long)
 TARGETS = {"rss_gb": 1.0, "rate_ratio": 0.40, "upload_ratio": 0.03}
-
-
-def peak_rss(pid: int) -> int:
-    """``VmHWM`` (peak resident set) of a process in bytes, 0 if it is gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
 
 
 def tree_bytes(path: Path) -> dict[str, int]:
@@ -152,7 +141,7 @@ class Run:
 
     def sample(self) -> None:
         for pid in self.workers():
-            self.rss[pid] = max(self.rss.get(pid, 0), peak_rss(pid))
+            self.rss[pid] = max(self.rss.get(pid, 0), status_kb(pid, "VmHWM") * 1024)
 
     def wait_for(self, what: str, pred) -> dict[str, Any]:
         deadline = time.monotonic() + TIMEOUT_S

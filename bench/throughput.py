@@ -63,7 +63,7 @@ PYPATH = os.pathsep.join([str(ROOT / "worker"), str(ROOT)])  # this checkout's c
 sys.path[:0] = [str(ROOT / "worker"), str(ROOT)]
 
 from bench.cpu import become_subreaper, children_cpu, reap_orphans, tree_cpu  # noqa: E402
-from bench.procs import children  # noqa: E402
+from bench.procs import descendant_workers, status_kb  # noqa: E402
 from streamjob import state  # noqa: E402
 from streamjob.checkpoints import latest_completed  # noqa: E402
 from streamjob.examples.wordcount import MULTIPLIER, check_output, expected_counts  # noqa: E402
@@ -78,7 +78,7 @@ DICT_RSS: list[int] = []  # VmRSS growth (bytes) of each dict floor's counts, on
 
 def dict_floor(records: int, words: int, _folder: str) -> Rates:
     counts: dict[str, int] = {}
-    rss0 = rss_kb(os.getpid(), "VmRSS")
+    rss0 = status_kb(os.getpid(), "VmRSS")
     t0, c0 = time.perf_counter(), time.process_time()
     for g in range(records):
         w = f"w{((g * MULTIPLIER) & 0xFFFFFFFF) % words}"
@@ -86,7 +86,7 @@ def dict_floor(records: int, words: int, _folder: str) -> Rates:
     rates = records / (time.perf_counter() - t0), records / (time.process_time() - c0)
     if len(counts) != min(records, words):
         raise SystemExit(f"the dict floor counted {len(counts)} keys")
-    DICT_RSS.append((rss_kb(os.getpid(), "VmRSS") - rss0) * 1024)
+    DICT_RSS.append((status_kb(os.getpid(), "VmRSS") - rss0) * 1024)
     return rates
 
 
@@ -116,28 +116,6 @@ def final_counts(ckpt: Path) -> Counter[str]:
                     storage, handle, range(body["max_parallelism"])):
                 counts.update(entries)
     return counts
-
-
-def rss_kb(pid: int, field: str) -> int:
-    """``VmRSS`` (resident now) or ``VmHWM`` (its peak) of a process in KiB; 0 if gone."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def workers_of(root: int) -> list[int]:
-    """The ``streamjob worker`` processes under ``root`` (children of its children)."""
-    found, frontier = [], [root]
-    while frontier:
-        below = [c for pid in frontier for c in children(pid)]
-        found += [pid for pid, cmd in below if " worker " in cmd]
-        frontier = [pid for pid, _ in below]
-    return found
 
 
 class Memory(NamedTuple):
@@ -176,10 +154,10 @@ def run_job(sink: str, records: int, words: int, p: int, checkpoints: bool,
         while run.poll() is None:
             if at_running is None and _running(status_file):
                 at_running = tree_cpu(run.pid)
-                worker = min(workers_of(run.pid), default=None)
-                start = rss_kb(worker, "VmRSS") if worker else 0
+                worker = min(descendant_workers(run.pid), default=None)
+                start = status_kb(worker, "VmRSS") if worker else 0
             if worker is not None:
-                peak = max(peak, rss_kb(worker, "VmHWM"))
+                peak = max(peak, status_kb(worker, "VmHWM"))
             time.sleep(0.01)
         reap_orphans()
         if run.returncode != 0:

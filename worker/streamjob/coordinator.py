@@ -146,28 +146,31 @@ class Coordinator:
     async def savepoint(self, stop: bool = False) -> dict[str, Any]:
         """Take a savepoint (aligned, self-contained); with ``stop`` the job stops after it.
         A stop is answered only once its marker is in storage."""
-        if self.state is not JobState.RUNNING:
-            raise RuntimeError(f"job is {js.public_state(self.state, self.attempt)}, "
-                               "not RUNNING")
+        self._require_running()
         if stop and self.checkpoints.stop_in_flight():
             raise RuntimeError("a stop-with-savepoint is already in progress")
-        pc = self.checkpoints.trigger(savepoint=True, stop=stop)
-        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        pc.waiters.append(fut)
-        return await fut
+        return await self._completion(self.checkpoints.trigger(savepoint=True, stop=stop))
 
     async def checkpoint(self) -> dict[str, Any]:
         """Take a checkpoint now, besides the periodic ones (as Flink's REST API triggers
         one); answered with its summary once it is complete. It counts as the latest trigger,
         so the next periodic one comes an interval after it."""
-        if self.state is not JobState.RUNNING:
-            raise RuntimeError(f"job is {js.public_state(self.state, self.attempt)}, "
-                               "not RUNNING")
+        self._require_running()
         if not self.cfg.enabled:
             raise RuntimeError("checkpoints are disabled for this job")
         if self.stop_after is not None or self.checkpoints.stop_in_flight():
             raise RuntimeError("the job is stopping")
-        pc = self.checkpoints.trigger()
+        return await self._completion(self.checkpoints.trigger())
+
+    def _require_running(self) -> None:
+        if self.state is not JobState.RUNNING:
+            raise RuntimeError(f"job is {js.public_state(self.state, self.attempt)}, "
+                               "not RUNNING")
+
+    @staticmethod
+    async def _completion(pc: PendingCheckpoint) -> dict[str, Any]:
+        """The summary of a triggered checkpoint or savepoint once complete (its failure
+        raises: every pending one completes, fails, is aborted or expires)."""
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         pc.waiters.append(fut)
         return await fut

@@ -216,9 +216,14 @@ def upload_file(storage: Storage, key: str, f: BinaryIO) -> None:
 
 
 def _unpack(blob: bytes, crc: int, where: str) -> Any:
+    return _decode(_checked(blob, crc, where), where)
+
+
+def _checked(blob: bytes, crc: int, where: str) -> bytes:
+    """``blob`` if its CRC-32 is ``crc``, else CorruptStateError."""
     if zlib.crc32(blob) != crc:
         raise CorruptStateError(f"checksum mismatch in {where}")
-    return _decode(blob, where)
+    return blob
 
 
 def _decode(blob: bytes, where: str) -> Any:
@@ -275,11 +280,8 @@ def _key_group_sections(storage: Storage, handle: dict[str, Any], key_groups: ra
         if len(blob) != end - start:
             raise CorruptStateError(f"{handle['key']} is shorter than its handle says")
         for kg, offset, length, crc in span:
-            section = blob[offset - start: offset - start + length]
             where = f"{handle['key']} key group {kg}"
-            if zlib.crc32(section) != crc:
-                raise CorruptStateError(f"checksum mismatch in {where}")
-            yield kg, section, where
+            yield kg, _checked(blob[offset - start: offset - start + length], crc, where), where
 
 
 def _read_one(storage: Storage, handle: dict[str, Any], key_groups: range,
