@@ -71,6 +71,7 @@ PYPATH = os.pathsep.join([str(ROOT / "worker"), str(ROOT)])  # this checkout's c
 sys.path[:0] = [str(ROOT / "worker"), str(ROOT)]
 
 from bench.jobs import large_value  # noqa: E402
+from bench.procs import git_head  # noqa: E402
 from streamjob import state  # noqa: E402
 from streamjob.checkpoints import latest_completed  # noqa: E402
 from streamjob.keygroups import key_group  # noqa: E402
@@ -363,13 +364,6 @@ def runtime(mode: str, keys: int, value_bytes: int, records: int,
                 "load_s": loaded - status["running_since"],
                 "peak_mb": peak, "child_mb": child_peak, "checkpoints": body["checkpoint_id"],
                 "children": children}
-
-
-def git_head(tree: Path) -> str:
-    """The commit a checkout is at (``?`` when git cannot tell)."""
-    out = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"],
-                         capture_output=True, text=True)
-    return out.stdout.strip() or "?"
 
 
 def main() -> None:

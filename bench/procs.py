@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
+
+
+def git_head(tree: Path) -> str:
+    """The commit a checkout is at (``?`` when git cannot tell): what a baseline ran."""
+    out = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"],
+                         capture_output=True, text=True)
+    return out.stdout.strip() or "?"
 
 
 def children(pid: int) -> list[tuple[int, str]]:

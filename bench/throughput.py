@@ -63,7 +63,7 @@ PYPATH = os.pathsep.join([str(ROOT / "worker"), str(ROOT)])  # this checkout's c
 sys.path[:0] = [str(ROOT / "worker"), str(ROOT)]
 
 from bench.cpu import become_subreaper, children_cpu, reap_orphans, tree_cpu  # noqa: E402
-from bench.procs import descendant_workers, status_kb  # noqa: E402
+from bench.procs import descendant_workers, git_head, status_kb  # noqa: E402
 from streamjob import state  # noqa: E402
 from streamjob.checkpoints import latest_completed  # noqa: E402
 from streamjob.examples.wordcount import MULTIPLIER, check_output, expected_counts  # noqa: E402
@@ -128,9 +128,9 @@ class Memory(NamedTuple):
 
 
 def run_job(sink: str, records: int, words: int, p: int, checkpoints: bool,
-            incremental: bool = False) -> tuple[float, float, Memory]:
+            incremental: bool = False, pypath: str = PYPATH) -> tuple[float, float, Memory]:
     """Records/s, records per CPU-second (from running to the end) and the first worker's
-    memory of one checked run."""
+    memory of one checked run, with the runtime found on ``pypath`` (this checkout's)."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp, "out")
         manifest = {
@@ -144,7 +144,7 @@ def run_job(sink: str, records: int, words: int, p: int, checkpoints: bool,
         }
         path = Path(tmp, "job.yaml")
         path.write_text(yaml.safe_dump(manifest))
-        env = dict(os.environ, PYTHONPATH=PYPATH)
+        env = dict(os.environ, PYTHONPATH=pypath)
         status_file = Path(tmp, ".streamjob/runs/bench/status.json")
         reap_orphans()
         cpu0 = children_cpu()
@@ -199,10 +199,17 @@ def main() -> None:
     ap.add_argument("--many-keys", action="store_true",
                     help="the 1 M keys target: floors and the file sink at p=1, checkpoints "
                          "off, 1s and 1s incremental, with the worker's peak RSS")
+    ap.add_argument("--baseline", type=Path, default=None,
+                    help="with --many-keys: another checkout (git worktree add DIR REV) whose "
+                         "runtime runs each configuration as well, alternating with this one")
     args = ap.parse_args()
     become_subreaper()
+    if args.baseline and not (args.baseline / "worker" / "streamjob").is_dir():
+        ap.error(f"--baseline {args.baseline}: not a streamjob checkout")
+    if args.baseline and not args.many_keys:
+        ap.error("--baseline goes with --many-keys")
     if args.many_keys:
-        many_keys(args.records, args.words or 1_000_000, args.repeat)
+        many_keys(args.records, args.words or 1_000_000, args.repeat, args.baseline)
         return
     args.words = args.words or 10_000
     configs = [(s, p, c) for s in ("discard", "file") for p in (1, 2) for c in (False, True)
@@ -255,12 +262,19 @@ def main() -> None:
           f"the floor's {cpu['dict+file']:,.0f}")
 
 
-def many_keys(records: int, words: int, repeat: int) -> None:
+def many_keys(records: int, words: int, repeat: int, baseline: Path | None = None) -> None:
     """The 1 M keys target: records per CPU-second of the file sink at p = 1 against the
     dict floor at the same key count, and the worker's peak RSS during checkpoints against
-    the live state (see the module docstring)."""
+    the live state (see the module docstring). With ``baseline``, each configuration runs
+    with that checkout's runtime too (``... @base``), right after this one's."""
     floors = {"dict": dict_floor, "dict+file": dict_file_floor}
-    jobs = {"off": (False, False), "1s": (True, False), "1s incremental": (True, True)}
+    jobs = {"off": (False, False, PYPATH), "1s": (True, False, PYPATH),
+            "1s incremental": (True, True, PYPATH)}
+    if baseline is not None:
+        base = baseline.resolve()
+        base_path = os.pathsep.join([str(base / "worker"), str(base)])
+        jobs = {k: v for name, (on, inc, _) in jobs.items()
+                for k, v in ((name, (on, inc, PYPATH)), (f"{name} @base", (on, inc, base_path)))}
     rates: dict[str, list[Rates]] = {k: [] for k in [*floors, *jobs]}
     memory: dict[str, list[Memory]] = {k: [] for k in jobs}
     load0 = os.getloadavg()[0]
@@ -268,8 +282,8 @@ def many_keys(records: int, words: int, repeat: int) -> None:
         for name, floor in floors.items():
             with tempfile.TemporaryDirectory() as tmp:
                 rates[name].append(floor(records, words, tmp))
-        for name, (on, incremental) in jobs.items():
-            rate, cpu_rate, mem = run_job("file", records, words, 1, on, incremental)
+        for name, (on, incremental, pypath) in jobs.items():
+            rate, cpu_rate, mem = run_job("file", records, words, 1, on, incremental, pypath)
             rates[name].append((rate, cpu_rate))
             memory[name].append(mem)
     wall = {k: statistics.median(r[0] for r in v) for k, v in rates.items()}
@@ -296,12 +310,16 @@ def many_keys(records: int, words: int, repeat: int) -> None:
                else "")
         print(f"{label:<44}{wall[name]:>12,.0f}{cpu[name]:>12,.0f}{cpu[name] / cpu['dict']:>8.2f}"
               f"{cpu[name] / cpu['dict+file']:>13.2f}{rss}")
-    for name in ("1s", "1s incremental"):
+    if baseline is not None:
+        print(f"@base: the runtime of {baseline} (git {git_head(baseline)}); its ratios "
+              "are against its own run without checkpoints")
+    for name in [n for n in jobs if n.startswith("1s")]:
+        off = "off @base" if name.endswith("@base") else "off"
         print(f"target: checkpoints {name}: per CPU-second {cpu[name]:,.0f} = "
               f"{cpu[name] / cpu['dict']:.2f}x the dict floor's {cpu['dict']:,.0f} at "
               f"{words:,} keys ({cpu[name] / cpu['dict+file']:.2f}x dict+file's); peak RSS "
               f"above the worker's start {grown[name] / mb:,.0f} MB = "
-              f"{grown[name] / grown['off']:.2f}x the live state's {grown['off'] / mb:,.0f} MB "
+              f"{grown[name] / grown[off]:.2f}x the live state's {grown[off] / mb:,.0f} MB "
               f"(the worker without checkpoints; target 1.3x), {grown[name] / dict_mb:.2f}x "
               f"the plain dict's {dict_mb / mb:,.0f} MB of the same keys")
 

@@ -406,8 +406,10 @@ def _decoded_sections(backend):
         if name in backend.expiring:
             entries = backend.expiring[name].live(entries)[0]
         for k in sorted(entries, key=backend.encode_key):
-            by_kg.setdefault(key_group(k, M), {}).setdefault(name, []).append([k, entries[k]])
-    return [(kg, [(name, backend.kinds[name], es) for name, es in tables.items()])
+            keys, values = by_kg.setdefault(key_group(k, M), {}).setdefault(name, ([], []))
+            keys.append(k)
+            values.append(entries[k])
+    return [(kg, [(name, backend.kinds[name], ks, vs) for name, (ks, vs) in tables.items()])
             for kg, tables in sorted(by_kg.items())]
 
 
@@ -434,7 +436,7 @@ def test_a_savepoint_is_byte_for_byte_the_file_of_its_decoded_entries(tmp_path, 
             clock.now += 600
     clock.now += 500  # the first 150 expired, the others live
     expected = _decoded_sections(backend)
-    assert sum(len(es) for _, secs in expected for n, _, es in secs if n == "ttl") == 150
+    assert sum(len(ks) for _, secs in expected for n, _, ks, _ in secs if n == "ttl") == 150
     handle = state.write_snapshot_sections(storage, "sp/packed",
                                            backend.savepoint_sections(backend.savepoint()),
                                            {"splits": {}})

@@ -138,14 +138,15 @@ def test_packed_sections_and_reads_are_the_bytes_of_decoded_ones(tmp_path):
     entries' bytes passed through: the same file and the same entries as decoded ones."""
     import msgpack
 
-    from streamjob.state import ENTRY, pack_section, read_packed_keyed_state
+    from streamjob.state import pack_section, read_packed_keyed_state
 
     pack = msgpack.Packer(use_bin_type=True).pack
     entries = [("k", [1, "x"]), (("t", 2), {"a": 1.5, 3: b"\x00"}), (7, None), (-1, True)]
-    decoded = [("count", "value", [list(e) for e in entries]), ("empty", "map", [])]
-    packed = pack_section([(name, kind, len(es), b"".join(ENTRY + pack(k) + pack(v)
-                                                          for k, v in es))
-                           for name, kind, es in decoded])
+    decoded = [("count", "value", [k for k, _ in entries], [v for _, v in entries]),
+               ("empty", "map", [], [])]
+    packed = pack_section([(name, kind, len(ks), b"".join(map(pack, ks)),
+                            b"".join(map(pack, vs)))
+                           for name, kind, ks, vs in decoded])
     assert packed.blob == pack(decoded) and packed.keys == 4
 
     storage = LocalStorage(tmp_path)
@@ -170,7 +171,7 @@ def test_packed_sections_and_reads_are_the_bytes_of_decoded_ones(tmp_path):
     assert {g for g, *_ in read_packed_keyed_state(storage, top, mine)} <= set(mine)
 
 
-def test_a_packed_read_refuses_a_malformed_section(tmp_path):
+def test_a_read_refuses_a_malformed_section(tmp_path):
     import zlib
 
     import msgpack
@@ -178,18 +179,63 @@ def test_a_packed_read_refuses_a_malformed_section(tmp_path):
     from streamjob.state import HEADER, read_packed_keyed_state
 
     storage = LocalStorage(tmp_path)
-    for section in ([["count", "value", [["k"]]]],          # an entry without its value
-                    [["count", "value", [["k", 1]]], 5],    # not a table
-                    [["count", 1, [["k", 1]]]]):            # a kind that is no string
-        blob = msgpack.packb(section)
-        storage.put("s", HEADER + blob)
-        handle = {"format": 1, "key": "s",
-                  "key_groups": [[3, len(HEADER), len(blob), zlib.crc32(blob)]]}
-        with pytest.raises(CorruptStateError):
-            list(read_packed_keyed_state(storage, handle, range(128)))
-    blob = msgpack.packb([["count", "value", [["k", 1]]]])
+    malformed = {
+        1: ([["count", "value", [["k"]]]],                # an entry without its value
+            [["count", "value", [["k", 1]]], 5],          # not a table
+            [["count", 1, [["k", 1]]]],                   # a kind that is no string
+            [["count", "value", ["k"], [1]]]),            # version 2's columns
+        2: ([["count", "value", ["k", "j"], [1]]],        # a key without its value
+            [["count", "value", ["k"], [1]], 5],          # not a table
+            [["count", 1, ["k"], [1]]],                   # a kind that is no string
+            [["count", "value", [["k", 1]]]]),            # version 1's pairs
+    }
+    for version, sections in malformed.items():
+        for section in sections:
+            blob = msgpack.packb(section)
+            storage.put("s", HEADER + blob)
+            handle = {"format": version, "key": "s",
+                      "key_groups": [[3, len(HEADER), len(blob), zlib.crc32(blob)]]}
+            with pytest.raises(CorruptStateError):
+                list(read_packed_keyed_state(storage, handle, range(128)))
+            with pytest.raises(CorruptStateError):
+                list(read_keyed_state(storage, handle, range(128)))
+    blob = msgpack.packb([["count", "value", ["k"], [1]]])
     storage.put("s", HEADER + blob[:-1] + b"\x02")  # a bit flip: the crc32 finds it
-    handle = {"format": 1, "key": "s",
+    handle = {"format": 2, "key": "s",
               "key_groups": [[3, len(HEADER), len(blob), zlib.crc32(blob)]]}
     with pytest.raises(CorruptStateError, match="checksum"):
         list(read_packed_keyed_state(storage, handle, range(128)))
+    with pytest.raises(CorruptStateError, match="format 3"):
+        list(read_keyed_state(storage, dict(handle, format=3), range(128)))
+
+
+def test_version_1_files_are_still_read(tmp_path):
+    """A checkpoint or savepoint written before version 2 (``[key, value]`` pairs) restores
+    on either backend: decoded, and with the packed bytes passed through."""
+    import struct
+    import zlib
+
+    import msgpack
+
+    from streamjob.state import read_packed_keyed_state
+
+    pack = msgpack.Packer(use_bin_type=True).pack
+    header = b"SJSNAP" + struct.pack("<H", 1)
+    full = [["count", "value", [["a", 1], [["t", 2], [3, "x"]]]], ["seen", "map", []]]
+    delta = [["count", "value", [["a", 5]], ["gone", ["t", 9]]]]
+    handles = []
+    for name, section in (("full", full), ("delta", delta)):
+        blob = pack(section)
+        storage = LocalStorage(tmp_path)
+        storage.put(name, header + blob)
+        handles.append({"format": 1, "key": name, "size": len(header) + len(blob),
+                        "key_groups": [[7, len(header), len(blob), zlib.crc32(blob)]]})
+    top = dict(handles[1], chain=[handles[0]])
+    assert list(read_keyed_state(storage, top, range(128))) == [
+        ("count", "value", {"a": 1, ("t", 2): [3, "x"]}, []), ("seen", "map", {}, []),
+        ("count", "value", {"a": 5}, ["gone", ("t", 9)])]
+    assert list(read_packed_keyed_state(storage, top, range(128))) == [
+        (7, "count", "value", [(pack("a"), pack(1)), (pack(["t", 2]), pack([3, "x"]))], []),
+        (7, "seen", "map", [], []),
+        (7, "count", "value", [(pack("a"), pack(5))], [pack("gone"), pack(["t", 9])])]
+    assert list(read_keyed_state(storage, handles[0], range(8, 128))) == []

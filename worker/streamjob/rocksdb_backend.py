@@ -832,10 +832,10 @@ class RocksDBKeyedStateBackend(KeyedStateBackend):
                     for name, kind, cf in cfs:
                         if heads[name] != kg:
                             continue
-                        n, entries = self._packed_group(name, cf, kg)
+                        n, keys, values = self._packed_group(name, cf, kg)
                         heads[name] = _first_group(cf, kg + 1)
                         if n:
-                            tables.append((name, kind, n, entries))
+                            tables.append((name, kind, n, keys, values))
                     if tables:
                         yield kg, state.pack_section(tables)
                         # One key group of the canonical file written, not all.
@@ -843,16 +843,18 @@ class RocksDBKeyedStateBackend(KeyedStateBackend):
         finally:
             shutil.rmtree(local.path, ignore_errors=True)
 
-    def _packed_group(self, name: str, cf: Any, kg: int) -> tuple[int, bytes]:
-        """How many entries key group ``kg`` of a state has and their packed ``[key, value]``
-        arrays, concatenated (``state.pack_section``'s ``entries``)."""
+    def _packed_group(self, name: str, cf: Any, kg: int) -> tuple[int, bytes, bytes]:
+        """How many entries key group ``kg`` of a state has, their packed keys concatenated
+        and their packed values concatenated (``state.pack_section``'s columns)."""
         bound = ReadOptions()
         bound.set_iterate_upper_bound(kg_prefix(kg + 1))
         items = cf.items(from_key=kg_prefix(kg), read_opt=bound)
-        entry = state.ENTRY
         if name not in self.expiring:
-            packed = [entry + k[2:] + v for k, v in items]
-            return len(packed), b"".join(packed)
+            keys, values = [], []
+            for k, v in items:
+                keys.append(k[2:])
+                values.append(v)
+            return len(keys), b"".join(keys), b"".join(values)
         raw = {}
         decoded = {}
         for k, v in items:
@@ -861,7 +863,8 @@ class RocksDBKeyedStateBackend(KeyedStateBackend):
             decoded[key] = _unpack_value(v)
         live = self.expiring[name].live(decoded)[0]
         pack = msgpack.Packer(use_bin_type=True).pack  # not the processing thread's
-        return len(live), b"".join([entry + raw[k] + pack(v) for k, v in live.items()])
+        return (len(live), b"".join([raw[k] for k in live]),
+                b"".join([pack(v) for v in live.values()]))
 
     def drop_local(self, local: LocalCheckpoint) -> None:
         local.created.wait(CREATE_TIMEOUT_S)  # its thread may still write the folder
