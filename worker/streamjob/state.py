@@ -20,15 +20,17 @@ state is kept inline in the handle (base64 msgpack) instead of a file.
 A key-group section is the msgpack array ``[[table, kind, [key, ...], [value, ...]], ...]``:
 a table's keys, then its values in the same order (a delta's tables carry a fifth item, the
 deleted keys). Columns, not ``[key, value]`` pairs, because a snapshot of a million keys
-then packs two lists per key group that it has already built, instead of a million pairs
-built for the purpose (and collected afterwards): the encoding costs about a third
-(``bench/throughput.py --many-keys``). Version 1 files (``[[table, kind, [[key, value], ...]]
-, ...]``, a delta's tables with a fourth item) are still read. Keys and values are packed by
-one ``msgpack.Packer(use_bin_type=True)``, whose encoding of a value is unique (smallest
-form, floats as float64, tuples as arrays), so a backend that keeps its entries packed
-already (rocksdb) writes and reads sections with the keys' and values' bytes passed through
-(:func:`pack_section`, :func:`read_packed_keyed_state`), and the file is byte for byte the
-one written from decoded entries.
+then packs two lists per key group that it has built anyway, instead of a million pairs
+built for the purpose (and collected afterwards): encoding a million-key table takes about
+half the CPU it took with pairs, and the file is one byte per entry smaller (see
+docs/benchmarks.md, "Keyed count with 1,000,000 keys"). Version 1 files, whose tables are
+``[table, kind, [[key, value], ...]]`` (a delta's with a fourth item), are still read.
+
+Keys and values are packed by one ``msgpack.Packer(use_bin_type=True)``, whose encoding of
+a value is unique (smallest form, floats as float64, tuples as arrays), so a backend that
+keeps its entries packed already (rocksdb) writes and reads sections with the keys' and
+values' bytes passed through (:func:`pack_section`, :func:`read_packed_keyed_state`), and
+the file is byte for byte the one written from decoded entries.
 """
 
 from __future__ import annotations
@@ -96,13 +98,13 @@ def encode_snapshot_to(out: BinaryIO, frozen: dict[str, tuple[Any, ...]],
     for name, item in frozen.items():
         kind, table = item[0], item[1]
         deleted = item[2] if len(item) > 2 else None
-        groups = list(_key_groups(kg_of, table))
+        groups = _key_groups(kg_of, table)
         keys_of = _group(groups, table)
         values_of = _group(groups, table.values())
         del groups
         deleted_of: dict[int, list[Any]] | None = None
         if deleted is not None:
-            deleted_of = _group(list(_key_groups(kg_of, deleted)), deleted)
+            deleted_of = _group(_key_groups(kg_of, deleted), deleted)
             kgs.update(deleted_of)
         kgs.update(keys_of)
         tables.append((name, kind, keys_of, values_of, deleted_of))
@@ -135,11 +137,11 @@ def _group(kgs: list[int], items: Iterable[Any]) -> dict[int, list[Any]]:
     return groups
 
 
-def _key_groups(kg_of: Callable[[Any], int], keys: Collection[Any]) -> Iterable[int]:
+def _key_groups(kg_of: Callable[[Any], int], keys: Collection[Any]) -> list[int]:
     """The key group of each of ``keys``, in order: all at once when ``kg_of`` can
     (``keygroups.KeyGroupOf.many``), else one by one."""
     many = getattr(kg_of, "many", None)
-    return many(keys) if many is not None else map(kg_of, keys)
+    return many(keys) if many is not None else list(map(kg_of, keys))
 
 
 class _StateFileWriter:
