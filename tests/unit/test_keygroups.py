@@ -199,3 +199,48 @@ def test_equal_keys_of_different_types_keep_their_own_key_groups():
         of = KeyGroupOf(128)
         assert [of(k) for k in order] == [key_group(k, 128) for k in order]
     assert len({key_group(k, 128) for k in (1, True, 1.0)}) == 3
+
+
+def test_key_groups_of_a_table_follow_its_changes_between_snapshots():
+    """of_table() remembers a table's keys and hashes only the keys added since; any other
+    change (a key removed, a key replaced by an equal one of another type) is seen."""
+    m = 32768  # above 255: the remembered key groups need two bytes
+    of = KeyGroupOf(m)
+    table = {f"k{i}": i for i in range(2000)}
+
+    def check(t):
+        assert list(of.of_table("count", dict(t))) == [key_group(k, m) for k in t]
+
+    check(table)
+    check(table)                     # unchanged
+    table.update({i: i for i in range(50)})
+    check(table)                     # keys added at the end (of other types too)
+    del table["k5"]
+    table["k5"] = 0                  # removed and added again: now last
+    check(table)
+    table = {True: 1, "x": 2}
+    check(table)
+    table = {1: 1, "x": 2}           # 1 == True, same place: not the same key
+    check(table)
+    check({})
+    check({"k1": 1})
+    assert list(of.of_table("other", {"a": 1})) == [key_group("a", m)]
+
+
+def test_a_full_snapshot_with_remembered_key_groups_is_the_same_file(tmp_path):
+    import io
+
+    from streamjob.state import encode_snapshot_to
+
+    of = KeyGroupOf(128)
+    table = {f"k{i}": i for i in range(3000)}
+    for step in range(4):
+        table.update({f"n{step}-{i}": i for i in range(100)})  # keys added: only they hashed
+        if step == 2:
+            table.pop("k7")  # a key removed: all hashed again
+            table["k7"] = -1
+        with_memory, without = io.BytesIO(), io.BytesIO()
+        encode_snapshot_to(with_memory, {"t": ("value", dict(table))}, None, of)
+        encode_snapshot_to(without, {"t": ("value", dict(table))}, None,
+                           lambda k: key_group(k, 128))
+        assert with_memory.getvalue() == without.getvalue()

@@ -29,6 +29,19 @@ def test_streamed_file_is_byte_for_byte_the_encoded_one(tmp_path):
     assert state.read_operator_state(s, written) == {"splits": {"0": 5}}
 
 
+def test_a_released_copy_is_emptied_and_writes_the_same_bytes(tmp_path):
+    # release=True (the runtime's own frozen copy): its tables are taken out as they are
+    # grouped, so that each is freed before the file is packed; the file is the same.
+    kg = lambda k: key_group(k, 128)  # noqa: E731
+    frozen = {**_frozen(2000, 10), "m": ("map", {("t", i): {"x": i} for i in range(300)})}
+    data, handle = state.encode_snapshot(dict(frozen), {"splits": {}}, kg)
+    s = LocalStorage(tmp_path)
+    given = dict(frozen)
+    written = state.write_snapshot(s, "a/b", given, {"splits": {}}, kg, release=True)
+    assert given == {} and s.get("a/b") == data and written["keys"] == 2300
+    assert {k: v for k, v in written.items() if k != "key"} == handle
+
+
 def test_key_groups_placed_all_at_once_write_the_same_bytes():
     # KeyGroupOf.many (a snapshot's keys at once) against one call per key: same file, for a
     # full snapshot and for a delta with deleted keys, str keys and others.

@@ -8,8 +8,11 @@ stable across processes and machines, so Python's salted ``hash()`` is never use
 from __future__ import annotations
 
 import struct
+import threading
+from array import array
 from collections import deque
 from collections.abc import Callable, Collection, Sequence
+from operator import is_
 from typing import Any
 
 import mmh3
@@ -59,12 +62,16 @@ _MEMOISED = frozenset({str, int, bytes})
 
 class KeyGroupOf:
     """``key -> key group`` for one max parallelism: one key at a time (memoised, up to
-    ``cache_limit`` keys), or every key of a table at once (:meth:`many`: a memory backend's
-    snapshot places each of its keys, every checkpoint)."""
+    ``cache_limit`` keys), or every key of a table at once (:meth:`many`, and
+    :meth:`of_table`: a memory backend's snapshot places each of its keys, every
+    checkpoint)."""
 
     def __init__(self, max_parallelism: int, cache_limit: int = 1 << 20) -> None:
         self.max_parallelism, self.cache_limit = max_parallelism, cache_limit
         self._cache: dict[Any, int] = {}
+        # Per table: its keys at the last of_table() and their key groups.
+        self._tables: dict[str, tuple[list[Any], array]] = {}
+        self._tables_lock = threading.Lock()  # two snapshots may be encoded at once
 
     def __call__(self, key: Any) -> int:
         # Only keys of these exact types are memoised: two of them are equal only if their
@@ -91,6 +98,29 @@ class KeyGroupOf:
             h, m = mmh3.hash, self.max_parallelism
             return [h(k.encode("utf-8"), 0, False) % m for k in keys]
         return list(map(self, keys))
+
+    def of_table(self, name: str, keys: Collection[Any]) -> Sequence[int]:
+        """:meth:`many` for the keys of table ``name`` (a full snapshot's copy of it, in the
+        table's order), hashing only the keys that were not there, in the same order, at the
+        last call for that table. A dict keeps its keys in insertion order, so a table that
+        only gained keys since (the common case: values updated, new keys added) starts with
+        the same key objects: they are compared by identity (``is``, never ``==``: ``1 ==
+        True`` but their key groups differ) and only the new tail is hashed. Any other change
+        (a key removed) hashes all of them again. Costs a list of the keys (8 bytes each,
+        which also keeps them alive, so no other key can reuse one's address) and their key
+        groups (2 bytes each) per table between snapshots; saves hashing every key of every
+        table each checkpoint, about a third of a snapshot's CPU."""
+        now = list(keys)
+        with self._tables_lock:
+            before, groups = self._tables.get(name, ((), array("H")))
+        n = len(before)
+        if n and len(now) >= n and all(map(is_, now, before)):
+            groups = groups + array("H", self.many(now[n:]))
+        else:
+            groups = array("H", self.many(now))
+        with self._tables_lock:
+            self._tables[name] = (now, groups)
+        return groups
 
 
 def key_group_range(index: int, parallelism: int, max_parallelism: int) -> range:

@@ -178,7 +178,10 @@ class MemorySnapshot(KeyedSnapshot):
                operator_state: dict[str, Any]) -> dict[str, Any]:
         if self.child is not None:
             return self.child.upload(storage, key, operator_state)
-        return state.write_snapshot(storage, key, self.frozen, operator_state, self.kg_of)
+        # Handed over (this snapshot is written once): each table is freed once grouped.
+        frozen, self.frozen = self.frozen, {}
+        return state.write_snapshot(storage, key, frozen, operator_state, self.kg_of,
+                                    release=True)
 
     def cancel(self) -> None:
         if self.child is not None:
