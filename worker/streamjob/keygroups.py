@@ -8,7 +8,6 @@ stable across processes and machines, so Python's salted ``hash()`` is never use
 from __future__ import annotations
 
 import struct
-import threading
 from array import array
 from collections import deque
 from collections.abc import Callable, Collection, Sequence
@@ -69,9 +68,11 @@ class KeyGroupOf:
     def __init__(self, max_parallelism: int, cache_limit: int = 1 << 20) -> None:
         self.max_parallelism, self.cache_limit = max_parallelism, cache_limit
         self._cache: dict[Any, int] = {}
-        # Per table: its keys at the last of_table() and their key groups.
+        # Per table: its keys at the last of_table() and their key groups. Two snapshots
+        # may be encoded at once: one get and one set of this dict are each atomic, and no
+        # lock is taken (one held by another thread at a fork would stay locked in the
+        # forked snapshot child, which calls of_table too).
         self._tables: dict[str, tuple[list[Any], array]] = {}
-        self._tables_lock = threading.Lock()  # two snapshots may be encoded at once
 
     def __call__(self, key: Any) -> int:
         # Only keys of these exact types are memoised: two of them are equal only if their
@@ -112,15 +113,13 @@ class KeyGroupOf:
         snapshots; saves hashing every key of every table each checkpoint (0.25-0.33 of
         about 1.2 CPU-s for a million keys)."""
         now = list(keys)
-        with self._tables_lock:
-            before, groups = self._tables.get(name, ((), array("H")))
+        before, groups = self._tables.get(name, ((), array("H")))
         n = len(before)
         if n and len(now) >= n and all(map(is_, now, before)):
             groups = groups + array("H", self.many(now[n:]))
         else:
             groups = array("H", self.many(now))
-        with self._tables_lock:
-            self._tables[name] = (now, groups)
+        self._tables[name] = (now, groups)
         return groups
 
 
