@@ -36,7 +36,10 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 # 2,048 records, then holds a worker's event loop for 2 s: more would stall barriers.)
 COST_US, CPU = 1000, "250m"
 BASE, PEAK = 50, 1500
-UP_AT, DOWN_AT, TAIL = 10, 50, 100          # s from start_at: peak from UP_AT to DOWN_AT
+# TAIL (s of base rate after the peak) must outlast reading the peak's backlog and the
+# scale-down: with 100 s the input ran out just as the scale-down came (149 s after the
+# start, in two runs on 2026-12-07, the code before this change too).
+UP_AT, DOWN_AT, TAIL = 10, 50, 200          # s from start_at: peak from UP_AT to DOWN_AT
 WORDS = 200
 RECORDS = int(BASE * UP_AT + PEAK * (DOWN_AT - UP_AT) + BASE * TAIL)
 MAX_P = 3
