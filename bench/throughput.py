@@ -1,7 +1,7 @@
 """Throughput of the keyed running count, side by side with the plain-Python floors.
 
     python bench/throughput.py [--records N] [--repeat K] [--words W] [--scaling-only]
-    python bench/throughput.py --many-keys [--records N] [--repeat K] [--words W]
+    python bench/throughput.py --many-keys [--records N] [--repeat K] [--words W] [--baseline DIR]
 
 Configurations (each run checked, a wrong result stops the benchmark):
 
@@ -36,6 +36,10 @@ with it the same way (peak − start, a ratio; the target is 1.3). The live stat
 holds more than the counts (the sink's and the channels' buffers, the allocator's free
 lists), so the peak is also put beside the dict floor's counts of the same keys (the growth
 of its process's ``VmRSS``): the state itself, as a plain dict.
+With ``--baseline DIR`` (another checkout: ``git worktree add --detach DIR REV``) each of
+the three configurations also runs on that checkout's runtime (``... @base``), right after
+this one's in every round, its ratios against its own run without checkpoints: a change
+measured before and after, side by side.
 
 Scaling: p = 2 / p = 1 in records/s (the target), and what the CPU per record allows on two
 otherwise idle cores, 2 x (records per CPU-second at p = 2) / (at p = 1): on a shared machine
