@@ -332,26 +332,40 @@ def _table(table: list[Any], columns: bool) -> tuple[str, str, dict[Any, Any], l
     ``[table, kind, keys, values(, deleted)]`` or version 1's ``[table, kind, [[key, value],
     ...](, deleted)]``. Keys that were tuples come back as lists and are made tuples again.
     ValueError or TypeError if it is none of these."""
-    if type(table) is not list or len(table) not in ((4, 5) if columns else (3, 4)):
-        raise ValueError("a table section is not [table, kind, ...] of its version")
-    name, kind = table[0], table[1]
-    if type(name) is not str or type(kind) is not str:
-        raise ValueError("a table section's name and kind are not strings")
+    if type(table) is not list:
+        raise ValueError("a table section is not an array")
+    with_deleted = _table_size(len(table), columns)
+    name, kind = _table_names(table[0], table[1])
     if columns:
         keys, values = table[2], table[3]
         if len(keys) != len(values):
             raise ValueError(f"{len(keys)} keys and {len(values)} values")
-        deleted = table[4] if len(table) > 4 else []
     else:
         if set(map(len, table[2])) - {2}:
             raise ValueError("an entry is not [key, value]")
         keys, values = [e[0] for e in table[2]], [e[1] for e in table[2]]
-        deleted = table[3] if len(table) > 3 else []
+    deleted = table[-1] if with_deleted else []
     if list in set(map(type, keys)):
         keys = list(map(_hashable, keys))
     if list in set(map(type, deleted)):
         deleted = list(map(_hashable, deleted))
     return name, kind, dict(zip(keys, values, strict=True)), deleted
+
+
+def _table_size(size: int, columns: bool) -> bool:
+    """Whether a section's table of ``size`` items carries deleted keys (a delta's, last);
+    ValueError if no table of its version (2 if ``columns``, else 1) has that many."""
+    full, delta = (4, 5) if columns else (3, 4)
+    if size not in (full, delta):
+        raise ValueError(f"a table section has {size} items")
+    return size == delta
+
+
+def _table_names(name: Any, kind: Any) -> tuple[str, str]:
+    """A section's table name and kind, if both are strings (else ValueError)."""
+    if type(name) is not str or type(kind) is not str:
+        raise ValueError("a table section's name and kind are not strings")
+    return name, kind
 
 
 def write_snapshot_sections(storage: Storage, key: str,
@@ -411,12 +425,8 @@ def _split_section(blob: bytes, columns: bool,
 
     tables = []
     for _ in range(read_header()):
-        size = read_header()
-        if size not in ((4, 5) if columns else (3, 4)):
-            raise ValueError(f"a table section has {size} items")
-        name, kind = u.unpack(), u.unpack()
-        if type(name) is not str or type(kind) is not str:
-            raise ValueError("a table section's name and kind are not strings")
+        with_deleted = _table_size(read_header(), columns)
+        name, kind = _table_names(u.unpack(), u.unpack())
         if columns:
             keys, values = items(), items()
             if len(keys) != len(values):
@@ -432,7 +442,7 @@ def _split_section(blob: bytes, columns: bool,
                 b = tell()
                 skip()
                 entries.append((blob[a:b], blob[b:tell()]))
-        deleted = items() if size == (5 if columns else 4) else []
+        deleted = items() if with_deleted else []
         tables.append((name, kind, entries, deleted))
     if tell() != len(blob):
         raise ValueError("trailing bytes after the section")
