@@ -1,8 +1,10 @@
+import random
 from pathlib import Path
 
 from streamjob.connectors import FileSink, FileSource, GeneratorSource
 from streamjob.connectors.base import assign_splits
 from streamjob.connectors.filesink import job_token
+from streamjob.connectors.generator import record_ids
 
 
 def drain(reader, batch=100):
@@ -20,6 +22,28 @@ def test_generator_emits_every_record_once_at_any_parallelism():
             mine = assign_splits(src.split_ids(), i, p)
             got += drain(src.create_reader({s: 0 for s in mine}))
         assert sorted(got) == list(range(1000))
+
+
+def test_generator_record_ids_are_those_of_each_round_in_split_order():
+    """The ranges taken for evenly spaced splits give exactly the records, in exactly the
+    order, of listing them one by one; so do any other splits."""
+    def listed(live, splits, r0, r1, n):
+        return [g for r in range(r0, r1) for k in live if (g := k + splits * r) < n]
+
+    rng = random.Random(7)
+    cases = []
+    for splits in (1, 2, 7, 8, 128):
+        for p in (1, 2, 3, 5, 8):
+            for i in range(min(p, splits)):
+                cases.append(([int(s) for s in assign_splits(
+                    [str(k) for k in range(splits)], i, p)], splits))
+        cases.append((list(range(1, splits)) or [0], splits))        # a contiguous block
+        cases.append((sorted(rng.sample(range(splits), max(1, splits // 3))), splits))
+    for live, splits in cases:
+        for r0, r1 in ((0, 1), (0, 5), (3, 40)):
+            for n in (0, splits * r0 + 1, splits * r1 - 1, splits * r1, 10**9):
+                got = record_ids(live, splits, r0, r1, n)
+                assert list(got) == listed(live, splits, r0, r1, n), (live, splits, r0, r1, n)
 
 
 def test_generator_replays_from_a_position_after_a_rescale():

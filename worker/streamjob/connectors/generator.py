@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Callable, Sequence
+from itertools import chain
 from typing import Any
 
 from streamjob.durations import parse_duration
@@ -100,6 +101,25 @@ class GeneratorSource:
         return GeneratorReader(self, {int(k): int(v) for k, v in positions.items()})
 
 
+def record_ids(live: list[int], splits: int, r0: int, r1: int, n: int) -> Sequence[int]:
+    """The records ``g = k + splits * r < n`` of rounds ``r0 <= r < r1`` of the ``live``
+    splits (ascending), round by round, each round in split order.
+
+    A subtask's splits are evenly spaced (``k = i, i + p, i + 2p, ...``: ``assign_splits``),
+    so each round's records are a ``range``, and the whole batch is one when the spacing
+    carries into the next round (``p`` divides ``splits``): no bytecode runs per record,
+    which at a few hundred nanoseconds of work per record is worth a few per cent of the
+    job. Any other set of splits is listed record by record."""
+    a, last = live[0], live[-1]
+    d = live[1] - a if len(live) > 1 else splits
+    if d <= 0 or live != list(range(a, last + 1, d)):
+        return [g for r in range(r0, r1) for k in live if (g := k + splits * r) < n]
+    if last + d == a + splits:  # round r's last record is followed by round r + 1's first
+        return range(a + splits * r0, min(a + splits * r1, n), d)
+    return list(chain.from_iterable(
+        range(a + splits * r, min(last + splits * r + 1, n), d) for r in range(r0, r1)))
+
+
 class GeneratorReader:
     def __init__(self, source: GeneratorSource, positions: dict[int, int]):
         self.source = source
@@ -137,7 +157,7 @@ class GeneratorReader:
             return out
         rounds = max(1, max_records // len(live))
         r1 = min(r0 + rounds, max(size[k] for k in live))
-        out = make([g for r in range(r0, r1) for k in live if (g := k + S * r) < n])
+        out = make(record_ids(live, S, r0, r1, n))
         for k in live:
             pos[k] = min(r1, size[k])
         return out

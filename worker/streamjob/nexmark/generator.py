@@ -249,7 +249,9 @@ class NexmarkGenerator:
         return self._build(numbers, as_json=False)
 
     def _build(self, numbers: Sequence[int] | np.ndarray, as_json: bool) -> list[Any]:
-        n = np.asarray(numbers, dtype=np.int64)
+        n = (np.arange(numbers.start, numbers.stop, numbers.step, dtype=np.int64)
+             if isinstance(numbers, range)  # the generator source's batches (record_ids)
+             else np.asarray(numbers, dtype=np.int64))
         if n.size == 0:
             return []
         if n.min() < 0:
