@@ -1,6 +1,7 @@
 """Throughput of the keyed running count, side by side with the plain-Python floors.
 
     python bench/throughput.py [--records N] [--repeat K] [--words W] [--scaling-only]
+                               [--baseline DIR]
     python bench/throughput.py --many-keys [--records N] [--repeat K] [--words W] [--baseline DIR]
 
 Configurations (each run checked, a wrong result stops the benchmark):
@@ -24,7 +25,9 @@ machine shared with other users, wall-clock rates move with the load from minute
 CPU-second rates much less, so the ratios to the floors are taken on them.
 Runs are interleaved so that the load hits every configuration alike; the median of K runs
 is reported. ``--scaling-only`` runs the floors and the file sink at p = 1 and p = 2 with
-checkpoints every 1 s, the configurations of the scaling target.
+checkpoints every 1 s, the configurations of the scaling target. With ``--baseline DIR``
+each streamjob configuration also runs on that checkout's runtime (``... @base``), right
+after this one's in every round, and the scaling is printed for both.
 
 ``--many-keys`` is the 1 M keys target: the same job over ``--words`` keys (1,000,000 by
 default then), the file sink at p = 1 on the memory state backend with checkpoints off, every
@@ -77,6 +80,7 @@ PIPELINES = {"discard": "bench.jobs:keyed_count", "file": "streamjob.examples.wo
 
 
 Rates = tuple[float, float]  # records/s, records per CPU-second
+BASE = " @base"  # a configuration run with the --baseline checkout's runtime
 DICT_RSS: list[int] = []  # VmRSS growth (bytes) of each dict floor's counts, once all are in
 
 
@@ -185,6 +189,12 @@ def run_job(sink: str, records: int, words: int, p: int, checkpoints: bool,
         return rate, records / max(cpu, 1e-3), Memory(start, peak, int(last.get("id", 0)))
 
 
+def _pypath(checkout: Path) -> str:
+    """PYTHONPATH that runs ``checkout``'s runtime (a ``--baseline``)."""
+    base = checkout.resolve()
+    return os.pathsep.join([str(base / "worker"), str(base)])
+
+
 def _running(status_file: Path) -> bool:
     try:
         return json.loads(status_file.read_text()).get("running_since") is not None
@@ -204,20 +214,19 @@ def main() -> None:
                     help="the 1 M keys target: floors and the file sink at p=1, checkpoints "
                          "off, 1s and 1s incremental, with the worker's peak RSS")
     ap.add_argument("--baseline", type=Path, default=None,
-                    help="with --many-keys: another checkout (git worktree add DIR REV) whose "
-                         "runtime runs each configuration as well, alternating with this one")
+                    help="another checkout (git worktree add DIR REV) whose runtime runs "
+                         "each streamjob configuration as well, alternating with this one")
     args = ap.parse_args()
     become_subreaper()
     if args.baseline and not (args.baseline / "worker" / "streamjob").is_dir():
         ap.error(f"--baseline {args.baseline}: not a streamjob checkout")
-    if args.baseline and not args.many_keys:
-        ap.error("--baseline goes with --many-keys")
     if args.many_keys:
         many_keys(args.records, args.words or 1_000_000, args.repeat, args.baseline)
         return
     args.words = args.words or 10_000
-    configs = [(s, p, c) for s in ("discard", "file") for p in (1, 2) for c in (False, True)
-               if not args.scaling_only or (s == "file" and c)]
+    trees = {"": PYPATH} | ({BASE: _pypath(args.baseline)} if args.baseline else {})
+    configs = [(s, p, c, t) for s in ("discard", "file") for p in (1, 2) for c in (False, True)
+               if not args.scaling_only or (s == "file" and c) for t in trees]
     floors = {"dict": dict_floor, "dict+file": dict_file_floor}
     results: dict[object, list[Rates]] = {c: [] for c in [*floors, *configs]}
     load0 = os.getloadavg()[0]
@@ -225,8 +234,9 @@ def main() -> None:
         for name, floor in floors.items():
             with tempfile.TemporaryDirectory() as tmp:
                 results[name].append(floor(args.records, args.words, tmp))
-        for s, p, c in configs:
-            results[(s, p, c)].append(run_job(s, args.records, args.words, p, c))
+        for s, p, c, t in configs:
+            results[(s, p, c, t)].append(
+                run_job(s, args.records, args.words, p, c, pypath=trees[t]))
     wall = {k: statistics.median(r[0] for r in v) for k, v in results.items()}
     cpu = {k: statistics.median(r[1] for r in v) for k, v in results.items()}
     print(f"keyed running count, {args.records:,} records, {args.words:,} keys, median of "
@@ -238,32 +248,36 @@ def main() -> None:
     labels = {"dict": "floor: plain Python dict count",
               "dict+file": "floor: dict count + line to a buffered file"}
     rows = [(labels[n], n, 1) for n in floors] + [
-        (f"streamjob {s} sink, p={p}, checkpoints {'1s' if c else 'off'}", (s, p, c), p)
-        for s, p, c in configs]
+        (f"streamjob {s} sink, p={p}, checkpoints {'1s' if c else 'off'}{t}", (s, p, c, t), p)
+        for s, p, c, t in configs]
     for label, key, p in rows:
         print(f"{label:<44}{wall[key]:>12,.0f}{wall[key] / p:>12,.0f}{cpu[key]:>12,.0f}"
               f"{cpu[key] / cpu['dict']:>8.2f}{cpu[key] / cpu['dict+file']:>13.2f}")
-    for s in ("discard", "file"):
-        for p in (1, 2):
-            on, off = (s, p, True), (s, p, False)
-            if off not in cpu:
+    if args.baseline:
+        print(f"{BASE.strip()}: the runtime of {args.baseline} (git "
+              f"{git_head(args.baseline)}); the others: this checkout's (git {git_head(ROOT)})")
+    for t in trees:
+        for s in ("discard", "file"):
+            for p in (1, 2):
+                on, off = (s, p, True, t), (s, p, False, t)
+                if off not in cpu:
+                    continue
+                print(f"checkpoint overhead{t}, {s} sink, p={p} (1 s interval): CPU per "
+                      f"record {(cpu[off] / cpu[on] - 1) * 100:+.1f} %, records/s "
+                      f"{(1 - wall[on] / wall[off]) * 100:+.1f} %")
+        for s in ("discard", "file"):
+            one, two = (s, 1, True, t), (s, 2, True, t)
+            if one not in cpu:
                 continue
-            print(f"checkpoint overhead, {s} sink, p={p} (1 s interval): CPU per record "
-                  f"{(cpu[off] / cpu[on] - 1) * 100:+.1f} %, records/s "
-                  f"{(1 - wall[on] / wall[off]) * 100:+.1f} %")
-    for s in ("discard", "file"):
-        one, two = (s, 1, True), (s, 2, True)
-        if one not in cpu:
-            continue
-        print(f"scaling p=2 / p=1, {s} sink, checkpoints 1s: records/s "
-              f"{wall[two] / wall[one]:.2f}x (target 1.6x); CPU per record "
-              f"{cpu[one] / cpu[two]:.2f}x that of p=1, so at most "
-              f"{2 * cpu[two] / cpu[one]:.2f}x on 2 idle cores")
-    key = ("file", 1, True)
-    print(f"target: file sink p=1, checkpoints 1s: {wall[key]:,.0f} records/s per worker "
-          f"(target 1,000,000); dict+file floor of this run {wall['dict+file']:,.0f} "
-          f"records/s; per CPU-second {cpu[key]:,.0f} = {cpu[key] / cpu['dict+file']:.2f}x "
-          f"the floor's {cpu['dict+file']:,.0f}")
+            print(f"scaling{t} p=2 / p=1, {s} sink, checkpoints 1s: records/s "
+                  f"{wall[two] / wall[one]:.2f}x (target 1.6x); CPU per record "
+                  f"{cpu[one] / cpu[two]:.2f}x that of p=1, so at most "
+                  f"{2 * cpu[two] / cpu[one]:.2f}x on 2 idle cores")
+        key = ("file", 1, True, t)
+        print(f"target{t}: file sink p=1, checkpoints 1s: {wall[key]:,.0f} records/s per "
+              f"worker (target 1,000,000); dict+file floor of this run "
+              f"{wall['dict+file']:,.0f} records/s; per CPU-second {cpu[key]:,.0f} = "
+              f"{cpu[key] / cpu['dict+file']:.2f}x the floor's {cpu['dict+file']:,.0f}")
 
 
 def many_keys(records: int, words: int, repeat: int, baseline: Path | None = None) -> None:
@@ -275,10 +289,9 @@ def many_keys(records: int, words: int, repeat: int, baseline: Path | None = Non
     jobs = {"off": (False, False, PYPATH), "1s": (True, False, PYPATH),
             "1s incremental": (True, True, PYPATH)}
     if baseline is not None:
-        base = baseline.resolve()
-        base_path = os.pathsep.join([str(base / "worker"), str(base)])
+        base_path = _pypath(baseline)
         jobs = {k: v for name, (on, inc, _) in jobs.items()
-                for k, v in ((name, (on, inc, PYPATH)), (f"{name} @base", (on, inc, base_path)))}
+                for k, v in ((name, (on, inc, PYPATH)), (f"{name}{BASE}", (on, inc, base_path)))}
     rates: dict[str, list[Rates]] = {k: [] for k in [*floors, *jobs]}
     memory: dict[str, list[Memory]] = {k: [] for k in jobs}
     load0 = os.getloadavg()[0]
@@ -315,10 +328,10 @@ def many_keys(records: int, words: int, repeat: int, baseline: Path | None = Non
         print(f"{label:<44}{wall[name]:>12,.0f}{cpu[name]:>12,.0f}{cpu[name] / cpu['dict']:>8.2f}"
               f"{cpu[name] / cpu['dict+file']:>13.2f}{rss}")
     if baseline is not None:
-        print(f"@base: the runtime of {baseline} (git {git_head(baseline)}); its ratios "
+        print(f"{BASE.strip()}: the runtime of {baseline} (git {git_head(baseline)}); its ratios "
               "are against its own run without checkpoints")
     for name in [n for n in jobs if n.startswith("1s")]:
-        off = "off @base" if name.endswith("@base") else "off"
+        off = f"off{BASE}" if name.endswith(BASE) else "off"
         print(f"target: checkpoints {name}: per CPU-second {cpu[name]:,.0f} = "
               f"{cpu[name] / cpu['dict']:.2f}x the dict floor's {cpu['dict']:,.0f} at "
               f"{words:,} keys ({cpu[name] / cpu['dict+file']:.2f}x dict+file's); peak RSS "
