@@ -1,7 +1,7 @@
 """Throughput of the keyed running count, side by side with the plain-Python floors.
 
     python bench/throughput.py [--records N] [--repeat K] [--words W] [--scaling-only]
-                               [--baseline DIR]
+                               [--baseline DIR] [--marginal N]
     python bench/throughput.py --many-keys [--records N] [--repeat K] [--words W] [--baseline DIR]
 
 Configurations (each run checked, a wrong result stops the benchmark):
@@ -27,7 +27,12 @@ Runs are interleaved so that the load hits every configuration alike; the median
 is reported. ``--scaling-only`` runs the floors and the file sink at p = 1 and p = 2 with
 checkpoints every 1 s, the configurations of the scaling target. With ``--baseline DIR``
 each streamjob configuration also runs on that checkout's runtime (``... @base``), right
-after this one's in every round, and the scaling is printed for both.
+after this one's in every round, and the scaling is printed for both. With ``--marginal N``
+each streamjob configuration also runs over the first N records in every round, and the
+rates of the records beyond them are printed as well (``(records - N) / (time - time of
+the short run)``, the same for CPU time; the warm rate ``bench/peers`` and
+``bench/nexmark.py`` report): what the flow's start, the final checkpoint and commit, and
+a tail where one worker has finished before the other cost is left out.
 
 ``--many-keys`` is the 1 M keys target: the same job over ``--words`` keys (1,000,000 by
 default then), the file sink at p = 1 on the memory state backend with checkpoints off, every
@@ -61,7 +66,7 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import yaml
 
@@ -216,7 +221,12 @@ def main() -> None:
     ap.add_argument("--baseline", type=Path, default=None,
                     help="another checkout (git worktree add DIR REV) whose runtime runs "
                          "each streamjob configuration as well, alternating with this one")
+    ap.add_argument("--marginal", type=int, default=0, metavar="N",
+                    help="also run each streamjob configuration over the first N records "
+                         "and print the rates of the records beyond them")
     args = ap.parse_args()
+    if not 0 <= args.marginal < args.records:
+        ap.error("--marginal takes fewer records than --records")
     become_subreaper()
     if args.baseline and not (args.baseline / "worker" / "streamjob").is_dir():
         ap.error(f"--baseline {args.baseline}: not a streamjob checkout")
@@ -229,6 +239,7 @@ def main() -> None:
                if not args.scaling_only or (s == "file" and c) for t in trees]
     floors = {"dict": dict_floor, "dict+file": dict_file_floor}
     results: dict[object, list[Rates]] = {c: [] for c in [*floors, *configs]}
+    short: dict[object, list[Rates]] = {c: [] for c in configs}  # --marginal's runs
     load0 = os.getloadavg()[0]
     for _ in range(args.repeat):
         for name, floor in floors.items():
@@ -236,7 +247,10 @@ def main() -> None:
                 results[name].append(floor(args.records, args.words, tmp))
         for s, p, c, t in configs:
             results[(s, p, c, t)].append(
-                run_job(s, args.records, args.words, p, c, pypath=trees[t]))
+                run_job(s, args.records, args.words, p, c, pypath=trees[t])[:2])
+            if args.marginal:
+                short[(s, p, c, t)].append(
+                    run_job(s, args.marginal, args.words, p, c, pypath=trees[t])[:2])
     wall = {k: statistics.median(r[0] for r in v) for k, v in results.items()}
     cpu = {k: statistics.median(r[1] for r in v) for k, v in results.items()}
     print(f"keyed running count, {args.records:,} records, {args.words:,} keys, median of "
@@ -273,11 +287,35 @@ def main() -> None:
                   f"{wall[two] / wall[one]:.2f}x (target 1.6x); CPU per record "
                   f"{cpu[one] / cpu[two]:.2f}x that of p=1, so at most "
                   f"{2 * cpu[two] / cpu[one]:.2f}x on 2 idle cores")
+        if args.marginal:
+            print_marginal(results, short, args.records, args.marginal, t)
         key = ("file", 1, True, t)
         print(f"target{t}: file sink p=1, checkpoints 1s: {wall[key]:,.0f} records/s per "
               f"worker (target 1,000,000); dict+file floor of this run "
               f"{wall['dict+file']:,.0f} records/s; per CPU-second {cpu[key]:,.0f} = "
               f"{cpu[key] / cpu['dict+file']:.2f}x the floor's {cpu['dict+file']:,.0f}")
+
+
+def print_marginal(runs: dict[Any, list[Rates]], short: dict[Any, list[Rates]],
+                   records: int, small: int, tree: str) -> None:
+    """The rates of the records beyond the first ``small`` (medians of the runs' times), and
+    the scaling on them."""
+    def beyond(key: Any, i: int) -> float:
+        long_s = statistics.median(records / r[i] for r in runs[key])
+        short_s = statistics.median(small / r[i] for r in short[key])
+        return (records - small) / (long_s - short_s) if long_s > short_s else float("nan")
+
+    for key in [k for k in short if k[3] == tree]:
+        s, p, c, _ = key
+        print(f"marginal{tree}, {s} sink, p={p}, checkpoints {'1s' if c else 'off'}: "
+              f"{beyond(key, 0):,.0f} records/s, {beyond(key, 1):,.0f} records per CPU-second "
+              f"(the {records - small:,} records beyond the first {small:,})")
+    for s in ("discard", "file"):
+        one, two = (s, 1, True, tree), (s, 2, True, tree)
+        if one in short:
+            print(f"scaling{tree} p=2 / p=1 marginal, {s} sink, checkpoints 1s: records/s "
+                  f"{beyond(two, 0) / beyond(one, 0):.2f}x (target 1.6x); CPU per record "
+                  f"{beyond(one, 1) / beyond(two, 1):.2f}x that of p=1")
 
 
 def many_keys(records: int, words: int, repeat: int, baseline: Path | None = None) -> None:
