@@ -227,6 +227,8 @@ def main() -> None:
     args = ap.parse_args()
     if not 0 <= args.marginal < args.records:
         ap.error("--marginal takes fewer records than --records")
+    if args.marginal and args.many_keys:
+        ap.error("--marginal goes with the 10,000-key configurations, not --many-keys")
     become_subreaper()
     if args.baseline and not (args.baseline / "worker" / "streamjob").is_dir():
         ap.error(f"--baseline {args.baseline}: not a streamjob checkout")

@@ -12,8 +12,9 @@ since ``start_at`` (read from the restored positions), so a job that fell behind
 stopped for a rescale - is behind by exactly that backlog and catches up. Without it the pace
 starts again with every attempt.
 
-``batch_fn`` (optional) makes the records of a list of g at once (``batch_fn([g, ...])``,
-one record per g in order): for generators that vectorise, such as the Nexmark generator.
+``batch_fn`` (optional) makes the records of a sequence of g at once (``batch_fn(gs)``, one
+record per g in order; ``gs`` is a ``range`` or a list, see ``record_ids``): for generators
+that vectorise, such as the Nexmark generator.
 """
 
 from __future__ import annotations
