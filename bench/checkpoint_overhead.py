@@ -67,11 +67,10 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-PYPATH = os.pathsep.join([str(ROOT / "worker"), str(ROOT)])  # this checkout's code
 sys.path[:0] = [str(ROOT / "worker"), str(ROOT)]
 
 from bench.jobs import large_value  # noqa: E402
-from bench.procs import git_head  # noqa: E402
+from bench.procs import git_head, runtime_path  # noqa: E402
 from streamjob import state  # noqa: E402
 from streamjob.checkpoints import latest_completed  # noqa: E402
 from streamjob.keygroups import key_group  # noqa: E402
@@ -79,6 +78,8 @@ from streamjob.manifest import CheckpointSpec  # noqa: E402
 from streamjob.operators import KeyedStateBackend  # noqa: E402
 from streamjob.rocksdb_backend import RocksDBKeyedStateBackend  # noqa: E402
 from streamjob.storage import LocalStorage  # noqa: E402
+
+PYPATH = runtime_path(ROOT)  # this checkout's code
 
 STRATEGIES = ("none", "thread", "fork", "delta")
 
@@ -384,8 +385,7 @@ def main() -> None:
     if a.baseline:
         if not (a.baseline / "worker" / "streamjob").is_dir():
             ap.error(f"--baseline {a.baseline}: not a streamjob checkout (no worker/streamjob)")
-        base_path = os.pathsep.join([str(a.baseline.resolve() / "worker"),
-                                     str(a.baseline.resolve())])
+        base_path = runtime_path(a.baseline)
     if a.strategy:  # one measurement, in a process of its own
         print(json.dumps(strategy(a.strategy, a.keys, a.value_bytes, a.seconds)))
         return

@@ -14,6 +14,12 @@ def git_head(tree: Path) -> str:
     return out.stdout.strip() or "?"
 
 
+def runtime_path(tree: Path) -> str:
+    """PYTHONPATH that runs a checkout's runtime: this one's, or a ``--baseline``'s."""
+    base = tree.resolve()
+    return os.pathsep.join([str(base / "worker"), str(base)])
+
+
 def children(pid: int) -> list[tuple[int, str]]:
     """The direct children of ``pid``: (pid, command line)."""
     out = []

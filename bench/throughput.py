@@ -71,16 +71,16 @@ from typing import Any, NamedTuple
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-PYPATH = os.pathsep.join([str(ROOT / "worker"), str(ROOT)])  # this checkout's code
 sys.path[:0] = [str(ROOT / "worker"), str(ROOT)]
 
 from bench.cpu import become_subreaper, children_cpu, reap_orphans, tree_cpu  # noqa: E402
-from bench.procs import descendant_workers, git_head, status_kb  # noqa: E402
+from bench.procs import descendant_workers, git_head, runtime_path, status_kb  # noqa: E402
 from streamjob import state  # noqa: E402
 from streamjob.checkpoints import latest_completed  # noqa: E402
 from streamjob.examples.wordcount import MULTIPLIER, check_output, expected_counts  # noqa: E402
 from streamjob.storage import LocalStorage  # noqa: E402
 
+PYPATH = runtime_path(ROOT)  # this checkout's code
 PIPELINES = {"discard": "bench.jobs:keyed_count", "file": "streamjob.examples.wordcount:build"}
 
 
@@ -194,12 +194,6 @@ def run_job(sink: str, records: int, words: int, p: int, checkpoints: bool,
         return rate, records / max(cpu, 1e-3), Memory(start, peak, int(last.get("id", 0)))
 
 
-def _pypath(checkout: Path) -> str:
-    """PYTHONPATH that runs ``checkout``'s runtime (a ``--baseline``)."""
-    base = checkout.resolve()
-    return os.pathsep.join([str(base / "worker"), str(base)])
-
-
 def _running(status_file: Path) -> bool:
     try:
         return json.loads(status_file.read_text()).get("running_since") is not None
@@ -236,7 +230,7 @@ def main() -> None:
         many_keys(args.records, args.words or 1_000_000, args.repeat, args.baseline)
         return
     args.words = args.words or 10_000
-    trees = {"": PYPATH} | ({BASE: _pypath(args.baseline)} if args.baseline else {})
+    trees = {"": PYPATH} | ({BASE: runtime_path(args.baseline)} if args.baseline else {})
     configs = [(s, p, c, t) for s in ("discard", "file") for p in (1, 2) for c in (False, True)
                if not args.scaling_only or (s == "file" and c) for t in trees]
     floors = {"dict": dict_floor, "dict+file": dict_file_floor}
@@ -273,22 +267,7 @@ def main() -> None:
         print(f"{BASE.strip()}: the runtime of {args.baseline} (git "
               f"{git_head(args.baseline)}); the others: this checkout's (git {git_head(ROOT)})")
     for t in trees:
-        for s in ("discard", "file"):
-            for p in (1, 2):
-                on, off = (s, p, True, t), (s, p, False, t)
-                if off not in cpu:
-                    continue
-                print(f"checkpoint overhead{t}, {s} sink, p={p} (1 s interval): CPU per "
-                      f"record {(cpu[off] / cpu[on] - 1) * 100:+.1f} %, records/s "
-                      f"{(1 - wall[on] / wall[off]) * 100:+.1f} %")
-        for s in ("discard", "file"):
-            one, two = (s, 1, True, t), (s, 2, True, t)
-            if one not in cpu:
-                continue
-            print(f"scaling{t} p=2 / p=1, {s} sink, checkpoints 1s: records/s "
-                  f"{wall[two] / wall[one]:.2f}x (target 1.6x); CPU per record "
-                  f"{cpu[one] / cpu[two]:.2f}x that of p=1, so at most "
-                  f"{2 * cpu[two] / cpu[one]:.2f}x on 2 idle cores")
+        print_targets(wall, cpu, t)
         if args.marginal:
             print_marginal(results, short, args.records, args.marginal, t)
         key = ("file", 1, True, t)
@@ -296,6 +275,25 @@ def main() -> None:
               f"worker (target 1,000,000); dict+file floor of this run "
               f"{wall['dict+file']:,.0f} records/s; per CPU-second {cpu[key]:,.0f} = "
               f"{cpu[key] / cpu['dict+file']:.2f}x the floor's {cpu['dict+file']:,.0f}")
+
+
+def print_targets(wall: dict[Any, float], cpu: dict[Any, float], tree: str) -> None:
+    """Checkpoint overhead and p=2 / p=1 scaling of one runtime's configurations (``tree``:
+    this checkout's, or BASE) from the medians of their rates."""
+    for s in ("discard", "file"):
+        for p in (1, 2):
+            on, off = (s, p, True, tree), (s, p, False, tree)
+            if off in cpu:
+                print(f"checkpoint overhead{tree}, {s} sink, p={p} (1 s interval): CPU per "
+                      f"record {(cpu[off] / cpu[on] - 1) * 100:+.1f} %, records/s "
+                      f"{(1 - wall[on] / wall[off]) * 100:+.1f} %")
+    for s in ("discard", "file"):
+        one, two = (s, 1, True, tree), (s, 2, True, tree)
+        if one in cpu:
+            print(f"scaling{tree} p=2 / p=1, {s} sink, checkpoints 1s: records/s "
+                  f"{wall[two] / wall[one]:.2f}x (target 1.6x); CPU per record "
+                  f"{cpu[one] / cpu[two]:.2f}x that of p=1, so at most "
+                  f"{2 * cpu[two] / cpu[one]:.2f}x on 2 idle cores")
 
 
 def print_marginal(runs: dict[Any, list[Rates]], short: dict[Any, list[Rates]],
@@ -329,7 +327,7 @@ def many_keys(records: int, words: int, repeat: int, baseline: Path | None = Non
     jobs = {"off": (False, False, PYPATH), "1s": (True, False, PYPATH),
             "1s incremental": (True, True, PYPATH)}
     if baseline is not None:
-        base_path = _pypath(baseline)
+        base_path = runtime_path(baseline)
         jobs = {k: v for name, (on, inc, _) in jobs.items()
                 for k, v in ((name, (on, inc, PYPATH)), (f"{name}{BASE}", (on, inc, base_path)))}
     rates: dict[str, list[Rates]] = {k: [] for k in [*floors, *jobs]}

@@ -334,7 +334,7 @@ def _table(table: list[Any], columns: bool) -> tuple[str, str, dict[Any, Any], l
     ValueError or TypeError if it is none of these."""
     if type(table) is not list:
         raise ValueError("a table section is not an array")
-    with_deleted = _table_size(len(table), columns)
+    with_deleted = _with_deleted(len(table), columns)
     name, kind = _table_names(table[0], table[1])
     if columns:
         keys, values = table[2], table[3]
@@ -352,7 +352,7 @@ def _table(table: list[Any], columns: bool) -> tuple[str, str, dict[Any, Any], l
     return name, kind, dict(zip(keys, values, strict=True)), deleted
 
 
-def _table_size(size: int, columns: bool) -> bool:
+def _with_deleted(size: int, columns: bool) -> bool:
     """Whether a section's table of ``size`` items carries deleted keys (a delta's, last);
     ValueError if no table of its version (2 if ``columns``, else 1) has that many."""
     full, delta = (4, 5) if columns else (3, 4)
@@ -425,7 +425,7 @@ def _split_section(blob: bytes, columns: bool,
 
     tables = []
     for _ in range(read_header()):
-        with_deleted = _table_size(read_header(), columns)
+        with_deleted = _with_deleted(read_header(), columns)
         name, kind = _table_names(u.unpack(), u.unpack())
         if columns:
             keys, values = items(), items()
