@@ -287,10 +287,17 @@ def print_targets(wall: dict[Any, float], cpu: dict[Any, float], tree: str) -> N
                 print(f"checkpoint overhead{tree}, {s} sink, p={p} (1 s interval): CPU per "
                       f"record {(cpu[off] / cpu[on] - 1) * 100:+.1f} %, records/s "
                       f"{(1 - wall[on] / wall[off]) * 100:+.1f} %")
+    print_scaling(wall, cpu, tree)
+
+
+def print_scaling(wall: dict[Any, float], cpu: dict[Any, float], tree: str,
+                  how: str = "") -> None:
+    """p=2 / p=1 with checkpoints every 1 s, from records/s (``wall``) and records per
+    CPU-second (``cpu``) of each configuration; ``how``: which rates they are."""
     for s in ("discard", "file"):
         one, two = (s, 1, True, tree), (s, 2, True, tree)
         if one in cpu:
-            print(f"scaling{tree} p=2 / p=1, {s} sink, checkpoints 1s: records/s "
+            print(f"scaling{tree} p=2 / p=1{how}, {s} sink, checkpoints 1s: records/s "
                   f"{wall[two] / wall[one]:.2f}x (target 1.6x); CPU per record "
                   f"{cpu[one] / cpu[two]:.2f}x that of p=1, so at most "
                   f"{2 * cpu[two] / cpu[one]:.2f}x on 2 idle cores")
@@ -305,17 +312,14 @@ def print_marginal(runs: dict[Any, list[Rates]], short: dict[Any, list[Rates]],
         short_s = statistics.median(small / r[i] for r in short[key])
         return (records - small) / (long_s - short_s) if long_s > short_s else float("nan")
 
-    for key in [k for k in short if k[3] == tree]:
+    keys = [k for k in short if k[3] == tree]
+    wall, cpu = {k: beyond(k, 0) for k in keys}, {k: beyond(k, 1) for k in keys}
+    for key in keys:
         s, p, c, _ = key
         print(f"marginal{tree}, {s} sink, p={p}, checkpoints {'1s' if c else 'off'}: "
-              f"{beyond(key, 0):,.0f} records/s, {beyond(key, 1):,.0f} records per CPU-second "
+              f"{wall[key]:,.0f} records/s, {cpu[key]:,.0f} records per CPU-second "
               f"(the {records - small:,} records beyond the first {small:,})")
-    for s in ("discard", "file"):
-        one, two = (s, 1, True, tree), (s, 2, True, tree)
-        if one in short:
-            print(f"scaling{tree} p=2 / p=1 marginal, {s} sink, checkpoints 1s: records/s "
-                  f"{beyond(two, 0) / beyond(one, 0):.2f}x (target 1.6x); CPU per record "
-                  f"{beyond(one, 1) / beyond(two, 1):.2f}x that of p=1")
+    print_scaling(wall, cpu, tree, " marginal")
 
 
 def many_keys(records: int, words: int, repeat: int, baseline: Path | None = None) -> None:
