@@ -43,12 +43,14 @@ import yaml
 # busy for longer than the default watchdog (30 s) would allow: give it more.
 WATCHDOG = {"STREAMJOB_CANCEL_TIMEOUT": "300"}
 ROOT = Path(__file__).resolve().parents[1]
-PYPATH = os.pathsep.join([str(ROOT / "worker"), str(ROOT / "operator"), str(ROOT)])
 sys.path[:0] = [str(ROOT / "worker"), str(ROOT / "operator"), str(ROOT)]
 
+from bench.procs import runtime_path  # noqa: E402
 from streamjob.examples.scheduled import check  # noqa: E402
 from streamjob.manifest import load_manifest  # noqa: E402
 from streamjob_operator import autoscaler as auto  # noqa: E402
+
+PYPATH = runtime_path(ROOT)  # this checkout's code
 
 NAME = "autoscale"
 WORDS = 1000

@@ -29,10 +29,13 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-PYPATH = os.pathsep.join([str(ROOT / "worker"), str(ROOT)])  # this checkout's code
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
 from minio_server import MinioServer  # noqa: E402
+
+from bench.procs import runtime_path  # noqa: E402
+
+PYPATH = runtime_path(ROOT)  # this checkout's code
 
 
 class Run:

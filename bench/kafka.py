@@ -45,6 +45,7 @@ for _p in (ROOT / "scripts", ROOT / "worker", ROOT, PEERS_DIR):
 import run as peers  # noqa: E402  (bench/peers/run.py: venvs, Java)
 from kafka_server import KafkaServer  # noqa: E402
 
+from bench.procs import runtime_path  # noqa: E402
 from streamjob.examples.kafkawordcount import check_counts  # noqa: E402
 from streamjob.examples.wordcount import word_of  # noqa: E402
 from tests.kafka.topics import Topics  # noqa: E402
@@ -56,7 +57,7 @@ QUIX_SPEC = "quixstreams==3.28.1"
 # sink APIs did not change between them).
 FLINK_KAFKA = ("org.apache.flink", "flink-sql-connector-kafka", "5.0.0-2.2")
 PARTITIONS = 2
-PYPATH = os.pathsep.join(str(p) for p in (ROOT / "worker", ROOT))
+PYPATH = runtime_path(ROOT)  # this checkout's code
 
 
 def log(msg: str) -> None:

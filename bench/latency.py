@@ -63,10 +63,12 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-PYPATH = os.pathsep.join([str(ROOT / "worker"), str(ROOT)])  # this checkout's code
 sys.path[:0] = [str(ROOT / "worker"), str(ROOT)]
 
+from bench.procs import runtime_path  # noqa: E402
 from streamjob.examples.wordcount import expected_counts  # noqa: E402
+
+PYPATH = runtime_path(ROOT)  # this checkout's code
 
 RUN_TIMEOUT_S = 600
 

@@ -50,6 +50,7 @@ for _p in (ROOT / "worker", ROOT, PEERS_DIR):
 import run as peers  # noqa: E402  (bench/peers/run.py: venvs, Java)
 
 from bench.cpu import become_subreaper, children_cpu, reap_orphans  # noqa: E402
+from bench.procs import runtime_path  # noqa: E402
 from streamjob.examples.nexmark import QUERIES  # noqa: E402
 from streamjob.nexmark import NexmarkConfig  # noqa: E402
 from streamjob.nexmark.source import json_batches  # noqa: E402
@@ -216,8 +217,7 @@ class Streamjob(System):
         argv = [sys.executable, "-m", "streamjob", "run", "-q", str(manifest), "-p", str(p),
                 "--arg", f"query={query}", "--arg", f"input={events}",
                 "--arg", f"output={out}", "--arg", f"rebalance={'true' if p > 1 else 'false'}"]
-        return argv, {"PYTHONPATH": os.pathsep.join(str(p) for p in (self.root / "worker",
-                                                                      self.root))}
+        return argv, {"PYTHONPATH": runtime_path(self.root)}
 
     def job_seconds(self, work, wall):
         for status in (work / ".streamjob" / "runs").glob("*/status.json"):

@@ -15,9 +15,10 @@ def git_head(tree: Path) -> str:
 
 
 def runtime_path(tree: Path) -> str:
-    """PYTHONPATH that runs a checkout's runtime: this one's, or a ``--baseline``'s."""
+    """PYTHONPATH that runs a checkout's code (the runtime, the operator, ``bench``): this
+    one's, or a ``--baseline``'s."""
     base = tree.resolve()
-    return os.pathsep.join([str(base / "worker"), str(base)])
+    return os.pathsep.join([str(base / "worker"), str(base / "operator"), str(base)])
 
 
 def children(pid: int) -> list[tuple[int, str]]:

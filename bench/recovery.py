@@ -34,10 +34,11 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-PYPATH = os.pathsep.join([str(ROOT / "worker"), str(ROOT)])  # this checkout's code
 sys.path[:0] = [str(ROOT)]
 
-from bench.procs import children  # noqa: E402
+from bench.procs import children, runtime_path  # noqa: E402
+
+PYPATH = runtime_path(ROOT)  # this checkout's code
 
 _PART = re.compile(r"^part-[0-9a-f]{8}-\d+-(\d+)$")
 

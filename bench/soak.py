@@ -48,9 +48,10 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "worker"), str(ROOT)]
-PYPATH = os.pathsep.join([str(ROOT / "worker"), str(ROOT / "operator"), str(ROOT)])
 
-from bench.procs import children  # noqa: E402
+from bench.procs import children, runtime_path  # noqa: E402
+
+PYPATH = runtime_path(ROOT)  # this checkout's code
 
 MODES = ("exactly-once", "unaligned", "at-least-once")
 PIPELINES = ("wordcount", "lastn")

@@ -31,6 +31,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT)]
+
+from bench.procs import runtime_path  # noqa: E402
 
 BUILD = ("import sys, streamjob.cli; from streamjob import {module}; "
          "from streamjob.manifest import import_pipeline, load_manifest; "
@@ -53,8 +56,7 @@ CASES: dict[str, list[str]] = {
 
 def run_once(tree: Path, args: list[str], cwd: Path) -> tuple[float, float, int, str]:
     """CPU seconds, wall seconds, exit code and output of one run from ``tree``."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(tree / "worker"), str(tree / "operator"), str(tree)]))
+    env = dict(os.environ, PYTHONPATH=runtime_path(tree))
     argv = [sys.executable, *(a.replace("{tree}", str(tree)) for a in args)]
     start = time.monotonic()
     proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE,

@@ -52,7 +52,6 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "worker"), str(ROOT)]
-PYPATH = os.pathsep.join([str(ROOT / "worker"), str(ROOT)])  # this checkout's code
 
 from bench.jobs import (  # noqa: E402
     VALUE_BYTES,
@@ -60,8 +59,10 @@ from bench.jobs import (  # noqa: E402
     expected_verify_lines,
     state_phases,
 )
-from bench.procs import children, status_kb  # noqa: E402
+from bench.procs import children, runtime_path, status_kb  # noqa: E402
 from streamjob.cli import api_call, local_api  # noqa: E402
+
+PYPATH = runtime_path(ROOT)  # this checkout's code
 
 NAME = "state"
 TIMEOUT_S = 3600          # any one wait (the 20 M load on a loaded 2-core machine is long)
