@@ -2,7 +2,8 @@
 
 Runs ``streamjob.examples.wordcount`` (keyed count) and ``streamjob.examples.lastn`` (list- and
 dict-valued state mutated in place) in the three checkpoint modes at parallelism 2, 3 and 4,
-round robin in a seeded order, until ``--minutes`` are used up. Across the runs it SIGKILLs
+round robin in a seeded order, until ``--minutes`` are used up; ``--state-backends
+memory,rocksdb`` runs every configuration on each state backend too. Across the runs it SIGKILLs
 ``--worker-kills`` random workers and ``--coordinator-kills`` coordinators (each kill waits
 until the job runs again after the previous one, then a random 0.3-2 s), and every third run
 has a storage outage (``STREAMJOB_FAULTS`` outage rules on ``storage.put``, sometimes also
@@ -56,6 +57,7 @@ PYPATH = runtime_path(ROOT)  # this checkout's code
 MODES = ("exactly-once", "unaligned", "at-least-once")
 PIPELINES = ("wordcount", "lastn")
 PARALLELISMS = (2, 3, 4)
+BACKENDS = ("memory", "rocksdb")
 WORDS, KEYS = 500, 256
 
 
@@ -64,6 +66,7 @@ class Result:
     mode: str
     pipeline: str
     p: int
+    backend: str
     storage: str
     worker_kills: int = 0
     coordinator_kills: int = 0
@@ -89,8 +92,8 @@ class Result:
 class Run:
     """One ``streamjob run`` process tree in its own folder and process group."""
 
-    def __init__(self, folder: Path, pipeline: str, mode: str, p: int, records: int,
-                 rate: int, storage: str, faults: str | None):
+    def __init__(self, folder: Path, pipeline: str, mode: str, p: int, backend: str,
+                 records: int, rate: int, storage: str, faults: str | None):
         self.folder, self.name = folder, pipeline
         folder.mkdir(parents=True)
         args: dict[str, Any] = {"records": records, "rate": rate,
@@ -104,6 +107,9 @@ class Run:
                      "checkpoint": {"interval": "500ms", "timeout": "20s", "mode": mode,
                                     "retained": 2, "tolerableFailures": 5},
                      "storage": storage,
+                     # RocksDB's files in the run's folder: removed with it, never shared
+                     "stateBackend": {"type": backend,
+                                      "rocksdb": {"localDir": str(folder / "rocksdb")}},
                      "restartStrategy": {"type": "fixed-delay", "delay": "100ms",
                                          "maxAttempts": 1000}},
         }
@@ -220,14 +226,14 @@ def check(res: Result, folder: Path, records: int) -> None:
     res.notes.append(f"output {json.dumps(r)}")
 
 
-def one_run(i: int, base: Path, cfg: tuple[str, str, int], storage_kind: str,
+def one_run(i: int, base: Path, cfg: tuple[str, str, int, str], storage_kind: str,
             kills: list[str], outage: bool, rng: random.Random, run_seconds: float,
             hang_after: float) -> tuple[Result, list[str]]:
-    mode, pipeline, p = cfg
-    res = Result(mode, pipeline, p, storage_kind)
+    mode, pipeline, p, backend = cfg
+    res = Result(mode, pipeline, p, backend, storage_kind)
     rate = 20_000
     records = int(rate * run_seconds)
-    folder = base / f"run-{i:04d}-{pipeline}-{mode}-p{p}-{storage_kind}"
+    folder = base / f"run-{i:04d}-{pipeline}-{mode}-p{p}-{backend}-{storage_kind}"
     storage = (f"file://{folder / 'ckpt'}" if storage_kind == "file"
                else f"s3://streamjob-soak/{base.name}/run-{i:04d}")
     faults = None
@@ -240,7 +246,7 @@ def one_run(i: int, base: Path, cfg: tuple[str, str, int], storage_kind: str,
         res.notes.append(f"faults {faults}")
     res.run_dir = str(folder)
     t0 = time.monotonic()
-    run = Run(folder, pipeline, mode, p, records, rate, storage, faults)
+    run = Run(folder, pipeline, mode, p, backend, records, rate, storage, faults)
     left = drive(run, kills, rng, limit=max(90.0, 10 * run_seconds), hang_after=hang_after,
                  res=res)
     res.seconds = time.monotonic() - t0
@@ -267,8 +273,10 @@ def one_run(i: int, base: Path, cfg: tuple[str, str, int], storage_kind: str,
 def table(results: list[Result], with_storage: bool) -> str:
     groups: dict[tuple, list[Result]] = defaultdict(list)
     for r in results:
-        groups[(r.mode, r.pipeline, r.p) + ((r.storage,) if with_storage else ())].append(r)
-    head = ["mode", "pipeline", "p", *(["storage"] if with_storage else []), "runs",
+        groups[(r.mode, r.pipeline, r.p, r.backend)
+               + ((r.storage,) if with_storage else ())].append(r)
+    head = ["mode", "pipeline", "p", "state backend", *(["storage"] if with_storage else []),
+            "runs",
             "worker kills", "coord kills", "outages", "duplicates", "gaps", "unexpected",
             "overcount", "restarts", "failed", "hangs"]
     rows = []
@@ -280,7 +288,7 @@ def table(results: list[Result], with_storage: bool) -> str:
                        ("worker_kills", "coordinator_kills", "outages", "duplicates", "gaps",
                         "unexpected", "overcount", "restarts")),
                      str(sum(1 for r in rs if r.failed)), str(sum(1 for r in rs if r.hung))])
-    total = ["total", "", "", *([""] if with_storage else []), str(len(results)),
+    total = ["total", "", "", "", *([""] if with_storage else []), str(len(results)),
              *(str(sum(getattr(r, a) for r in results)) for a in
                ("worker_kills", "coordinator_kills", "outages", "duplicates", "gaps",
                 "unexpected", "overcount", "restarts")),
@@ -305,13 +313,18 @@ def main() -> int:
     ap.add_argument("--max-runs", type=int, default=0, help="stop after this many runs")
     ap.add_argument("--dir", help="folder for the runs (default: a new temporary folder)")
     ap.add_argument("--keep", action="store_true", help="keep the folders of good runs too")
+    ap.add_argument("--state-backends", default="memory",
+                    help="comma-separated, of memory and rocksdb (default memory)")
     opts = ap.parse_args()
+    backends = opts.state_backends.split(",")
+    if not backends or set(backends) - set(BACKENDS):
+        ap.error(f"--state-backends: a comma-separated list of {', '.join(BACKENDS)}")
 
     rng = random.Random(opts.seed)
     base = Path(opts.dir or tempfile.mkdtemp(prefix="streamjob-soak-")).absolute()
     base.mkdir(parents=True, exist_ok=True)
     storages = ["file", "s3"] if os.environ.get("AWS_ENDPOINT_URL") else ["file"]
-    configs = list(itertools.product(MODES, PIPELINES, PARALLELISMS))
+    configs = list(itertools.product(MODES, PIPELINES, PARALLELISMS, backends))
     rng.shuffle(configs)
     deadline = time.monotonic() + opts.minutes * 60
     worker_left, coord_left = opts.worker_kills, opts.coordinator_kills
@@ -319,6 +332,7 @@ def main() -> int:
     results: list[Result] = []
     print(f"soak: seed {opts.seed}, {opts.minutes:g} min, {opts.worker_kills} worker kills, "
           f"{opts.coordinator_kills} coordinator kills, storage {'+'.join(storages)}, "
+          f"state backends {'+'.join(backends)}, "
           f"runs in {base}", flush=True)
     for i in itertools.count():
         left_s = deadline - time.monotonic()
@@ -342,7 +356,8 @@ def main() -> int:
         est = 0.7 * est + 0.3 * res.seconds
         verdict = ("HANG" if res.hung else "FAILED" if res.failed else
                    "BAD" if res.bad else "ok")
-        print(f"run {i:3d} {res.mode:<13} {res.pipeline:<9} p={res.p} {res.storage:<4} "
+        print(f"run {i:3d} {res.mode:<13} {res.pipeline:<9} p={res.p} {res.backend:<7} "
+              f"{res.storage:<4} "
               f"{res.seconds:5.1f}s kills w{res.worker_kills}/c{res.coordinator_kills} "
               f"outages {res.outages} restarts {res.restarts}: {verdict} "
               f"dup {res.duplicates} gaps {res.gaps} unexpected {res.unexpected} "
