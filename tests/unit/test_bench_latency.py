@@ -7,7 +7,7 @@ import time
 from collections import Counter
 
 from bench.jobs import _written_line
-from bench.latency import check, quantile
+from bench.latency import check, quantile, whole_files
 from streamjob.examples.wordcount import expected_counts
 
 
@@ -45,3 +45,17 @@ def test_quantile_picks_a_sample():
     assert quantile(values, 0.5) == 50.0
     assert quantile(values, 0.99) == 99.0
     assert quantile([3.0], 0.99) == 3.0
+
+
+def test_only_whole_part_files_are_counted():
+    """A file cut by the window's edge would count part of an interval (skewing the waits)."""
+    def rows(*emitted: float) -> list[tuple[float, float, float]]:
+        return [(e, e + 0.001, e + 1.0) for e in emitted]
+
+    files = {"part-0": rows(0.5, 1.0, 1.9),       # starts before the window
+             "part-1": rows(2.0, 2.5, 3.9),       # inside, edges included
+             "part-2": rows(4.0, 5.0, 5.9),       # inside
+             "part-3": rows(6.0, 7.0, 7.9),       # ends after the window
+             "part-4": []}
+    assert whole_files(files, 2.0, 6.5) == rows(2.0, 2.5, 3.9) + rows(4.0, 5.0, 5.9)
+    assert whole_files(files, 8.0, 9.0) == []
