@@ -276,9 +276,8 @@ def table(results: list[Result], with_storage: bool) -> str:
         groups[(r.mode, r.pipeline, r.p, r.backend)
                + ((r.storage,) if with_storage else ())].append(r)
     head = ["mode", "pipeline", "p", "state backend", *(["storage"] if with_storage else []),
-            "runs",
-            "worker kills", "coord kills", "outages", "duplicates", "gaps", "unexpected",
-            "overcount", "restarts", "failed", "hangs"]
+            "runs", "worker kills", "coord kills", "outages", "duplicates", "gaps",
+            "unexpected", "overcount", "restarts", "failed", "hangs"]
     rows = []
     order = {m: k for k, m in enumerate(MODES)}
     for key in sorted(groups, key=lambda k: (order[k[0]], k[1], k[2], k[3:])):
@@ -317,7 +316,7 @@ def main() -> int:
                     help="comma-separated, of memory and rocksdb (default memory)")
     opts = ap.parse_args()
     backends = opts.state_backends.split(",")
-    if not backends or set(backends) - set(BACKENDS):
+    if set(backends) - set(BACKENDS):
         ap.error(f"--state-backends: a comma-separated list of {', '.join(BACKENDS)}")
 
     rng = random.Random(opts.seed)
